@@ -1,0 +1,8 @@
+//! footunnel's data plane, shared by the eBPF programs (`src/main.rs`, built
+//! for `bpfel-unknown-none`) and userspace: one definition of every wire and
+//! map structure, and the packet path itself, which also compiles and is
+//! unit-tested on the host.
+#![cfg_attr(not(test), no_std)]
+
+pub mod maps;
+pub mod packet;

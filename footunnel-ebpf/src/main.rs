@@ -1,0 +1,13 @@
+//! footunnel's eBPF programs: an XDP and a TC-ingress entry point over the
+//! shared packet path in the library. Built by `cargo xtask build-ebpf`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("footunnel's eBPF programs only run in the kernel: build them with `cargo xtask build-ebpf`");
+    std::process::exit(2);
+}

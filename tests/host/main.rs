@@ -1,0 +1,5 @@
+//! Privileged tests on the host kernel: footunnel's real, verifier-approved
+//! eBPF program, on crafted packets (`BPF_PROG_TEST_RUN`) and on real
+//! packets over veth between namespaces.
+
+mod counting;

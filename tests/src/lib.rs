@@ -1,0 +1,158 @@
+//! Helpers for footunnel's privileged and VM tests: network namespaces,
+//! veth pairs, crafted packets. Tests never skip: a missing prerequisite
+//! is a failure that says what is missing.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (BPF, network namespaces): run it through `sudo -E cargo xtask test`");
+}
+
+/// Fails the test unless it runs inside `cargo xtask vm`.
+pub fn require_vm() {
+    assert!(
+        std::env::var_os("FOOTUNNEL_IN_VM").is_some(),
+        "this test needs a kernel with fou/ipip: run it through `cargo xtask test` (which boots a VM), not directly"
+    );
+    require_root();
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed? `cargo xtask setup`)"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip …`, which must succeed.
+pub fn ip(args: &str) -> String {
+    sh("ip", &args.split_whitespace().collect::<Vec<_>>())
+}
+
+/// A network namespace that exists for the life of this value.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("ft{}-{role}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        ip(&format!("netns add {name}"));
+        ip(&format!("-n {name} link set lo up"));
+        Netns { name }
+    }
+
+    /// `ip -n NAME …`
+    pub fn ip(&self, args: &str) -> String {
+        ip(&format!("-n {} {args}", self.name))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (sockets it
+    /// opens, interfaces it names, all belong to the namespace).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+                // SAFETY: a valid namespace fd; only this thread moves.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the thread inside the namespace panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Connects `a` and `b` with a veth pair named `a_if`/`b_if`, with the given
+/// addresses (`192.0.2.1/24` style), both up.
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    a.ip(&format!("link add {a_if} type veth peer name {b_if} netns {}", b.name));
+    a.ip(&format!("addr add {a_addr} dev {a_if}"));
+    b.ip(&format!("addr add {b_addr} dev {b_if}"));
+    a.ip(&format!("link set {a_if} up"));
+    b.ip(&format!("link set {b_if} up"));
+}
+
+/// Crafted frames for `BPF_PROG_TEST_RUN`.
+pub mod frame {
+    pub const ETH_P_IP: u16 = 0x0800;
+
+    /// Fields of an Ethernet + IPv4 + UDP frame; `build` makes consistent
+    /// lengths and a correct IPv4 header checksum.
+    #[derive(Clone, Debug)]
+    pub struct Udp4 {
+        pub src: [u8; 4],
+        pub dst: [u8; 4],
+        pub sport: u16,
+        pub dport: u16,
+        pub protocol: u8,
+        pub frag: u16,
+        pub options: Vec<u8>,
+        pub payload: Vec<u8>,
+    }
+
+    impl Udp4 {
+        pub fn new(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Self {
+            Udp4 { src, dst, sport, dport, protocol: 17, frag: 0, options: Vec::new(), payload: payload.to_vec() }
+        }
+
+        pub fn build(&self) -> Vec<u8> {
+            let ihl = 20 + self.options.len();
+            assert!(ihl % 4 == 0 && ihl <= 60, "IPv4 options must pad to 4 bytes, at most 40");
+            let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+            f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
+            ip.extend_from_slice(&((ihl + 8 + self.payload.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0x12, 0x34]);
+            ip.extend_from_slice(&self.frag.to_be_bytes());
+            ip.extend_from_slice(&[64, self.protocol, 0, 0]);
+            ip.extend_from_slice(&self.src);
+            ip.extend_from_slice(&self.dst);
+            ip.extend_from_slice(&self.options);
+            let csum = checksum(&ip);
+            ip[10..12].copy_from_slice(&csum.to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&self.sport.to_be_bytes());
+            f.extend_from_slice(&self.dport.to_be_bytes());
+            f.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(&self.payload);
+            f
+        }
+    }
+
+    /// The Internet checksum (RFC 1071).
+    pub fn checksum(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+}

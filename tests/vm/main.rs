@@ -1,0 +1,4 @@
+//! Tests that need a kernel with fou and ipip; `cargo xtask test` runs them
+//! inside a VM booted from Debian's kernel.
+
+mod tunnel_link;

@@ -1,0 +1,38 @@
+//! footunnel's developer tasks. `cargo xtask --help` lists them.
+
+mod build_ebpf;
+mod cmd;
+mod setup;
+mod test;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "footunnel's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh Debian machine lacks (idempotent; seconds when all is present).
+    Setup,
+    /// Build the eBPF programs for bpfel-unknown-none, with BTF, where the userspace embeds them.
+    BuildEbpf,
+    /// Run every test stage: setup, build-ebpf, unit, privileged host, VM.
+    Test(test::Options),
+    /// Run a command in a VM booted from Debian's kernel (which has fou/ipip) over this root filesystem.
+    Vm(vm::Options),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build_ebpf::run(),
+        Task::Test(opts) => test::run(opts),
+        Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
+    }
+}

@@ -1,0 +1,141 @@
+//! `cargo xtask setup`: everything a fresh Debian machine lacks, each step
+//! checked first so a machine that has it all is done in seconds.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, succeeds};
+
+/// Debian packages and why footunnel's build, tests or demo need them.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "inspect the pinned maps in tests"),
+    ("iproute2", "namespaces, veth and tunnels in tests"),
+    ("nftables", "the NAT in end-to-end tests"),
+    ("iptables", "the proof of concept's SNAT rule in legacy tests"),
+    ("conntrack", "flushing NAT mappings in end-to-end tests"),
+    ("qemu-system-x86", "the VM whose kernel has fou/ipip"),
+    ("linux-image-amd64", "Debian's kernel with fou and ipip modules, booted in the VM"),
+    ("kmod", "modprobe inside the VM"),
+];
+
+pub fn run() -> Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    virtme_ng()?;
+    println!("setup: everything footunnel needs is installed");
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("setup: {what}");
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(name, _)| {
+            let status = Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", name]).output();
+            !status.is_ok_and(|out| out.stdout.starts_with(b"ii"))
+        })
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages: all present");
+        return Ok(());
+    }
+    for (name, why) in DEBIAN_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+        step(&format!("Debian package {name} is missing (needed to {why}); installing"));
+    }
+    if !nix_is_root() {
+        bail!(
+            "installing Debian packages needs root: run `sudo apt-get install {}`, then this again",
+            missing.join(" ")
+        );
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update failed")?;
+    cmd::run(
+        Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(&missing),
+    )
+    .with_context(|| format!("could not install {}", missing.join(" ")))
+}
+
+pub fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn nightly_rust_src() -> Result<()> {
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        step("installing the nightly toolchain (the eBPF crate needs -Z build-std)");
+        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            .context("no nightly toolchain and rustup could not install one")?;
+    }
+    let installed =
+        cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("nightly rust-src: present");
+        return Ok(());
+    }
+    step("adding rust-src to the nightly toolchain (for -Z build-std=core)");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker, built against the nightly's own libLLVM so both agree on the
+/// bitcode format.
+fn bpf_linker() -> Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        step("bpf-linker: present");
+        return Ok(());
+    }
+    let sysroot = cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("the nightly toolchain has no libLLVM.so.* in {}", lib.display()))?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly → 22
+    let major = llvm.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or_default().to_owned();
+    let prefix = home()?.join(".local/share/footunnel/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so".to_owned(), llvm.clone()] {
+        let link = prefix_lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm), &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    step(&format!("building bpf-linker 0.13 against the nightly's LLVM {major} (about a minute)"));
+    cmd::run(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
+            .args(["--features", &format!("llvm-{major}")]),
+    )
+    .context("could not build bpf-linker; see DESIGN.md §4 for the recipe")
+}
+
+fn virtme_ng() -> Result<()> {
+    if succeeds(Command::new("vng").arg("--version")) {
+        step("virtme-ng: present");
+        return Ok(());
+    }
+    step("installing virtme-ng from PyPI (boots the VM for FoU tests)");
+    let pip = |extra: &[&str]| {
+        Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg("virtme-ng").status()
+    };
+    // Debian's own Python refuses system-wide pip installs without this flag.
+    if !pip(&[]).is_ok_and(|s| s.success()) && !pip(&["--break-system-packages"]).is_ok_and(|s| s.success()) {
+        bail!("could not install virtme-ng: run `python3 -m pip install virtme-ng` (needs python3-pip)");
+    }
+    if !succeeds(Command::new("vng").arg("--version")) {
+        bail!("virtme-ng installed but `vng` is not on PATH: add pip's script directory (often ~/.local/bin) to PATH");
+    }
+    Ok(())
+}
+
+fn home() -> Result<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set")
+}

@@ -1,0 +1,114 @@
+//! `cargo xtask test`: every stage in order, a summary with wall times, and a
+//! non-zero exit if any stage failed.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{build_ebpf, cmd, setup, vm};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Unit tests only (after build-ebpf): the inner loop.
+    #[arg(long)]
+    quick: bool,
+}
+
+type Stage = (&'static str, fn() -> Result<()>);
+
+pub fn run(opts: Options) -> Result<()> {
+    let stages: &[Stage] = if opts.quick {
+        &[("build-ebpf", build_ebpf::run), ("unit", unit)]
+    } else {
+        &[
+            ("setup", setup::run),
+            ("build-ebpf", build_ebpf::run),
+            ("unit", unit),
+            ("host (root)", host),
+            ("vm", vm_tests),
+        ]
+    };
+    let mut results: Vec<(&str, Option<Result<()>>, Duration)> = Vec::new();
+    let mut failed = false;
+    for (name, stage) in stages {
+        if failed {
+            results.push((name, None, Duration::ZERO));
+            continue;
+        }
+        println!("\n===== xtask test: {name} =====");
+        let started = Instant::now();
+        let result = stage();
+        failed = result.is_err();
+        results.push((name, Some(result), started.elapsed()));
+    }
+    println!("\n===== xtask test: summary =====");
+    for (name, result, took) in &results {
+        match result {
+            Some(Ok(())) => println!("  {name:<12} passed   {:>7.1} s", took.as_secs_f64()),
+            Some(Err(e)) => println!("  {name:<12} FAILED   {:>7.1} s  {e:#}", took.as_secs_f64()),
+            None => println!("  {name:<12} not run (an earlier stage failed)"),
+        }
+    }
+    if failed {
+        bail!("a test stage failed");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(cmd::workspace_root());
+    cmd
+}
+
+/// Tests that need no privileges: the libraries (the eBPF crate's included,
+/// compiled for the host) and the userspace binaries.
+fn unit() -> Result<()> {
+    cmd::run(cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))
+}
+
+fn require_root(stage: &str) -> Result<()> {
+    if !setup::nix_is_root() {
+        bail!("the {stage} tests need root (BPF, network namespaces): run `sudo -E cargo xtask test`");
+    }
+    Ok(())
+}
+
+/// Tests on the host kernel as root: real BPF programs, veth, namespaces.
+fn host() -> Result<()> {
+    require_root("host")?;
+    cmd::run(cargo().args(["test", "--package", "footunnel-tests", "--test", "host", "--", "--test-threads=1"]))
+}
+
+/// Tests that need fou/ipip, run inside a VM booted from Debian's kernel.
+fn vm_tests() -> Result<()> {
+    require_root("VM")?;
+    let exe = test_executable("vm")?;
+    let opts =
+        vm::Options { memory: "2G".into(), cpus: 2, timeout: 1800, command: vec![exe, "--test-threads=1".into()] };
+    match vm::run(&opts)? {
+        0 => Ok(()),
+        code => bail!("the VM tests failed (exit status {code})"),
+    }
+}
+
+/// Builds an integration test binary of footunnel-tests and returns its path.
+fn test_executable(name: &str) -> Result<String> {
+    let out = cmd::output(cargo().args([
+        "test",
+        "--package",
+        "footunnel-tests",
+        "--test",
+        name,
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(str::to_owned))
+        .with_context(|| format!("cargo built no executable for test `{name}`"))
+}

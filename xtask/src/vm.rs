@@ -1,0 +1,96 @@
+//! `cargo xtask vm -- CMD…`: CMD in a VM booted from Debian's kernel over the
+//! host's root filesystem, in the current directory, with its output and exit
+//! status. TCG only: KVM hangs on these machines.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Guest memory (qemu -m).
+    #[arg(long, default_value = "2G")]
+    pub memory: String,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Kill the VM after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Modules the FoU tests need; loaded before CMD so a missing one is named.
+const MODULES: &[&str] = &["fou", "ipip", "sit", "veth", "nf_conntrack"];
+
+/// Exit status of the guest command (or of a failed boot).
+pub fn run(opts: &Options) -> Result<i32> {
+    let kernel = fou_kernel()?;
+    let cwd = std::env::current_dir()?;
+    let quoted: Vec<String> = opts.command.iter().map(|a| shell_quote(a)).collect();
+    let script = format!(
+        "modprobe -a {mods} || {{ echo 'xtask vm: could not load {mods} in the guest' >&2; exit 97; }}; \
+         mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf; \
+         export FOOTUNNEL_IN_VM=1; {cmd}",
+        mods = MODULES.join(" "),
+        cmd = quoted.join(" ")
+    );
+    let status = Command::new("timeout")
+        .arg(opts.timeout.to_string())
+        .args(["vng", "--disable-kvm", "--run"])
+        .arg(&kernel)
+        .arg("--cwd")
+        .arg(&cwd)
+        .args(["--cpus", &opts.cpus.to_string(), "--memory", &opts.memory])
+        .arg("--")
+        .arg(script)
+        .status()
+        .context("cannot start vng: run `cargo xtask setup` (installs virtme-ng and qemu-system-x86)")?;
+    match status.code() {
+        Some(124) => bail!("the VM did not finish within {} s", opts.timeout),
+        Some(code) => Ok(code),
+        None => bail!("vng was killed: {status}"),
+    }
+}
+
+/// The newest kernel under /boot whose modules include fou.
+pub fn fou_kernel() -> Result<PathBuf> {
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
+        .context("cannot list /boot")?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let version = name.strip_prefix("vmlinuz-")?.to_owned();
+            has_module(&Path::new("/lib/modules").join(&version).join("kernel/net"), "fou.ko")
+                .then(|| (version, Path::new("/boot").join(&name)))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, path)| path).context(
+        "no kernel under /boot has the fou module: run `cargo xtask setup` (installs Debian's linux-image-amd64)",
+    )
+}
+
+fn has_module(dir: &Path, stem: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let path = e.path();
+        if path.is_dir() {
+            has_module(&path, stem)
+        } else {
+            e.file_name().to_str().is_some_and(|n| n.starts_with(stem))
+        }
+    })
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@".contains(&b)) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
