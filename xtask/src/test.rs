@@ -52,6 +52,8 @@ pub fn run(opts: Options) -> Result<()> {
             None => println!("  {name:<12} not run (an earlier stage failed)"),
         }
     }
+    let passed = results.iter().filter(|(_, r, _)| matches!(r, Some(Ok(())))).count();
+    println!("stages: {passed} passed, {} failed", results.len() - passed);
     if failed {
         bail!("a test stage failed");
     }
