@@ -6,3 +6,5 @@
 
 pub mod maps;
 pub mod packet;
+pub mod siphash;
+pub mod wire;

@@ -3,8 +3,9 @@
 //! status. TCG only: KVM hangs on these machines.
 
 use std::{
+    io::{Read, Write},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -40,7 +41,10 @@ pub fn run(opts: &Options) -> Result<i32> {
         mods = MODULES.join(" "),
         cmd = quoted.join(" ")
     );
-    let status = Command::new("timeout")
+    // qemu opens its stdout by path (/proc/self/fd/1) with O_TRUNC: were that
+    // a log file, everything written before the VM would be erased. Through
+    // pipes, the guest's output is appended to ours instead.
+    let mut child = Command::new("timeout")
         .arg(opts.timeout.to_string())
         .args(["vng", "--disable-kvm", "--run"])
         .arg(&kernel)
@@ -49,8 +53,15 @@ pub fn run(opts: &Options) -> Result<i32> {
         .args(["--cpus", &opts.cpus.to_string(), "--memory", &opts.memory])
         .arg("--")
         .arg(script)
-        .status()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("cannot start vng: run `cargo xtask setup` (installs virtme-ng and qemu-system-x86)")?;
+    let out = forward(child.stdout.take().expect("piped"), std::io::stdout());
+    let err = forward(child.stderr.take().expect("piped"), std::io::stderr());
+    let status = child.wait()?;
+    let _ = (out.join(), err.join());
     match status.code() {
         Some(124) => bail!("the VM did not finish within {} s", opts.timeout),
         Some(code) => Ok(code),
@@ -84,6 +95,12 @@ fn has_module(dir: &Path, stem: &str) -> bool {
         } else {
             e.file_name().to_str().is_some_and(|n| n.starts_with(stem))
         }
+    })
+}
+
+fn forward(mut from: impl Read + Send + 'static, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
     })
 }
 
