@@ -6,5 +6,6 @@
 
 pub mod maps;
 pub mod packet;
+pub mod path;
 pub mod siphash;
 pub mod wire;

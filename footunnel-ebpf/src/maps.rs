@@ -1,41 +1,282 @@
-//! Map names and layouts. Userspace finds maps by these names, bpftool shows
-//! them (and the BTF field names) under `/sys/fs/bpf/footunnel/`.
+//! Map names and layouts, shared by the eBPF programs and userspace. Every
+//! map is a BTF map, so `bpftool map dump pinned /sys/fs/bpf/footunnel/<MAP>`
+//! prints these field names. Ports are in host byte order, addresses as the
+//! bytes on the wire, times in ns since the Unix epoch (broker's clock)
+//! unless a field says otherwise.
 
-/// Hash map: FoU UDP port (host order) → [`PortConfig`].
+use crate::siphash::SipKey;
+
+/// Hash map: UDP port → [`PortConfig`]. The FoU port(s), and the proof of
+/// concept's heartbeat port when a tunnel has legacy enabled.
 pub const FOU_PORTS: &str = "FOU_PORTS";
+/// Hash map: tunnel id → [`TunnelConfig`].
+pub const TUNNELS: &str = "TUNNELS";
+/// Hash map: tunnel id → [`Endpoint`], written on every accepted heartbeat.
+pub const ENDPOINTS: &str = "ENDPOINTS";
+/// LPM trie: inner IPv4 source prefix → [`TunnelRef`].
+pub const PREFIXES_V4: &str = "PREFIXES_V4";
+/// LPM trie: inner IPv6 source prefix → [`TunnelRef`].
+pub const PREFIXES_V6: &str = "PREFIXES_V6";
+/// Hash map: [`LegacySecret`] → [`TunnelRef`], for legacy-enabled tunnels only.
+pub const LEGACY_SECRETS: &str = "LEGACY_SECRETS";
+/// Hash map: tunnel id → [`Observed`]: FoU data from a source that is not the endpoint.
+pub const OBSERVED: &str = "OBSERVED";
+/// Array of one [`Settings`].
+pub const SETTINGS: &str = "SETTINGS";
+/// Ring buffer of [`Event`]s for the controller.
+pub const EVENTS: &str = "EVENTS";
 /// Per-CPU array indexed by [`Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
-/// Value of [`FOU_PORTS`]. A struct rather than a bare flag so later fields
-/// (encapsulated protocol, legacy port) need no new map.
+pub const MAX_PORTS: usize = 16;
+pub const MAX_TUNNELS: usize = 65_536;
+pub const MAX_PREFIXES: usize = 131_072;
+pub const EVENTS_BYTES: usize = 256 * 1024;
+
+pub const PORT_FOU: u32 = 1;
+/// The proof of concept's port (42425): the plaintext secret as payload.
+pub const PORT_LEGACY: u32 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortConfig {
-    /// 1 when the port is watched.
-    pub enabled: u32,
+    /// [`PORT_FOU`] or [`PORT_LEGACY`].
+    pub kind: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TunnelConfig {
+    pub key: SipKey,
+}
+
+/// A tunnel id in a value slot that must stay 4-byte aligned (LPM tries
+/// store values right after 4-byte keys).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TunnelRef {
+    pub id_hi: u32,
+    pub id_lo: u32,
+}
+
+impl TunnelRef {
+    pub const fn new(id: u64) -> Self {
+        TunnelRef { id_hi: (id >> 32) as u32, id_lo: id as u32 }
+    }
+    pub const fn id(&self) -> u64 {
+        (self.id_hi as u64) << 32 | self.id_lo as u64
+    }
+}
+
+/// Where a tunnel's client is, as its last accepted heartbeat showed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Endpoint {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+    /// Timestamp of the newest accepted heartbeat (client's clock): a
+    /// heartbeat must carry a larger one.
+    pub last_timestamp_ns: u64,
+    pub last_seen_ns: u64,
+    pub heartbeats: u64,
+    /// How often address or port changed (the first heartbeat counts).
+    pub changes: u64,
+    pub last_change_ns: u64,
+}
+
+/// FoU data for a tunnel from a source other than its endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Observed {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+    /// Packets from this source since it was first seen.
+    pub packets: u64,
+    pub last_seen_ns: u64,
+    /// When an event last announced this tunnel (rate limit).
+    pub last_event_ns: u64,
+}
+
+/// Longest proof-of-concept secret the legacy path matches.
+pub const LEGACY_SECRET_MAX: usize = 60;
+
+/// A legacy secret as the lookup key: its length and zero-padded bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LegacySecret {
+    pub len: u32,
+    pub bytes: [u8; LEGACY_SECRET_MAX],
+}
+
+impl LegacySecret {
+    /// `None` if the secret is empty or longer than [`LEGACY_SECRET_MAX`].
+    pub fn new(secret: &[u8]) -> Option<Self> {
+        if secret.is_empty() || secret.len() > LEGACY_SECRET_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; LEGACY_SECRET_MAX];
+        bytes[..secret.len()].copy_from_slice(secret);
+        Some(LegacySecret { len: secret.len() as u32, bytes })
+    }
+}
+
+/// Run-time settings, written by the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Settings {
+    /// CLOCK_REALTIME − CLOCK_BOOTTIME, so the program can read the wall clock.
+    pub realtime_offset_ns: u64,
+    /// Freshness window either side of the broker's clock; 0 disables.
+    pub window_ns: u64,
+    /// Least time between two "observed" events of one tunnel.
+    pub observe_interval_ns: u64,
+}
+
+pub const EVENT_HEARTBEAT: u8 = 1;
+pub const EVENT_OBSERVED: u8 = 2;
+pub const EVENT_LEGACY: u8 = 3;
+
+/// What the controller hears about through [`EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Event {
+    pub tunnel_id: u64,
+    /// Heartbeat: its timestamp; otherwise the broker's clock.
+    pub timestamp_ns: u64,
+    /// Heartbeat: the nonce it answers.
+    pub detail: [u8; 8],
+    pub addr: [u8; 4],
+    pub port: u16,
+    /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`] or [`EVENT_LEGACY`].
+    pub kind: u8,
+    pub _pad: u8,
 }
 
 /// What the data plane counts, one slot each in [`COUNTERS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// IPv4/UDP packets to a watched FoU port.
-    FouPort = 0,
+    /// FoU data from its tunnel's endpoint.
+    FouData = 0,
+    /// FoU data whose inner source matches no tunnel's prefixes.
+    FouUnmatched,
+    /// FoU data for a tunnel from a source that is not its endpoint.
+    FouElsewhere,
+    /// "Observed" events sent (after the per-tunnel rate limit).
+    ObservedEvents,
+    /// Payload on a FoU port that is neither IP nor a control message.
+    NotFou,
+    Accepted,
+    Malformed,
+    BadVersion,
+    BadType,
+    UnknownTunnel,
+    Stale,
+    Replay,
+    BadTag,
+    LegacyAccepted,
+    LegacyUnknown,
+    /// Events the ring buffer had no room for.
+    EventsLost,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 1] = [Counter::FouPort];
-    pub const COUNT: u32 = Self::ALL.len() as u32;
+    pub const ALL: [Counter; 16] = [
+        Counter::FouData,
+        Counter::FouUnmatched,
+        Counter::FouElsewhere,
+        Counter::ObservedEvents,
+        Counter::NotFou,
+        Counter::Accepted,
+        Counter::Malformed,
+        Counter::BadVersion,
+        Counter::BadType,
+        Counter::UnknownTunnel,
+        Counter::Stale,
+        Counter::Replay,
+        Counter::BadTag,
+        Counter::LegacyAccepted,
+        Counter::LegacyUnknown,
+        Counter::EventsLost,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
 
+    /// The name operators see (`footunnel show`).
     pub const fn name(self) -> &'static str {
         match self {
-            Counter::FouPort => "fou_port",
+            Counter::FouData => "fou_data",
+            Counter::FouUnmatched => "fou_unmatched",
+            Counter::FouElsewhere => "fou_elsewhere",
+            Counter::ObservedEvents => "observed_events",
+            Counter::NotFou => "not_fou",
+            Counter::Accepted => "accepted",
+            Counter::Malformed => "malformed",
+            Counter::BadVersion => "bad_version",
+            Counter::BadType => "bad_type",
+            Counter::UnknownTunnel => "unknown_tunnel",
+            Counter::Stale => "stale",
+            Counter::Replay => "replay",
+            Counter::BadTag => "bad_tag",
+            Counter::LegacyAccepted => "legacy_accepted",
+            Counter::LegacyUnknown => "legacy_unknown",
+            Counter::EventsLost => "events_lost",
+        }
+    }
+}
+
+impl From<crate::wire::Reject> for Counter {
+    fn from(r: crate::wire::Reject) -> Self {
+        use crate::wire::Reject;
+        match r {
+            Reject::Malformed => Counter::Malformed,
+            Reject::BadVersion => Counter::BadVersion,
+            Reject::BadType => Counter::BadType,
+            Reject::UnknownTunnel => Counter::UnknownTunnel,
+            Reject::Stale => Counter::Stale,
+            Reject::Replay => Counter::Replay,
+            Reject::BadTag => Counter::BadTag,
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: plain old data, `repr(C)`, no padding.
-    unsafe impl aya::Pod for super::PortConfig {}
+    use super::*;
+    // SAFETY: all `repr(C)` plain old data without padding (bytemuck::Pod
+    // derives check that at compile time).
+    unsafe impl aya::Pod for PortConfig {}
+    unsafe impl aya::Pod for TunnelConfig {}
+    unsafe impl aya::Pod for TunnelRef {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Observed {}
+    unsafe impl aya::Pod for LegacySecret {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_table_is_in_index_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn tunnel_ref_round_trips() {
+        assert_eq!(TunnelRef::new(0x0102_0304_0506_0708).id(), 0x0102_0304_0506_0708);
+    }
+
+    #[test]
+    fn legacy_secret_bounds() {
+        assert!(LegacySecret::new(b"").is_none());
+        assert!(LegacySecret::new(&[b'x'; 61]).is_none());
+        let s = LegacySecret::new(b"SECRET").unwrap();
+        assert_eq!((s.len, &s.bytes[..7]), (6, &b"SECRET\0"[..]));
+    }
 }

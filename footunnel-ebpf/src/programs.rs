@@ -1,19 +1,43 @@
+//! The entry points and the maps; the packet path itself is
+//! `footunnel_ebpf::path`, shared with the host tests.
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
-    btf_maps::{HashMap, PerCpuArray},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    helpers::generated::bpf_ktime_get_boot_ns,
     macros::{btf_map, classifier, xdp},
+    maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use footunnel_ebpf::{
-    maps::{Counter, PortConfig},
-    packet::{PacketBytes, Parsed, parse_udp4},
+    maps::{
+        Counter, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PORTS, MAX_PREFIXES, MAX_TUNNELS, Observed,
+        PortConfig, Settings, TunnelConfig, TunnelRef,
+    },
+    packet::PacketBytes,
+    path::{Env, Verdict, process},
 };
 
 #[btf_map]
-static FOU_PORTS: HashMap<u16, PortConfig, 64> = HashMap::new();
-
+static FOU_PORTS: HashMap<u16, PortConfig, MAX_PORTS> = HashMap::new();
 #[btf_map]
-static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+static TUNNELS: HashMap<u64, TunnelConfig, MAX_TUNNELS> = HashMap::new();
+#[btf_map]
+static ENDPOINTS: HashMap<u64, Endpoint, MAX_TUNNELS> = HashMap::new();
+#[btf_map]
+static PREFIXES_V4: LpmTrie<[u8; 4], TunnelRef, MAX_PREFIXES> = LpmTrie::new();
+#[btf_map]
+static PREFIXES_V6: LpmTrie<[u8; 16], TunnelRef, MAX_PREFIXES> = LpmTrie::new();
+#[btf_map]
+static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS> = HashMap::new();
+#[btf_map]
+static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS> = HashMap::new();
+#[btf_map]
+static SETTINGS: Array<Settings, 1> = Array::new();
+#[btf_map]
+static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+#[btf_map]
+static COUNTERS: PerCpuArray<u64, { Counter::COUNT }> = PerCpuArray::new();
 
 /// Direct packet access between `data` and `data_end`, as both XDP and TC
 /// (for the linear part of the skb) provide.
@@ -25,7 +49,12 @@ struct Linear {
 impl PacketBytes for Linear {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let at = self.start + offset;
+        // Opaque to LLVM, so the bound is checked on the very register that
+        // is dereferenced; otherwise loops get rewritten into forms the
+        // verifier cannot follow.
+        let mut at = self.start + offset;
+        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
         if at + N > self.end {
             return None;
         }
@@ -34,36 +63,94 @@ impl PacketBytes for Linear {
     }
 }
 
-#[inline(always)]
-fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *slot += 1 };
-    }
-}
+/// The maps, as the packet path sees them.
+struct Maps;
 
-/// The one packet path both entry points share; `true` means "let it pass".
-#[inline(always)]
-fn handle(pkt: &Linear) -> bool {
-    if let Parsed::Udp(udp) = parse_udp4(pkt) {
-        // SAFETY: the value is only read.
-        if unsafe { FOU_PORTS.get(udp.dst_port) }.is_some() {
-            count(Counter::FouPort);
+impl Env for Maps {
+    #[inline(always)]
+    fn port(&self, port: u16) -> Option<PortConfig> {
+        // SAFETY: copied out at once; the controller only replaces whole values.
+        unsafe { FOU_PORTS.get(port).copied() }
+    }
+    #[inline(always)]
+    fn settings(&self) -> Settings {
+        SETTINGS.get(0).copied().unwrap_or_default()
+    }
+    #[inline(always)]
+    fn boot_ns(&self) -> u64 {
+        // SAFETY: no preconditions.
+        unsafe { bpf_ktime_get_boot_ns() }
+    }
+    #[inline(always)]
+    fn tunnel(&self, id: u64) -> Option<TunnelConfig> {
+        // SAFETY: as in `port`.
+        unsafe { TUNNELS.get(id).copied() }
+    }
+    #[inline(always)]
+    fn endpoint(&self, id: u64) -> Option<Endpoint> {
+        // SAFETY: as in `port`.
+        unsafe { ENDPOINTS.get(id).copied() }
+    }
+    #[inline(always)]
+    fn set_endpoint(&self, id: u64, endpoint: &Endpoint) {
+        let _ = ENDPOINTS.insert(id, endpoint, 0);
+    }
+    #[inline(always)]
+    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64> {
+        PREFIXES_V4.get(&Key::new(32, src)).map(TunnelRef::id)
+    }
+    #[inline(always)]
+    fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<u64> {
+        PREFIXES_V6.get(&Key::new(128, src)).map(TunnelRef::id)
+    }
+    #[inline(always)]
+    fn tunnel_by_legacy(&self, secret: &LegacySecret) -> Option<u64> {
+        // SAFETY: as in `port`.
+        unsafe { LEGACY_SECRETS.get(secret).map(TunnelRef::id) }
+    }
+    #[inline(always)]
+    fn observed(&self, id: u64) -> Option<Observed> {
+        // SAFETY: as in `port`.
+        unsafe { OBSERVED.get(id).copied() }
+    }
+    #[inline(always)]
+    fn set_observed(&self, id: u64, observed: &Observed) {
+        let _ = OBSERVED.insert(id, observed, 0);
+    }
+    #[inline(always)]
+    fn count(&self, counter: Counter) {
+        if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+            // SAFETY: this CPU's own slot.
+            unsafe { *slot += 1 };
         }
     }
-    true
+    #[inline(always)]
+    fn emit(&self, event: &Event) -> bool {
+        EVENTS.output(event, 0).is_ok()
+    }
 }
 
 #[xdp]
 pub fn footunnel_xdp(ctx: XdpContext) -> u32 {
     let pkt = Linear { start: ctx.data(), end: ctx.data_end() };
-    if handle(&pkt) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+    match process(&pkt, &Maps) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }
+
+/// Headers plus a control message, the most the path reads, made linear.
+const TC_PULL_LEN: u32 = 14 + 60 + 8 + 64;
 
 #[classifier]
 pub fn footunnel_tc(ctx: TcContext) -> i32 {
+    // Failure leaves the packet as it was; reads past the linear part then fail safely.
+    let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
     let pkt = Linear { start: ctx.data(), end: ctx.data_end() };
-    if handle(&pkt) { TC_ACT_OK } else { aya_ebpf::bindings::TC_ACT_SHOT }
+    match process(&pkt, &Maps) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
 }
 
 #[cfg(not(test))]

@@ -1,11 +1,19 @@
 //! The eBPF object embedded in this binary, and typed access to its maps.
 
+use std::{net::Ipv4Addr, net::Ipv6Addr};
+
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
-use footunnel_ebpf::maps::{self, Counter, PortConfig};
+use footunnel_ebpf::{
+    maps::{
+        self, Counter, Endpoint, LegacySecret, Observed, PORT_FOU, PORT_LEGACY, PortConfig, Settings, TunnelConfig,
+        TunnelRef,
+    },
+    siphash::SipKey,
+};
 
 #[cfg(ebpf_object_missing)]
 compile_error!("footunnel's eBPF object is missing: run `cargo xtask build-ebpf` first");
@@ -27,19 +35,99 @@ pub fn open() -> Result<Ebpf> {
     Ebpf::load(OBJECT).context("loading footunnel's eBPF object (creating its maps) failed")
 }
 
-/// Watches `port` for FoU traffic.
+fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
+    ebpf.map(name).with_context(|| format!("the eBPF object has no map {name}"))
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
+}
+
+/// Watches `port` for FoU traffic (and control messages).
 pub fn watch_port(ebpf: &mut Ebpf, port: u16) -> Result<()> {
+    set_port(ebpf, port, PORT_FOU)
+}
+
+/// Watches `port` for the proof of concept's plaintext heartbeats.
+pub fn watch_legacy_port(ebpf: &mut Ebpf, port: u16) -> Result<()> {
+    set_port(ebpf, port, PORT_LEGACY)
+}
+
+fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
     let mut ports: HashMap<_, u16, PortConfig> = HashMap::try_from(map_mut(ebpf, maps::FOU_PORTS)?)?;
-    ports.insert(port, PortConfig { enabled: 1 }, 0).with_context(|| format!("cannot watch UDP port {port}"))
+    ports.insert(port, PortConfig { kind }, 0).with_context(|| format!("cannot watch UDP port {port}"))
+}
+
+/// Makes tunnel `id` known, with its heartbeat key.
+pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey) -> Result<()> {
+    let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
+    tunnels.insert(id, TunnelConfig { key }, 0).with_context(|| format!("cannot add tunnel {id:016x}"))
+}
+
+/// Routes FoU data whose inner source is in `addr/len` to tunnel `id`.
+pub fn add_prefix_v4(ebpf: &mut Ebpf, addr: Ipv4Addr, len: u8, id: u64) -> Result<()> {
+    let mut trie: LpmTrie<_, [u8; 4], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
+    trie.insert(&Key::new(len.into(), addr.octets()), TunnelRef::new(id), 0)
+        .with_context(|| format!("cannot add prefix {addr}/{len}"))
+}
+
+/// Routes FoU data whose inner IPv6 source is in `addr/len` to tunnel `id`.
+pub fn add_prefix_v6(ebpf: &mut Ebpf, addr: Ipv6Addr, len: u8, id: u64) -> Result<()> {
+    let mut trie: LpmTrie<_, [u8; 16], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
+    trie.insert(&Key::new(len.into(), addr.octets()), TunnelRef::new(id), 0)
+        .with_context(|| format!("cannot add prefix {addr}/{len}"))
+}
+
+/// Accepts the proof of concept's plaintext `secret` for tunnel `id`.
+pub fn add_legacy_secret(ebpf: &mut Ebpf, secret: &[u8], id: u64) -> Result<()> {
+    let key = LegacySecret::new(secret).with_context(|| {
+        format!("a legacy secret must be 1 to {} bytes, this one has {}", maps::LEGACY_SECRET_MAX, secret.len())
+    })?;
+    let mut secrets: HashMap<_, LegacySecret, TunnelRef> = HashMap::try_from(map_mut(ebpf, maps::LEGACY_SECRETS)?)?;
+    secrets.insert(key, TunnelRef::new(id), 0).context("cannot add a legacy secret")
+}
+
+pub fn set_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<()> {
+    let mut array: Array<_, Settings> = Array::try_from(map_mut(ebpf, maps::SETTINGS)?)?;
+    array.set(0, settings, 0).context("cannot write the data plane's settings")
+}
+
+/// CLOCK_REALTIME − CLOCK_BOOTTIME now: what lets the program read wall time.
+pub fn realtime_offset_ns() -> u64 {
+    let read = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid clock id and a valid out pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME)
 }
 
 /// A counter summed over all CPUs.
 pub fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
-    let map = ebpf.map(maps::COUNTERS).with_context(|| format!("the eBPF object has no map {}", maps::COUNTERS))?;
-    let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, maps::COUNTERS)?)?;
     Ok(counters.get(&(counter as u32), 0)?.iter().sum())
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
+/// Every counter, summed over all CPUs, in [`Counter::ALL`] order.
+pub fn counters(ebpf: &Ebpf) -> Result<Vec<(Counter, u64)>> {
+    Counter::ALL.iter().map(|c| Ok((*c, counter(ebpf, *c)?))).collect()
+}
+
+pub fn endpoint(ebpf: &Ebpf, id: u64) -> Result<Option<Endpoint>> {
+    let endpoints: HashMap<&MapData, u64, Endpoint> = HashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
+    match endpoints.get(&id, 0) {
+        Ok(e) => Ok(Some(e)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e).context("cannot read ENDPOINTS"),
+    }
+}
+
+pub fn observed(ebpf: &Ebpf, id: u64) -> Result<Option<Observed>> {
+    let observed: HashMap<&MapData, u64, Observed> = HashMap::try_from(map(ebpf, maps::OBSERVED)?)?;
+    match observed.get(&id, 0) {
+        Ok(o) => Ok(Some(o)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e).context("cannot read OBSERVED"),
+    }
 }

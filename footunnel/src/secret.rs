@@ -1,8 +1,48 @@
-//! Tunnel secrets.
+//! Tunnel secrets, and the key and id derived from them (DESIGN.md §2).
 
 use std::io::Read;
 
 use anyhow::{Context, Result};
+use footunnel_ebpf::siphash::SipKey;
+use sha2::{Digest, Sha256};
+
+/// Shorter secrets get a warning: a captured heartbeat allows offline guessing.
+pub const RECOMMENDED_MIN_LEN: usize = 16;
+
+/// What a secret stands for on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelIdentity {
+    /// `SHA-256("footunnel-v1 id" || 0 || secret)[0..8]`, big-endian.
+    pub id: u64,
+    /// `SHA-256("footunnel-v1 key" || 0 || secret)[0..16]`.
+    pub key: [u8; 16],
+}
+
+impl TunnelIdentity {
+    pub fn derive(secret: &str) -> Self {
+        let digest = |label: &[u8]| Sha256::new().chain_update(label).chain_update([0]).chain_update(secret).finalize();
+        let id = digest(b"footunnel-v1 id");
+        let key = digest(b"footunnel-v1 key");
+        TunnelIdentity {
+            id: u64::from_be_bytes(id[..8].try_into().expect("8 bytes")),
+            key: key[..16].try_into().expect("16 bytes"),
+        }
+    }
+
+    pub fn sip_key(&self) -> SipKey {
+        SipKey::from_bytes(&self.key)
+    }
+}
+
+/// A warning for a secret too short to resist offline guessing, if it is.
+pub fn weakness(secret: &str) -> Option<String> {
+    (secret.chars().count() < RECOMMENDED_MIN_LEN).then(|| {
+        format!(
+            "the secret has fewer than {RECOMMENDED_MIN_LEN} characters: a captured heartbeat lets an attacker \
+             guess it offline; `footunnel keygen` makes a strong one"
+        )
+    })
+}
 
 /// Bytes of randomness in a generated secret (≥ 128 bits, DESIGN.md §2).
 pub const GENERATED_SECRET_BYTES: usize = 24;
@@ -29,6 +69,28 @@ fn base64url(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Expected values computed with Python's hashlib from the formulas in
+    /// DESIGN.md §2, not with this code.
+    #[test]
+    fn key_and_id_derivation_match_independent_values() {
+        let t = TunnelIdentity::derive("SECRET");
+        assert_eq!(t.key, hex16("92a3ba0e41a4563fc9e6a12e770c0a7d"));
+        assert_eq!(t.id, 0x34298331bbfa8ae5);
+        let t = TunnelIdentity::derive("correct horse battery staple");
+        assert_eq!(t.key, hex16("18a02a67e791a3b9e5a411606c729031"));
+        assert_eq!(t.id, 0xccda048e620b500e);
+    }
+
+    fn hex16(s: &str) -> [u8; 16] {
+        core::array::from_fn(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+    }
+
+    #[test]
+    fn short_secrets_are_flagged() {
+        assert!(weakness("SECRET").is_some());
+        assert!(weakness(&generate().unwrap()).is_none());
+    }
 
     #[test]
     fn base64url_matches_rfc4648_vectors() {

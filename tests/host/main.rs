@@ -2,4 +2,7 @@
 //! eBPF program, on crafted packets (`BPF_PROG_TEST_RUN`) and on real
 //! packets over veth between namespaces.
 
-mod counting;
+mod bpftool;
+mod fuzz;
+mod table;
+mod veth;

@@ -156,3 +156,112 @@ pub mod frame {
         !(sum as u16)
     }
 }
+
+/// The real eBPF program, loaded with one tunnel, for host tests.
+pub mod broker {
+    use std::net::Ipv4Addr;
+
+    use aya::{
+        Ebpf,
+        programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    };
+    use footunnel::{
+        dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
+        secret::TunnelIdentity,
+    };
+    use footunnel_ebpf::{
+        maps::{Counter, Endpoint, Settings},
+        wire::{ControlMessage, Kind},
+    };
+
+    pub const SECRET: &str = "host-test secret, 28 chars..";
+    pub const FOU_PORT: u16 = 42424;
+    pub const LEGACY_PORT: u16 = 42425;
+    /// Inner addresses of the tunnel's client side.
+    pub const PEER_PREFIX: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 0, 0), 30);
+    pub const WINDOW_NS: u64 = 120_000_000_000;
+
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+
+    pub fn now_ns() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+
+    pub struct Broker {
+        pub ebpf: Ebpf,
+        pub tunnel: TunnelIdentity,
+    }
+
+    impl Broker {
+        /// Maps filled as the controller would, both entry points loaded.
+        pub fn new(legacy: bool) -> Self {
+            crate::require_root();
+            let tunnel = TunnelIdentity::derive(SECRET);
+            let mut ebpf = dataplane::open().expect("load the eBPF object");
+            let settings = Settings {
+                realtime_offset_ns: dataplane::realtime_offset_ns(),
+                window_ns: WINDOW_NS,
+                observe_interval_ns: 1_000_000_000,
+            };
+            dataplane::set_settings(&mut ebpf, settings).unwrap();
+            dataplane::watch_port(&mut ebpf, FOU_PORT).unwrap();
+            dataplane::add_tunnel(&mut ebpf, tunnel.id, tunnel.sip_key()).unwrap();
+            dataplane::add_prefix_v4(&mut ebpf, PEER_PREFIX.0, PEER_PREFIX.1, tunnel.id).unwrap();
+            if legacy {
+                dataplane::watch_legacy_port(&mut ebpf, LEGACY_PORT).unwrap();
+                dataplane::add_legacy_secret(&mut ebpf, SECRET.as_bytes(), tunnel.id).unwrap();
+            }
+            let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+            xdp.load().expect("the verifier accepts the XDP program");
+            let tc: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap();
+            tc.load().expect("the verifier accepts the TC program");
+            Broker { ebpf, tunnel }
+        }
+
+        /// A signed heartbeat payload for this broker's tunnel.
+        pub fn heartbeat(&self, timestamp_ns: u64) -> Vec<u8> {
+            ControlMessage::new(Kind::Heartbeat, self.tunnel.id, timestamp_ns, [0; 8])
+                .sign(self.tunnel.sip_key())
+                .to_bytes()
+                .to_vec()
+        }
+
+        /// Verdict of the XDP entry point on `frame` (BPF_PROG_TEST_RUN).
+        pub fn xdp(&self, frame: &[u8]) -> u32 {
+            let xdp: &Xdp = self.ebpf.program(XDP_PROGRAM).unwrap().try_into().unwrap();
+            xdp.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+                .expect("BPF_PROG_TEST_RUN (XDP)")
+                .return_value
+        }
+
+        /// Verdict of the TC entry point on `frame`.
+        pub fn tc(&self, frame: &[u8]) -> u32 {
+            let tc: &SchedClassifier = self.ebpf.program(TC_PROGRAM).unwrap().try_into().unwrap();
+            tc.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+                .expect("BPF_PROG_TEST_RUN (TC)")
+                .return_value
+        }
+
+        pub fn endpoint(&self) -> Option<Endpoint> {
+            dataplane::endpoint(&self.ebpf, self.tunnel.id).unwrap()
+        }
+
+        pub fn count(&self, counter: Counter) -> u64 {
+            dataplane::counter(&self.ebpf, counter).unwrap()
+        }
+
+        /// Events waiting in the ring buffer, drained.
+        pub fn events(&mut self) -> Vec<footunnel_ebpf::maps::Event> {
+            let map = self.ebpf.map_mut(footunnel_ebpf::maps::EVENTS).unwrap();
+            let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
+            let mut out = Vec::new();
+            while let Some(item) = ring.next() {
+                out.push(*bytemuck::from_bytes(&item[..size_of::<footunnel_ebpf::maps::Event>()]));
+            }
+            out
+        }
+    }
+}

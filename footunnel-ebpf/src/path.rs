@@ -1,0 +1,204 @@
+//! The packet path: parse → classify → verify → record. One definition,
+//! run by the XDP and TC entry points (against BPF maps) and by host unit
+//! tests (against an in-memory [`Env`]).
+
+use crate::{
+    maps::{
+        Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LEGACY_SECRET_MAX, LegacySecret,
+        Observed, PORT_LEGACY, PortConfig, Settings, TunnelConfig,
+    },
+    packet::{PacketBytes, Parsed, Udp4, parse_udp4},
+    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, Reject, check_header, check_tunnel},
+};
+
+/// What happens to the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// On to the kernel (FoU data, and everything that is not ours).
+    Pass,
+    /// Consumed: control messages never reach the kernel's FoU socket.
+    Drop,
+}
+
+/// The state the path reads and writes: BPF maps in the kernel.
+pub trait Env {
+    fn port(&self, port: u16) -> Option<PortConfig>;
+    fn settings(&self) -> Settings;
+    /// The broker's boot-time clock, ns; plus `realtime_offset_ns` gives wall time.
+    fn boot_ns(&self) -> u64;
+    fn tunnel(&self, id: u64) -> Option<TunnelConfig>;
+    fn endpoint(&self, id: u64) -> Option<Endpoint>;
+    fn set_endpoint(&self, id: u64, endpoint: &Endpoint);
+    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64>;
+    fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<u64>;
+    fn tunnel_by_legacy(&self, secret: &LegacySecret) -> Option<u64>;
+    fn observed(&self, id: u64) -> Option<Observed>;
+    fn set_observed(&self, id: u64, observed: &Observed);
+    fn count(&self, counter: Counter);
+    /// `false` if the event could not be queued.
+    fn emit(&self, event: &Event) -> bool;
+}
+
+/// Every packet on the uplink comes through here.
+#[inline(always)]
+pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
+    // Unrelated traffic leaves after the headers and one map lookup.
+    let Parsed::Udp(udp) = parse_udp4(pkt) else { return Verdict::Pass };
+    let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
+    if port.kind == PORT_LEGACY {
+        return legacy_heartbeat(pkt, &udp, env);
+    }
+    let Some([first]) = pkt.read::<1>(udp.payload_offset) else {
+        env.count(Counter::NotFou);
+        return Verdict::Pass;
+    };
+    match first >> 4 {
+        0xF => {
+            if let Err(reject) = heartbeat(pkt, &udp, env) {
+                env.count(reject.into());
+            }
+            Verdict::Drop
+        }
+        4 => {
+            let src = pkt.read::<4>(udp.payload_offset + 12);
+            fou_data(&udp, src.and_then(|s| env.tunnel_by_v4(s)), env)
+        }
+        6 => {
+            let src = pkt.read::<16>(udp.payload_offset + 8);
+            fou_data(&udp, src.and_then(|s| env.tunnel_by_v6(s)), env)
+        }
+        _ => {
+            env.count(Counter::NotFou);
+            Verdict::Pass
+        }
+    }
+}
+
+#[inline(always)]
+fn wall_clock<E: Env>(env: &E, settings: &Settings) -> u64 {
+    env.boot_ns().wrapping_add(settings.realtime_offset_ns)
+}
+
+/// A control message on a FoU port: only a verified HEARTBEAT changes state.
+#[inline(always)]
+fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> Result<(), Reject> {
+    if udp.payload_len != MESSAGE_LEN {
+        return Err(Reject::Malformed);
+    }
+    let bytes = pkt.read::<MESSAGE_LEN>(udp.payload_offset).ok_or(Reject::Malformed)?;
+    let msg = ControlMessage::from_bytes(&bytes);
+    check_header(&msg, Kind::Heartbeat)?;
+    let id = msg.tunnel_id();
+    let tunnel = env.tunnel(id).ok_or(Reject::UnknownTunnel)?;
+    let previous = env.endpoint(id);
+    let settings = env.settings();
+    let now = wall_clock(env, &settings);
+    let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
+    check_tunnel(&msg, tunnel.key, previous.map_or(0, |e| e.last_timestamp_ns), &rules)?;
+
+    let mut endpoint = previous.unwrap_or_default();
+    endpoint.last_timestamp_ns = msg.timestamp_ns();
+    record(env, id, &mut endpoint, previous.is_none(), udp, now);
+    env.count(Counter::Accepted);
+    emit(env, &Event { tunnel_id: id, timestamp_ns: msg.timestamp_ns(), detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) });
+    Ok(())
+}
+
+/// Makes the packet's source the tunnel's endpoint.
+#[inline(always)]
+fn record<E: Env>(env: &E, id: u64, endpoint: &mut Endpoint, first: bool, udp: &Udp4, now: u64) {
+    if first || endpoint.addr != udp.src_addr || endpoint.port != udp.src_port {
+        endpoint.addr = udp.src_addr;
+        endpoint.port = udp.src_port;
+        endpoint.changes += 1;
+        endpoint.last_change_ns = now;
+    }
+    endpoint.last_seen_ns = now;
+    endpoint.heartbeats += 1;
+    env.set_endpoint(id, endpoint);
+}
+
+#[inline(always)]
+fn event(kind: u8, udp: &Udp4) -> Event {
+    Event { kind, addr: udp.src_addr, port: udp.src_port, ..Default::default() }
+}
+
+#[inline(always)]
+fn emit<E: Env>(env: &E, event: &Event) {
+    if !env.emit(event) {
+        env.count(Counter::EventsLost);
+    }
+}
+
+/// FoU data: never trusted, but a source other than the endpoint is noted
+/// and announced (at most once per interval per tunnel) so the controller
+/// can challenge it.
+#[inline(always)]
+fn fou_data<E: Env>(udp: &Udp4, tunnel: Option<u64>, env: &E) -> Verdict {
+    let Some(id) = tunnel else {
+        env.count(Counter::FouUnmatched);
+        return Verdict::Pass;
+    };
+    if env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
+        env.count(Counter::FouData);
+        return Verdict::Pass;
+    }
+    env.count(Counter::FouElsewhere);
+    let settings = env.settings();
+    let now = wall_clock(env, &settings);
+    let previous = env.observed(id);
+    let mut observed = previous.unwrap_or_default();
+    if observed.addr != udp.src_addr || observed.port != udp.src_port {
+        observed.addr = udp.src_addr;
+        observed.port = udp.src_port;
+        observed.packets = 0;
+    }
+    observed.packets += 1;
+    observed.last_seen_ns = now;
+    if previous.is_none() || now.wrapping_sub(observed.last_event_ns) >= settings.observe_interval_ns {
+        observed.last_event_ns = now;
+        env.count(Counter::ObservedEvents);
+        emit(env, &Event { tunnel_id: id, timestamp_ns: now, ..event(EVENT_OBSERVED, udp) });
+    }
+    env.set_observed(id, &observed);
+    Verdict::Pass
+}
+
+/// The proof of concept's heartbeat: the plaintext secret is the payload.
+/// Opt-in per tunnel (only legacy tunnels' secrets are in the map).
+#[inline(always)]
+fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> Verdict {
+    let len = udp.payload_len;
+    if len == 0 || len > LEGACY_SECRET_MAX {
+        env.count(Counter::LegacyUnknown);
+        return Verdict::Pass;
+    }
+    let mut secret = LegacySecret { len: len as u32, bytes: [0; LEGACY_SECRET_MAX] };
+    for i in 0..LEGACY_SECRET_MAX {
+        if i >= len {
+            break;
+        }
+        match pkt.read::<1>(udp.payload_offset + i) {
+            Some([b]) => secret.bytes[i] = b,
+            None => {
+                env.count(Counter::LegacyUnknown);
+                return Verdict::Pass;
+            }
+        }
+    }
+    let Some(id) = env.tunnel_by_legacy(&secret) else {
+        env.count(Counter::LegacyUnknown);
+        return Verdict::Pass;
+    };
+    let now = wall_clock(env, &env.settings());
+    let previous = env.endpoint(id);
+    let mut endpoint = previous.unwrap_or_default();
+    record(env, id, &mut endpoint, previous.is_none(), udp, now);
+    env.count(Counter::LegacyAccepted);
+    emit(env, &Event { tunnel_id: id, timestamp_ns: now, ..event(EVENT_LEGACY, udp) });
+    Verdict::Drop
+}
+
+#[cfg(test)]
+#[path = "path_tests.rs"]
+mod tests;

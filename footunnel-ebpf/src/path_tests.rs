@@ -1,0 +1,202 @@
+//! The packet path against an in-memory [`Env`]; the same cases run on the
+//! real program in the kernel in `tests/host`.
+
+use std::{cell::RefCell, collections::HashMap};
+
+use super::*;
+use crate::{
+    maps::{PORT_FOU, TunnelConfig},
+    siphash::SipKey,
+};
+
+const KEY: SipKey = SipKey { k0: 0x0706050403020100, k1: 0x0f0e0d0c0b0a0908 };
+const ID: u64 = 0xfeed_0000_0000_0001;
+const BOOT: u64 = 1_000_000_000;
+const OFFSET: u64 = 1_790_000_000_000_000_000;
+const NOW: u64 = BOOT + OFFSET;
+const CLIENT: [u8; 4] = [203, 0, 113, 5];
+const BROKER: [u8; 4] = [198, 51, 100, 1];
+
+#[derive(Default)]
+struct MemEnv {
+    ports: HashMap<u16, PortConfig>,
+    tunnels: HashMap<u64, TunnelConfig>,
+    endpoints: RefCell<HashMap<u64, Endpoint>>,
+    v4: Vec<([u8; 4], u32, u64)>,
+    legacy: HashMap<Vec<u8>, u64>,
+    observed: RefCell<HashMap<u64, Observed>>,
+    counters: RefCell<HashMap<&'static str, u64>>,
+    events: RefCell<Vec<Event>>,
+    boot: std::cell::Cell<u64>,
+}
+
+impl Env for MemEnv {
+    fn port(&self, port: u16) -> Option<PortConfig> {
+        self.ports.get(&port).copied()
+    }
+    fn settings(&self) -> Settings {
+        Settings { realtime_offset_ns: OFFSET, window_ns: 120_000_000_000, observe_interval_ns: 1_000_000_000 }
+    }
+    fn boot_ns(&self) -> u64 {
+        self.boot.get()
+    }
+    fn tunnel(&self, id: u64) -> Option<TunnelConfig> {
+        self.tunnels.get(&id).copied()
+    }
+    fn endpoint(&self, id: u64) -> Option<Endpoint> {
+        self.endpoints.borrow().get(&id).copied()
+    }
+    fn set_endpoint(&self, id: u64, e: &Endpoint) {
+        self.endpoints.borrow_mut().insert(id, *e);
+    }
+    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64> {
+        let bits = u32::from_be_bytes(src);
+        self.v4
+            .iter()
+            .filter(|(p, len, _)| *len == 0 || bits >> (32 - len) == u32::from_be_bytes(*p) >> (32 - len))
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, id)| *id)
+    }
+    fn tunnel_by_v6(&self, _src: [u8; 16]) -> Option<u64> {
+        None
+    }
+    fn tunnel_by_legacy(&self, s: &LegacySecret) -> Option<u64> {
+        self.legacy.get(&s.bytes[..s.len as usize]).copied()
+    }
+    fn observed(&self, id: u64) -> Option<Observed> {
+        self.observed.borrow().get(&id).copied()
+    }
+    fn set_observed(&self, id: u64, o: &Observed) {
+        self.observed.borrow_mut().insert(id, *o);
+    }
+    fn count(&self, c: Counter) {
+        *self.counters.borrow_mut().entry(c.name()).or_default() += 1;
+    }
+    fn emit(&self, e: &Event) -> bool {
+        self.events.borrow_mut().push(*e);
+        true
+    }
+}
+
+fn env() -> MemEnv {
+    let env = MemEnv {
+        ports: [(42424, PortConfig { kind: PORT_FOU }), (42425, PortConfig { kind: PORT_LEGACY })].into(),
+        tunnels: [(ID, TunnelConfig { key: KEY })].into(),
+        v4: vec![([10, 0, 0, 0], 30, ID)],
+        legacy: [(b"SECRET".to_vec(), ID)].into(),
+        ..Default::default()
+    };
+    env.boot.set(BOOT);
+    env
+}
+
+fn udp(src: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&BROKER);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn heartbeat(ts: u64) -> [u8; 40] {
+    ControlMessage::new(Kind::Heartbeat, ID, ts, [0; 8]).sign(KEY).to_bytes()
+}
+
+fn inner_v4(src: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&[10, 0, 0, 1]);
+    p
+}
+
+fn count(env: &MemEnv, c: Counter) -> u64 {
+    env.counters.borrow().get(c.name()).copied().unwrap_or(0)
+}
+
+#[test]
+fn valid_heartbeat_records_the_endpoint_and_is_dropped() {
+    let env = env();
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env), Verdict::Drop);
+    let ep = env.endpoint(ID).expect("endpoint recorded");
+    assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (CLIENT, 40001, NOW, 1, 1));
+    assert_eq!(count(&env, Counter::Accepted), 1);
+    let events = env.events.borrow();
+    assert_eq!((events[0].kind, events[0].tunnel_id, events[0].port), (EVENT_HEARTBEAT, ID, 40001));
+}
+
+#[test]
+fn a_new_port_is_a_change_and_a_replay_is_not_accepted() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    process(&udp(CLIENT, 40002, 42424, &heartbeat(NOW + 1))[..], &env);
+    let ep = env.endpoint(ID).unwrap();
+    assert_eq!((ep.port, ep.changes, ep.heartbeats), (40002, 2, 2));
+    // Replaying the first from yet another port changes nothing.
+    assert_eq!(process(&udp(CLIENT, 40003, 42424, &heartbeat(NOW))[..], &env), Verdict::Drop);
+    assert_eq!(env.endpoint(ID).unwrap(), ep);
+    assert_eq!(count(&env, Counter::Replay), 1);
+}
+
+#[test]
+fn rejected_control_messages_are_dropped_and_counted() {
+    let env = env();
+    let mut forged = heartbeat(NOW);
+    forged[39] ^= 1;
+    let stale = heartbeat(NOW - 200_000_000_000);
+    let mut unknown = ControlMessage::new(Kind::Heartbeat, ID + 1, NOW, [0; 8]).sign(KEY).to_bytes();
+    unknown[0] = 0xF7;
+    for (payload, reason) in [
+        (&forged[..], Counter::BadTag),
+        (&stale[..], Counter::Stale),
+        (&unknown[..], Counter::UnknownTunnel),
+        (&heartbeat(NOW)[..39], Counter::Malformed),
+    ] {
+        assert_eq!(process(&udp(CLIENT, 1, 42424, payload)[..], &env), Verdict::Drop);
+        assert_eq!(count(&env, reason), 1, "{reason:?}");
+    }
+    assert!(env.endpoints.borrow().is_empty());
+}
+
+#[test]
+fn fou_data_from_elsewhere_is_observed_once_per_interval() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::FouData), 1);
+    let elsewhere = udp([192, 0, 2, 99], 5555, 42424, &inner_v4([10, 0, 0, 2]));
+    for _ in 0..3 {
+        assert_eq!(process(&elsewhere[..], &env), Verdict::Pass);
+    }
+    assert_eq!((count(&env, Counter::FouElsewhere), count(&env, Counter::ObservedEvents)), (3, 1));
+    env.boot.set(BOOT + 1_000_000_000);
+    process(&elsewhere[..], &env);
+    assert_eq!(count(&env, Counter::ObservedEvents), 2);
+    let o = env.observed(ID).unwrap();
+    assert_eq!((o.addr, o.port, o.packets), ([192, 0, 2, 99], 5555, 4));
+    assert_eq!(env.endpoint(ID).unwrap().port, 40001, "data never moves the endpoint");
+    assert_eq!(process(&udp(CLIENT, 1, 42424, &inner_v4([172, 16, 0, 1]))[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::FouUnmatched), 1);
+}
+
+#[test]
+fn legacy_secret_records_address_and_port() {
+    let env = env();
+    assert_eq!(process(&udp(CLIENT, 42424, 42425, b"SECRET")[..], &env), Verdict::Drop);
+    assert_eq!(env.endpoint(ID).map(|e| (e.addr, e.port)), Some((CLIENT, 42424)));
+    assert_eq!(process(&udp(CLIENT, 42424, 42425, b"SECRETS")[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::LegacyUnknown), 1);
+}
+
+#[test]
+fn unrelated_traffic_passes_untouched() {
+    let env = env();
+    assert_eq!(process(&udp(CLIENT, 1, 53, &heartbeat(NOW))[..], &env), Verdict::Pass);
+    assert!(env.counters.borrow().is_empty() && env.endpoints.borrow().is_empty());
+}

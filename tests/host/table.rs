@@ -1,0 +1,174 @@
+//! A table of crafted packets through BPF_PROG_TEST_RUN: verdict, endpoint,
+//! counters, events.
+
+use footunnel_ebpf::maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED};
+use footunnel_tests::{
+    broker::{Broker, FOU_PORT, LEGACY_PORT, TC_ACT_OK, TC_ACT_SHOT, WINDOW_NS, XDP_DROP, XDP_PASS, now_ns},
+    frame::Udp4,
+};
+
+const CLIENT: [u8; 4] = [203, 0, 113, 5];
+const BROKER: [u8; 4] = [198, 51, 100, 1];
+
+fn to_fou(src: [u8; 4], sport: u16, payload: &[u8]) -> Udp4 {
+    Udp4::new(src, sport, BROKER, FOU_PORT, payload)
+}
+
+/// Inner IPv4 header from `src` (the tunnel's peer side is 10.0.0.0/30).
+fn inner(src: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&[10, 0, 0, 1]);
+    p
+}
+
+/// Sends `frame`, checks the verdict and that exactly `counter` moved.
+fn expect(broker: &Broker, what: &str, frame: &[u8], verdict: u32, counter: Option<Counter>) {
+    let before: Vec<u64> = Counter::ALL.iter().map(|c| broker.count(*c)).collect();
+    assert_eq!(broker.xdp(frame), verdict, "{what}: verdict");
+    for (c, was) in Counter::ALL.iter().zip(before) {
+        let expected = was + u64::from(Some(*c) == counter);
+        assert_eq!(broker.count(*c), expected, "{what}: counter {}", c.name());
+    }
+}
+
+#[test]
+fn control_messages_are_verified_by_every_rule() {
+    let mut broker = Broker::new(false);
+    let t0 = now_ns();
+    let valid = to_fou(CLIENT, 40001, &broker.heartbeat(t0));
+
+    expect(&broker, "valid heartbeat", &valid.build(), XDP_DROP, Some(Counter::Accepted));
+    let ep = broker.endpoint().expect("endpoint recorded");
+    assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (CLIENT, 40001, t0, 1, 1));
+    let events = broker.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].kind, events[0].tunnel_id, events[0].addr, events[0].port), (EVENT_HEARTBEAT, broker.tunnel.id, CLIENT, 40001));
+
+    let mut rejected: Vec<(&str, Vec<u8>, u32, Counter)> = Vec::new();
+    let mut forged = broker.heartbeat(t0 + 1);
+    forged[39] ^= 0x40;
+    rejected.push(("wrong tag", to_fou(CLIENT, 40002, &forged).build(), XDP_DROP, Counter::BadTag));
+    let mut other_id = broker.heartbeat(t0 + 1);
+    other_id[8] ^= 1;
+    rejected.push(("unknown tunnel id", to_fou(CLIENT, 40002, &other_id).build(), XDP_DROP, Counter::UnknownTunnel));
+    rejected.push(("replayed", to_fou(CLIENT, 40002, &broker.heartbeat(t0)).build(), XDP_DROP, Counter::Replay));
+    rejected.push(("older", to_fou(CLIENT, 40002, &broker.heartbeat(t0 - 5)).build(), XDP_DROP, Counter::Replay));
+    let stale = broker.heartbeat(t0 - WINDOW_NS - 1_000_000_000);
+    rejected.push(("stale", to_fou(CLIENT, 40002, &stale).build(), XDP_DROP, Counter::Stale));
+    let future = broker.heartbeat(t0 + WINDOW_NS + 5_000_000_000);
+    rejected.push(("from the future", to_fou(CLIENT, 40002, &future).build(), XDP_DROP, Counter::Stale));
+    for (i, value, what, counter) in [
+        (0, 0xF6, "wrong marker", Counter::Malformed),
+        (1, 2, "wrong version", Counter::BadVersion),
+        (2, 2, "ACK sent to the broker", Counter::BadType),
+        (2, 3, "CHALLENGE sent to the broker", Counter::BadType),
+        (2, 0, "type 0", Counter::BadType),
+    ] {
+        let mut p = broker.heartbeat(t0 + 1);
+        p[i] = value;
+        rejected.push((what, to_fou(CLIENT, 40002, &p).build(), XDP_DROP, counter));
+    }
+    let mut long = broker.heartbeat(t0 + 1);
+    long.push(0);
+    rejected.push(("41 bytes", to_fou(CLIENT, 40002, &long).build(), XDP_DROP, Counter::Malformed));
+    let mut not_ours = broker.heartbeat(t0 + 1);
+    not_ours[0] = 0x57;
+    rejected.push(("first nibble 5", to_fou(CLIENT, 40002, &not_ours).build(), XDP_PASS, Counter::NotFou));
+    for (what, frame, verdict, counter) in &rejected {
+        expect(&broker, what, frame, *verdict, Some(*counter));
+        assert_eq!(broker.endpoint(), Some(ep), "{what}: endpoint unchanged");
+    }
+    assert!(broker.events().is_empty(), "rejected messages emit no event");
+
+    // Truncated at every length: never accepted, never panics the verifier's trust.
+    let full = to_fou(CLIENT, 40002, &broker.heartbeat(t0 + 1)).build();
+    let payload_at = full.len() - 40;
+    for len in 14..full.len() {
+        let verdict = broker.xdp(&full[..len]);
+        let expected = if len > payload_at { XDP_DROP } else { XDP_PASS };
+        assert_eq!(verdict, expected, "truncated to {len} bytes");
+        assert_eq!(broker.endpoint(), Some(ep), "truncated to {len} bytes: endpoint unchanged");
+    }
+
+    // Not ours at all.
+    let hb = broker.heartbeat(t0 + 2);
+    for (what, frame) in [
+        ("other port", Udp4 { dport: 53, ..to_fou(CLIENT, 40002, &hb) }.build()),
+        ("TCP", Udp4 { protocol: 6, ..to_fou(CLIENT, 40002, &hb) }.build()),
+        ("first fragment", Udp4 { frag: 0x2000, ..to_fou(CLIENT, 40002, &hb) }.build()),
+        ("later fragment", Udp4 { frag: 0x0005, ..to_fou(CLIENT, 40002, &hb) }.build()),
+        ("legacy port while legacy is off", Udp4 { dport: LEGACY_PORT, ..to_fou(CLIENT, 40002, b"x") }.build()),
+    ] {
+        expect(&broker, what, &frame, XDP_PASS, None);
+        assert_eq!(broker.endpoint(), Some(ep), "{what}: endpoint unchanged");
+    }
+
+    // IPv4 options move the UDP header; the heartbeat still verifies.
+    let with_options = Udp4 { options: vec![1, 1, 1, 0, 7, 3, 4, 0], ..to_fou(CLIENT, 40003, &broker.heartbeat(t0 + 3)) };
+    expect(&broker, "heartbeat with IPv4 options", &with_options.build(), XDP_DROP, Some(Counter::Accepted));
+    let moved = broker.endpoint().unwrap();
+    assert_eq!((moved.port, moved.changes, moved.heartbeats, moved.last_timestamp_ns), (40003, 2, 2, t0 + 3));
+}
+
+#[test]
+fn fou_data_passes_and_a_new_source_is_observed_within_the_rate_limit() {
+    let mut broker = Broker::new(false);
+    let t0 = now_ns();
+    assert_eq!(broker.xdp(&to_fou(CLIENT, 40001, &broker.heartbeat(t0)).build()), XDP_DROP);
+    broker.events();
+
+    expect(&broker, "data from the endpoint", &to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build(), XDP_PASS, Some(Counter::FouData));
+    expect(&broker, "data for no tunnel", &to_fou(CLIENT, 40001, &inner([172, 16, 0, 2])).build(), XDP_PASS, Some(Counter::FouUnmatched));
+    assert!(broker.events().is_empty());
+
+    let elsewhere = to_fou([192, 0, 2, 77], 5555, &inner([10, 0, 0, 2])).build();
+    assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
+    let events = broker.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].kind, events[0].addr, events[0].port), (EVENT_OBSERVED, [192, 0, 2, 77], 5555));
+    for _ in 0..20 {
+        assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
+    }
+    assert!(broker.events().is_empty(), "at most one event per tunnel per second");
+    assert_eq!((broker.count(Counter::FouElsewhere), broker.count(Counter::ObservedEvents)), (21, 1));
+    let observed = footunnel::dataplane::observed(&broker.ebpf, broker.tunnel.id).unwrap().expect("observed entry");
+    assert_eq!((observed.addr, observed.port, observed.packets), ([192, 0, 2, 77], 5555, 21));
+    let ep = broker.endpoint().unwrap();
+    assert_eq!((ep.addr, ep.port), (CLIENT, 40001), "data never moves the endpoint");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
+    assert_eq!(broker.events().len(), 1, "a second later, the next event");
+}
+
+#[test]
+fn legacy_heartbeats_record_address_and_port_only_when_enabled() {
+    let mut broker = Broker::new(true);
+    let legacy = Udp4::new(CLIENT, 42424, BROKER, LEGACY_PORT, footunnel_tests::broker::SECRET.as_bytes());
+    expect(&broker, "legacy heartbeat", &legacy.build(), XDP_DROP, Some(Counter::LegacyAccepted));
+    let ep = broker.endpoint().unwrap();
+    assert_eq!((ep.addr, ep.port), (CLIENT, 42424));
+    assert_eq!(broker.events()[0].kind, EVENT_LEGACY);
+    let wrong = Udp4 { payload: b"not the secret".to_vec(), ..legacy.clone() };
+    expect(&broker, "wrong legacy secret", &wrong.build(), XDP_PASS, Some(Counter::LegacyUnknown));
+    let prefix = Udp4 { payload: footunnel_tests::broker::SECRET.as_bytes()[..5].to_vec(), ..legacy.clone() };
+    expect(&broker, "a prefix of the secret", &prefix.build(), XDP_PASS, Some(Counter::LegacyUnknown));
+
+    let off = Broker::new(false);
+    expect(&off, "legacy heartbeat, legacy off", &legacy.build(), XDP_PASS, None);
+    assert_eq!(off.endpoint(), None);
+}
+
+#[test]
+fn the_tc_entry_point_shares_the_path() {
+    let broker = Broker::new(false);
+    let t0 = now_ns();
+    assert_eq!(broker.tc(&to_fou(CLIENT, 40009, &broker.heartbeat(t0)).build()), TC_ACT_SHOT);
+    assert_eq!(broker.endpoint().map(|e| (e.addr, e.port)), Some((CLIENT, 40009)));
+    let mut forged = broker.heartbeat(t0 + 1);
+    forged[33] ^= 1;
+    assert_eq!(broker.tc(&to_fou(CLIENT, 40010, &forged).build()), TC_ACT_SHOT);
+    assert_eq!(broker.tc(&to_fou(CLIENT, 40009, &inner([10, 0, 0, 2])).build()), TC_ACT_OK);
+    assert_eq!(broker.endpoint().map(|e| e.port), Some(40009));
+    assert_eq!(broker.count(Counter::BadTag), 1);
+}
