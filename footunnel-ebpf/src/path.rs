@@ -100,7 +100,10 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
     endpoint.last_timestamp_ns = msg.timestamp_ns();
     record(env, id, &mut endpoint, previous.is_none(), udp, now);
     env.count(Counter::Accepted);
-    emit(env, &Event { tunnel_id: id, timestamp_ns: msg.timestamp_ns(), detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) });
+    emit(
+        env,
+        &Event { tunnel_id: id, timestamp_ns: msg.timestamp_ns(), detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) },
+    );
     Ok(())
 }
 

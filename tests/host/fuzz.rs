@@ -48,7 +48,14 @@ fn mutated_packets_never_move_an_endpoint() {
         heartbeat.build(),
         Udp4 { options: vec![1, 1, 1, 0], ..heartbeat.clone() }.build(),
         Udp4 { src: [192, 0, 2, 1], sport: 9, ..heartbeat.clone() }.build(),
-        Udp4::new(client, 40001, broker_addr, FOU_PORT, &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]).build(),
+        Udp4::new(
+            client,
+            40001,
+            broker_addr,
+            FOU_PORT,
+            &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1],
+        )
+        .build(),
     ];
     let seed = now_ns() | 1;
     let mut rng = Rng(seed);
@@ -74,7 +81,11 @@ fn mutated_packets_never_move_an_endpoint() {
             other => panic!("packet {n} (seed {seed}): verdict {other}"),
         }
         if n % 1000 == 999 || packet.len() >= 14 + 20 + 8 + 40 {
-            assert_eq!(endpoint_entries(&broker), baseline, "packet {n} (seed {seed}) moved an endpoint: {packet:02x?}");
+            assert_eq!(
+                endpoint_entries(&broker),
+                baseline,
+                "packet {n} (seed {seed}) moved an endpoint: {packet:02x?}"
+            );
         }
     }
     assert_eq!(broker.count(Counter::Accepted), accepted, "seed {seed}: nothing was accepted");
@@ -82,5 +93,7 @@ fn mutated_packets_never_move_an_endpoint() {
     // The fuzz reached the verifier, not just the parser.
     let rejected: u64 = [Counter::BadTag, Counter::Replay, Counter::Malformed].iter().map(|c| broker.count(*c)).sum();
     assert!(rejected > 10_000, "only {rejected} packets reached the control-message checks");
-    println!("fuzz: {PACKETS} packets (seed {seed}): {passed} passed, {dropped} dropped, {rejected} rejected by verification");
+    println!(
+        "fuzz: {PACKETS} packets (seed {seed}): {passed} passed, {dropped} dropped, {rejected} rejected by verification"
+    );
 }

@@ -22,6 +22,14 @@ fn inner(src: [u8; 4]) -> Vec<u8> {
     p
 }
 
+/// Inner IPv6 header from 2001:db8:SUBNET::2 (the peer side is 2001:db8:f0::/64).
+fn inner_v6(subnet: u8) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 0, 59, 64];
+    p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, subnet, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, subnet, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p
+}
+
 /// Sends `frame`, checks the verdict and that exactly `counter` moved.
 fn expect(broker: &Broker, what: &str, frame: &[u8], verdict: u32, counter: Option<Counter>) {
     let before: Vec<u64> = Counter::ALL.iter().map(|c| broker.count(*c)).collect();
@@ -43,7 +51,10 @@ fn control_messages_are_verified_by_every_rule() {
     assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (CLIENT, 40001, t0, 1, 1));
     let events = broker.events();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].kind, events[0].tunnel_id, events[0].addr, events[0].port), (EVENT_HEARTBEAT, broker.tunnel.id, CLIENT, 40001));
+    assert_eq!(
+        (events[0].kind, events[0].tunnel_id, events[0].addr, events[0].port),
+        (EVENT_HEARTBEAT, broker.tunnel.id, CLIENT, 40001)
+    );
 
     let mut rejected: Vec<(&str, Vec<u8>, u32, Counter)> = Vec::new();
     let mut forged = broker.heartbeat(t0 + 1);
@@ -105,7 +116,8 @@ fn control_messages_are_verified_by_every_rule() {
     }
 
     // IPv4 options move the UDP header; the heartbeat still verifies.
-    let with_options = Udp4 { options: vec![1, 1, 1, 0, 7, 3, 4, 0], ..to_fou(CLIENT, 40003, &broker.heartbeat(t0 + 3)) };
+    let with_options =
+        Udp4 { options: vec![1, 1, 1, 0, 7, 3, 4, 0], ..to_fou(CLIENT, 40003, &broker.heartbeat(t0 + 3)) };
     expect(&broker, "heartbeat with IPv4 options", &with_options.build(), XDP_DROP, Some(Counter::Accepted));
     let moved = broker.endpoint().unwrap();
     assert_eq!((moved.port, moved.changes, moved.heartbeats, moved.last_timestamp_ns), (40003, 2, 2, t0 + 3));
@@ -118,8 +130,34 @@ fn fou_data_passes_and_a_new_source_is_observed_within_the_rate_limit() {
     assert_eq!(broker.xdp(&to_fou(CLIENT, 40001, &broker.heartbeat(t0)).build()), XDP_DROP);
     broker.events();
 
-    expect(&broker, "data from the endpoint", &to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build(), XDP_PASS, Some(Counter::FouData));
-    expect(&broker, "data for no tunnel", &to_fou(CLIENT, 40001, &inner([172, 16, 0, 2])).build(), XDP_PASS, Some(Counter::FouUnmatched));
+    expect(
+        &broker,
+        "data from the endpoint",
+        &to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build(),
+        XDP_PASS,
+        Some(Counter::FouData),
+    );
+    expect(
+        &broker,
+        "IPv6 data from the endpoint",
+        &to_fou(CLIENT, 40001, &inner_v6(0xf0)).build(),
+        XDP_PASS,
+        Some(Counter::FouData),
+    );
+    expect(
+        &broker,
+        "IPv6 data for no tunnel",
+        &to_fou(CLIENT, 40001, &inner_v6(0xf1)).build(),
+        XDP_PASS,
+        Some(Counter::FouUnmatched),
+    );
+    expect(
+        &broker,
+        "data for no tunnel",
+        &to_fou(CLIENT, 40001, &inner([172, 16, 0, 2])).build(),
+        XDP_PASS,
+        Some(Counter::FouUnmatched),
+    );
     assert!(broker.events().is_empty());
 
     let elsewhere = to_fou([192, 0, 2, 77], 5555, &inner([10, 0, 0, 2])).build();

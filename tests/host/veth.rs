@@ -46,7 +46,8 @@ fn heartbeats_over_veth(hook: Hook) {
         (40004, broker.heartbeat(t0)), // replay from a new port
     ];
     for (port, payload) in &sends {
-        client.run(|| UdpSocket::bind(("192.0.2.1", *port)).unwrap().send_to(payload, ("192.0.2.2", FOU_PORT)).unwrap());
+        client
+            .run(|| UdpSocket::bind(("192.0.2.1", *port)).unwrap().send_to(payload, ("192.0.2.2", FOU_PORT)).unwrap());
     }
     let settled = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(20));

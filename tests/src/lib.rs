@@ -159,7 +159,7 @@ pub mod frame {
 
 /// The real eBPF program, loaded with one tunnel, for host tests.
 pub mod broker {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use aya::{
         Ebpf,
@@ -179,6 +179,8 @@ pub mod broker {
     pub const LEGACY_PORT: u16 = 42425;
     /// Inner addresses of the tunnel's client side.
     pub const PEER_PREFIX: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 0, 0), 30);
+    /// The same for IPv6 inside the tunnel (sit, `ipproto 41`).
+    pub const PEER_PREFIX_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0xf0, 0, 0, 0, 0, 0), 64);
     pub const WINDOW_NS: u64 = 120_000_000_000;
 
     pub const XDP_DROP: u32 = 1;
@@ -210,6 +212,7 @@ pub mod broker {
             dataplane::watch_port(&mut ebpf, FOU_PORT).unwrap();
             dataplane::add_tunnel(&mut ebpf, tunnel.id, tunnel.sip_key()).unwrap();
             dataplane::add_prefix_v4(&mut ebpf, PEER_PREFIX.0, PEER_PREFIX.1, tunnel.id).unwrap();
+            dataplane::add_prefix_v6(&mut ebpf, PEER_PREFIX_V6.0, PEER_PREFIX_V6.1, tunnel.id).unwrap();
             if legacy {
                 dataplane::watch_legacy_port(&mut ebpf, LEGACY_PORT).unwrap();
                 dataplane::add_legacy_secret(&mut ebpf, SECRET.as_bytes(), tunnel.id).unwrap();
