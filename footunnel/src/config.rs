@@ -1,0 +1,348 @@
+//! The broker's configuration: a TOML file, or the proof of concept's
+//! `footunnel broker fou0 SECRET` for a single link. Parsing and the checks
+//! that need no system state live here (pure, unit-tested); the checks
+//! against the system (links, FoU listeners, file modes) are in `broker`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use anyhow::{Context, Result, bail};
+use footunnel_ebpf::maps::LEGACY_SECRET_MAX;
+use serde::Deserialize;
+
+use crate::secret::TunnelIdentity;
+
+pub const DEFAULT_FOU_PORT: u16 = 42424;
+pub const DEFAULT_LEGACY_PORT: u16 = 42425;
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/footunnel";
+pub const DEFAULT_STATE_DIR: &str = "/run/footunnel";
+
+/// Where the program hooks into the uplink.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// XDP in driver mode, falling back to generic mode.
+    #[default]
+    Xdp,
+    /// TC ingress (clsact).
+    Tc,
+}
+
+/// The file as written (`deny_unknown_fields`: a typo is an error, not a default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default)]
+    attach: Attach,
+    #[serde(default = "default_fou_ports")]
+    fou_ports: Vec<u16>,
+    #[serde(default = "default_legacy_port")]
+    legacy_port: u16,
+    #[serde(default = "default_window")]
+    freshness_window: f64,
+    #[serde(default = "default_challenge_interval")]
+    challenge_interval: f64,
+    #[serde(default = "default_challenge_rate")]
+    challenge_rate: u32,
+    #[serde(default = "default_pin_dir")]
+    pin_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default, rename = "tunnel")]
+    tunnels: Vec<TunnelFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TunnelFile {
+    name: String,
+    link: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    peer_prefixes: Vec<String>,
+    #[serde(default)]
+    legacy: bool,
+}
+
+fn default_fou_ports() -> Vec<u16> {
+    vec![DEFAULT_FOU_PORT]
+}
+fn default_legacy_port() -> u16 {
+    DEFAULT_LEGACY_PORT
+}
+fn default_window() -> f64 {
+    120.0
+}
+fn default_challenge_interval() -> f64 {
+    1.0
+}
+fn default_challenge_rate() -> u32 {
+    100
+}
+fn default_pin_dir() -> PathBuf {
+    DEFAULT_PIN_DIR.into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+
+/// A validated broker configuration.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Uplinks to attach to; empty means "the interface holding each link's local address".
+    pub interfaces: Vec<String>,
+    pub attach: Attach,
+    pub fou_ports: Vec<u16>,
+    pub legacy_port: u16,
+    pub freshness_window_ns: u64,
+    pub challenge_interval_ns: u64,
+    /// Challenges per second over all tunnels.
+    pub challenge_rate: u32,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub tunnels: Vec<Tunnel>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    pub name: String,
+    pub link: String,
+    pub secret: String,
+    /// Where the secret came from, for messages.
+    pub secret_file: Option<PathBuf>,
+    pub identity: TunnelIdentity,
+    /// Inner source prefixes of the client side; empty means "derive from the link's addresses".
+    pub peer_prefixes: Vec<Prefix>,
+    pub legacy: bool,
+}
+
+/// An IPv4 or IPv6 prefix without host bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The network containing `addr/len` (host bits cleared).
+    pub fn containing(addr: IpAddr, len: u8) -> Prefix {
+        let addr = match addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask32(len)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(len)).into()),
+        };
+        Prefix { addr, len }
+    }
+
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        let len = self.len.min(other.len);
+        match (self.addr, other.addr) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => u32::from(a) & mask32(len) == u32::from(b) & mask32(len),
+            (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(a) & mask128(len) == u128::from(b) & mask128(len),
+            _ => false,
+        }
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+}
+fn mask128(len: u8) -> u128 {
+    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a prefix: write ADDRESS/LENGTH, e.g. 10.0.0.2/32"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("{s:?}: the length must be 0 to {max}"))?;
+        let prefix = Prefix::containing(addr, len);
+        if prefix.addr != addr {
+            return Err(format!("{s:?} has host bits set: did you mean {prefix}?"));
+        }
+        Ok(prefix)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn seconds_to_ns(what: &str, s: f64) -> Result<u64> {
+    if !(0.0..=86_400.0).contains(&s) {
+        bail!("{what} = {s}: must be between 0 and 86400 seconds");
+    }
+    Ok((s * 1e9) as u64)
+}
+
+impl BrokerConfig {
+    /// Reads and validates a TOML file; secret files are read relative to it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")), &|p| read_secret_file(p))
+            .with_context(|| format!("invalid configuration {}", path.display()))
+    }
+
+    /// Parses and validates `text`; `read_secret` reads a secret file.
+    pub fn parse(text: &str, base: &Path, read_secret: &dyn Fn(&Path) -> Result<String>) -> Result<Self> {
+        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let mut tunnels = Vec::new();
+        for t in file.tunnels {
+            let (secret, secret_file) = match (t.secret, t.secret_file) {
+                (Some(s), None) => (s, None),
+                (None, Some(p)) => {
+                    let p = base.join(p);
+                    (read_secret(&p)?, Some(p))
+                }
+                (Some(_), Some(_)) => bail!("tunnel {:?}: give either `secret` or `secret_file`, not both", t.name),
+                (None, None) => bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name),
+            };
+            let peer_prefixes = t
+                .peer_prefixes
+                .iter()
+                .map(|p| p.parse::<Prefix>().map_err(|e| anyhow::anyhow!("tunnel {:?}: peer_prefixes: {e}", t.name)))
+                .collect::<Result<Vec<_>>>()?;
+            tunnels.push(Tunnel::new(t.name, t.link, secret, secret_file, peer_prefixes, t.legacy)?);
+        }
+        let config = BrokerConfig {
+            interfaces: file.interfaces,
+            attach: file.attach,
+            fou_ports: file.fou_ports,
+            legacy_port: file.legacy_port,
+            freshness_window_ns: seconds_to_ns("freshness_window", file.freshness_window)?,
+            challenge_interval_ns: seconds_to_ns("challenge_interval", file.challenge_interval)?,
+            challenge_rate: file.challenge_rate,
+            pin_dir: file.pin_dir,
+            state_dir: file.state_dir,
+            tunnels,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The proof of concept's shape: one link, one secret.
+    pub fn single(link: &str, secret: &str) -> Result<Self> {
+        let config = BrokerConfig {
+            interfaces: Vec::new(),
+            attach: Attach::Xdp,
+            fou_ports: default_fou_ports(),
+            legacy_port: DEFAULT_LEGACY_PORT,
+            freshness_window_ns: 120_000_000_000,
+            challenge_interval_ns: 1_000_000_000,
+            challenge_rate: default_challenge_rate(),
+            pin_dir: default_pin_dir(),
+            state_dir: default_state_dir(),
+            tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The checks that need nothing but the configuration itself.
+    pub fn validate(&self) -> Result<()> {
+        if self.tunnels.is_empty() {
+            bail!("no tunnels: add a [[tunnel]] section with name, link and secret_file");
+        }
+        if self.fou_ports.is_empty() || self.fou_ports.contains(&0) {
+            bail!("fou_ports must list at least one non-zero UDP port (default [{DEFAULT_FOU_PORT}])");
+        }
+        if self.fou_ports.len() > footunnel_ebpf::maps::MAX_PORTS - 1 {
+            bail!("at most {} FoU ports", footunnel_ebpf::maps::MAX_PORTS - 1);
+        }
+        if self.tunnels.iter().any(|t| t.legacy) && self.fou_ports.contains(&self.legacy_port) {
+            bail!("legacy_port {} is also a FoU port: the proof of concept's heartbeats need their own port", self.legacy_port);
+        }
+        if self.challenge_rate == 0 {
+            bail!("challenge_rate must be at least 1 per second");
+        }
+        let mut names = HashSet::new();
+        let mut links = HashSet::new();
+        let mut ids: HashMap<u64, &str> = HashMap::new();
+        for t in &self.tunnels {
+            if !names.insert(t.name.as_str()) {
+                bail!("two tunnels are named {:?}: names must be unique", t.name);
+            }
+            if !links.insert(t.link.as_str()) {
+                bail!("tunnel {:?}: link {:?} belongs to another tunnel already; each tunnel needs its own link", t.name, t.link);
+            }
+            if let Some(other) = ids.insert(t.identity.id, &t.name) {
+                bail!(
+                    "tunnels {other:?} and {:?} have the same tunnel id {:016x} (the same secret?): give each tunnel its own secret",
+                    t.name,
+                    t.identity.id
+                );
+            }
+        }
+        for (i, a) in self.tunnels.iter().enumerate() {
+            for b in &self.tunnels[i + 1..] {
+                for pa in &a.peer_prefixes {
+                    if let Some(pb) = b.peer_prefixes.iter().find(|pb| pa.overlaps(pb)) {
+                        bail!("tunnels {:?} ({pa}) and {:?} ({pb}) have overlapping peer prefixes", a.name, b.name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Tunnel {
+    pub fn new(
+        name: String,
+        link: String,
+        secret: String,
+        secret_file: Option<PathBuf>,
+        peer_prefixes: Vec<Prefix>,
+        legacy: bool,
+    ) -> Result<Self> {
+        if name.is_empty() || link.is_empty() {
+            bail!("a tunnel needs a name and a link");
+        }
+        if link.len() > 15 {
+            bail!("tunnel {name:?}: {link:?} is longer than a Linux interface name can be (15)");
+        }
+        if secret.is_empty() {
+            bail!("tunnel {name:?}: the secret is empty");
+        }
+        if legacy && secret.len() > LEGACY_SECRET_MAX {
+            bail!("tunnel {name:?}: legacy heartbeats carry the secret itself, at most {LEGACY_SECRET_MAX} bytes");
+        }
+        let identity = TunnelIdentity::derive(&secret);
+        Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy })
+    }
+}
+
+/// A secret file: one line, readable by its owner only.
+pub fn read_secret_file(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read secret file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "secret file {} is readable by group or others (mode {mode:03o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read secret file {}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        bail!("secret file {} is empty: put the secret on its first line (`footunnel keygen > FILE`)", path.display());
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,117 @@
+use super::*;
+
+fn parse(text: &str) -> Result<BrokerConfig> {
+    BrokerConfig::parse(text, Path::new("/etc/footunnel"), &|p| {
+        if p.ends_with("alice.secret") { Ok("alice's secret, long enough".into()) } else { bail!("no file {}", p.display()) }
+    })
+}
+
+fn err(text: &str) -> String {
+    format!("{:#}", parse(text).unwrap_err())
+}
+
+const ONE: &str = r#"
+[[tunnel]]
+name = "alice"
+link = "fou0"
+secret_file = "alice.secret"
+peer_prefixes = ["10.0.0.2/32", "2001:db8:1::/64"]
+"#;
+
+#[test]
+fn a_minimal_file_gets_the_defaults() {
+    let c = parse(ONE).unwrap();
+    assert_eq!(c.fou_ports, vec![42424]);
+    assert_eq!(c.attach, Attach::Xdp);
+    assert_eq!(c.freshness_window_ns, 120_000_000_000);
+    assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/footunnel"));
+    let t = &c.tunnels[0];
+    assert_eq!(t.secret_file.as_deref(), Some(Path::new("/etc/footunnel/alice.secret")));
+    assert_eq!(t.identity, TunnelIdentity::derive("alice's secret, long enough"));
+    assert_eq!(t.peer_prefixes[1].to_string(), "2001:db8:1::/64");
+}
+
+#[test]
+fn every_option_is_read() {
+    let c = parse(&format!(
+        "interfaces = [\"eth0\"]\nattach = \"tc\"\nfou_ports = [5555, 5556]\nfreshness_window = 0\n\
+         challenge_interval = 2.5\nchallenge_rate = 7\npin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/s\"\n{ONE}"
+    ))
+    .unwrap();
+    assert_eq!((c.interfaces, c.attach, c.fou_ports), (vec!["eth0".to_owned()], Attach::Tc, vec![5555, 5556]));
+    assert_eq!((c.freshness_window_ns, c.challenge_interval_ns, c.challenge_rate), (0, 2_500_000_000, 7));
+}
+
+#[test]
+fn mistakes_are_named_with_their_fix() {
+    assert!(err("intefaces = []\n").contains("unknown field `intefaces`"));
+    assert!(err("").contains("no tunnels"));
+    assert!(err(&ONE.replace("secret_file = \"alice.secret\"", "")).contains("no secret"));
+    assert!(err(&ONE.replace("secret_file = \"alice.secret\"", "secret_file = \"bob.secret\"")).contains("no file /etc/footunnel/bob.secret"));
+    assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.2/24")).contains("host bits set: did you mean 10.0.0.0/24?"));
+    assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.2")).contains("not a prefix"));
+    assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.300/32")).contains("not an IP address"));
+    assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.2/33")).contains("0 to 32"));
+    assert!(err(&format!("fou_ports = []\n{ONE}")).contains("at least one"));
+    assert!(err(&format!("freshness_window = -1\n{ONE}")).contains("between 0 and 86400"));
+    assert!(err(&format!("attach = \"ebpf\"\n{ONE}")).contains("attach"));
+    let both = ONE.replace("secret_file = \"alice.secret\"", "secret = \"x\"\nsecret_file = \"alice.secret\"");
+    assert!(err(&both).contains("not both"));
+}
+
+#[test]
+fn duplicates_and_overlaps_are_rejected() {
+    let bob = |name: &str, link: &str, secret_file: &str, prefix: &str| {
+        format!("[[tunnel]]\nname = \"{name}\"\nlink = \"{link}\"\nsecret_file = \"{secret_file}\"\npeer_prefixes = [\"{prefix}\"]\n")
+    };
+    assert!(err(&format!("{ONE}{}", bob("alice", "fou1", "alice.secret", "10.0.1.0/24"))).contains("two tunnels are named \"alice\""));
+    assert!(err(&format!("{ONE}{}", bob("bob", "fou0", "alice.secret", "10.0.1.0/24"))).contains("belongs to another tunnel"));
+    let same_id = err(&format!("{ONE}{}", bob("bob", "fou1", "alice.secret", "10.0.1.0/24")));
+    assert!(same_id.contains("same tunnel id"), "{same_id}");
+    let other = "[[tunnel]]\nname = \"bob\"\nlink = \"fou1\"\nsecret = \"bob's own secret value\"\npeer_prefixes = [\"10.0.0.0/30\"]\n";
+    assert!(err(&format!("{ONE}{other}")).contains("overlapping peer prefixes"));
+    assert!(parse(&format!("{ONE}{}", other.replace("10.0.0.0/30", "10.0.0.4/30"))).is_ok());
+}
+
+#[test]
+fn legacy_needs_its_own_port_and_a_short_secret() {
+    let legacy = format!("{ONE}legacy = true\n");
+    assert!(parse(&legacy).unwrap().tunnels[0].legacy);
+    assert!(err(&format!("fou_ports = [42425]\n{legacy}")).contains("legacy_port 42425 is also a FoU port"));
+    let long = "[[tunnel]]\nname = \"x\"\nlink = \"fou9\"\nlegacy = true\nsecret = \"".to_owned() + &"s".repeat(61) + "\"\n";
+    assert!(err(&long).contains("at most 60 bytes"));
+}
+
+#[test]
+fn the_seed_shape_is_one_tunnel_named_after_its_link() {
+    let c = BrokerConfig::single("fou0", "SECRET").unwrap();
+    assert_eq!((c.tunnels[0].name.as_str(), c.tunnels[0].link.as_str()), ("fou0", "fou0"));
+    assert!(c.tunnels[0].peer_prefixes.is_empty());
+    assert!(format!("{:#}", BrokerConfig::single("a-very-long-link-name", "S").unwrap_err()).contains("longer than"));
+}
+
+#[test]
+fn secret_files_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("footunnel-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s");
+    std::fs::write(&file, "top secret value\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = format!("{:#}", read_secret_file(&file).unwrap_err());
+    assert!(e.contains("readable by group or others (mode 644)") && e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(read_secret_file(&file).unwrap(), "top secret value");
+    std::fs::write(&file, "\n").unwrap();
+    assert!(format!("{:#}", read_secret_file(&file).unwrap_err()).contains("empty"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn prefixes_overlap_by_their_shorter_length() {
+    let p = |s: &str| s.parse::<Prefix>().unwrap();
+    assert!(p("10.0.0.0/8").overlaps(&p("10.1.0.0/16")));
+    assert!(!p("10.0.0.0/30").overlaps(&p("10.0.0.4/30")));
+    assert!(!p("10.0.0.0/8").overlaps(&p("2001:db8::/32")));
+    assert_eq!(Prefix::containing("10.0.0.1".parse().unwrap(), 30), p("10.0.0.0/30"));
+}
