@@ -145,13 +145,21 @@ pub struct Event {
     pub tunnel_id: u64,
     /// Heartbeat: its timestamp; otherwise the broker's clock.
     pub timestamp_ns: u64,
-    /// Heartbeat: the nonce it answers.
+    /// Heartbeat: the nonce it answers. Observed: the UDP payload length
+    /// (big-endian u16), which bounds the size of a challenge.
     pub detail: [u8; 8],
     pub addr: [u8; 4],
     pub port: u16,
     /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`] or [`EVENT_LEGACY`].
     pub kind: u8,
     pub _pad: u8,
+}
+
+impl Event {
+    /// For [`EVENT_OBSERVED`]: the payload length of the packet seen.
+    pub fn observed_payload_len(&self) -> u16 {
+        u16::from_be_bytes([self.detail[0], self.detail[1]])
+    }
 }
 
 /// What the data plane counts, one slot each in [`COUNTERS`].

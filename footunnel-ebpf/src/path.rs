@@ -161,7 +161,10 @@ fn fou_data<E: Env>(udp: &Udp4, tunnel: Option<u64>, env: &E) -> Verdict {
     if previous.is_none() || now.wrapping_sub(observed.last_event_ns) >= settings.observe_interval_ns {
         observed.last_event_ns = now;
         env.count(Counter::ObservedEvents);
-        emit(env, &Event { tunnel_id: id, timestamp_ns: now, ..event(EVENT_OBSERVED, udp) });
+        // The payload length bounds the size of the challenge it may draw.
+        let len = (udp.payload_len as u16).to_be_bytes();
+        let detail = [len[0], len[1], 0, 0, 0, 0, 0, 0];
+        emit(env, &Event { tunnel_id: id, timestamp_ns: now, detail, ..event(EVENT_OBSERVED, udp) });
     }
     env.set_observed(id, &observed);
     Verdict::Pass

@@ -1,10 +1,13 @@
 //! Tunnel links (ipip/sit with FoU encapsulation), read over rtnetlink.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkInfo, TunnelEncapType};
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkInfo, LinkMessage, TunnelEncapType},
+};
 use rtnetlink::Handle;
 
 /// An ipip or sit link and its tunnel parameters (`IFLA_INFO_DATA`), kept
@@ -38,6 +41,46 @@ impl TunnelLink {
     }
     pub fn encap_dport(&self) -> Option<u16> {
         self.find(|p| if let InfoIpTunnel::EncapDPort(v) = p { Some(*v) } else { None })
+    }
+}
+
+impl TunnelLink {
+    /// `remote` and `encap-dport`, as the controller compares them.
+    pub fn endpoint(&self) -> crate::decide::LinkEndpoint {
+        crate::decide::LinkEndpoint {
+            remote: match self.remote() {
+                Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
+                _ => None,
+            },
+            dport: self.encap_dport(),
+        }
+    }
+
+    pub fn local_v4(&self) -> Option<Ipv4Addr> {
+        match self.local() {
+            Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The link must carry FoU encapsulation from one of `fou_ports`.
+    pub fn check_fou(&self, fou_ports: &[u16]) -> Result<()> {
+        let name = &self.name;
+        if self.encap_type() != Some(TunnelEncapType::Fou) {
+            bail!(
+                "link {name:?} has no FoU encapsulation: recreate it with \
+                 `ip link add {name} type ipip remote … local … encap fou encap-sport {port} encap-dport {port}`",
+                port = fou_ports[0]
+            );
+        }
+        match self.encap_sport() {
+            Some(sport) if fou_ports.contains(&sport) => Ok(()),
+            sport => bail!(
+                "link {name:?} sends from UDP port {} but the FoU ports are {fou_ports:?}: \
+                 set `encap-sport` to a FoU port so clients' NATs see one flow",
+                sport.map_or("auto".to_owned(), |p| p.to_string())
+            ),
+        }
     }
 }
 
@@ -75,4 +118,71 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
         kind,
         params: params.with_context(|| format!("the kernel reported no tunnel parameters for link {name:?}"))?,
     })
+}
+
+/// Points the link at `remote`:`dport` in one request that carries every
+/// other tunnel parameter unchanged: a changelink of an ipip/sit link
+/// rebuilds its parameters from the message alone (DESIGN.md §3).
+pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: Ipv4Addr, dport: u16) -> Result<TunnelLink> {
+    let mut params: Vec<InfoIpTunnel> = link
+        .params
+        .iter()
+        .filter(|p| !matches!(p, InfoIpTunnel::Remote(_) | InfoIpTunnel::EncapDPort(_)))
+        .cloned()
+        .collect();
+    params.push(InfoIpTunnel::Remote(IpAddr::V4(remote)));
+    params.push(InfoIpTunnel::EncapDPort(dport));
+    let mut message = LinkMessage::default();
+    message.header.index = link.index;
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(link.kind.clone()),
+        LinkInfo::Data(InfoData::IpTunnel(params.clone())),
+    ]));
+    handle
+        .link()
+        .change(message)
+        .execute()
+        .await
+        .with_context(|| format!("cannot point link {} at {remote}:{dport}", link.name))?;
+    Ok(TunnelLink { params, ..link.clone() })
+}
+
+/// The addresses (with prefix lengths) assigned to link `index`.
+pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+    let mut out = Vec::new();
+    let mut stream = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = stream.try_next().await.context("cannot list addresses")? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(addr) = attr {
+                out.push((*addr, msg.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The name of the interface that holds `addr`.
+pub async fn interface_with_address(handle: &Handle, addr: IpAddr) -> Result<String> {
+    let mut stream = handle.address().get().set_address_filter(addr).execute();
+    while let Some(msg) = stream.try_next().await.context("cannot list addresses")? {
+        if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == addr)) {
+            return name_of(handle, msg.header.index).await;
+        }
+    }
+    bail!("no interface has the address {addr}: name the uplink with --interface")
+}
+
+async fn name_of(handle: &Handle, index: u32) -> Result<String> {
+    let msg = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await?
+        .with_context(|| format!("no link with index {index}"))?;
+    msg.attributes
+        .iter()
+        .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+        .with_context(|| format!("link {index} has no name"))
 }

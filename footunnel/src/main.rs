@@ -1,7 +1,15 @@
 //! `footunnel`: the operator's command.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use footunnel::{
+    broker,
+    config::{self, Attach, BrokerConfig, Prefix},
+    secret, show,
+};
+use tracing::warn;
 
 #[derive(Parser)]
 #[command(
@@ -19,13 +27,193 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker: keep each tunnel's link pointed at its client.
+    #[command(long_about = BROKER_HELP)]
+    Broker(BrokerArgs),
+    /// Show tunnels, endpoints and counters from the running broker's pinned maps.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Where the broker keeps its state file.
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Print a fresh random tunnel secret (192 bits) to share between broker and client.
     Keygen,
+    /// Detach the broker's eBPF program and remove its pinned maps.
+    Unload {
+        #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Keygen => println!("{}", footunnel::secret::generate()?),
+const BROKER_HELP: &str = "Run the broker: keep each tunnel's link pointed at its client.
+
+Either one existing link, as the proof of concept did:
+
+    footunnel broker [-v] fou0 SECRET
+
+or every tunnel from a configuration file:
+
+    footunnel broker --config /etc/footunnel/broker.toml
+
+Each link must exist already, as an ipip (or sit) link with FoU encapsulation whose
+encap-sport is the FoU port, and the port needs a FoU listener:
+
+    ip fou add port 42424 ipproto 4
+    ip link add fou0 type ipip remote 192.0.2.1 local <BROKER-IP> ttl 64 \\
+        encap fou encap-sport 42424 encap-dport 42424
+    ip link set fou0 up && ip addr add 10.0.0.1/30 dev fou0
+
+The eBPF program attaches to the interface holding the link's local address (or
+--interface), verifies heartbeats there and records each client's address and port.
+On every accepted heartbeat the broker points the link's remote and encap-dport at
+that source, keeping every other parameter, and answers with an ACK. FoU data from
+any other source draws a rate-limited CHALLENGE, never a change.
+
+State is pinned under /sys/fs/bpf/footunnel/: stopping the broker (SIGINT/SIGTERM)
+leaves the data plane recording, and a restart continues from there. `footunnel show`
+reports; `footunnel unload` removes everything.";
+
+#[derive(Args)]
+struct BrokerArgs {
+    /// The tunnel's link (seed shape; needs SECRET).
+    link: Option<String>,
+    /// The tunnel's shared secret (seed shape). Prefer --secret-file: arguments are visible in `ps`.
+    secret: Option<String>,
+    /// Read the secret from this file (mode 600) instead.
+    #[arg(long, conflicts_with_all = ["secret", "config"])]
+    secret_file: Option<PathBuf>,
+    /// A TOML configuration with one [[tunnel]] per tunnel.
+    #[arg(long, short, conflicts_with = "link")]
+    config: Option<PathBuf>,
+    /// Uplink interface(s) to attach to (default: the one holding each link's local address).
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+    /// Where to hook into the uplink.
+    #[arg(long, value_enum)]
+    attach: Option<Attach>,
+    /// Inner source prefix(es) of the client (default: the link's own subnets).
+    #[arg(long = "peer", value_parser = parse_prefix)]
+    peers: Vec<Prefix>,
+    /// Also accept the proof of concept's plaintext heartbeats (insecure).
+    #[arg(long)]
+    legacy: bool,
+    /// Freshness window for heartbeat timestamps, in seconds (0 disables).
+    #[arg(long)]
+    freshness_window: Option<f64>,
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// More detail in the log.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn parse_prefix(s: &str) -> Result<Prefix, String> {
+    s.parse()
+}
+
+impl BrokerArgs {
+    fn config(&self) -> Result<BrokerConfig> {
+        let mut config = match (&self.config, &self.link) {
+            (Some(path), None) => BrokerConfig::load(path)?,
+            (None, Some(link)) => {
+                let secret = match (&self.secret, &self.secret_file) {
+                    (Some(s), None) => s.clone(),
+                    (None, Some(f)) => config::read_secret_file(f)?,
+                    _ => bail!("give the tunnel's secret: `footunnel broker {link} SECRET` or --secret-file FILE"),
+                };
+                let mut c = BrokerConfig::single(link, &secret)?;
+                c.tunnels[0].peer_prefixes = self.peers.clone();
+                c.tunnels[0].legacy = self.legacy;
+                c
+            }
+            _ => bail!("say which tunnels to serve: `footunnel broker LINK SECRET` or `footunnel broker --config FILE`"),
+        };
+        if !self.interfaces.is_empty() {
+            config.interfaces = self.interfaces.clone();
+        }
+        if let Some(a) = self.attach {
+            config.attach = a;
+        }
+        if let Some(w) = self.freshness_window {
+            if !(0.0..=86_400.0).contains(&w) {
+                bail!("--freshness-window must be between 0 and 86400 seconds");
+            }
+            config.freshness_window_ns = (w * 1e9) as u64;
+        }
+        if let Some(p) = &self.pin_dir {
+            config.pin_dir = p.clone();
+        }
+        if let Some(s) = &self.state_dir {
+            config.state_dir = s.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let filter = if verbose { "footunnel=debug,info" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FOOTUNNEL_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("footunnel: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Broker(args) => {
+            init_logging(args.verbose);
+            let config = args.config()?;
+            for t in &config.tunnels {
+                if let Some(w) = secret::weakness(&t.secret) {
+                    warn!("tunnel {:?}: {w}", t.name);
+                }
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(broker::run(config, shutdown_signal()))?;
+        }
+        Command::Show { json, state_dir } => {
+            let report = show::collect(&state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+                print!("{}", show::render(&report, now));
+            }
+        }
+        Command::Keygen => println!("{}", secret::generate()?),
+        Command::Unload { pin_dir, state_dir } => {
+            broker::unload(&state_dir, &pin_dir).context("unload failed")?;
+            println!("footunnel's data plane is detached and its pinned state removed");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,629 @@
+//! `footunnel broker`: checks the system, loads and attaches the data plane,
+//! then turns what it records into link configuration, ACKs and CHALLENGEs.
+//! Decisions come from `decide`; this module applies them.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+        xdp::XdpLink,
+    },
+};
+use footunnel_ebpf::{
+    maps::{
+        self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LegacySecret, PortConfig, Settings,
+        TunnelConfig, TunnelRef,
+    },
+    wire::{ControlMessage, Kind},
+};
+use rtnetlink::Handle;
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{Attach, BrokerConfig, Prefix, Tunnel},
+    dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
+    decide::{self, RateLimit},
+    fou,
+    link::{self, TunnelLink},
+    rawudp::RawUdp,
+};
+
+/// Every map, pinned by name under the pin directory.
+pub const PINNED_MAPS: [&str; 10] = [
+    maps::FOU_PORTS,
+    maps::TUNNELS,
+    maps::ENDPOINTS,
+    maps::PREFIXES_V4,
+    maps::PREFIXES_V6,
+    maps::LEGACY_SECRETS,
+    maps::OBSERVED,
+    maps::SETTINGS,
+    maps::EVENTS,
+    maps::COUNTERS,
+];
+
+/// What `footunnel show` needs besides the maps: written at start-up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateFile {
+    pub pin_dir: PathBuf,
+    pub attach: String,
+    pub interfaces: Vec<String>,
+    pub fou_ports: Vec<u16>,
+    pub tunnels: Vec<StateTunnel>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateTunnel {
+    pub name: String,
+    pub link: String,
+    pub id: u64,
+    pub legacy: bool,
+    pub peer_prefixes: Vec<String>,
+}
+
+pub const STATE_FILE: &str = "broker.json";
+
+/// A configured tunnel, checked against the system.
+struct Planned {
+    config: Tunnel,
+    link: TunnelLink,
+    prefixes: Vec<Prefix>,
+}
+
+/// Everything checked before anything changes.
+struct Plan {
+    tunnels: Vec<Planned>,
+    interfaces: Vec<String>,
+}
+
+/// Checks the configuration against the system: links, FoU listeners,
+/// interfaces. Changes nothing.
+async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
+    fou::require_listeners(&config.fou_ports)?;
+    let mut tunnels = Vec::new();
+    for t in &config.tunnels {
+        let link = link::get(handle, &t.link).await.with_context(|| format!("tunnel {:?}", t.name))?;
+        link.check_fou(&config.fou_ports).with_context(|| format!("tunnel {:?}", t.name))?;
+        let mut prefixes = t.peer_prefixes.clone();
+        if prefixes.is_empty() {
+            prefixes = link::addresses(handle, link.index)
+                .await?
+                .into_iter()
+                .filter(|(a, _)| !matches!(a, IpAddr::V6(v6) if v6.segments()[0] == 0xfe80))
+                .map(|(addr, len)| Prefix::containing(addr, len))
+                .collect();
+            if prefixes.is_empty() {
+                bail!(
+                    "tunnel {:?}: link {} has no addresses to derive the client's inner prefixes from: \
+                     add its address (`ip addr add 10.0.0.1/30 dev {}`) or set peer_prefixes",
+                    t.name,
+                    t.link,
+                    t.link
+                );
+            }
+        }
+        tunnels.push(Planned { config: t.clone(), link, prefixes });
+    }
+    for (i, a) in tunnels.iter().enumerate() {
+        for b in &tunnels[i + 1..] {
+            if let Some(p) = a.prefixes.iter().find(|p| b.prefixes.iter().any(|q| p.overlaps(q))) {
+                bail!("tunnels {:?} and {:?} both claim inner prefix {p}: set distinct peer_prefixes", a.config.name, b.config.name);
+            }
+        }
+    }
+    let mut interfaces = config.interfaces.clone();
+    if interfaces.is_empty() {
+        for t in &tunnels {
+            let local = t.link.local_v4().with_context(|| {
+                format!("link {} has no local address, so its uplink is unknown: name it with --interface", t.link.name)
+            })?;
+            let name = link::interface_with_address(handle, IpAddr::V4(local)).await?;
+            if !interfaces.contains(&name) {
+                interfaces.push(name);
+            }
+        }
+    }
+    for name in &interfaces {
+        if handle.link().get().match_name(name.clone()).execute().try_next_ok().await.is_none() {
+            bail!("uplink interface {name:?} does not exist");
+        }
+    }
+    Ok(Plan { tunnels, interfaces })
+}
+
+trait TryNextOk {
+    async fn try_next_ok(self) -> Option<netlink_packet_route::link::LinkMessage>;
+}
+
+impl<S: futures::Stream<Item = Result<netlink_packet_route::link::LinkMessage, rtnetlink::Error>> + Unpin> TryNextOk
+    for S
+{
+    async fn try_next_ok(mut self) -> Option<netlink_packet_route::link::LinkMessage> {
+        use futures::StreamExt;
+        self.next().await.and_then(|r| r.ok())
+    }
+}
+
+/// A running tunnel.
+struct Running {
+    config: Tunnel,
+    link: TunnelLink,
+    last_sent_ns: u64,
+    last_challenge_ns: Option<u64>,
+}
+
+pub struct Broker {
+    config: BrokerConfig,
+    ebpf: Ebpf,
+    handle: Handle,
+    tunnels: Vec<Running>,
+    by_id: HashMap<u64, usize>,
+    sender: RawUdp,
+    challenges: RateLimit,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Runs the broker until `shutdown` resolves.
+pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
+    tokio::spawn(connection);
+    let plan = plan(&config, &handle).await?;
+    let mut broker = Broker::start(config, handle, plan)?;
+    broker.reconcile_all().await;
+    broker.serve(shutdown).await
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts bpffs at `dir`'s parent if it is not there (e.g. in a fresh
+/// network namespace's view of /sys), then creates `dir`.
+fn ensure_pin_dir(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("the pin directory needs a parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid path and out pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 != BPF_FS_MAGIC {
+        info!("mounting bpffs at {}", parent.display());
+        let fstype = c"bpf";
+        // SAFETY: valid strings.
+        if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot mount bpffs at {}", parent.display()));
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create pin directory {}", dir.display()))
+}
+
+impl Broker {
+    fn start(config: BrokerConfig, handle: Handle, plan: Plan) -> Result<Self> {
+        ensure_pin_dir(&config.pin_dir)?;
+        let fresh = !config.pin_dir.join(maps::ENDPOINTS).exists();
+        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, config.pin_dir.join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(dataplane::OBJECT).context("loading the eBPF object with pinned maps failed")?;
+        let started = now_ns();
+        fill_maps(&mut ebpf, &config, &plan, fresh.then_some(started))?;
+        if fresh {
+            info!("fresh data plane state: only heartbeats newer than now are accepted (replays of older ones stay out)");
+        } else {
+            info!("continuing from the pinned state in {}", config.pin_dir.display());
+        }
+        for iface in &plan.interfaces {
+            attach(&mut ebpf, &config, iface)?;
+        }
+        let state = StateFile {
+            pin_dir: config.pin_dir.clone(),
+            attach: format!("{:?}", config.attach).to_lowercase(),
+            interfaces: plan.interfaces.clone(),
+            fou_ports: config.fou_ports.clone(),
+            tunnels: plan
+                .tunnels
+                .iter()
+                .map(|t| StateTunnel {
+                    name: t.config.name.clone(),
+                    link: t.config.link.clone(),
+                    id: t.config.identity.id,
+                    legacy: t.config.legacy,
+                    peer_prefixes: t.prefixes.iter().map(|p| p.to_string()).collect(),
+                })
+                .collect(),
+        };
+        write_state(&config.state_dir, &state)?;
+        let tunnels: Vec<Running> = plan
+            .tunnels
+            .into_iter()
+            .map(|t| Running { config: t.config, link: t.link, last_sent_ns: 0, last_challenge_ns: None })
+            .collect();
+        let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.identity.id, i)).collect();
+        let challenges = RateLimit::new(config.challenge_rate, now_ns());
+        Ok(Broker { config, ebpf, handle, tunnels, by_id, sender: RawUdp::open()?, challenges })
+    }
+
+    fn endpoint(&self, id: u64) -> Option<Endpoint> {
+        dataplane::endpoint(&self.ebpf, id).unwrap_or_else(|e| {
+            warn!("{e:#}");
+            None
+        })
+    }
+
+    /// Makes every link match its recorded endpoint.
+    async fn reconcile_all(&mut self) {
+        for i in 0..self.tunnels.len() {
+            self.reconcile(i).await;
+        }
+        self.report_collisions();
+    }
+
+    /// Makes one link match its recorded endpoint; true if it changed.
+    async fn reconcile(&mut self, i: usize) -> bool {
+        let id = self.tunnels[i].config.identity.id;
+        let Some(endpoint) = self.endpoint(id) else { return false };
+        let t = &self.tunnels[i];
+        if decide::repoint(t.link.endpoint(), &endpoint).is_none() {
+            return false;
+        }
+        // Re-read first: someone (an operator, a restart) may have changed it,
+        // and the change must carry the link's current parameters.
+        let current = match link::get(&self.handle, &t.link.name).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("tunnel {}: {e:#}", t.config.name);
+                return false;
+            }
+        };
+        let Some(change) = decide::repoint(current.endpoint(), &endpoint) else {
+            self.tunnels[i].link = current;
+            return false;
+        };
+        match link::repoint(&self.handle, &current, change.remote, change.dport).await {
+            Ok(updated) => {
+                info!(
+                    "tunnel {}: link {} now points at {}:{} (was {})",
+                    t.config.name,
+                    current.name,
+                    change.remote,
+                    change.dport,
+                    describe(current.endpoint())
+                );
+                self.tunnels[i].link = updated;
+                true
+            }
+            Err(e) => {
+                warn!("tunnel {}: {e:#}", t.config.name);
+                false
+            }
+        }
+    }
+
+    fn report_collisions(&self) {
+        let rows: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> =
+            self.tunnels.iter().map(|t| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote)).collect();
+        for (a, b) in decide::collisions(&rows) {
+            warn!(
+                "tunnels {a:?} and {b:?} share a local address and their clients share a public address: \
+                 the kernel's FoU receive cannot tell them apart; give them distinct broker local addresses"
+            );
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        let Some(&i) = self.by_id.get(&event.tunnel_id) else {
+            debug!("event for unknown tunnel {:016x}", event.tunnel_id);
+            return;
+        };
+        let source = (Ipv4Addr::from(event.addr), event.port);
+        match event.kind {
+            EVENT_HEARTBEAT | EVENT_LEGACY => {
+                debug!("tunnel {}: heartbeat from {}:{}", self.tunnels[i].config.name, source.0, source.1);
+                if self.reconcile(i).await {
+                    self.report_collisions();
+                }
+                if event.kind == EVENT_HEARTBEAT {
+                    let detail = ControlMessage::endpoint_detail(event.addr, event.port);
+                    self.send(i, Kind::Ack, source, detail);
+                }
+            }
+            EVENT_OBSERVED => self.challenge(i, source, event.observed_payload_len()),
+            other => debug!("unknown event kind {other}"),
+        }
+    }
+
+    fn challenge(&mut self, i: usize, source: (Ipv4Addr, u16), trigger_len: u16) {
+        let now = now_ns();
+        let t = &self.tunnels[i];
+        if !decide::may_challenge(trigger_len) {
+            debug!("tunnel {}: {}:{} sent {trigger_len} bytes, too few to answer with a challenge", t.config.name, source.0, source.1);
+            return;
+        }
+        if !decide::spaced(t.last_challenge_ns, now, self.config.challenge_interval_ns) || !self.challenges.allow(now) {
+            debug!("tunnel {}: challenge to {}:{} rate-limited", t.config.name, source.0, source.1);
+            return;
+        }
+        info!("tunnel {}: FoU data from {}:{}, not its endpoint: challenging", t.config.name, source.0, source.1);
+        self.tunnels[i].last_challenge_ns = Some(now);
+        let mut nonce = [0u8; 8];
+        getrandom(&mut nonce);
+        self.send(i, Kind::Challenge, source, nonce);
+    }
+
+    /// Sends a control message from the tunnel's FoU port and local address.
+    fn send(&mut self, i: usize, kind: Kind, to: (Ipv4Addr, u16), detail: [u8; 8]) {
+        let t = &mut self.tunnels[i];
+        let ts = decide::next_timestamp(now_ns(), t.last_sent_ns);
+        t.last_sent_ns = ts;
+        let msg = ControlMessage::new(kind, t.config.identity.id, ts, detail).sign(t.config.identity.sip_key());
+        let from = t.link.local_v4().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let sport = t.link.encap_sport().unwrap_or(self.config.fou_ports[0]);
+        if let Err(e) = self.sender.send(from, sport, to.0, to.1, &msg.to_bytes()) {
+            warn!("tunnel {}: {e:#}", t.config.name);
+        }
+    }
+
+    async fn serve(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let events = self.ebpf.take_map(maps::EVENTS).context("the eBPF object has no EVENTS map")?;
+        // SAFETY: the ring buffer owns its descriptor for as long as the AsyncFd holds it.
+        let mut events = unsafe { AsyncFd::register(RingBuf::try_from(events)?) }
+            .map_err(|e| anyhow::anyhow!("cannot poll the event ring buffer: {e}"))?;
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        info!("broker running: {} tunnel(s) on {}", self.tunnels.len(), self.config_interfaces());
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                guard = events.readable_mut() => {
+                    let mut guard = guard?;
+                    let mut batch = Vec::new();
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        if item.len() >= size_of::<Event>() {
+                            batch.push(*bytemuck::from_bytes::<Event>(&item[..size_of::<Event>()]));
+                        }
+                    }
+                    guard.clear_ready();
+                    for event in batch {
+                        self.handle(event).await;
+                    }
+                }
+                _ = sweep.tick() => {
+                    // Catch what events missed (a full ring buffer, a link changed by hand)
+                    // and follow clock steps.
+                    self.reconcile_all().await;
+                    let mut settings = self.settings();
+                    settings.realtime_offset_ns = dataplane::realtime_offset_ns();
+                    if let Err(e) = dataplane::set_settings(&mut self.ebpf, settings) {
+                        warn!("{e:#}");
+                    }
+                }
+            }
+        }
+        info!("shutting down; the data plane stays attached and keeps recording (state in {})", self.config.pin_dir.display());
+        Ok(())
+    }
+
+    fn settings(&self) -> Settings {
+        settings(&self.config)
+    }
+
+    fn config_interfaces(&self) -> String {
+        read_state(&self.config.state_dir).map(|s| s.interfaces.join(", ")).unwrap_or_default()
+    }
+}
+
+fn describe(e: decide::LinkEndpoint) -> String {
+    match (e.remote, e.dport) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => format!("{a}"),
+        _ => "nowhere".into(),
+    }
+}
+
+fn settings(config: &BrokerConfig) -> Settings {
+    Settings {
+        realtime_offset_ns: dataplane::realtime_offset_ns(),
+        window_ns: config.freshness_window_ns,
+        observe_interval_ns: config.challenge_interval_ns,
+    }
+}
+
+fn getrandom(buf: &mut [u8]) {
+    // SAFETY: valid buffer.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert_eq!(n, buf.len() as isize, "getrandom failed");
+}
+
+/// Makes the maps say exactly what the configuration says; entries of
+/// tunnels no longer configured go. `seed_ns`: after a reboot (fresh maps),
+/// every tunnel accepts only heartbeats newer than this.
+fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Option<u64>) -> Result<()> {
+    dataplane::set_settings(ebpf, settings(config))?;
+
+    let mut ports: BpfHashMap<&mut MapData, u16, PortConfig> = BpfHashMap::try_from(map(ebpf, maps::FOU_PORTS)?)?;
+    let mut wanted: HashMap<u16, u32> = config.fou_ports.iter().map(|p| (*p, maps::PORT_FOU)).collect();
+    if plan.tunnels.iter().any(|t| t.config.legacy) {
+        wanted.insert(config.legacy_port, maps::PORT_LEGACY);
+    }
+    sync(&mut ports, wanted.into_iter().map(|(p, kind)| (p, PortConfig { kind })).collect())?;
+
+    let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.identity.id).collect();
+    let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
+    sync(&mut tunnels, plan.tunnels.iter().map(|t| (t.config.identity.id, TunnelConfig { key: t.config.identity.sip_key() })).collect())?;
+
+    for name in [maps::ENDPOINTS, maps::OBSERVED] {
+        let mut m: BpfHashMap<&mut MapData, u64, [u8; 48]> = BpfHashMap::try_from(map(ebpf, name)?)?;
+        let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+    }
+    if let Some(seed) = seed_ns {
+        let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
+        for id in &ids {
+            endpoints.insert(id, Endpoint { last_timestamp_ns: seed, ..Default::default() }, 0)?;
+        }
+    }
+
+    let mut legacy: BpfHashMap<&mut MapData, LegacySecret, TunnelRef> = BpfHashMap::try_from(map(ebpf, maps::LEGACY_SECRETS)?)?;
+    let wanted: Vec<(LegacySecret, TunnelRef)> = plan
+        .tunnels
+        .iter()
+        .filter(|t| t.config.legacy)
+        .map(|t| {
+            warn!("tunnel {:?}: legacy heartbeats enabled: its secret travels in clear", t.config.name);
+            (LegacySecret::new(t.config.secret.as_bytes()).expect("validated length"), TunnelRef::new(t.config.identity.id))
+        })
+        .collect();
+    sync(&mut legacy, wanted)?;
+
+    let mut v4: LpmTrie<&mut MapData, [u8; 4], TunnelRef> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
+    let old: Vec<Key<[u8; 4]>> = v4.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        let _ = v4.remove(&k);
+    }
+    let mut v6_wanted = Vec::new();
+    for t in &plan.tunnels {
+        for p in &t.prefixes {
+            match p.addr {
+                IpAddr::V4(a) => v4.insert(&Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id), 0)?,
+                IpAddr::V6(a) => v6_wanted.push((Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id))),
+            }
+        }
+    }
+    let mut v6: LpmTrie<&mut MapData, [u8; 16], TunnelRef> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6)?)?;
+    let old: Vec<Key<[u8; 16]>> = v6.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        let _ = v6.remove(&k);
+    }
+    for (k, v) in v6_wanted {
+        v6.insert(&k, v, 0)?;
+    }
+    Ok(())
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
+}
+
+/// Leaves exactly `wanted` in `m`.
+fn sync<K: aya::Pod + PartialEq, V: aya::Pod>(m: &mut BpfHashMap<&mut MapData, K, V>, wanted: Vec<(K, V)>) -> Result<()> {
+    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !wanted.iter().any(|(w, _)| w == k)).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    for (k, v) in wanted {
+        m.insert(k, v, 0)?;
+    }
+    Ok(())
+}
+
+/// Loads the program and attaches it to `iface`, replacing the program of
+/// a pinned attachment (a restart) atomically.
+fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
+    match config.attach {
+        Attach::Xdp => {
+            let pin = config.pin_dir.join(format!("xdp-{iface}"));
+            let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).context("no XDP program")?.try_into()?;
+            if xdp.fd().is_err() {
+                xdp.load().context("the kernel's verifier rejected the XDP program")?;
+            }
+            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+                let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned XDP link")?;
+                xdp.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
+                info!("{iface}: XDP program replaced in the pinned attachment");
+                return Ok(());
+            }
+            let id = match xdp.attach(iface, XdpMode::Driver) {
+                Ok(id) => {
+                    info!("{iface}: XDP attached in driver mode");
+                    id
+                }
+                Err(e) => {
+                    debug!("{iface}: driver-mode XDP unavailable ({e}); using generic mode");
+                    let id = xdp.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?;
+                    info!("{iface}: XDP attached in generic mode");
+                    id
+                }
+            };
+            let link = xdp.take_link(id)?;
+            match FdLink::try_from(link) {
+                Ok(fd_link) => {
+                    fd_link.pin(&pin).with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?;
+                }
+                Err(_) => info!("{iface}: this kernel attaches XDP without links; the program stays until `footunnel unload`"),
+            }
+        }
+        Attach::Tc => {
+            let _ = tc::qdisc_add_clsact(iface);
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
+            let prog: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).context("no TC program")?.try_into()?;
+            if prog.fd().is_err() {
+                prog.load().context("the kernel's verifier rejected the TC program")?;
+            }
+            let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("cannot attach TC ingress to {iface}"))?;
+            let link = prog.take_link(id)?;
+            // A TC filter outlives the process; the next start replaces it.
+            std::mem::forget(link);
+            info!("{iface}: TC ingress attached");
+        }
+    }
+    Ok(())
+}
+
+fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(STATE_FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(state)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn read_state(dir: &Path) -> Result<StateFile> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path)
+        .with_context(|| format!("no broker state at {} (is `footunnel broker` running? see --state-dir)", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+/// Detaches the data plane and removes its pinned state.
+pub fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+    let state = read_state(state_dir).ok();
+    if let Some(state) = &state
+        && state.attach == "tc"
+    {
+        for iface in &state.interfaces {
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
+        }
+    }
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("nothing to unload: {} does not exist", pin_dir.display()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", pin_dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("xdp-") {
+            // Unpinning the last reference to a link detaches it.
+            PinnedLink::from_pin(&path)?.unpin()?;
+        } else {
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("cannot remove {}", pin_dir.display()))?;
+    let _ = std::fs::remove_file(state_dir.join(STATE_FILE));
+    Ok(())
+}

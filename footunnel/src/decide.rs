@@ -1,0 +1,153 @@
+//! The controller's decisions, free of effects: what to change, whom to
+//! challenge, what collides. The broker applies them.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use footunnel_ebpf::{maps::Endpoint, wire::MESSAGE_LEN};
+
+/// A tunnel's endpoint as the kernel link knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkEndpoint {
+    pub remote: Option<Ipv4Addr>,
+    pub dport: Option<u16>,
+}
+
+/// Where the link must point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repoint {
+    pub remote: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// The recorded endpoint, if it is one (a reboot seeds entries with no address).
+pub fn known_endpoint(e: &Endpoint) -> Option<(Ipv4Addr, u16)> {
+    (e.addr != [0; 4] && e.port != 0).then(|| (Ipv4Addr::from(e.addr), e.port))
+}
+
+/// The change that makes the link match the recorded endpoint, if any:
+/// address and port together, never one without the other.
+pub fn repoint(link: LinkEndpoint, recorded: &Endpoint) -> Option<Repoint> {
+    let (remote, dport) = known_endpoint(recorded)?;
+    (link.remote != Some(remote) || link.dport != Some(dport)).then_some(Repoint { remote, dport })
+}
+
+/// Timestamps we send are strictly increasing per tunnel, even if the
+/// clock steps back.
+pub fn next_timestamp(now_ns: u64, last_sent_ns: u64) -> u64 {
+    now_ns.max(last_sent_ns + 1)
+}
+
+/// A CHALLENGE (a 40-byte payload) is never larger than what provoked it.
+pub fn may_challenge(trigger_payload_len: u16) -> bool {
+    usize::from(trigger_payload_len) >= MESSAGE_LEN
+}
+
+/// A token bucket: `rate` per second, bursts up to `rate`.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last_ns: u64,
+}
+
+impl RateLimit {
+    pub fn new(rate_per_s: u32, now_ns: u64) -> Self {
+        RateLimit { rate: f64::from(rate_per_s), tokens: f64::from(rate_per_s), last_ns: now_ns }
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&mut self, now_ns: u64) -> bool {
+        let elapsed = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = self.last_ns.max(now_ns);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-tunnel spacing: at most one per `interval_ns`.
+pub fn spaced(last_ns: Option<u64>, now_ns: u64, interval_ns: u64) -> bool {
+    last_ns.is_none_or(|last| now_ns.saturating_sub(last) >= interval_ns)
+}
+
+/// Tunnels the kernel cannot tell apart: FoU receive matches a tunnel by
+/// outer addresses only, so two tunnels with the same local address whose
+/// clients share a public address collide. Returns pairs of names.
+pub fn collisions<'a>(tunnels: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)]) -> Vec<(&'a str, &'a str)> {
+    let mut seen: HashMap<(Option<Ipv4Addr>, Ipv4Addr), &str> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, local, remote) in tunnels {
+        let Some(remote) = remote else { continue };
+        if let Some(other) = seen.insert((*local, *remote), name) {
+            out.push((other, *name));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(addr: [u8; 4], port: u16) -> Endpoint {
+        Endpoint { addr, port, ..Default::default() }
+    }
+
+    const LINK: LinkEndpoint = LinkEndpoint { remote: Some(Ipv4Addr::new(203, 0, 113, 5)), dport: Some(40001) };
+
+    #[test]
+    fn repoint_only_when_address_or_port_differs() {
+        assert_eq!(repoint(LINK, &endpoint([203, 0, 113, 5], 40001)), None);
+        let by_port = repoint(LINK, &endpoint([203, 0, 113, 5], 40002)).unwrap();
+        assert_eq!((by_port.remote, by_port.dport), (Ipv4Addr::new(203, 0, 113, 5), 40002));
+        let by_addr = repoint(LINK, &endpoint([203, 0, 113, 6], 40001)).unwrap();
+        assert_eq!((by_addr.remote, by_addr.dport), (Ipv4Addr::new(203, 0, 113, 6), 40001));
+        assert_eq!(repoint(LINK, &endpoint([0; 4], 0)), None, "a seeded entry is no endpoint");
+        let unset = LinkEndpoint { remote: None, dport: None };
+        assert!(repoint(unset, &endpoint([203, 0, 113, 5], 40001)).is_some());
+    }
+
+    #[test]
+    fn sent_timestamps_never_repeat() {
+        assert_eq!(next_timestamp(100, 50), 100);
+        assert_eq!(next_timestamp(100, 100), 101);
+        assert_eq!(next_timestamp(90, 100), 101, "clock stepped back");
+    }
+
+    #[test]
+    fn challenges_are_no_larger_than_their_trigger() {
+        assert!(!may_challenge(20));
+        assert!(!may_challenge(39));
+        assert!(may_challenge(40));
+    }
+
+    #[test]
+    fn rate_limit_refills_over_time() {
+        let mut r = RateLimit::new(2, 0);
+        assert!(r.allow(0) && r.allow(0));
+        assert!(!r.allow(0));
+        assert!(!r.allow(400_000_000));
+        assert!(r.allow(500_000_000));
+        assert!(r.allow(10_000_000_000) && r.allow(10_000_000_000) && !r.allow(10_000_000_000), "burst is capped");
+    }
+
+    #[test]
+    fn spacing_per_tunnel() {
+        assert!(spaced(None, 5, 1000));
+        assert!(!spaced(Some(0), 999, 1000));
+        assert!(spaced(Some(0), 1000, 1000));
+    }
+
+    #[test]
+    fn shared_public_address_on_one_local_address_collides() {
+        let local = Some(Ipv4Addr::new(198, 51, 100, 1));
+        let other_local = Some(Ipv4Addr::new(198, 51, 100, 2));
+        let nat = Some(Ipv4Addr::new(203, 0, 113, 7));
+        let t = [("a", local, nat), ("b", local, nat), ("c", other_local, nat), ("d", local, None)];
+        assert_eq!(collisions(&t), vec![("a", "b")]);
+    }
+}

@@ -1,0 +1,185 @@
+//! `footunnel show`: the broker's state from its pinned maps, in the spirit
+//! of `wg show`.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use footunnel_ebpf::maps::{self, Counter, Endpoint, Observed};
+use serde::Serialize;
+
+use crate::{
+    broker::{StateFile, read_state},
+    decide::known_endpoint,
+};
+
+#[derive(Serialize)]
+pub struct Report {
+    pub interfaces: Vec<String>,
+    pub attach: String,
+    pub fou_ports: Vec<u16>,
+    pub tunnels: Vec<TunnelReport>,
+    pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Serialize)]
+pub struct TunnelReport {
+    pub name: String,
+    pub link: String,
+    pub id: String,
+    pub legacy: bool,
+    pub peer_prefixes: Vec<String>,
+    /// `ADDRESS:PORT` of the last accepted heartbeat's source.
+    pub endpoint: Option<String>,
+    pub last_heartbeat_ns: Option<u64>,
+    pub heartbeats: u64,
+    pub changes: u64,
+    pub last_change_ns: Option<u64>,
+    pub unexpected_source: Option<UnexpectedSource>,
+}
+
+#[derive(Serialize)]
+pub struct UnexpectedSource {
+    pub source: String,
+    pub packets: u64,
+    pub last_seen_ns: u64,
+}
+
+fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {} (is the broker loaded?)", path.display()))
+}
+
+pub fn collect(state_dir: &Path) -> Result<Report> {
+    let state: StateFile = read_state(state_dir)?;
+    let endpoints: HashMap<MapData, u64, Endpoint> = HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::ENDPOINTS)?))?;
+    let observed: HashMap<MapData, u64, Observed> = HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::OBSERVED)?))?;
+    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(&state.pin_dir, maps::COUNTERS)?))?;
+    let tunnels = state
+        .tunnels
+        .iter()
+        .map(|t| {
+            let e = endpoints.get(&t.id, 0).ok();
+            let known = e.as_ref().and_then(known_endpoint);
+            let o = observed.get(&t.id, 0).ok().filter(|o| known != Some((Ipv4Addr::from(o.addr), o.port)));
+            TunnelReport {
+                name: t.name.clone(),
+                link: t.link.clone(),
+                id: format!("{:016x}", t.id),
+                legacy: t.legacy,
+                peer_prefixes: t.peer_prefixes.clone(),
+                endpoint: known.map(|(a, p)| format!("{a}:{p}")),
+                last_heartbeat_ns: known.and(e.map(|e| e.last_seen_ns)),
+                heartbeats: e.map_or(0, |e| e.heartbeats),
+                changes: known.and(e.map(|e| e.changes)).unwrap_or(0),
+                last_change_ns: known.and(e.map(|e| e.last_change_ns)),
+                unexpected_source: o.map(|o| UnexpectedSource {
+                    source: format!("{}:{}", Ipv4Addr::from(o.addr), o.port),
+                    packets: o.packets,
+                    last_seen_ns: o.last_seen_ns,
+                }),
+            }
+        })
+        .collect();
+    let counters = Counter::ALL
+        .iter()
+        .map(|c| Ok((c.name().to_owned(), counters.get(&(*c as u32), 0)?.iter().sum())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Report { interfaces: state.interfaces, attach: state.attach, fou_ports: state.fou_ports, tunnels, counters })
+}
+
+/// "3 seconds ago", "2 minutes, 5 seconds ago", as `wg show` says it.
+pub fn ago(then_ns: u64, now_ns: u64) -> String {
+    let mut secs = now_ns.saturating_sub(then_ns) / 1_000_000_000;
+    if secs == 0 {
+        return "just now".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, len) in [("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)] {
+        if secs >= len {
+            let n = secs / len;
+            secs %= len;
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    format!("{} ago", parts.join(", "))
+}
+
+pub fn render(report: &Report, now_ns: u64) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("broker: {} ({})", report.interfaces.join(", "), report.attach));
+    line(format!("  fou ports: {}", report.fou_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")));
+    for t in &report.tunnels {
+        line(String::new());
+        line(format!("tunnel: {}", t.name));
+        line(format!("  link: {}", t.link));
+        line(format!("  id: {}{}", t.id, if t.legacy { " (legacy heartbeats enabled: secret in clear)" } else { "" }));
+        line(format!("  peer prefixes: {}", t.peer_prefixes.join(", ")));
+        line(format!("  endpoint: {}", t.endpoint.as_deref().unwrap_or("(none yet)")));
+        if let Some(ts) = t.last_heartbeat_ns {
+            line(format!("  latest heartbeat: {}", ago(ts, now_ns)));
+        }
+        line(format!("  heartbeats: {}, endpoint changes: {}", t.heartbeats, t.changes));
+        if let Some(ts) = t.last_change_ns {
+            line(format!("  latest change: {}", ago(ts, now_ns)));
+        }
+        if let Some(u) = &t.unexpected_source {
+            line(format!("  unexpected source: {} ({} packets, latest {})", u.source, u.packets, ago(u.last_seen_ns, now_ns)));
+        }
+    }
+    line(String::new());
+    let nonzero: Vec<String> = report.counters.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect();
+    line(format!("counters: {}", if nonzero.is_empty() { "all zero".to_owned() } else { nonzero.join(", ") }));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_wg_show() {
+        let s = 1_000_000_000;
+        assert_eq!(ago(10 * s, 10 * s), "just now");
+        assert_eq!(ago(0, s), "1 second ago");
+        assert_eq!(ago(0, 125 * s), "2 minutes, 5 seconds ago");
+        assert_eq!(ago(0, 90_000 * s), "1 day, 1 hour ago");
+    }
+
+    #[test]
+    fn render_shows_endpoint_and_unexpected_source() {
+        let report = Report {
+            interfaces: vec!["up0".into()],
+            attach: "xdp".into(),
+            fou_ports: vec![42424],
+            tunnels: vec![TunnelReport {
+                name: "alice".into(),
+                link: "fou0".into(),
+                id: "34298331bbfa8ae5".into(),
+                legacy: false,
+                peer_prefixes: vec!["10.0.0.0/30".into()],
+                endpoint: Some("203.0.113.5:40001".into()),
+                last_heartbeat_ns: Some(1_000_000_000),
+                heartbeats: 3,
+                changes: 1,
+                last_change_ns: Some(0),
+                unexpected_source: Some(UnexpectedSource { source: "192.0.2.9:5555".into(), packets: 4, last_seen_ns: 0 }),
+            }],
+            counters: vec![("accepted".into(), 3), ("bad_tag".into(), 0)],
+        };
+        let text = render(&report, 4_000_000_000);
+        for want in [
+            "tunnel: alice",
+            "endpoint: 203.0.113.5:40001",
+            "latest heartbeat: 3 seconds ago",
+            "unexpected source: 192.0.2.9:5555 (4 packets",
+            "counters: accepted 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+    }
+}
