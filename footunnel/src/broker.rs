@@ -22,8 +22,8 @@ use aya::{
 };
 use footunnel_ebpf::{
     maps::{
-        self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LegacySecret, PortConfig, Settings,
-        TunnelConfig, TunnelRef,
+        self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LegacySecret, Observed, PortConfig,
+        Settings, TunnelConfig, TunnelRef,
     },
     wire::{ControlMessage, Kind},
 };
@@ -120,7 +120,11 @@ async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
     for (i, a) in tunnels.iter().enumerate() {
         for b in &tunnels[i + 1..] {
             if let Some(p) = a.prefixes.iter().find(|p| b.prefixes.iter().any(|q| p.overlaps(q))) {
-                bail!("tunnels {:?} and {:?} both claim inner prefix {p}: set distinct peer_prefixes", a.config.name, b.config.name);
+                bail!(
+                    "tunnels {:?} and {:?} both claim inner prefix {p}: set distinct peer_prefixes",
+                    a.config.name,
+                    b.config.name
+                );
             }
         }
     }
@@ -204,7 +208,8 @@ fn ensure_pin_dir(dir: &Path) -> Result<()> {
         let fstype = c"bpf";
         // SAFETY: valid strings.
         if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot mount bpffs at {}", parent.display()));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot mount bpffs at {}", parent.display()));
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create pin directory {}", dir.display()))
@@ -223,7 +228,9 @@ impl Broker {
         let started = now_ns();
         fill_maps(&mut ebpf, &config, &plan, fresh.then_some(started))?;
         if fresh {
-            info!("fresh data plane state: only heartbeats newer than now are accepted (replays of older ones stay out)");
+            info!(
+                "fresh data plane state: only heartbeats newer than now are accepted (replays of older ones stay out)"
+            );
         } else {
             info!("continuing from the pinned state in {}", config.pin_dir.display());
         }
@@ -315,8 +322,11 @@ impl Broker {
     }
 
     fn report_collisions(&self) {
-        let rows: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> =
-            self.tunnels.iter().map(|t| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote)).collect();
+        let rows: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> = self
+            .tunnels
+            .iter()
+            .map(|t| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
+            .collect();
         for (a, b) in decide::collisions(&rows) {
             warn!(
                 "tunnels {a:?} and {b:?} share a local address and their clients share a public address: \
@@ -351,7 +361,10 @@ impl Broker {
         let now = now_ns();
         let t = &self.tunnels[i];
         if !decide::may_challenge(trigger_len) {
-            debug!("tunnel {}: {}:{} sent {trigger_len} bytes, too few to answer with a challenge", t.config.name, source.0, source.1);
+            debug!(
+                "tunnel {}: {}:{} sent {trigger_len} bytes, too few to answer with a challenge",
+                t.config.name, source.0, source.1
+            );
             return;
         }
         if !decide::spaced(t.last_challenge_ns, now, self.config.challenge_interval_ns) || !self.challenges.allow(now) {
@@ -414,7 +427,10 @@ impl Broker {
                 }
             }
         }
-        info!("shutting down; the data plane stays attached and keeps recording (state in {})", self.config.pin_dir.display());
+        info!(
+            "shutting down; the data plane stays attached and keeps recording (state in {})",
+            self.config.pin_dir.display()
+        );
         Ok(())
     }
 
@@ -464,15 +480,16 @@ fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Optio
 
     let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.identity.id).collect();
     let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
-    sync(&mut tunnels, plan.tunnels.iter().map(|t| (t.config.identity.id, TunnelConfig { key: t.config.identity.sip_key() })).collect())?;
+    sync(
+        &mut tunnels,
+        plan.tunnels
+            .iter()
+            .map(|t| (t.config.identity.id, TunnelConfig { key: t.config.identity.sip_key() }))
+            .collect(),
+    )?;
 
-    for name in [maps::ENDPOINTS, maps::OBSERVED] {
-        let mut m: BpfHashMap<&mut MapData, u64, [u8; 48]> = BpfHashMap::try_from(map(ebpf, name)?)?;
-        let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
-        for k in stale {
-            let _ = m.remove(&k);
-        }
-    }
+    remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
+    remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
     if let Some(seed) = seed_ns {
         let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
         for id in &ids {
@@ -480,14 +497,18 @@ fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Optio
         }
     }
 
-    let mut legacy: BpfHashMap<&mut MapData, LegacySecret, TunnelRef> = BpfHashMap::try_from(map(ebpf, maps::LEGACY_SECRETS)?)?;
+    let mut legacy: BpfHashMap<&mut MapData, LegacySecret, TunnelRef> =
+        BpfHashMap::try_from(map(ebpf, maps::LEGACY_SECRETS)?)?;
     let wanted: Vec<(LegacySecret, TunnelRef)> = plan
         .tunnels
         .iter()
         .filter(|t| t.config.legacy)
         .map(|t| {
             warn!("tunnel {:?}: legacy heartbeats enabled: its secret travels in clear", t.config.name);
-            (LegacySecret::new(t.config.secret.as_bytes()).expect("validated length"), TunnelRef::new(t.config.identity.id))
+            (
+                LegacySecret::new(t.config.secret.as_bytes()).expect("validated length"),
+                TunnelRef::new(t.config.identity.id),
+            )
         })
         .collect();
     sync(&mut legacy, wanted)?;
@@ -501,8 +522,12 @@ fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Optio
     for t in &plan.tunnels {
         for p in &t.prefixes {
             match p.addr {
-                IpAddr::V4(a) => v4.insert(&Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id), 0)?,
-                IpAddr::V6(a) => v6_wanted.push((Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id))),
+                IpAddr::V4(a) => {
+                    v4.insert(&Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id), 0)?
+                }
+                IpAddr::V6(a) => {
+                    v6_wanted.push((Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id)))
+                }
             }
         }
     }
@@ -521,8 +546,21 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
 }
 
+/// Drops the entries of tunnels that are no longer configured.
+fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<()> {
+    let mut m: BpfHashMap<&mut MapData, u64, V> = BpfHashMap::try_from(map(ebpf, name)?)?;
+    let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
 /// Leaves exactly `wanted` in `m`.
-fn sync<K: aya::Pod + PartialEq, V: aya::Pod>(m: &mut BpfHashMap<&mut MapData, K, V>, wanted: Vec<(K, V)>) -> Result<()> {
+fn sync<K: aya::Pod + PartialEq, V: aya::Pod>(
+    m: &mut BpfHashMap<&mut MapData, K, V>,
+    wanted: Vec<(K, V)>,
+) -> Result<()> {
     let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !wanted.iter().any(|(w, _)| w == k)).collect();
     for k in stale {
         let _ = m.remove(&k);
@@ -556,7 +594,8 @@ fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
                 }
                 Err(e) => {
                     debug!("{iface}: driver-mode XDP unavailable ({e}); using generic mode");
-                    let id = xdp.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?;
+                    let id =
+                        xdp.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?;
                     info!("{iface}: XDP attached in generic mode");
                     id
                 }
@@ -566,7 +605,9 @@ fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
                 Ok(fd_link) => {
                     fd_link.pin(&pin).with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?;
                 }
-                Err(_) => info!("{iface}: this kernel attaches XDP without links; the program stays until `footunnel unload`"),
+                Err(_) => {
+                    info!("{iface}: this kernel attaches XDP without links; the program stays until `footunnel unload`")
+                }
             }
         }
         Attach::Tc => {
@@ -576,7 +617,9 @@ fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
             if prog.fd().is_err() {
                 prog.load().context("the kernel's verifier rejected the TC program")?;
             }
-            let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("cannot attach TC ingress to {iface}"))?;
+            let id = prog
+                .attach(iface, TcAttachType::Ingress)
+                .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
             let link = prog.take_link(id)?;
             // A TC filter outlives the process; the next start replaces it.
             std::mem::forget(link);
@@ -594,8 +637,9 @@ fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
 
 pub fn read_state(dir: &Path) -> Result<StateFile> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read(&path)
-        .with_context(|| format!("no broker state at {} (is `footunnel broker` running? see --state-dir)", path.display()))?;
+    let text = std::fs::read(&path).with_context(|| {
+        format!("no broker state at {} (is `footunnel broker` running? see --state-dir)", path.display())
+    })?;
     serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
 }
 
@@ -611,7 +655,9 @@ pub fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     }
     let entries = match std::fs::read_dir(pin_dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("nothing to unload: {} does not exist", pin_dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("nothing to unload: {} does not exist", pin_dir.display())
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot list {}", pin_dir.display())),
     };
     for entry in entries.flatten() {

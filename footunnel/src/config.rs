@@ -161,10 +161,13 @@ fn mask128(len: u8) -> u128 {
 impl FromStr for Prefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a prefix: write ADDRESS/LENGTH, e.g. 10.0.0.2/32"))?;
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a prefix: write ADDRESS/LENGTH, e.g. 10.0.0.2/32"))?;
         let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u8 = len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("{s:?}: the length must be 0 to {max}"))?;
+        let len: u8 =
+            len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("{s:?}: the length must be 0 to {max}"))?;
         let prefix = Prefix::containing(addr, len);
         if prefix.addr != addr {
             return Err(format!("{s:?} has host bits set: did you mean {prefix}?"));
@@ -189,7 +192,8 @@ fn seconds_to_ns(what: &str, s: f64) -> Result<u64> {
 impl BrokerConfig {
     /// Reads and validates a TOML file; secret files are read relative to it.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")), &|p| read_secret_file(p))
             .with_context(|| format!("invalid configuration {}", path.display()))
     }
@@ -206,7 +210,9 @@ impl BrokerConfig {
                     (read_secret(&p)?, Some(p))
                 }
                 (Some(_), Some(_)) => bail!("tunnel {:?}: give either `secret` or `secret_file`, not both", t.name),
-                (None, None) => bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name),
+                (None, None) => {
+                    bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name)
+                }
             };
             let peer_prefixes = t
                 .peer_prefixes
@@ -261,7 +267,10 @@ impl BrokerConfig {
             bail!("at most {} FoU ports", footunnel_ebpf::maps::MAX_PORTS - 1);
         }
         if self.tunnels.iter().any(|t| t.legacy) && self.fou_ports.contains(&self.legacy_port) {
-            bail!("legacy_port {} is also a FoU port: the proof of concept's heartbeats need their own port", self.legacy_port);
+            bail!(
+                "legacy_port {} is also a FoU port: the proof of concept's heartbeats need their own port",
+                self.legacy_port
+            );
         }
         if self.challenge_rate == 0 {
             bail!("challenge_rate must be at least 1 per second");
@@ -274,7 +283,11 @@ impl BrokerConfig {
                 bail!("two tunnels are named {:?}: names must be unique", t.name);
             }
             if !links.insert(t.link.as_str()) {
-                bail!("tunnel {:?}: link {:?} belongs to another tunnel already; each tunnel needs its own link", t.name, t.link);
+                bail!(
+                    "tunnel {:?}: link {:?} belongs to another tunnel already; each tunnel needs its own link",
+                    t.name,
+                    t.link
+                );
             }
             if let Some(other) = ids.insert(t.identity.id, &t.name) {
                 bail!(

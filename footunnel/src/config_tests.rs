@@ -2,7 +2,11 @@ use super::*;
 
 fn parse(text: &str) -> Result<BrokerConfig> {
     BrokerConfig::parse(text, Path::new("/etc/footunnel"), &|p| {
-        if p.ends_with("alice.secret") { Ok("alice's secret, long enough".into()) } else { bail!("no file {}", p.display()) }
+        if p.ends_with("alice.secret") {
+            Ok("alice's secret, long enough".into())
+        } else {
+            bail!("no file {}", p.display())
+        }
     })
 }
 
@@ -47,7 +51,10 @@ fn mistakes_are_named_with_their_fix() {
     assert!(err("intefaces = []\n").contains("unknown field `intefaces`"));
     assert!(err("").contains("no tunnels"));
     assert!(err(&ONE.replace("secret_file = \"alice.secret\"", "")).contains("no secret"));
-    assert!(err(&ONE.replace("secret_file = \"alice.secret\"", "secret_file = \"bob.secret\"")).contains("no file /etc/footunnel/bob.secret"));
+    assert!(
+        err(&ONE.replace("secret_file = \"alice.secret\"", "secret_file = \"bob.secret\""))
+            .contains("no file /etc/footunnel/bob.secret")
+    );
     assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.2/24")).contains("host bits set: did you mean 10.0.0.0/24?"));
     assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.2")).contains("not a prefix"));
     assert!(err(&ONE.replace("10.0.0.2/32", "10.0.0.300/32")).contains("not an IP address"));
@@ -62,10 +69,18 @@ fn mistakes_are_named_with_their_fix() {
 #[test]
 fn duplicates_and_overlaps_are_rejected() {
     let bob = |name: &str, link: &str, secret_file: &str, prefix: &str| {
-        format!("[[tunnel]]\nname = \"{name}\"\nlink = \"{link}\"\nsecret_file = \"{secret_file}\"\npeer_prefixes = [\"{prefix}\"]\n")
+        format!(
+            "[[tunnel]]\nname = \"{name}\"\nlink = \"{link}\"\nsecret_file = \"{secret_file}\"\npeer_prefixes = [\"{prefix}\"]\n"
+        )
     };
-    assert!(err(&format!("{ONE}{}", bob("alice", "fou1", "alice.secret", "10.0.1.0/24"))).contains("two tunnels are named \"alice\""));
-    assert!(err(&format!("{ONE}{}", bob("bob", "fou0", "alice.secret", "10.0.1.0/24"))).contains("belongs to another tunnel"));
+    assert!(
+        err(&format!("{ONE}{}", bob("alice", "fou1", "alice.secret", "10.0.1.0/24")))
+            .contains("two tunnels are named \"alice\"")
+    );
+    assert!(
+        err(&format!("{ONE}{}", bob("bob", "fou0", "alice.secret", "10.0.1.0/24")))
+            .contains("belongs to another tunnel")
+    );
     let same_id = err(&format!("{ONE}{}", bob("bob", "fou1", "alice.secret", "10.0.1.0/24")));
     assert!(same_id.contains("same tunnel id"), "{same_id}");
     let other = "[[tunnel]]\nname = \"bob\"\nlink = \"fou1\"\nsecret = \"bob's own secret value\"\npeer_prefixes = [\"10.0.0.0/30\"]\n";
@@ -78,7 +93,8 @@ fn legacy_needs_its_own_port_and_a_short_secret() {
     let legacy = format!("{ONE}legacy = true\n");
     assert!(parse(&legacy).unwrap().tunnels[0].legacy);
     assert!(err(&format!("fou_ports = [42425]\n{legacy}")).contains("legacy_port 42425 is also a FoU port"));
-    let long = "[[tunnel]]\nname = \"x\"\nlink = \"fou9\"\nlegacy = true\nsecret = \"".to_owned() + &"s".repeat(61) + "\"\n";
+    let long =
+        "[[tunnel]]\nname = \"x\"\nlink = \"fou9\"\nlegacy = true\nsecret = \"".to_owned() + &"s".repeat(61) + "\"\n";
     assert!(err(&long).contains("at most 60 bytes"));
 }
 

@@ -39,7 +39,11 @@ pub fn listeners() -> Result<Vec<Listener>> {
             let port = attrs.iter().find(|(t, _)| *t == FOU_ATTR_PORT)?.1.get(..2)?;
             let ipproto = *attrs.iter().find(|(t, _)| *t == FOU_ATTR_IPPROTO)?.1.first()?;
             let af = attrs.iter().find(|(t, _)| *t == FOU_ATTR_AF).and_then(|(_, v)| v.first().copied());
-            Some(Listener { port: u16::from_be_bytes([port[0], port[1]]), ipproto, ipv6: af == Some(libc::AF_INET6 as u8) })
+            Some(Listener {
+                port: u16::from_be_bytes([port[0], port[1]]),
+                ipproto,
+                ipv6: af == Some(libc::AF_INET6 as u8),
+            })
         })
         .collect())
 }

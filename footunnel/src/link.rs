@@ -165,7 +165,11 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>>
 pub async fn interface_with_address(handle: &Handle, addr: IpAddr) -> Result<String> {
     let mut stream = handle.address().get().set_address_filter(addr).execute();
     while let Some(msg) = stream.try_next().await.context("cannot list addresses")? {
-        if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == addr)) {
+        if msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == addr))
+        {
             return name_of(handle, msg.header.index).await;
         }
     }

@@ -133,7 +133,9 @@ impl BrokerArgs {
                 c.tunnels[0].legacy = self.legacy;
                 c
             }
-            _ => bail!("say which tunnels to serve: `footunnel broker LINK SECRET` or `footunnel broker --config FILE`"),
+            _ => {
+                bail!("say which tunnels to serve: `footunnel broker LINK SECRET` or `footunnel broker --config FILE`")
+            }
         };
         if !self.interfaces.is_empty() {
             config.interfaces = self.interfaces.clone();

@@ -47,14 +47,18 @@ pub struct UnexpectedSource {
 
 fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);
-    MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {} (is the broker loaded?)", path.display()))
+    MapData::from_pin(&path)
+        .with_context(|| format!("cannot open pinned map {} (is the broker loaded?)", path.display()))
 }
 
 pub fn collect(state_dir: &Path) -> Result<Report> {
     let state: StateFile = read_state(state_dir)?;
-    let endpoints: HashMap<MapData, u64, Endpoint> = HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::ENDPOINTS)?))?;
-    let observed: HashMap<MapData, u64, Observed> = HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::OBSERVED)?))?;
-    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(&state.pin_dir, maps::COUNTERS)?))?;
+    let endpoints: HashMap<MapData, u64, Endpoint> =
+        HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::ENDPOINTS)?))?;
+    let observed: HashMap<MapData, u64, Observed> =
+        HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::OBSERVED)?))?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(&state.pin_dir, maps::COUNTERS)?))?;
     let tunnels = state
         .tunnels
         .iter()
@@ -128,11 +132,17 @@ pub fn render(report: &Report, now_ns: u64) -> String {
             line(format!("  latest change: {}", ago(ts, now_ns)));
         }
         if let Some(u) = &t.unexpected_source {
-            line(format!("  unexpected source: {} ({} packets, latest {})", u.source, u.packets, ago(u.last_seen_ns, now_ns)));
+            line(format!(
+                "  unexpected source: {} ({} packets, latest {})",
+                u.source,
+                u.packets,
+                ago(u.last_seen_ns, now_ns)
+            ));
         }
     }
     line(String::new());
-    let nonzero: Vec<String> = report.counters.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect();
+    let nonzero: Vec<String> =
+        report.counters.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name} {n}")).collect();
     line(format!("counters: {}", if nonzero.is_empty() { "all zero".to_owned() } else { nonzero.join(", ") }));
     out
 }
@@ -167,7 +177,11 @@ mod tests {
                 heartbeats: 3,
                 changes: 1,
                 last_change_ns: Some(0),
-                unexpected_source: Some(UnexpectedSource { source: "192.0.2.9:5555".into(), packets: 4, last_seen_ns: 0 }),
+                unexpected_source: Some(UnexpectedSource {
+                    source: "192.0.2.9:5555".into(),
+                    packets: 4,
+                    last_seen_ns: 0,
+                }),
             }],
             counters: vec![("accepted".into(), 3), ("bad_tag".into(), 0)],
         };

@@ -268,3 +268,136 @@ pub mod broker {
         }
     }
 }
+
+/// Protocol v1 messages built by hand from DESIGN.md §2, with independent
+/// SHA-256 and SipHash implementations: never by the code under test.
+pub mod by_hand {
+    use std::hash::Hasher;
+
+    use sha2::{Digest, Sha256};
+
+    pub fn key(secret: &str) -> [u8; 16] {
+        let d = Sha256::new().chain_update(b"footunnel-v1 key").chain_update([0]).chain_update(secret).finalize();
+        d[..16].try_into().unwrap()
+    }
+
+    pub fn tunnel_id(secret: &str) -> [u8; 8] {
+        let d = Sha256::new().chain_update(b"footunnel-v1 id").chain_update([0]).chain_update(secret).finalize();
+        d[..8].try_into().unwrap()
+    }
+
+    /// The tag over bytes 0..32, in the reference implementation's byte order.
+    pub fn tag(secret: &str, first32: &[u8]) -> [u8; 8] {
+        let mut h = siphasher::sip::SipHasher24::new_with_key(&key(secret));
+        h.write(first32);
+        h.finish().to_le_bytes()
+    }
+
+    /// A HEARTBEAT: marker, version 1, type 1, id, timestamp, detail, tag.
+    pub fn heartbeat(secret: &str, timestamp_ns: u64, detail: [u8; 8]) -> Vec<u8> {
+        let mut m = vec![0xF7, 1, 1, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&tunnel_id(secret));
+        m.extend_from_slice(&timestamp_ns.to_be_bytes());
+        m.extend_from_slice(&detail);
+        let tag = tag(secret, &m);
+        m.extend_from_slice(&tag);
+        m
+    }
+
+    /// Checks a broker→client message by hand: marker, version, type, id, tag.
+    pub fn verify(secret: &str, msg: &[u8], kind: u8) -> Result<(), String> {
+        if msg.len() != 40 {
+            return Err(format!("{} bytes, not 40", msg.len()));
+        }
+        if msg[0..3] != [0xF7, 1, kind] {
+            return Err(format!("header {:02x?}, wanted [f7, 01, {kind:02x}]", &msg[0..3]));
+        }
+        if msg[8..16] != tunnel_id(secret) {
+            return Err("wrong tunnel id".into());
+        }
+        if msg[32..40] != tag(secret, &msg[..32]) {
+            return Err("wrong tag".into());
+        }
+        Ok(())
+    }
+}
+
+/// The `footunnel` binary next to this test executable (cargo builds both).
+pub fn footunnel_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").join("footunnel");
+    assert!(bin.is_file(), "{} is missing: `cargo build -p footunnel` (cargo xtask test does)", bin.display());
+    bin
+}
+
+/// A process started inside a network namespace, killed (SIGKILL) on drop.
+pub struct NsProcess {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl NsProcess {
+    /// Runs `footunnel ARGS…` in `ns` (network namespace only, so /sys/fs/bpf
+    /// stays the one the test sees), logging to a file.
+    pub fn footunnel(ns: &Netns, args: &[&str]) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "footunnel-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = File::create(&log).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(footunnel_bin())
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start footunnel under nsenter");
+        NsProcess { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`, or fails with the log.
+    pub fn wait_for(&mut self, needle: &str, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("footunnel exited ({status}) before logging {needle:?}:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("footunnel did not log {needle:?} within {timeout:?}:\n{}", self.log());
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `footunnel ARGS…` in `ns` to completion: (success, stdout+stderr).
+pub fn footunnel_once(ns: &Netns, args: &[&str]) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg(footunnel_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run footunnel under nsenter");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}

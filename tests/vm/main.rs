@@ -1,4 +1,6 @@
 //! Tests that need a kernel with fou and ipip; `cargo xtask test` runs them
 //! inside a VM booted from Debian's kernel.
 
+mod broker;
+mod broker_config;
 mod tunnel_link;

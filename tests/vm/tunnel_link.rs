@@ -1,20 +1,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use footunnel_tests::{Netns, require_vm};
-use netlink_packet_route::link::{InfoKind, TunnelEncapType};
 
-/// Reads a tunnel link the way the broker does, from inside `ns`.
-fn read_link(ns: &Netns, name: &str) -> anyhow::Result<footunnel::link::TunnelLink> {
-    let name = name.to_owned();
-    ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            footunnel::link::get(&handle, &name).await
-        })
-    })
-}
+use crate::broker::read_link;
+use netlink_packet_route::link::{InfoKind, TunnelEncapType};
 
 #[test]
 fn fou_ipip_link_parameters_read_back_over_rtnetlink() {

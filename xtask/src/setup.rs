@@ -17,6 +17,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "the VM whose kernel has fou/ipip"),
     ("linux-image-amd64", "Debian's kernel with fou and ipip modules, booted in the VM"),
     ("kmod", "modprobe inside the VM"),
+    ("iputils-ping", "checking traffic through tunnels in tests"),
 ];
 
 pub fn run() -> Result<()> {

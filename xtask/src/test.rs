@@ -88,6 +88,7 @@ fn host() -> Result<()> {
 /// Tests that need fou/ipip, run inside a VM booted from Debian's kernel.
 fn vm_tests() -> Result<()> {
     require_root("VM")?;
+    cmd::run(cargo().args(["build", "--package", "footunnel"]))?;
     let exe = test_executable("vm")?;
     let opts =
         vm::Options { memory: "2G".into(), cpus: 2, timeout: 1800, command: vec![exe, "--test-threads=1".into()] };

@@ -1,0 +1,251 @@
+//! `footunnel broker` against real FoU ipip links: re-pointing on hand-built
+//! heartbeats, ACKs, CHALLENGEs, rejections, restarts, traffic.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use footunnel::{link::TunnelLink, rawudp::RawUdp};
+use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_once, require_vm, veth};
+use netlink_packet_route::link::TunnelEncapType;
+
+pub const SECRET: &str = "vm test secret, long enough to pass";
+const BROKER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const CLIENT_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const CLIENT_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// Reads a tunnel link the way the broker does, from inside `ns`.
+pub fn read_link(ns: &Netns, name: &str) -> anyhow::Result<TunnelLink> {
+    let name = name.to_owned();
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            footunnel::link::get(&handle, &name).await
+        })
+    })
+}
+
+/// A broker namespace with a FoU ipip link, and a client namespace whose
+/// link comes from CLIENT_B:40001, connected by veth.
+pub struct Topology {
+    pub broker: Netns,
+    pub client: Netns,
+    pub pin_dir: String,
+    pub state_dir: String,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        require_vm();
+        let broker = Netns::new("broker");
+        let client = Netns::new("client");
+        veth(&broker, "up0", "198.51.100.1/24", &client, "up0", "198.51.100.2/24");
+        client.ip("addr add 198.51.100.3/24 dev up0");
+        broker.ip("fou add port 42424 ipproto 4");
+        broker.ip("link add fou0 type ipip remote 198.51.100.2 local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
+        broker.ip("addr add 10.0.0.1/30 dev fou0");
+        broker.ip("link set fou0 up");
+        client.ip("fou add port 40001 ipproto 4");
+        client.ip("link add fou0 type ipip remote 198.51.100.1 local 198.51.100.3 ttl 64 encap fou encap-sport 40001 encap-dport 42424");
+        client.ip("addr add 10.0.0.2/30 dev fou0");
+        client.ip("link set fou0 up");
+        let pin_dir = format!("/sys/fs/bpf/ft-{}", broker.name);
+        let state_dir = format!("/tmp/ft-{}", broker.name);
+        Topology { broker, client, pin_dir, state_dir }
+    }
+
+    pub fn start_broker(&self, extra: &[&str]) -> NsProcess {
+        let mut args = vec!["broker", "-v", "--pin-dir", &self.pin_dir, "--state-dir", &self.state_dir];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["fou0", SECRET]);
+        let mut p = NsProcess::footunnel(&self.broker, &args);
+        p.wait_for("broker running", Duration::from_secs(20));
+        p
+    }
+
+    /// Sends a UDP datagram from the client namespace.
+    pub fn send(&self, src: Ipv4Addr, sport: u16, payload: &[u8]) {
+        self.client.run(|| RawUdp::open().unwrap().send(src, sport, BROKER, 42424, payload).unwrap());
+    }
+
+    pub fn link(&self) -> TunnelLink {
+        read_link(&self.broker, "fou0").expect("broker's fou0")
+    }
+
+    /// Waits until the broker's link points at `remote`:`dport`.
+    pub fn wait_for_endpoint(&self, remote: Ipv4Addr, dport: u16, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let l = self.link();
+            if l.remote() == Some(IpAddr::V4(remote)) && l.encap_dport() == Some(dport) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "link still at {:?}:{:?}, expected {remote}:{dport}",
+                l.remote(),
+                l.encap_dport()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One ping from the client's tunnel address to the broker's.
+    pub fn ping(&self) -> bool {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client.name, "ping", "-c", "1", "-W", "2", "10.0.0.1"])
+            .output()
+            .expect("run ping");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("exec of"), "ping is missing: `cargo xtask setup` installs iputils-ping: {stderr}");
+        out.status.success()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = Command::new(footunnel_tests::footunnel_bin())
+            .args(["unload", "--pin-dir", &self.pin_dir, "--state-dir", &self.state_dir])
+            .output();
+    }
+}
+
+/// Control messages from the broker's FoU port seen in the client namespace.
+fn receive_from_broker(topo: &Topology, want_kind: u8, to_port: u16, timeout: Duration) -> Option<Vec<u8>> {
+    topo.client.run(|| {
+        let sock = RawUdp::open().unwrap();
+        sock.set_nonblocking().unwrap();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            while let Some(d) = sock.recv().unwrap() {
+                if d.src == BROKER && d.sport == 42424 && d.dport == to_port && d.payload.get(2) == Some(&want_kind) {
+                    return Some(d.payload);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    })
+}
+
+#[test]
+fn a_heartbeat_from_a_new_address_and_port_repoints_the_link_and_traffic_flows() {
+    let topo = Topology::new();
+    let before = topo.link();
+    let broker = topo.start_broker(&[]);
+    assert!(!topo.ping(), "no traffic while the broker's link points at the wrong place");
+
+    let ack = std::thread::scope(|s| {
+        let listener = s.spawn(|| receive_from_broker(&topo, 2, 40001, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(200));
+        topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+        listener.join().unwrap().unwrap_or_else(|| panic!("no ACK; broker log:\n{}", broker.log()))
+    });
+    let took = topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    println!("link re-pointed {took:?} after the ACK arrived");
+    let after = topo.link();
+    assert_eq!(after.local(), before.local(), "local unchanged");
+    assert_eq!(after.ttl(), before.ttl(), "ttl unchanged");
+    assert_eq!(after.encap_type(), Some(TunnelEncapType::Fou), "encap type unchanged");
+    assert_eq!(after.encap_sport(), before.encap_sport(), "encap-sport unchanged");
+    by_hand::verify(SECRET, &ack, 2).expect("the ACK is a valid broker message");
+    assert_eq!(&ack[24..30], &[198, 51, 100, 3, 0x9c, 0x41], "ACK says where the broker saw us");
+    assert!(topo.ping(), "traffic flows through the re-pointed tunnel");
+}
+
+#[test]
+fn forged_replayed_and_stale_heartbeats_change_nothing() {
+    let topo = Topology::new();
+    let _broker = topo.start_broker(&[]);
+    let t0 = now_ns();
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, t0, [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+
+    let mut forged = by_hand::heartbeat(SECRET, t0 + 1_000_000, [0; 8]);
+    forged[39] ^= 1;
+    let wrong_secret = by_hand::heartbeat("not the secret at all, no", t0 + 1_000_000, [0; 8]);
+    let replayed = by_hand::heartbeat(SECRET, t0, [0; 8]);
+    let stale = by_hand::heartbeat(SECRET, t0 - 300_000_000_000, [0; 8]);
+    for (what, payload) in
+        [("forged", forged), ("other secret", wrong_secret), ("replayed", replayed), ("stale", stale)]
+    {
+        topo.send(CLIENT_A, 40777, &payload);
+        std::thread::sleep(Duration::from_millis(700));
+        let l = topo.link();
+        assert_eq!((l.remote(), l.encap_dport()), (Some(IpAddr::V4(CLIENT_B)), Some(40001)), "{what} changed the link");
+    }
+    assert!(topo.ping(), "the tunnel still works");
+    let (ok, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
+    assert!(ok, "{show}");
+    for want in ["endpoint: 198.51.100.3:40001", "bad_tag 1", "unknown_tunnel 1", "replay 1", "stale 1"] {
+        assert!(show.contains(want), "{want:?} missing from `footunnel show`:\n{show}");
+    }
+}
+
+#[test]
+fn fou_data_from_a_new_source_draws_a_challenge_and_changes_nothing() {
+    let topo = Topology::new();
+    let broker = topo.start_broker(&[]);
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    // An inner IPv4 packet from the tunnel's peer address, 48 bytes.
+    let mut inner = vec![0x45, 0, 0, 48, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+    inner.resize(48, 0);
+    let challenge = std::thread::scope(|s| {
+        let listener = s.spawn(|| receive_from_broker(&topo, 3, 40005, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(200));
+        topo.send(CLIENT_A, 40005, &inner);
+        listener.join().unwrap().unwrap_or_else(|| {
+            let (_, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
+            panic!("no CHALLENGE; show:\n{show}\nbroker log:\n{}", broker.log())
+        })
+    });
+    by_hand::verify(SECRET, &challenge, 3).expect("a valid CHALLENGE");
+    std::thread::sleep(Duration::from_millis(500));
+    let l = topo.link();
+    assert_eq!((l.remote(), l.encap_dport()), (Some(IpAddr::V4(CLIENT_B)), Some(40001)), "data moved the link");
+    let (_, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
+    assert!(show.contains("unexpected source: 198.51.100.2:40005"), "{show}");
+    let (_, json) = footunnel_once(&topo.broker, &["show", "--json", "--state-dir", &topo.state_dir]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("show --json is JSON");
+    assert_eq!(v["tunnels"][0]["endpoint"], "198.51.100.3:40001");
+}
+
+#[test]
+fn after_kill_9_a_restart_applies_what_arrived_meanwhile_within_a_second() {
+    let topo = Topology::new();
+    let mut broker = topo.start_broker(&[]);
+    let t0 = now_ns();
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, t0, [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    broker.kill9();
+
+    // While the controller is down the data plane still verifies and records.
+    topo.send(CLIENT_A, 40002, &by_hand::heartbeat(SECRET, t0 + 1_000_000, [0; 8]));
+    topo.send(CLIENT_A, 40003, &by_hand::heartbeat(SECRET, t0, [0; 8])); // a replay, still rejected
+    std::thread::sleep(Duration::from_millis(300));
+    let l = topo.link();
+    assert_eq!(l.encap_dport(), Some(40001), "nothing changes the link while the controller is down");
+
+    let started = Instant::now();
+    let mut restarted = NsProcess::footunnel(
+        &topo.broker,
+        &["broker", "-v", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, "fou0", SECRET],
+    );
+    topo.wait_for_endpoint(CLIENT_A, 40002, Duration::from_secs(10));
+    restarted.wait_for("continuing from the pinned state", Duration::from_secs(5));
+    let log = restarted.log();
+    let startup = started.elapsed();
+    println!("restart to re-pointed link: {startup:?}");
+    assert!(log.contains("now points at 198.51.100.2:40002"), "{log}");
+    let (_, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
+    assert!(show.contains("replay 1"), "{show}");
+}
