@@ -185,9 +185,12 @@ fn now_ns() -> u64 {
 
 /// Runs the broker until `shutdown` resolves.
 pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    info!("footunnel {} broker starting", env!("CARGO_PKG_VERSION"));
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
-    let plan = plan(&config, &handle).await?;
+    let mut plan = plan(&config, &handle).await?;
+    debug!("configuration checked against the system");
+    apply_pinned_endpoints(&handle, &config.pin_dir, &mut plan).await;
     let mut broker = Broker::start(config, handle, plan)?;
     broker.reconcile_all().await;
     broker.serve(shutdown).await
@@ -225,6 +228,7 @@ impl Broker {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(dataplane::OBJECT).context("loading the eBPF object with pinned maps failed")?;
+        debug!("eBPF object loaded, maps open");
         let started = now_ns();
         fill_maps(&mut ebpf, &config, &plan, fresh.then_some(started))?;
         if fresh {
@@ -282,43 +286,9 @@ impl Broker {
 
     /// Makes one link match its recorded endpoint; true if it changed.
     async fn reconcile(&mut self, i: usize) -> bool {
-        let id = self.tunnels[i].config.identity.id;
-        let Some(endpoint) = self.endpoint(id) else { return false };
-        let t = &self.tunnels[i];
-        if decide::repoint(t.link.endpoint(), &endpoint).is_none() {
-            return false;
-        }
-        // Re-read first: someone (an operator, a restart) may have changed it,
-        // and the change must carry the link's current parameters.
-        let current = match link::get(&self.handle, &t.link.name).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!("tunnel {}: {e:#}", t.config.name);
-                return false;
-            }
-        };
-        let Some(change) = decide::repoint(current.endpoint(), &endpoint) else {
-            self.tunnels[i].link = current;
-            return false;
-        };
-        match link::repoint(&self.handle, &current, change.remote, change.dport).await {
-            Ok(updated) => {
-                info!(
-                    "tunnel {}: link {} now points at {}:{} (was {})",
-                    t.config.name,
-                    current.name,
-                    change.remote,
-                    change.dport,
-                    describe(current.endpoint())
-                );
-                self.tunnels[i].link = updated;
-                true
-            }
-            Err(e) => {
-                warn!("tunnel {}: {e:#}", t.config.name);
-                false
-            }
-        }
+        let Some(endpoint) = self.endpoint(self.tunnels[i].config.identity.id) else { return false };
+        let t = &mut self.tunnels[i];
+        reconcile_link(&self.handle, &t.config.name, &mut t.link, &endpoint).await
     }
 
     fn report_collisions(&self) {
@@ -440,6 +410,56 @@ impl Broker {
 
     fn config_interfaces(&self) -> String {
         read_state(&self.config.state_dir).map(|s| s.interfaces.join(", ")).unwrap_or_default()
+    }
+}
+
+/// Points `link` at `endpoint` if it differs; true if it changed.
+async fn reconcile_link(handle: &Handle, tunnel: &str, link: &mut TunnelLink, endpoint: &Endpoint) -> bool {
+    if decide::repoint(link.endpoint(), endpoint).is_none() {
+        return false;
+    }
+    // Re-read first: someone (an operator, a restart) may have changed it,
+    // and the change must carry the link's current parameters.
+    let current = match link::get(handle, &link.name).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("tunnel {tunnel}: {e:#}");
+            return false;
+        }
+    };
+    let Some(change) = decide::repoint(current.endpoint(), endpoint) else {
+        *link = current;
+        return false;
+    };
+    match link::repoint(handle, &current, change.remote, change.dport).await {
+        Ok(updated) => {
+            info!(
+                "tunnel {tunnel}: link {} now points at {}:{} (was {})",
+                current.name,
+                change.remote,
+                change.dport,
+                describe(current.endpoint())
+            );
+            *link = updated;
+            true
+        }
+        Err(e) => {
+            warn!("tunnel {tunnel}: {e:#}");
+            false
+        }
+    }
+}
+
+/// After a restart, applies the pinned endpoints before anything else (loading
+/// the program takes a while): what arrived while the controller was down
+/// takes effect at once.
+async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, plan: &mut Plan) {
+    let Ok(data) = MapData::from_pin(pin_dir.join(maps::ENDPOINTS)) else { return };
+    let Ok(endpoints) = BpfHashMap::<MapData, u64, Endpoint>::try_from(aya::maps::Map::HashMap(data)) else { return };
+    for t in &mut plan.tunnels {
+        if let Ok(endpoint) = endpoints.get(&t.config.identity.id, 0) {
+            reconcile_link(handle, &t.config.name, &mut t.link, &endpoint).await;
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub mod frame {
 
         pub fn build(&self) -> Vec<u8> {
             let ihl = 20 + self.options.len();
-            assert!(ihl % 4 == 0 && ihl <= 60, "IPv4 options must pad to 4 bytes, at most 40");
+            assert!(ihl.is_multiple_of(4) && ihl <= 60, "IPv4 options must pad to 4 bytes, at most 40");
             let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
             f.extend_from_slice(&ETH_P_IP.to_be_bytes());
             let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
