@@ -2,6 +2,7 @@
 //! broker's controller and the client.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod decide;

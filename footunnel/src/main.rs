@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use footunnel::{
     broker,
+    client::{self, ClientConfig},
     config::{self, Attach, BrokerConfig, Prefix},
     secret, show,
 };
@@ -30,7 +31,10 @@ enum Command {
     /// Run the broker: keep each tunnel's link pointed at its client.
     #[command(long_about = BROKER_HELP)]
     Broker(BrokerArgs),
-    /// Show tunnels, endpoints and counters from the running broker's pinned maps.
+    /// Keep the broker informed of where this end of the tunnel is.
+    #[command(long_about = CLIENT_HELP)]
+    Client(ClientArgs),
+    /// Show tunnels, endpoints and counters (broker: from its pinned maps; client: its last ACK).
     Show {
         /// Machine-readable output.
         #[arg(long)]
@@ -77,6 +81,77 @@ any other source draws a rate-limited CHALLENGE, never a change.
 State is pinned under /sys/fs/bpf/footunnel/: stopping the broker (SIGINT/SIGTERM)
 leaves the data plane recording, and a restart continues from there. `footunnel show`
 reports; `footunnel unload` removes everything.";
+
+const CLIENT_HELP: &str = "Keep the broker informed of where this end of the tunnel is.
+
+    footunnel client [-v] BROKER SECRET
+
+The tunnel's link must exist: an ipip (or sit) link with remote BROKER and FoU
+encapsulation, and a FoU listener on its encap-sport:
+
+    ip fou add port 42424 ipproto 4
+    ip link add fou0 type ipip remote <BROKER> ttl 64 \\
+        encap fou encap-sport 42424 encap-dport 42424
+    ip link set fou0 up && ip addr add 10.0.0.2/30 dev fou0
+
+Heartbeats leave from the link's own UDP port (encap-sport) through a raw socket,
+so the NAT maps them exactly like the tunnel's data: no SNAT rule is needed.
+They go out every --interval, at once when this host's addresses, routes or links
+change, and at once when the broker challenges (it saw our data arrive from a new
+source); unanswered ones are retried with backoff until the broker's ACK arrives.
+Leave the link's local address unset (`local any`) so it survives address changes.";
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The broker's public IPv4 address.
+    broker: std::net::Ipv4Addr,
+    /// The tunnel's shared secret. Prefer --secret-file: arguments are visible in `ps`.
+    secret: Option<String>,
+    /// Read the secret from this file (mode 600) instead.
+    #[arg(long, conflicts_with = "secret")]
+    secret_file: Option<PathBuf>,
+    /// The tunnel's link (default: the ipip/sit link whose remote is BROKER).
+    #[arg(long)]
+    link: Option<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Freshness window for the broker's messages, in seconds (0 disables).
+    #[arg(long, default_value_t = 120.0)]
+    freshness_window: f64,
+    #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// More detail in the log.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+impl ClientArgs {
+    fn config(&self) -> Result<ClientConfig> {
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => config::read_secret_file(f)?,
+            _ => bail!("give the tunnel's secret: `footunnel client {} SECRET` or --secret-file FILE", self.broker),
+        };
+        if secret.is_empty() {
+            bail!("the secret is empty");
+        }
+        if !(0.1..=3600.0).contains(&self.interval) {
+            bail!("--interval must be between 0.1 and 3600 seconds");
+        }
+        if !(0.0..=86_400.0).contains(&self.freshness_window) {
+            bail!("--freshness-window must be between 0 and 86400 seconds");
+        }
+        Ok(ClientConfig {
+            broker: self.broker,
+            secret,
+            link: self.link.clone(),
+            interval: std::time::Duration::from_secs_f64(self.interval),
+            freshness_window_ns: (self.freshness_window * 1e9) as u64,
+            state_dir: self.state_dir.clone(),
+        })
+    }
+}
 
 #[derive(Args)]
 struct BrokerArgs {
@@ -203,13 +278,32 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(broker::run(config, shutdown_signal()))?;
         }
+        Command::Client(args) => {
+            init_logging(args.verbose);
+            let config = args.config()?;
+            if let Some(w) = secret::weakness(&config.secret) {
+                warn!("{w}");
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(client::run(config, shutdown_signal()))?;
+        }
         Command::Show { json, state_dir } => {
-            let report = show::collect(&state_dir)?;
+            let broker = show::collect(&state_dir);
+            let client = client::read_state(&state_dir).ok();
+            if let (Err(e), None) = (&broker, &client) {
+                bail!("{e:#}; no client state there either: is footunnel running with --state-dir {}?", state_dir.display());
+            }
+            let broker = broker.ok();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "broker": broker, "client": client }))?);
             } else {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-                print!("{}", show::render(&report, now));
+                if let Some(report) = &broker {
+                    print!("{}", show::render(report, now));
+                }
+                if let Some(state) = &client {
+                    print!("{}", show::render_client(state, now));
+                }
             }
         }
         Command::Keygen => println!("{}", secret::generate()?),

@@ -55,9 +55,6 @@ impl RawUdp {
         Ok(())
     }
 
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
-    }
 
     /// Sends `payload` from `src`:`sport` to `dst`:`dport`. An unspecified
     /// `src` lets the kernel pick the address (and then carries no UDP checksum).
@@ -99,6 +96,12 @@ impl RawUdp {
             return Err(e).context("raw UDP receive");
         }
         Ok(parse(&buf[..n as usize]))
+    }
+}
+
+impl AsRawFd for RawUdp {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 }
 

@@ -147,6 +147,19 @@ pub fn render(report: &Report, now_ns: u64) -> String {
     out
 }
 
+pub fn render_client(state: &crate::client::ClientState, now_ns: u64) -> String {
+    let mut out = format!("client: broker {} over {}\n", state.broker, state.link);
+    out += &format!("  public endpoint (as the broker sees it): {}\n", state.public_endpoint.as_deref().unwrap_or("(no ACK yet)"));
+    if let Some(ts) = state.last_ack_ns {
+        out += &format!("  latest ACK: {}\n", ago(ts, now_ns));
+    }
+    if let Some(rtt) = state.rtt_us {
+        out += &format!("  round trip: {:.1} ms\n", rtt as f64 / 1000.0);
+    }
+    out += &format!("  heartbeats: {}, ACKs: {}, challenges: {}\n", state.heartbeats, state.acks, state.challenges);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,7 +261,7 @@ fn fou_data_from_a_new_source_draws_a_challenge_and_changes_nothing() {
     assert!(show.contains("unexpected source: 198.51.100.2:40005"), "{show}");
     let (_, json) = footunnel_once(&topo.broker, &["show", "--json", "--state-dir", &topo.state_dir]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("show --json is JSON");
-    assert_eq!(v["tunnels"][0]["endpoint"], "198.51.100.3:40001");
+    assert_eq!(v["broker"]["tunnels"][0]["endpoint"], "198.51.100.3:40001");
 }
 
 #[test]

@@ -1,0 +1,289 @@
+//! `footunnel client`: tells the broker where this end of the tunnel is.
+//! Heartbeats leave from the tunnel's own UDP port through a raw socket, so
+//! the NAT maps them exactly like the tunnel's data: no SNAT rule.
+
+pub mod schedule;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, UdpSocket},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo};
+use rtnetlink::{Handle, MulticastGroup};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info, warn};
+
+use footunnel_ebpf::wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, Reject, check_header, check_tunnel};
+
+use crate::{
+    decide::next_timestamp,
+    link::{self, TunnelLink},
+    rawudp::{Datagram, RawUdp},
+    secret::TunnelIdentity,
+};
+use schedule::Schedule;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub broker: Ipv4Addr,
+    pub secret: String,
+    /// The tunnel's link; default: the ipip/sit link whose remote is the broker.
+    pub link: Option<String>,
+    pub interval: Duration,
+    pub freshness_window_ns: u64,
+    pub state_dir: PathBuf,
+}
+
+/// What `footunnel show` reports on a client.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientState {
+    pub broker: String,
+    pub link: String,
+    /// Where the broker saw us, from its latest ACK.
+    pub public_endpoint: Option<String>,
+    pub rtt_us: Option<u64>,
+    pub last_ack_ns: Option<u64>,
+    pub heartbeats: u64,
+    pub acks: u64,
+    pub challenges: u64,
+}
+
+pub const STATE_FILE: &str = "client.json";
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Checks a message from the broker: an ACK or CHALLENGE for our tunnel,
+/// correctly tagged, newer than the last one accepted, fresh.
+pub fn verify_from_broker(
+    payload: &[u8],
+    identity: &TunnelIdentity,
+    last_timestamp_ns: u64,
+    now_ns: u64,
+    window_ns: u64,
+) -> Result<ControlMessage, Reject> {
+    let bytes: &[u8; MESSAGE_LEN] = payload.try_into().map_err(|_| Reject::Malformed)?;
+    let msg = ControlMessage::from_bytes(bytes);
+    let kind = match Kind::from_u8(msg.kind) {
+        Some(k @ (Kind::Ack | Kind::Challenge)) => k,
+        _ => Kind::Ack,
+    };
+    check_header(&msg, kind)?;
+    if msg.tunnel_id() != identity.id {
+        return Err(Reject::UnknownTunnel);
+    }
+    check_tunnel(&msg, identity.sip_key(), last_timestamp_ns, &Acceptance { expected: kind, now_ns, window_ns })?;
+    Ok(msg)
+}
+
+/// The ipip/sit link named `name`, or the one whose remote is `broker`.
+async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Result<TunnelLink> {
+    if let Some(name) = name {
+        return link::get(handle, name).await;
+    }
+    let mut names = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.context("cannot list links")? {
+        let tunnel = msg.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(info) if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::IpIp | InfoKind::SitTun)))
+                && info.iter().any(|i| matches!(i, LinkInfo::Data(InfoData::IpTunnel(_)))))
+        });
+        if let (true, Some(n)) = (tunnel, msg.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })) {
+            names.push(n);
+        }
+    }
+    for n in names {
+        let l = link::get(handle, &n).await?;
+        if l.remote() == Some(IpAddr::V4(broker)) {
+            return Ok(l);
+        }
+    }
+    bail!(
+        "no ipip/sit link has remote {broker}: create the tunnel's link \
+         (`ip link add fou0 type ipip remote {broker} encap fou encap-sport 42424 encap-dport 42424`) or name it with --link"
+    )
+}
+
+/// The address the kernel would send from towards `broker` (no packet is sent).
+fn source_towards(broker: Ipv4Addr, port: u16) -> Ipv4Addr {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect((broker, port)).and_then(|_| s.local_addr()))
+        .ok()
+        .and_then(|a| if let IpAddr::V4(v4) = a.ip() { Some(v4) } else { None })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
+    tokio::spawn(connection);
+    let link = find_link(&handle, config.broker, config.link.as_deref()).await?;
+    let sport = link.encap_sport().with_context(|| {
+        format!("link {} has no fixed encap-sport: set one (`encap-sport 42424`) so heartbeats and data share a port", link.name)
+    })?;
+    let dport = link.encap_dport().with_context(|| format!("link {} has no encap-dport (the broker's FoU port)", link.name))?;
+    if link.encap_type() != Some(netlink_packet_route::link::TunnelEncapType::Fou) {
+        bail!("link {} has no FoU encapsulation: add `encap fou encap-sport {sport} encap-dport {dport}`", link.name);
+    }
+    let identity = TunnelIdentity::derive(&config.secret);
+    let (monitor_conn, _, mut changes) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route])
+            .context("cannot watch for network changes")?;
+    tokio::spawn(monitor_conn);
+    let socket = RawUdp::open()?;
+    socket.set_nonblocking()?;
+    // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
+    let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
+
+    let mut state = ClientState { broker: config.broker.to_string(), link: link.name.clone(), ..Default::default() };
+    let mut schedule = Schedule::new(config.interval, now_ns());
+    let mut last_sent_ts = 0u64;
+    let mut last_broker_ts = 0u64;
+    info!("client for broker {}:{dport} on link {}, heartbeats from port {sport} every {:?}", config.broker, link.name, config.interval);
+    tokio::pin!(shutdown);
+    loop {
+        let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(now_ns()));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(wait) => {
+                let now = now_ns();
+                if !schedule.due(now) {
+                    continue;
+                }
+                last_sent_ts = next_timestamp(now, last_sent_ts);
+                let msg = ControlMessage::new(Kind::Heartbeat, identity.id, last_sent_ts, schedule.nonce()).sign(identity.sip_key());
+                let src = source_towards(config.broker, dport);
+                match socket.get_ref().send(src, sport, config.broker, dport, &msg.to_bytes()) {
+                    Ok(()) => {
+                        debug!("heartbeat from {src}:{sport}");
+                        state.heartbeats += 1;
+                    }
+                    Err(e) => warn!("{e:#}"),
+                }
+                schedule.sent(now);
+            }
+            Some(_) = changes.next() => {
+                debug!("network changed; heartbeat soon");
+                schedule.network_changed(now_ns());
+            }
+            guard = socket.readable() => {
+                let mut guard = guard?;
+                while let Some(d) = guard.get_inner().recv()? {
+                    if let Some(msg) = from_broker(&d, &config, sport, dport) {
+                        let now = now_ns();
+                        match verify_from_broker(msg, &identity, last_broker_ts, now, config.freshness_window_ns) {
+                            Ok(m) => {
+                                last_broker_ts = m.timestamp_ns();
+                                handle_message(&m, now, &mut schedule, &mut state);
+                                write_state(&config.state_dir, &state);
+                            }
+                            Err(r) => debug!("dropped a message from the broker: {r:?}"),
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+    info!("client stopped");
+    Ok(())
+}
+
+fn from_broker<'a>(d: &'a Datagram, config: &ClientConfig, sport: u16, dport: u16) -> Option<&'a [u8]> {
+    (d.src == config.broker && d.sport == dport && d.dport == sport && d.payload.first().is_some_and(|b| b >> 4 == 0xF))
+        .then_some(d.payload.as_slice())
+}
+
+fn handle_message(msg: &ControlMessage, now: u64, schedule: &mut Schedule, state: &mut ClientState) {
+    match Kind::from_u8(msg.kind) {
+        Some(Kind::Ack) => {
+            let d = msg.detail;
+            let seen = format!("{}:{}", Ipv4Addr::new(d[0], d[1], d[2], d[3]), u16::from_be_bytes([d[4], d[5]]));
+            let rtt = schedule.acked(now);
+            if state.public_endpoint.as_deref() != Some(seen.as_str()) {
+                info!("the broker sees this end at {seen}");
+            }
+            if let Some(rtt) = rtt {
+                debug!("ACK after {rtt:?}");
+                state.rtt_us = Some(rtt.as_micros() as u64);
+            }
+            state.public_endpoint = Some(seen);
+            state.last_ack_ns = Some(now);
+            state.acks += 1;
+        }
+        Some(Kind::Challenge) => {
+            info!("challenged by the broker (our traffic arrives from a new source): answering");
+            schedule.challenged(now, msg.detail);
+            state.challenges += 1;
+        }
+        _ => {}
+    }
+}
+
+fn write_state(dir: &std::path::Path, state: &ClientState) {
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state).unwrap_or_default()));
+    if let Err(e) = result {
+        warn!("cannot write {}: {e}", dir.join(STATE_FILE).display());
+    }
+}
+
+pub fn read_state(dir: &std::path::Path) -> Result<ClientState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path).with_context(|| format!("no client state at {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_790_000_000_000_000_000;
+
+    fn identity() -> TunnelIdentity {
+        TunnelIdentity::derive("client test secret, long enough")
+    }
+
+    fn from_broker(kind: Kind, ts: u64, detail: [u8; 8]) -> Vec<u8> {
+        let id = identity();
+        ControlMessage::new(kind, id.id, ts, detail).sign(id.sip_key()).to_bytes().to_vec()
+    }
+
+    #[test]
+    fn acks_and_challenges_are_verified() {
+        let id = identity();
+        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
+        assert!(verify_from_broker(&ack, &id, 0, NOW, 120_000_000_000).is_ok());
+        assert_eq!(verify_from_broker(&ack, &id, NOW, NOW, 120_000_000_000).unwrap_err(), Reject::Replay);
+        let challenge = from_broker(Kind::Challenge, NOW + 1, [7; 8]);
+        assert!(verify_from_broker(&challenge, &id, NOW, NOW, 120_000_000_000).is_ok());
+        let heartbeat = from_broker(Kind::Heartbeat, NOW + 2, [0; 8]);
+        assert_eq!(verify_from_broker(&heartbeat, &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::BadType);
+        let mut forged = from_broker(Kind::Challenge, NOW + 3, [7; 8]);
+        forged[24] ^= 1;
+        assert_eq!(verify_from_broker(&forged, &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::BadTag);
+        let other = TunnelIdentity::derive("some other tunnel's secret");
+        assert_eq!(verify_from_broker(&ack, &other, 0, NOW, 120_000_000_000).unwrap_err(), Reject::UnknownTunnel);
+        assert_eq!(verify_from_broker(&ack[..39], &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::Malformed);
+    }
+
+    #[test]
+    fn an_ack_records_the_public_endpoint_and_a_challenge_its_nonce() {
+        let id = identity();
+        let mut schedule = Schedule::new(Duration::from_secs(10), 0);
+        schedule.sent(NOW - 5_000_000);
+        let mut state = ClientState::default();
+        let ack = ControlMessage::from_bytes(&from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]).try_into().unwrap());
+        handle_message(&ack, NOW, &mut schedule, &mut state);
+        assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
+        assert_eq!(state.rtt_us, Some(5_000));
+        let ch = ControlMessage::new(Kind::Challenge, id.id, NOW + 1, [7; 8]);
+        handle_message(&ch, NOW + 1, &mut schedule, &mut state);
+        assert_eq!((schedule.nonce(), schedule.due(NOW + 1), state.challenges), ([7; 8], true, 1));
+    }
+}

@@ -1,0 +1,140 @@
+//! When the client sends its next heartbeat: every interval once
+//! acknowledged, sooner with backoff while unacknowledged, at once on a
+//! challenge, shortly after a local network change. Pure.
+
+use std::time::Duration;
+
+/// Wait after a network change, so a burst of netlink events sends one heartbeat.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// First retry when no ACK came.
+pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    interval_ns: u64,
+    retry_ns: u64,
+    awaiting_ack: bool,
+    last_sent_ns: Option<u64>,
+    next_ns: u64,
+    /// The newest accepted challenge's nonce, echoed until acknowledged.
+    nonce: [u8; 8],
+}
+
+impl Schedule {
+    /// The first heartbeat goes out at once.
+    pub fn new(interval: Duration, now_ns: u64) -> Self {
+        Schedule {
+            interval_ns: interval.as_nanos() as u64,
+            retry_ns: FIRST_RETRY.as_nanos() as u64,
+            awaiting_ack: false,
+            last_sent_ns: None,
+            next_ns: now_ns,
+            nonce: [0; 8],
+        }
+    }
+
+    pub fn next_ns(&self) -> u64 {
+        self.next_ns
+    }
+
+    pub fn due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_ns
+    }
+
+    /// The nonce the next heartbeat carries.
+    pub fn nonce(&self) -> [u8; 8] {
+        self.nonce
+    }
+
+    /// A heartbeat went out: retry with backoff until an ACK arrives.
+    pub fn sent(&mut self, now_ns: u64) {
+        if self.awaiting_ack {
+            self.retry_ns = (self.retry_ns * 2).min(self.interval_ns);
+        } else {
+            self.retry_ns = (FIRST_RETRY.as_nanos() as u64).min(self.interval_ns);
+        }
+        self.awaiting_ack = true;
+        self.last_sent_ns = Some(now_ns);
+        self.next_ns = now_ns + self.retry_ns;
+    }
+
+    /// An ACK: the next heartbeat is one interval after the last one sent.
+    /// Returns the round-trip time if a heartbeat was outstanding.
+    pub fn acked(&mut self, now_ns: u64) -> Option<Duration> {
+        let rtt = self.awaiting_ack.then(|| self.last_sent_ns.map(|s| Duration::from_nanos(now_ns.saturating_sub(s)))).flatten();
+        self.awaiting_ack = false;
+        self.nonce = [0; 8];
+        self.next_ns = self.last_sent_ns.unwrap_or(now_ns) + self.interval_ns;
+        rtt
+    }
+
+    /// A verified challenge: answer at once, echoing its nonce.
+    pub fn challenged(&mut self, now_ns: u64, nonce: [u8; 8]) {
+        self.nonce = nonce;
+        self.awaiting_ack = false;
+        self.next_ns = now_ns;
+    }
+
+    /// Addresses, routes or links changed here: send soon.
+    pub fn network_changed(&mut self, now_ns: u64) {
+        self.awaiting_ack = false;
+        self.next_ns = self.next_ns.min(now_ns + DEBOUNCE.as_nanos() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn unacknowledged_heartbeats_back_off_up_to_the_interval() {
+        let mut s = Schedule::new(Duration::from_secs(10), 0);
+        assert!(s.due(0));
+        let mut at = 0;
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            s.sent(at);
+            gaps.push((s.next_ns() - at) / S);
+            at = s.next_ns();
+        }
+        assert_eq!(gaps, vec![1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn an_ack_sets_the_next_heartbeat_one_interval_after_the_last() {
+        let mut s = Schedule::new(Duration::from_secs(10), 0);
+        s.sent(5 * S);
+        assert_eq!(s.acked(5 * S + 30_000_000), Some(Duration::from_millis(30)));
+        assert_eq!(s.next_ns(), 15 * S);
+        assert_eq!(s.acked(6 * S), None, "a second ACK measures nothing");
+        s.sent(15 * S);
+        assert_eq!(s.next_ns(), 16 * S, "retry starts at one second again");
+    }
+
+    #[test]
+    fn a_challenge_is_answered_at_once_with_its_nonce_until_acknowledged() {
+        let mut s = Schedule::new(Duration::from_secs(10), 0);
+        s.sent(0);
+        s.acked(S / 10);
+        s.challenged(3 * S, [9; 8]);
+        assert!(s.due(3 * S));
+        assert_eq!(s.nonce(), [9; 8]);
+        s.sent(3 * S);
+        assert_eq!(s.nonce(), [9; 8], "kept for retries");
+        s.acked(3 * S + 1);
+        assert_eq!(s.nonce(), [0; 8]);
+    }
+
+    #[test]
+    fn network_changes_are_debounced() {
+        let mut s = Schedule::new(Duration::from_secs(10), 0);
+        s.sent(0);
+        s.acked(1);
+        s.network_changed(2 * S);
+        s.network_changed(2 * S + 50_000_000);
+        assert_eq!(s.next_ns(), 2 * S + DEBOUNCE.as_nanos() as u64);
+        assert!(!s.due(2 * S + 100_000_000));
+    }
+}
