@@ -291,12 +291,18 @@ fn run(cli: Cli) -> Result<()> {
             let broker = show::collect(&state_dir);
             let client = client::read_state(&state_dir).ok();
             if let (Err(e), None) = (&broker, &client) {
-                bail!("{e:#}; no client state there either: is footunnel running with --state-dir {}?", state_dir.display());
+                bail!(
+                    "{e:#}; no client state there either: is footunnel running with --state-dir {}?",
+                    state_dir.display()
+                );
             }
             let broker = broker.ok();
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "broker": broker, "client": client }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "broker": broker, "client": client }))?
+                );
             } else {
                 if let Some(report) = &broker {
                     print!("{}", show::render(report, now));

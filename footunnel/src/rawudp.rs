@@ -55,7 +55,6 @@ impl RawUdp {
         Ok(())
     }
 
-
     /// Sends `payload` from `src`:`sport` to `dst`:`dport`. An unspecified
     /// `src` lets the kernel pick the address (and then carries no UDP checksum).
     pub fn send(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Result<()> {

@@ -149,7 +149,10 @@ pub fn render(report: &Report, now_ns: u64) -> String {
 
 pub fn render_client(state: &crate::client::ClientState, now_ns: u64) -> String {
     let mut out = format!("client: broker {} over {}\n", state.broker, state.link);
-    out += &format!("  public endpoint (as the broker sees it): {}\n", state.public_endpoint.as_deref().unwrap_or("(no ACK yet)"));
+    out += &format!(
+        "  public endpoint (as the broker sees it): {}\n",
+        state.public_endpoint.as_deref().unwrap_or("(no ACK yet)")
+    );
     if let Some(ts) = state.last_ack_ns {
         out += &format!("  latest ACK: {}\n", ago(ts, now_ns));
     }

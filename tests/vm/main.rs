@@ -3,4 +3,5 @@
 
 mod broker;
 mod broker_config;
+mod e2e;
 mod tunnel_link;

@@ -94,7 +94,10 @@ async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Res
             matches!(a, LinkAttribute::LinkInfo(info) if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::IpIp | InfoKind::SitTun)))
                 && info.iter().any(|i| matches!(i, LinkInfo::Data(InfoData::IpTunnel(_)))))
         });
-        if let (true, Some(n)) = (tunnel, msg.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })) {
+        if let (true, Some(n)) = (
+            tunnel,
+            msg.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }),
+        ) {
             names.push(n);
         }
     }
@@ -124,27 +127,38 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
     tokio::spawn(connection);
     let link = find_link(&handle, config.broker, config.link.as_deref()).await?;
     let sport = link.encap_sport().with_context(|| {
-        format!("link {} has no fixed encap-sport: set one (`encap-sport 42424`) so heartbeats and data share a port", link.name)
+        format!(
+            "link {} has no fixed encap-sport: set one (`encap-sport 42424`) so heartbeats and data share a port",
+            link.name
+        )
     })?;
-    let dport = link.encap_dport().with_context(|| format!("link {} has no encap-dport (the broker's FoU port)", link.name))?;
+    let dport =
+        link.encap_dport().with_context(|| format!("link {} has no encap-dport (the broker's FoU port)", link.name))?;
     if link.encap_type() != Some(netlink_packet_route::link::TunnelEncapType::Fou) {
         bail!("link {} has no FoU encapsulation: add `encap fou encap-sport {sport} encap-dport {dport}`", link.name);
     }
     let identity = TunnelIdentity::derive(&config.secret);
-    let (monitor_conn, _, mut changes) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route])
-            .context("cannot watch for network changes")?;
+    let (monitor_conn, _, mut changes) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv4Route,
+    ])
+    .context("cannot watch for network changes")?;
     tokio::spawn(monitor_conn);
     let socket = RawUdp::open()?;
     socket.set_nonblocking()?;
     // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
-    let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
+    let socket =
+        unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
 
     let mut state = ClientState { broker: config.broker.to_string(), link: link.name.clone(), ..Default::default() };
     let mut schedule = Schedule::new(config.interval, now_ns());
     let mut last_sent_ts = 0u64;
     let mut last_broker_ts = 0u64;
-    info!("client for broker {}:{dport} on link {}, heartbeats from port {sport} every {:?}", config.broker, link.name, config.interval);
+    info!(
+        "client for broker {}:{dport} on link {}, heartbeats from port {sport} every {:?}",
+        config.broker, link.name, config.interval
+    );
     tokio::pin!(shutdown);
     loop {
         let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(now_ns()));
@@ -278,7 +292,9 @@ mod tests {
         let mut schedule = Schedule::new(Duration::from_secs(10), 0);
         schedule.sent(NOW - 5_000_000);
         let mut state = ClientState::default();
-        let ack = ControlMessage::from_bytes(&from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]).try_into().unwrap());
+        let ack = ControlMessage::from_bytes(
+            &from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]).try_into().unwrap(),
+        );
         handle_message(&ack, NOW, &mut schedule, &mut state);
         assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
         assert_eq!(state.rtt_us, Some(5_000));

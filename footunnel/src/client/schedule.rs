@@ -61,7 +61,10 @@ impl Schedule {
     /// An ACK: the next heartbeat is one interval after the last one sent.
     /// Returns the round-trip time if a heartbeat was outstanding.
     pub fn acked(&mut self, now_ns: u64) -> Option<Duration> {
-        let rtt = self.awaiting_ack.then(|| self.last_sent_ns.map(|s| Duration::from_nanos(now_ns.saturating_sub(s)))).flatten();
+        let rtt = self
+            .awaiting_ack
+            .then(|| self.last_sent_ns.map(|s| Duration::from_nanos(now_ns.saturating_sub(s))))
+            .flatten();
         self.awaiting_ack = false;
         self.nonce = [0; 8];
         self.next_ns = self.last_sent_ns.unwrap_or(now_ns) + self.interval_ns;
