@@ -65,7 +65,10 @@ pub fn collect(state_dir: &Path) -> Result<Report> {
         .map(|t| {
             let e = endpoints.get(&t.id, 0).ok();
             let known = e.as_ref().and_then(known_endpoint);
-            let o = observed.get(&t.id, 0).ok().filter(|o| known != Some((Ipv4Addr::from(o.addr), o.port)));
+            // Sources seen since the latest endpoint change; older ones were answered by it.
+            let o = observed.get(&t.id, 0).ok().filter(|o| {
+                known != Some((Ipv4Addr::from(o.addr), o.port)) && e.is_none_or(|e| o.last_seen_ns > e.last_change_ns)
+            });
             TunnelReport {
                 name: t.name.clone(),
                 link: t.link.clone(),

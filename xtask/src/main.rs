@@ -2,6 +2,7 @@
 
 mod build_ebpf;
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 mod vm;
@@ -26,6 +27,11 @@ enum Task {
     Test(test::Options),
     /// Run a command in a VM booted from Debian's kernel (which has fou/ipip) over this root filesystem.
     Vm(vm::Options),
+    /// Show a tunnel following its client through an address change and a NAT port change.
+    Demo,
+    /// The demo itself, on a kernel with fou (`demo` starts it, in the VM if needed).
+    #[command(hide = true)]
+    DemoInside,
 }
 
 fn main() -> Result<()> {
@@ -34,5 +40,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf::run(),
         Task::Test(opts) => test::run(opts),
         Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
+        Task::Demo => demo::run(),
+        Task::DemoInside => demo::inside(),
     }
 }
