@@ -104,7 +104,7 @@ pub const LEGACY_SECRET_MAX: usize = 60;
 
 /// A legacy secret as the lookup key: its length and zero-padded bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LegacySecret {
     pub len: u32,
     pub bytes: [u8; LEGACY_SECRET_MAX],

@@ -117,23 +117,21 @@ async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
         }
         tunnels.push(Planned { config: t.clone(), link, prefixes });
     }
-    for (i, a) in tunnels.iter().enumerate() {
-        for b in &tunnels[i + 1..] {
-            if let Some(p) = a.prefixes.iter().find(|p| b.prefixes.iter().any(|q| p.overlaps(q))) {
-                bail!(
-                    "tunnels {:?} and {:?} both claim inner prefix {p}: set distinct peer_prefixes",
-                    a.config.name,
-                    b.config.name
-                );
-            }
-        }
+    let claimed: Vec<(Prefix, &str)> =
+        tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (*p, t.config.name.as_str()))).collect();
+    if let Some(((p, a), (q, b))) = crate::config::find_overlap(&claimed) {
+        bail!("tunnels {a:?} ({p}) and {b:?} ({q}) claim overlapping inner prefixes: set distinct peer_prefixes");
     }
     let mut interfaces = config.interfaces.clone();
     if interfaces.is_empty() {
+        let mut seen = std::collections::HashSet::new();
         for t in &tunnels {
             let local = t.link.local_v4().with_context(|| {
                 format!("link {} has no local address, so its uplink is unknown: name it with --interface", t.link.name)
             })?;
+            if !seen.insert(local) {
+                continue;
+            }
             let name = link::interface_with_address(handle, IpAddr::V4(local)).await?;
             if !interfaces.contains(&name) {
                 interfaces.push(name);
@@ -577,11 +575,12 @@ fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -
 }
 
 /// Leaves exactly `wanted` in `m`.
-fn sync<K: aya::Pod + PartialEq, V: aya::Pod>(
+fn sync<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     m: &mut BpfHashMap<&mut MapData, K, V>,
     wanted: Vec<(K, V)>,
 ) -> Result<()> {
-    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !wanted.iter().any(|(w, _)| w == k)).collect();
+    let keep: std::collections::HashSet<K> = wanted.iter().map(|(k, _)| *k).collect();
+    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
     for k in stale {
         let _ = m.remove(&k);
     }

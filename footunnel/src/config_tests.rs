@@ -131,3 +131,23 @@ fn prefixes_overlap_by_their_shorter_length() {
     assert!(!p("10.0.0.0/8").overlaps(&p("2001:db8::/32")));
     assert_eq!(Prefix::containing("10.0.0.1".parse().unwrap(), 30), p("10.0.0.0/30"));
 }
+
+#[test]
+fn overlaps_are_found_among_many_prefixes_of_different_owners_only() {
+    let p = |s: &str| s.parse::<Prefix>().unwrap();
+    let many: Vec<(Prefix, String)> = (0u32..10_000)
+        .map(|i| (Prefix::containing(IpAddr::V4((0x0a00_0000 + 4 * i).into()), 30), format!("t{i}")))
+        .collect();
+    let claimed: Vec<(Prefix, &str)> = many.iter().map(|(p, n)| (*p, n.as_str())).collect();
+    assert_eq!(find_overlap(&claimed), None);
+    let mut with_clash = claimed.clone();
+    with_clash.push((p("10.0.39.0/24"), "wide"));
+    let ((a, _), (b, _)) = find_overlap(&with_clash).expect("found");
+    assert!(a.overlaps(&b));
+    let same_owner =
+        [(p("10.0.0.0/8"), "a"), (p("10.1.0.0/16"), "a"), (p("2001:db8::/32"), "b"), (p("10.2.0.0/16"), "c")];
+    let ((_, x), (_, y)) = find_overlap(&same_owner).expect("a's /8 covers c's /16");
+    assert_eq!((x, y), ("a", "c"));
+    assert_eq!(find_overlap(&[(p("10.0.0.0/8"), "a"), (p("10.1.0.0/16"), "a")]), None, "a tunnel may repeat itself");
+    assert_eq!(find_overlap(&[(p("0.0.0.0/0"), "a"), (p("::/0"), "b")]), None, "families never overlap");
+}

@@ -27,8 +27,13 @@ pub fn run() -> Result<()> {
         return inside();
     }
     println!("this kernel has no fou/ipip: running the demo in a VM with Debian's kernel (about a minute)");
-    let code =
-        vm::run(&vm::Options { memory: "2G".into(), cpus: 2, timeout: 900, command: vec![me, "demo-inside".into()] })?;
+    let code = vm::run(&vm::Options {
+        memory: "2G".into(),
+        cpus: 2,
+        timeout: 900,
+        rwdirs: Vec::new(),
+        command: vec![me, "demo-inside".into()],
+    })?;
     if code != 0 {
         bail!("the demo failed (exit status {code})");
     }

@@ -1,5 +1,6 @@
 //! footunnel's developer tasks. `cargo xtask --help` lists them.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
@@ -27,6 +28,8 @@ enum Task {
     Test(test::Options),
     /// Run a command in a VM booted from Debian's kernel (which has fou/ipip) over this root filesystem.
     Vm(vm::Options),
+    /// Measure the claims (per-packet cost, flood, failover, scale); write bench/results.{md,json}.
+    Bench,
     /// Show a tunnel following its client through an address change and a NAT port change.
     Demo,
     /// The demo itself, on a kernel with fou (`demo` starts it, in the VM if needed).
@@ -41,6 +44,7 @@ fn main() -> Result<()> {
         Task::Test(opts) => test::run(opts),
         Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
         Task::Demo => demo::run(),
+        Task::Bench => bench::run(),
         Task::DemoInside => demo::inside(),
     }
 }

@@ -60,7 +60,7 @@ pub fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(cmd::workspace_root());
     cmd
@@ -72,7 +72,7 @@ fn unit() -> Result<()> {
     cmd::run(cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))
 }
 
-fn require_root(stage: &str) -> Result<()> {
+pub fn require_root(stage: &str) -> Result<()> {
     if !setup::nix_is_root() {
         bail!("the {stage} tests need root (BPF, network namespaces): run `sudo -E cargo xtask test`");
     }
@@ -90,8 +90,14 @@ fn vm_tests() -> Result<()> {
     require_root("VM")?;
     cmd::run(cargo().args(["build", "--package", "footunnel"]))?;
     let exe = test_executable("vm")?;
-    let opts =
-        vm::Options { memory: "2G".into(), cpus: 2, timeout: 1800, command: vec![exe, "--test-threads=1".into()] };
+    let opts = vm::Options {
+        memory: "2G".into(),
+        cpus: 2,
+        timeout: 1800,
+        rwdirs: Vec::new(),
+        // --nocapture: the end-to-end suite prints its failover times.
+        command: vec![exe, "--test-threads=1".into(), "--nocapture".into()],
+    };
     match vm::run(&opts)? {
         0 => Ok(()),
         code => bail!("the VM tests failed (exit status {code})"),
@@ -99,19 +105,16 @@ fn vm_tests() -> Result<()> {
 }
 
 /// Builds an integration test binary of footunnel-tests and returns its path.
-fn test_executable(name: &str) -> Result<String> {
-    let out = cmd::output(cargo().args([
-        "test",
-        "--package",
-        "footunnel-tests",
-        "--test",
-        name,
-        "--no-run",
-        "--message-format=json",
-    ]))?;
+pub fn test_executable(name: &str) -> Result<String> {
+    executable(&["test", "--package", "footunnel-tests", "--test", name, "--no-run", "--message-format=json"], name)
+}
+
+/// Runs a cargo build command with JSON messages; the path of target `name`'s executable.
+pub fn executable(args: &[&str], name: &str) -> Result<String> {
+    let out = cmd::output(cargo().args(args))?;
     out.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(str::to_owned))
-        .with_context(|| format!("cargo built no executable for test `{name}`"))
+        .with_context(|| format!("cargo built no executable for `{name}`"))
 }

@@ -21,6 +21,9 @@ pub struct Options {
     /// Kill the VM after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Host directories the guest may write (the root is read-only there).
+    #[arg(long = "rwdir")]
+    pub rwdirs: Vec<std::path::PathBuf>,
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -51,6 +54,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         .arg("--cwd")
         .arg(&cwd)
         .args(["--cpus", &opts.cpus.to_string(), "--memory", &opts.memory])
+        .args(opts.rwdirs.iter().map(|d| format!("--rwdir={}", d.display())))
         .arg("--")
         .arg(script)
         .stdin(Stdio::null())

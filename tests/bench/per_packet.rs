@@ -1,0 +1,83 @@
+//! 1. Per-packet cost through BPF_PROG_TEST_RUN, next to an empty XDP program.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::programs::Xdp;
+use footunnel::dataplane::XDP_PROGRAM;
+use footunnel_tests::{
+    broker::{Broker, FOU_PORT, XDP_DROP, XDP_PASS, now_ns},
+    frame::Udp4,
+};
+use serde_json::{Value, json};
+
+use crate::raw_bpf::{empty_xdp, test_run};
+
+pub const REPEAT: u32 = 1_000_000;
+const CLIENT: [u8; 4] = [203, 0, 113, 5];
+const BROKER: [u8; 4] = [198, 51, 100, 1];
+
+fn inner(src: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&[10, 0, 0, 1]);
+    p
+}
+
+pub fn run() -> Value {
+    let broker = Broker::new(false);
+    let xdp: &Xdp = broker.ebpf.program(XDP_PROGRAM).unwrap().try_into().unwrap();
+    let ours = xdp.fd().unwrap().as_fd().as_raw_fd();
+    let empty = empty_xdp();
+    let t0 = now_ns();
+    let hb = |ts: u64| Udp4::new(CLIENT, 40001, BROKER, FOU_PORT, &broker.heartbeat(ts)).build();
+    assert_eq!(test_run(ours, &hb(t0), 1).0, XDP_DROP, "the endpoint is recorded");
+    let mut forged = broker.heartbeat(t0 + 3_600_000_000_000 / 60);
+    forged[39] ^= 1;
+
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("unrelated UDP", Udp4::new(CLIENT, 40001, BROKER, 53, b"dns-ish payload of some length").build(), XDP_PASS),
+        (
+            "FoU data from the endpoint",
+            Udp4::new(CLIENT, 40001, BROKER, FOU_PORT, &inner([10, 0, 0, 2])).build(),
+            XDP_PASS,
+        ),
+        (
+            "FoU data from elsewhere",
+            Udp4::new([192, 0, 2, 9], 5555, BROKER, FOU_PORT, &inner([10, 0, 0, 2])).build(),
+            XDP_PASS,
+        ),
+        ("forged heartbeat", Udp4::new(CLIENT, 40001, BROKER, FOU_PORT, &forged).build(), XDP_DROP),
+    ];
+    let mut rows = Vec::new();
+    for (name, frame, verdict) in &cases {
+        let (rv, ours_ns) = test_run(ours, frame, REPEAT);
+        assert_eq!(rv, *verdict, "{name}");
+        let (_, empty_ns) = test_run(empty.as_raw_fd(), frame, REPEAT);
+        rows.push(row(name, ours_ns as f64, empty_ns as f64, REPEAT as u64, "repeat"));
+    }
+    // A valid heartbeat is accepted once: repeating it would measure the
+    // replay check. Each run gets a fresh timestamp instead.
+    let accepted_before = broker.count(footunnel_ebpf::maps::Counter::Accepted);
+    let per_round = REPEAT as u64 / 10;
+    let mut ours_total = 0u64;
+    let mut empty_total = 0u64;
+    for round in 0..10 {
+        let frames: Vec<Vec<u8>> = (1..=per_round).map(|i| hb(t0 + round * per_round + i)).collect();
+        for f in &frames {
+            ours_total += test_run(ours, f, 1).1 as u64;
+            empty_total += test_run(empty.as_raw_fd(), f, 1).1 as u64;
+        }
+    }
+    let n = 10 * per_round;
+    let accepted = broker.count(footunnel_ebpf::maps::Counter::Accepted) - accepted_before;
+    assert_eq!(accepted, n, "every timed heartbeat was a valid, accepted one");
+    rows.insert(
+        3,
+        row("valid heartbeat", ours_total as f64 / n as f64, empty_total as f64 / n as f64, n, "single runs"),
+    );
+    json!({ "repeat": REPEAT, "rows": rows })
+}
+
+fn row(name: &str, ours: f64, empty: f64, runs: u64, how: &str) -> Value {
+    json!({ "case": name, "footunnel_ns": ours, "empty_ns": empty, "ratio": ours / empty.max(1.0), "runs": runs, "how": how })
+}

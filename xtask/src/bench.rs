@@ -1,0 +1,188 @@
+//! `cargo xtask bench`: every benchmark in one run on this machine, written
+//! to bench/results.md and bench/results.json.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{build_ebpf, cmd, setup, test, vm};
+
+pub fn run() -> Result<()> {
+    test::require_root("bench")?;
+    setup::run()?;
+    build_ebpf::run()?;
+    cmd::run(test::cargo().args(["build", "--release", "--package", "footunnel"]))?;
+    let root = cmd::workspace_root();
+    let raw = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&raw);
+    std::fs::create_dir_all(&raw)?;
+    let started = std::time::Instant::now();
+
+    println!("\n===== bench: host (per-packet cost, flood) =====");
+    let bench = test::executable(
+        &["bench", "--package", "footunnel-tests", "--bench", "bench", "--no-run", "--message-format=json"],
+        "bench",
+    )?;
+    cmd::run(Command::new(&bench).arg("host").arg(&raw))?;
+
+    println!("\n===== bench: VM (link changes, 1,000 and 10,000 tunnels, controller under flood) =====");
+    let in_vm = |command: Vec<String>| -> Result<()> {
+        let opts = vm::Options { memory: "4G".into(), cpus: 2, timeout: 1500, rwdirs: vec![raw.clone()], command };
+        match vm::run(&opts)? {
+            0 => Ok(()),
+            code => bail!("{} failed in the VM (exit status {code})", opts.command.join(" ")),
+        }
+    };
+    in_vm(vec![bench.clone(), "vm".into(), raw.display().to_string()])?;
+
+    println!("\n===== bench: VM (failover, end-to-end scenarios) =====");
+    cmd::run(test::cargo().args(["build", "--package", "footunnel"]))?;
+    let e2e = test::test_executable("vm")?;
+    in_vm(vec![
+        "env".into(),
+        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
+        e2e,
+        "--test-threads=1".into(),
+        "--nocapture".into(),
+        "seven_scenarios".into(),
+    ])?;
+
+    let read = |name: &str| -> Result<Value> {
+        let path = raw.join(format!("{name}.json"));
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("missing {}", path.display()))?)
+            .with_context(|| format!("cannot parse {}", path.display()))
+    };
+    let results = json!({
+        "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
+        "machine": machine()?,
+        "minutes": started.elapsed().as_secs_f64() / 60.0,
+        "per_packet": read("per_packet")?,
+        "flood": read("flood")?,
+        "link_change": read("link_change")?,
+        "scale": read("scale")?,
+        "failover": read("failover")?,
+    });
+    let out = root.join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
+    let markdown = render(&results);
+    std::fs::write(out.join("results.md"), &markdown)?;
+    println!("\n{markdown}");
+    println!("written to {} and {}", out.join("results.md").display(), out.join("results.json").display());
+    Ok(())
+}
+
+fn machine() -> Result<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']))
+        .unwrap_or("?");
+    let kernel = cmd::output(Command::new("uname").arg("-r"))?;
+    Ok(format!(
+        "{} × {model}, Linux {} (host); VM: Debian's kernel under QEMU TCG",
+        std::thread::available_parallelism()?.get(),
+        kernel.trim()
+    ))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+/// The results as the Markdown table the README quotes.
+pub fn render(r: &Value) -> String {
+    let mut md = format!(
+        "# footunnel benchmarks\n\n{} — {} — {:.1} minutes\n\n",
+        r["date"].as_str().unwrap_or("?"),
+        r["machine"].as_str().unwrap_or("?"),
+        f(&r["minutes"])
+    );
+    md += "## 1. Per-packet cost (BPF_PROG_TEST_RUN), next to an empty XDP program\n\n";
+    md += "| packet | footunnel ns | empty ns | ratio | runs | target |\n|---|---:|---:|---:|---:|---|\n";
+    for row in r["per_packet"]["rows"].as_array().into_iter().flatten() {
+        let case = row["case"].as_str().unwrap_or("?");
+        let target = match case {
+            "unrelated UDP" | "FoU data from the endpoint" => verdict(f(&row["ratio"]) <= 1.5),
+            _ => "—",
+        };
+        md += &format!(
+            "| {case} | {:.1} | {:.1} | {:.2}× | {} ({}) | {target} |\n",
+            f(&row["footunnel_ns"]),
+            f(&row["empty_ns"]),
+            f(&row["ratio"]),
+            row["runs"],
+            row["how"].as_str().unwrap_or("")
+        );
+    }
+    let fl = &r["flood"];
+    md += "\n## 2. Flood of forged heartbeats over veth\n\n| path | rejected | rejected/s | CPU per packet |\n|---|---:|---:|---:|\n";
+    md += &format!(
+        "| eBPF (XDP) | {} | {:.0} | {:.0} ns |\n| userspace (recvmmsg) | {} of {} | {:.0} | {:.0} ns |\n",
+        fl["ebpf"]["rejected"],
+        f(&fl["ebpf"]["rejected_per_second"]),
+        f(&fl["ebpf"]["ns_per_packet"]),
+        fl["userspace"]["rejected"],
+        fl["packets_sent"],
+        f(&fl["userspace"]["rejected_per_second"]),
+        f(&fl["userspace"]["cpu_ns_per_packet"]),
+    );
+    let ratio = f(&fl["cost_ratio"]);
+    md += &format!(
+        "\nCost per rejected packet, userspace ÷ eBPF: **{ratio:.1}×** (target ≥ 10×: {}).\n",
+        verdict(ratio >= 10.0)
+    );
+    for row in r["scale"]["rows"].as_array().into_iter().flatten() {
+        md += &format!(
+            "Controller CPU during {:.0} s of forged heartbeats ({} packets, {} tunnels): {:.2} s.\n",
+            f(&row["flood_s"]),
+            row["flood_packets"],
+            row["tunnels"],
+            f(&row["controller_cpu_s_during_flood"])
+        );
+    }
+    let lc = &r["link_change"];
+    md += &format!(
+        "\n## 3. Failover and link changes\n\nOne link change (`remote` + `encap-dport`): rtnetlink {:.2} ms, `ip link set` as a process {:.2} ms ({:.1}× slower; {} changes each, in the VM).\n\n",
+        f(&lc["rtnetlink_ms"]),
+        f(&lc["ip_process_ms"]),
+        f(&lc["ratio"]),
+        lc["changes"]
+    );
+    let interval = f(&r["failover"]["interval_s"]);
+    md += &format!(
+        "| scenario (heartbeat interval {interval:.0} s) | failover | of the interval | target (< 5 %, client-side changes) |\n|---|---:|---:|---|\n"
+    );
+    for row in r["failover"]["rows"].as_array().into_iter().flatten() {
+        let scenario = row["scenario"].as_str().unwrap_or("?");
+        let share = f(&row["of_interval"]);
+        let target = if scenario.starts_with("1.") { verdict(share < 0.05) } else { "—" };
+        md += &format!("| {scenario} | {:.3} s | {:.1} % | {target} |\n", f(&row["seconds"]), 100.0 * share);
+    }
+    md += "\n## 4. Scale (in the VM)\n\n| tunnels | controller start-up | resident memory | time per change (median) |\n|---:|---:|---:|---:|\n";
+    let rows: Vec<&Value> = r["scale"]["rows"].as_array().into_iter().flatten().collect();
+    for row in &rows {
+        md += &format!(
+            "| {} | {:.1} s | {:.1} MiB | {:.2} ms |\n",
+            row["tunnels"],
+            f(&row["startup_s"]),
+            f(&row["rss_kib"]) / 1024.0,
+            f(&row["change_ms_median"])
+        );
+    }
+    if let [small, large] = rows.as_slice() {
+        let growth = f(&large["change_ms_median"]) / f(&small["change_ms_median"]);
+        md += &format!(
+            "\nTime per change, 10,000 ÷ 1,000 tunnels: {growth:.2}× (target: flat, ≤ 1.5×: {}).\n",
+            verdict(growth <= 1.5)
+        );
+    }
+    md += "\nThe VM runs under software emulation (QEMU TCG, no KVM on these machines): its absolute times are slow; compare within a table.\n";
+    md
+}
