@@ -6,9 +6,24 @@
 
 use crate::siphash::SipKey;
 
-/// Hash map: UDP port → [`PortConfig`]. The FoU port(s), and the proof of
-/// concept's heartbeat port when a tunnel has legacy enabled.
+/// Array indexed by UDP port → [`PortConfig`]: the FoU port(s), and the
+/// proof of concept's heartbeat port when a tunnel has legacy enabled. An
+/// array, not a hash map: every UDP packet on the uplink looks here, and an
+/// array lookup compiles to a bounds check and a load.
 pub const FOU_PORTS: &str = "FOU_PORTS";
+/// Array of [`ENDPOINT_CACHE_SLOTS`] `u64`: a direct-mapped cache of known
+/// endpoints, so FoU data from a tunnel's endpoint (nearly all traffic)
+/// passes after one array load. Derived state: a miss takes the full path.
+pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
+pub const ENDPOINT_CACHE_SLOTS: usize = 65_536;
+
+/// The cache slot and entry for a source address and port; entry 0 is empty.
+#[inline(always)]
+pub fn endpoint_cache_key(addr: [u8; 4], port: u16) -> (u32, u64) {
+    let a = u32::from_be_bytes(addr);
+    let slot = ((a >> 16) ^ (a & 0xffff) ^ u32::from(port)) & (ENDPOINT_CACHE_SLOTS as u32 - 1);
+    (slot, 1 << 63 | u64::from(a) << 16 | u64::from(port))
+}
 /// Hash map: tunnel id → [`TunnelConfig`].
 pub const TUNNELS: &str = "TUNNELS";
 /// Hash map: tunnel id → [`Endpoint`], written on every accepted heartbeat.
@@ -28,6 +43,8 @@ pub const EVENTS: &str = "EVENTS";
 /// Per-CPU array indexed by [`Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
+pub const PORT_SLOTS: usize = 65_536;
+/// At most this many ports are watched at once.
 pub const MAX_PORTS: usize = 16;
 pub const MAX_TUNNELS: usize = 65_536;
 pub const MAX_PREFIXES: usize = 131_072;
@@ -40,7 +57,7 @@ pub const PORT_LEGACY: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortConfig {
-    /// [`PORT_FOU`] or [`PORT_LEGACY`].
+    /// [`PORT_FOU`], [`PORT_LEGACY`], or 0: not watched.
     pub kind: u32,
 }
 

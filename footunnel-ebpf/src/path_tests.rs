@@ -28,11 +28,18 @@ struct MemEnv {
     counters: RefCell<HashMap<&'static str, u64>>,
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
+    cache: RefCell<HashMap<u32, u64>>,
 }
 
 impl Env for MemEnv {
     fn port(&self, port: u16) -> Option<PortConfig> {
         self.ports.get(&port).copied()
+    }
+    fn cached_endpoint(&self, slot: u32) -> u64 {
+        self.cache.borrow().get(&slot).copied().unwrap_or(0)
+    }
+    fn set_cached_endpoint(&self, slot: u32, entry: u64) {
+        self.cache.borrow_mut().insert(slot, entry);
     }
     fn settings(&self) -> Settings {
         Settings { realtime_offset_ns: OFFSET, window_ns: 120_000_000_000, observe_interval_ns: 1_000_000_000 }
@@ -199,4 +206,20 @@ fn unrelated_traffic_passes_untouched() {
     let env = env();
     assert_eq!(process(&udp(CLIENT, 1, 53, &heartbeat(NOW))[..], &env), Verdict::Pass);
     assert!(env.counters.borrow().is_empty() && env.endpoints.borrow().is_empty());
+}
+
+#[test]
+fn the_endpoint_cache_serves_data_from_the_endpoint_and_forgets_a_moved_one() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    let data = udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]));
+    process(&data[..], &env);
+    assert!(env.cache.borrow().values().any(|e| *e != 0), "the first packet fills the cache");
+    // Served from the cache: even data whose inner source is unknown counts as the endpoint's.
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &inner_v4([172, 16, 0, 1]))[..], &env), Verdict::Pass);
+    assert_eq!((count(&env, Counter::FouData), count(&env, Counter::FouUnmatched)), (2, 0));
+    // The endpoint moves: data from the old source is noticed again.
+    process(&udp(CLIENT, 40002, 42424, &heartbeat(NOW + 1))[..], &env);
+    process(&data[..], &env);
+    assert_eq!(count(&env, Counter::FouElsewhere), 1);
 }

@@ -11,15 +11,17 @@ use aya_ebpf::{
 };
 use footunnel_ebpf::{
     maps::{
-        Counter, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PORTS, MAX_PREFIXES, MAX_TUNNELS, Observed,
-        PortConfig, Settings, TunnelConfig, TunnelRef,
+        Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PREFIXES, MAX_TUNNELS,
+        Observed, PORT_SLOTS, PortConfig, Settings, TunnelConfig, TunnelRef,
     },
     packet::PacketBytes,
     path::{Env, Verdict, process},
 };
 
 #[btf_map]
-static FOU_PORTS: HashMap<u16, PortConfig, MAX_PORTS> = HashMap::new();
+static FOU_PORTS: Array<PortConfig, PORT_SLOTS> = Array::new();
+#[btf_map]
+static ENDPOINT_CACHE: Array<u64, ENDPOINT_CACHE_SLOTS> = Array::new();
 #[btf_map]
 static TUNNELS: HashMap<u64, TunnelConfig, MAX_TUNNELS> = HashMap::new();
 #[btf_map]
@@ -69,8 +71,18 @@ struct Maps;
 impl Env for Maps {
     #[inline(always)]
     fn port(&self, port: u16) -> Option<PortConfig> {
-        // SAFETY: copied out at once; the controller only replaces whole values.
-        unsafe { FOU_PORTS.get(port).copied() }
+        FOU_PORTS.get(u32::from(port)).copied().filter(|p| p.kind != 0)
+    }
+    #[inline(always)]
+    fn cached_endpoint(&self, slot: u32) -> u64 {
+        ENDPOINT_CACHE.get(slot).copied().unwrap_or(0)
+    }
+    #[inline(always)]
+    fn set_cached_endpoint(&self, slot: u32, entry: u64) {
+        if let Some(p) = ENDPOINT_CACHE.get_ptr_mut(slot) {
+            // SAFETY: an aligned u64 slot of an array map; one store.
+            unsafe { core::ptr::write_volatile(p, entry) };
+        }
     }
     #[inline(always)]
     fn settings(&self) -> Settings {

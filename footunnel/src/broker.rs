@@ -22,8 +22,8 @@ use aya::{
 };
 use footunnel_ebpf::{
     maps::{
-        self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LegacySecret, Observed, PortConfig,
-        Settings, TunnelConfig, TunnelRef,
+        self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LegacySecret, Observed, Settings,
+        TunnelConfig, TunnelRef,
     },
     wire::{ControlMessage, Kind},
 };
@@ -62,6 +62,9 @@ pub struct StateFile {
     pub attach: String,
     pub interfaces: Vec<String>,
     pub fou_ports: Vec<u16>,
+    /// The proof of concept's port, when a tunnel has legacy enabled.
+    #[serde(default)]
+    pub legacy_port: Option<u16>,
     pub tunnels: Vec<StateTunnel>,
 }
 
@@ -244,6 +247,7 @@ impl Broker {
             attach: format!("{:?}", config.attach).to_lowercase(),
             interfaces: plan.interfaces.clone(),
             fou_ports: config.fou_ports.clone(),
+            legacy_port: plan.tunnels.iter().any(|t| t.config.legacy).then_some(config.legacy_port),
             tunnels: plan
                 .tunnels
                 .iter()
@@ -365,6 +369,8 @@ impl Broker {
         let mut events = unsafe { AsyncFd::register(RingBuf::try_from(events)?) }
             .map_err(|e| anyhow::anyhow!("cannot poll the event ring buffer: {e}"))?;
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
+        let mut lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(0);
         tokio::pin!(shutdown);
         info!("broker running: {} tunnel(s) on {}", self.tunnels.len(), self.config_interfaces());
         loop {
@@ -384,8 +390,14 @@ impl Broker {
                     }
                 }
                 _ = sweep.tick() => {
-                    // Catch what events missed (a full ring buffer, a link changed by hand)
-                    // and follow clock steps.
+                    // Every 10 s, or at once when the ring buffer overflowed: catch what
+                    // events missed (and links changed by hand), follow clock steps.
+                    ticks += 1;
+                    let now_lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(lost);
+                    if ticks % 10 != 0 && now_lost == lost {
+                        continue;
+                    }
+                    lost = now_lost;
                     self.reconcile_all().await;
                     let mut settings = self.settings();
                     settings.realtime_offset_ns = dataplane::realtime_offset_ns();
@@ -489,12 +501,21 @@ fn getrandom(buf: &mut [u8]) {
 fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Option<u64>) -> Result<()> {
     dataplane::set_settings(ebpf, settings(config))?;
 
-    let mut ports: BpfHashMap<&mut MapData, u16, PortConfig> = BpfHashMap::try_from(map(ebpf, maps::FOU_PORTS)?)?;
+    // Ports are an array: unwatch what the previous run watched, then watch ours.
     let mut wanted: HashMap<u16, u32> = config.fou_ports.iter().map(|p| (*p, maps::PORT_FOU)).collect();
     if plan.tunnels.iter().any(|t| t.config.legacy) {
         wanted.insert(config.legacy_port, maps::PORT_LEGACY);
     }
-    sync(&mut ports, wanted.into_iter().map(|(p, kind)| (p, PortConfig { kind })).collect())?;
+    if let Ok(previous) = read_state(&config.state_dir) {
+        for port in previous.fou_ports.iter().chain(previous.legacy_port.iter()) {
+            if !wanted.contains_key(port) {
+                dataplane::set_port(ebpf, *port, 0)?;
+            }
+        }
+    }
+    for (port, kind) in &wanted {
+        dataplane::set_port(ebpf, *port, *kind)?;
+    }
 
     let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.identity.id).collect();
     let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;

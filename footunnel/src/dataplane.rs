@@ -53,9 +53,10 @@ pub fn watch_legacy_port(ebpf: &mut Ebpf, port: u16) -> Result<()> {
     set_port(ebpf, port, PORT_LEGACY)
 }
 
-fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
-    let mut ports: HashMap<_, u16, PortConfig> = HashMap::try_from(map_mut(ebpf, maps::FOU_PORTS)?)?;
-    ports.insert(port, PortConfig { kind }, 0).with_context(|| format!("cannot watch UDP port {port}"))
+/// Sets how the data plane treats UDP port `port` (0: not at all).
+pub fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
+    let mut ports: Array<_, PortConfig> = Array::try_from(map_mut(ebpf, maps::FOU_PORTS)?)?;
+    ports.set(u32::from(port), PortConfig { kind }, 0).with_context(|| format!("cannot set UDP port {port}"))
 }
 
 /// Makes tunnel `id` known, with its heartbeat key.

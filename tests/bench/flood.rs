@@ -35,12 +35,24 @@ fn pair() -> (Netns, Netns) {
     (gen_ns, uplink)
 }
 
-/// Sends PACKETS forged heartbeats (fresh timestamps, wrong tag); returns the time it took.
-fn flood(gen_ns: &Netns, broker: &Broker) -> Duration {
+/// Busy time of all CPUs so far (user, nice, system, irq, softirq, steal).
+fn system_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let jiffies = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    Duration::from_nanos(jiffies * 1_000_000_000 / hz)
+}
+
+/// Sends PACKETS forged heartbeats (fresh timestamps, wrong tag); returns
+/// the time it took and the sender's own CPU time.
+fn flood(gen_ns: &Netns, broker: &Broker) -> (Duration, Duration) {
     let mut forged = broker.heartbeat(now_ns());
     forged[39] ^= 1;
     gen_ns.run(|| {
         let sock = UdpSocket::bind("192.0.2.1:40001").unwrap();
+        let cpu0 = thread_cpu();
         let start = Instant::now();
         let mut sent = 0;
         while sent < PACKETS && start.elapsed() < LIMIT {
@@ -48,7 +60,7 @@ fn flood(gen_ns: &Netns, broker: &Broker) -> Duration {
                 sent += 1;
             }
         }
-        start.elapsed()
+        (start.elapsed(), thread_cpu() - cpu0)
     })
 }
 
@@ -151,8 +163,10 @@ pub fn run() -> Value {
     };
     let (t0, c0) = info(&broker);
     let bad0 = broker.count(Counter::BadTag);
-    let ebpf_elapsed = flood(&gen_ns, &broker);
+    let busy0 = system_busy();
+    let (ebpf_elapsed, ebpf_sender_cpu) = flood(&gen_ns, &broker);
     std::thread::sleep(Duration::from_millis(300));
+    let ebpf_system = system_busy().saturating_sub(busy0).saturating_sub(ebpf_sender_cpu);
     let (t1, c1) = info(&broker);
     let ebpf_rejected = broker.count(Counter::BadTag) - bad0;
     let ebpf_ns = (t1 - t0).as_nanos() as f64 / (c1 - c0).max(1) as f64;
@@ -160,14 +174,19 @@ pub fn run() -> Value {
 
     // Userspace: the same flood into a socket, no program attached.
     let (gen_ns, uplink) = pair();
-    let (processed, rejected, cpu, busy, user_elapsed) = std::thread::scope(|s| {
+    let (processed, rejected, cpu, busy, user_elapsed, user_system) = std::thread::scope(|s| {
         let receiver = s.spawn(|| uplink.run(|| userspace_broker(Duration::from_millis(500))));
         std::thread::sleep(Duration::from_millis(200));
-        let elapsed = flood(&gen_ns, &broker);
+        let busy0 = system_busy();
+        let (elapsed, sender_cpu) = flood(&gen_ns, &broker);
         let (p, r, cpu, busy) = receiver.join().unwrap();
-        (p, r, cpu, busy, elapsed)
+        // The receiver idles 500 ms before it stops; that is not flood work.
+        let system = system_busy().saturating_sub(busy0).saturating_sub(sender_cpu);
+        (p, r, cpu, busy, elapsed, system)
     });
     let user_ns = cpu.as_nanos() as f64 / processed.max(1) as f64;
+    let ebpf_system_ns = ebpf_system.as_nanos() as f64 / ebpf_rejected.max(1) as f64;
+    let user_system_ns = user_system.as_nanos() as f64 / processed.max(1) as f64;
     json!({
         "packets_sent": PACKETS,
         "ebpf": {
@@ -175,6 +194,7 @@ pub fn run() -> Value {
             "sender_seconds": ebpf_elapsed.as_secs_f64(),
             "rejected_per_second": ebpf_rejected as f64 / ebpf_elapsed.as_secs_f64(),
             "ns_per_packet": ebpf_ns,
+            "system_cpu_ns_per_packet": ebpf_system_ns,
         },
         "userspace": {
             "received": processed,
@@ -183,7 +203,9 @@ pub fn run() -> Value {
             "sender_seconds": user_elapsed.as_secs_f64(),
             "rejected_per_second": rejected as f64 / busy.max(user_elapsed).as_secs_f64(),
             "cpu_ns_per_packet": user_ns,
+            "system_cpu_ns_per_packet": user_system_ns,
         },
         "cost_ratio": user_ns / ebpf_ns.max(0.001),
+        "system_cost_ratio": user_system_ns / ebpf_system_ns.max(0.001),
     })
 }

@@ -147,14 +147,14 @@ fn fou_data_passes_and_a_new_source_is_observed_within_the_rate_limit() {
     expect(
         &broker,
         "IPv6 data for no tunnel",
-        &to_fou(CLIENT, 40001, &inner_v6(0xf1)).build(),
+        &to_fou(CLIENT, 40099, &inner_v6(0xf1)).build(),
         XDP_PASS,
         Some(Counter::FouUnmatched),
     );
     expect(
         &broker,
         "data for no tunnel",
-        &to_fou(CLIENT, 40001, &inner([172, 16, 0, 2])).build(),
+        &to_fou(CLIENT, 40099, &inner([172, 16, 0, 2])).build(),
         XDP_PASS,
         Some(Counter::FouUnmatched),
     );
@@ -177,6 +177,18 @@ fn fou_data_passes_and_a_new_source_is_observed_within_the_rate_limit() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
     assert_eq!(broker.events().len(), 1, "a second later, the next event");
+
+    // The endpoint moves: data from the old source (cached as the endpoint's) is noticed again.
+    assert_eq!(broker.xdp(&to_fou(CLIENT, 40002, &broker.heartbeat(t0 + 1)).build()), XDP_DROP);
+    let old_source = to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build();
+    expect(&broker, "data from the previous endpoint", &old_source, XDP_PASS, Some(Counter::FouElsewhere));
+    expect(
+        &broker,
+        "data from the new endpoint",
+        &to_fou(CLIENT, 40002, &inner([10, 0, 0, 2])).build(),
+        XDP_PASS,
+        Some(Counter::FouData),
+    );
 }
 
 #[test]
