@@ -13,6 +13,14 @@ pub const UDP_HLEN: usize = 8;
 pub trait PacketBytes {
     /// `N` bytes at `offset`, or `None` if they are not all in the packet.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The same, for offsets that vary inside a loop, where the compiler's
+    /// rewrites of the bounds check lose the verifier (the eBPF side hides
+    /// the offset from the optimizer; elsewhere it is just `read`).
+    #[inline(always)]
+    fn read_in_loop<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.read(offset)
+    }
 }
 
 impl PacketBytes for [u8] {

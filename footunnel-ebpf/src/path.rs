@@ -203,7 +203,7 @@ fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &
         if i >= len {
             break;
         }
-        match pkt.read::<1>(udp.payload_offset + i) {
+        match pkt.read_in_loop::<1>(udp.payload_offset + i) {
             Some([b]) => secret.bytes[i] = b,
             None => {
                 env.count(Counter::LegacyUnknown);

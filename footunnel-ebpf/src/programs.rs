@@ -51,8 +51,23 @@ struct Linear {
 impl PacketBytes for Linear {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if N == 1 {
+            // LLVM turns `at + 1 > end` into `at >= end`, which the verifier
+            // does not take as a bound.
+            return self.read_in_loop(offset);
+        }
+        let at = self.start + offset;
+        if at + N > self.end {
+            return None;
+        }
+        // SAFETY: bounds checked against the packet end just above.
+        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn read_in_loop<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         // Opaque to LLVM, so the bound is checked on the very register that
-        // is dereferenced; otherwise loops get rewritten into forms the
+        // is dereferenced; otherwise the check is rewritten into a form the
         // verifier cannot follow.
         let mut at = self.start + offset;
         // SAFETY: a register move onto itself; it only hides `at`'s provenance.

@@ -166,7 +166,10 @@ pub fn run() -> Value {
     let busy0 = system_busy();
     let (ebpf_elapsed, ebpf_sender_cpu) = flood(&gen_ns, &broker);
     std::thread::sleep(Duration::from_millis(300));
-    let ebpf_system = system_busy().saturating_sub(busy0).saturating_sub(ebpf_sender_cpu);
+    // The whole machine, sender included: on veth the receive side partly runs
+    // in the sender's context, so no share of it can be told apart.
+    let ebpf_system = system_busy().saturating_sub(busy0);
+    let _ = ebpf_sender_cpu;
     let (t1, c1) = info(&broker);
     let ebpf_rejected = broker.count(Counter::BadTag) - bad0;
     let ebpf_ns = (t1 - t0).as_nanos() as f64 / (c1 - c0).max(1) as f64;
@@ -180,8 +183,8 @@ pub fn run() -> Value {
         let busy0 = system_busy();
         let (elapsed, sender_cpu) = flood(&gen_ns, &broker);
         let (p, r, cpu, busy) = receiver.join().unwrap();
-        // The receiver idles 500 ms before it stops; that is not flood work.
-        let system = system_busy().saturating_sub(busy0).saturating_sub(sender_cpu);
+        let _ = sender_cpu;
+        let system = system_busy().saturating_sub(busy0);
         (p, r, cpu, busy, elapsed, system)
     });
     let user_ns = cpu.as_nanos() as f64 / processed.max(1) as f64;
