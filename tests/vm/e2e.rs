@@ -196,10 +196,10 @@ fn flush_conntrack(nat: &Netns) {
     sh("ip", &["netns", "exec", &nat.name, "conntrack", "-F"]);
 }
 
-/// One ping through the tunnel, waiting at most 200 ms.
+/// One ping through the tunnel, waiting at most 100 ms.
 fn ping(cl: &Client) -> bool {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &cl.ns.name, "ping", "-n", "-c", "1", "-W", "0.2", cl.inner_broker])
+        .args(["netns", "exec", &cl.ns.name, "ping", "-n", "-c", "1", "-W", "0.1", cl.inner_broker])
         .output()
         .expect("run ping");
     out.status.success()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// Wait after a network change, so a burst of netlink events sends one heartbeat.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// First retry when no ACK came.
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -137,7 +137,9 @@ mod tests {
         s.acked(1);
         s.network_changed(2 * S);
         s.network_changed(2 * S + 50_000_000);
-        assert_eq!(s.next_ns(), 2 * S + DEBOUNCE.as_nanos() as u64);
-        assert!(!s.due(2 * S + 100_000_000));
+        let debounce = DEBOUNCE.as_nanos() as u64;
+        assert_eq!(s.next_ns(), 2 * S + debounce, "the burst's first change sets the time");
+        assert!(!s.due(2 * S + debounce - 1));
+        assert!(s.due(2 * S + debounce));
     }
 }
