@@ -38,6 +38,7 @@ use crate::{
     decide::{self, RateLimit},
     fou,
     link::{self, TunnelLink},
+    now_ns,
     rawudp::RawUdp,
 };
 
@@ -178,10 +179,6 @@ pub struct Broker {
     by_id: HashMap<u64, usize>,
     sender: RawUdp,
     challenges: RateLimit,
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs the broker until `shutdown` resolves.
@@ -394,7 +391,7 @@ impl Broker {
                     // events missed (and links changed by hand), follow clock steps.
                     ticks += 1;
                     let now_lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(lost);
-                    if ticks % 10 != 0 && now_lost == lost {
+                    if !ticks.is_multiple_of(10) && now_lost == lost {
                         continue;
                     }
                     lost = now_lost;

@@ -151,11 +151,14 @@ impl Prefix {
     }
 }
 
+/// A prefix and the tunnel that claims it.
+pub type Claim<'a> = (Prefix, &'a str);
+
 /// Two prefixes of different owners that overlap, if any. Sorted by start
 /// address, a prefix can only overlap a later one by containing its start,
 /// so one pass that remembers the farthest end seen so far finds them
 /// (n log n: ten thousand tunnels are checked in moments).
-pub fn find_overlap<'a>(claimed: &[(Prefix, &'a str)]) -> Option<((Prefix, &'a str), (Prefix, &'a str))> {
+pub fn find_overlap<'a>(claimed: &[Claim<'a>]) -> Option<(Claim<'a>, Claim<'a>)> {
     let span = |p: &Prefix| -> (bool, u128, u128) {
         match p.addr {
             IpAddr::V4(a) => {

@@ -116,19 +116,19 @@ pub fn counters(ebpf: &Ebpf) -> Result<Vec<(Counter, u64)>> {
 }
 
 pub fn endpoint(ebpf: &Ebpf, id: u64) -> Result<Option<Endpoint>> {
-    let endpoints: HashMap<&MapData, u64, Endpoint> = HashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
-    match endpoints.get(&id, 0) {
-        Ok(e) => Ok(Some(e)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e).context("cannot read ENDPOINTS"),
-    }
+    by_tunnel(ebpf, maps::ENDPOINTS, id)
 }
 
 pub fn observed(ebpf: &Ebpf, id: u64) -> Result<Option<Observed>> {
-    let observed: HashMap<&MapData, u64, Observed> = HashMap::try_from(map(ebpf, maps::OBSERVED)?)?;
-    match observed.get(&id, 0) {
-        Ok(o) => Ok(Some(o)),
+    by_tunnel(ebpf, maps::OBSERVED, id)
+}
+
+/// Tunnel `id`'s entry in the hash map `name`, if it has one.
+fn by_tunnel<V: aya::Pod>(ebpf: &Ebpf, name: &str, id: u64) -> Result<Option<V>> {
+    let m: HashMap<&MapData, u64, V> = HashMap::try_from(map(ebpf, name)?)?;
+    match m.get(&id, 0) {
+        Ok(v) => Ok(Some(v)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e).context("cannot read OBSERVED"),
+        Err(e) => Err(e).with_context(|| format!("cannot read {name}")),
     }
 }

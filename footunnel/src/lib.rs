@@ -11,3 +11,8 @@ pub mod link;
 pub mod rawudp;
 pub mod secret;
 pub mod show;
+
+/// CLOCK_REALTIME in ns since the Unix epoch: the clock of protocol timestamps.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}

@@ -1,6 +1,6 @@
-//! 2. A flood of forged heartbeats over veth, rejected by the eBPF path and,
-//! for comparison, by a plain userspace broker (a UDP socket with recvmmsg
-//! doing the same checks). Bounded: PACKETS datagrams, at most LIMIT.
+//! Section 2: a flood of forged heartbeats over veth, rejected by the eBPF
+//! path and, for comparison, by a plain userspace broker (a UDP socket with
+//! recvmmsg doing the same checks). Bounded: PACKETS datagrams, at most LIMIT.
 
 use std::{
     collections::HashMap,

@@ -9,15 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use footunnel::now_ns;
 use footunnel::rawudp::RawUdp;
-use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_bin, require_vm, sh, veth};
+use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_bin, log_seconds, require_vm, sh, veth};
 use serde_json::{Value, json};
 
 const CHANGES: u32 = 200;
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
 
 pub fn run() -> Vec<(&'static str, Value)> {
     require_vm();
@@ -90,14 +87,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// Seconds of the day of the first log line containing `needle` after line `from`.
-fn log_time(log: &str, from: usize, needle: &str) -> Option<(usize, f64)> {
-    log.lines().enumerate().skip(from).find(|(_, l)| l.contains(needle)).map(|(n, line)| {
-        let t = line.split('T').nth(1).and_then(|t| t.split('Z').next()).unwrap();
-        (n, t.split(':').map(|p| p.parse::<f64>().unwrap()).fold(0.0, |a, x| a * 60.0 + x))
-    })
-}
-
 fn scale() -> Value {
     let mut rows = Vec::new();
     for size in [1_000u32, 10_000] {
@@ -163,9 +152,10 @@ fn scale_one(size: u32) -> Value {
         let needle = format!("link {link} now points at {source}:{port}");
         loop {
             let log = process.log();
-            if let (Some((_, heard)), Some((_, done))) =
-                (log_time(&log, before, &format!("tunnel {link}: heartbeat from")), log_time(&log, before, &needle))
-            {
+            if let (Some(heard), Some(done)) = (
+                log_seconds(&log, before, &format!("tunnel {link}: heartbeat from")),
+                log_seconds(&log, before, &needle),
+            ) {
                 per_change.push(done - heard);
                 break;
             }

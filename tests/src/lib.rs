@@ -188,9 +188,7 @@ pub mod broker {
     pub const TC_ACT_OK: u32 = 0;
     pub const TC_ACT_SHOT: u32 = 2;
 
-    pub fn now_ns() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    }
+    pub use footunnel::now_ns;
 
     pub struct Broker {
         pub ebpf: Ebpf,
@@ -400,4 +398,12 @@ pub fn footunnel_once(ns: &Netns, args: &[&str]) -> (bool, String) {
         .output()
         .expect("run footunnel under nsenter");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Seconds of the day at which a footunnel log line containing `needle`,
+/// after line `from`, was written (logs carry RFC 3339 UTC timestamps).
+pub fn log_seconds(log: &str, from: usize, needle: &str) -> Option<f64> {
+    let line = log.lines().skip(from).find(|l| l.contains(needle))?;
+    let time = line.split('T').nth(1)?.split('Z').next()?;
+    time.split(':').map(|p| p.parse::<f64>().ok()).try_fold(0.0, |acc, x| Some(acc * 60.0 + x?))
 }

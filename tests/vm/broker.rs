@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use footunnel::now_ns;
 use footunnel::{link::TunnelLink, rawudp::RawUdp};
 use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_once, require_vm, veth};
 use netlink_packet_route::link::TunnelEncapType;
@@ -15,10 +16,6 @@ pub const SECRET: &str = "vm test secret, long enough to pass";
 const BROKER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const CLIENT_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const CLIENT_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
-
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
 
 /// Reads a tunnel link the way the broker does, from inside `ns`.
 pub fn read_link(ns: &Netns, name: &str) -> anyhow::Result<TunnelLink> {
@@ -138,9 +135,7 @@ fn receive_from_broker(topo: &Topology, want_kind: u8, to_port: u16, timeout: Du
 
 /// Seconds of the day at which the broker logged the line containing `needle`.
 fn log_time(log: &str, needle: &str) -> f64 {
-    let line = log.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?} not logged:\n{log}"));
-    let time = line.split('T').nth(1).and_then(|t| t.split('Z').next()).expect("RFC 3339 timestamp");
-    time.split(':').map(|p| p.parse::<f64>().unwrap()).fold(0.0, |acc, x| acc * 60.0 + x)
+    footunnel_tests::log_seconds(log, 0, needle).unwrap_or_else(|| panic!("{needle:?} not logged:\n{log}"))
 }
 
 #[test]

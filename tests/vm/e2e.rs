@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use footunnel_tests::{Netns, NsProcess, footunnel_once, require_vm, sh, veth};
+use footunnel_tests::{Netns, NsProcess, footunnel_once, log_seconds, require_vm, sh, veth};
 
 const INTERVAL_S: u64 = 10;
 
@@ -216,14 +216,6 @@ fn failover(cl: &Client, since: Instant, what: &str, logs: &[&NsProcess]) -> Dur
     panic!("{what}: no traffic through the tunnel within {} s\n{}", 3 * INTERVAL_S, logs.join("\n----\n"));
 }
 
-/// Seconds of the day of the first line containing `needle` after line `from`.
-fn log_seconds(log: &str, from: usize, needle: &str) -> f64 {
-    let line =
-        log.lines().skip(from).find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?} not logged:\n{log}"));
-    let time = line.split('T').nth(1).and_then(|t| t.split('Z').next()).expect("RFC 3339 timestamp");
-    time.split(':').map(|p| p.parse::<f64>().unwrap()).fold(0.0, |acc, x| acc * 60.0 + x)
-}
-
 /// The public port the NAT currently maps tunnel a's flow to.
 fn nat_mapping(nat: &Netns, client: &str) -> String {
     let out = std::process::Command::new("ip")
@@ -243,7 +235,7 @@ fn nat_mapping(nat: &Netns, client: &str) -> String {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().filter(|w| w.starts_with("dport=")).last().unwrap_or("none").to_owned()
+    text.split_whitespace().rfind(|w| w.starts_with("dport=")).unwrap_or("none").to_owned()
 }
 
 #[test]
@@ -290,8 +282,9 @@ fn seven_scenarios_under_real_nats() {
     // The mechanism alone, by the client's own clock: the kernel reports the
     // change → heartbeat → broker re-points → ACK back.
     let log = client_a.log();
-    let noticed = log_seconds(&log, log_from, "network changed");
-    let acked = log_seconds(&log, log_from, "the broker sees this end at");
+    let logged =
+        |needle| log_seconds(&log, log_from, needle).unwrap_or_else(|| panic!("{needle:?} not logged:\n{log}"));
+    let (noticed, acked) = (logged("network changed"), logged("the broker sees this end at"));
     let mechanism = Duration::from_secs_f64(acked - noticed);
     println!("   (client: change noticed → ACK in {:.3} s)", mechanism.as_secs_f64());
     println!("   (NAT mapping: {before} before, {} after)", nat_mapping(&lab.nat, "192.0.2.3"));

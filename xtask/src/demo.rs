@@ -186,7 +186,7 @@ pub fn inside() -> Result<()> {
     println!("\n== the NAT changes the port (new port range, mappings flushed; the client notices nothing)");
     let t = Instant::now();
     nat_rule("meta l4proto udp masquerade to :50000-50999")?;
-    cmd::run(&mut in_ns(nat, "conntrack", &["-F"]).stderr(Stdio::null()))?;
+    cmd::run(in_ns(nat, "conntrack", &["-F"]).stderr(Stdio::null()))?;
     let port_change = failover(t)?;
     show("challenged by the broker, the client answered at once")?;
 

@@ -23,6 +23,7 @@ use footunnel_ebpf::wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, Reject
 use crate::{
     decide::next_timestamp,
     link::{self, TunnelLink},
+    now_ns,
     rawudp::{Datagram, RawUdp},
     secret::TunnelIdentity,
 };
@@ -54,10 +55,6 @@ pub struct ClientState {
 }
 
 pub const STATE_FILE: &str = "client.json";
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// Checks a message from the broker: an ACK or CHALLENGE for our tunnel,
 /// correctly tagged, newer than the last one accepted, fresh.
