@@ -38,6 +38,7 @@ use crate::{
     decide::{self, RateLimit},
     fou,
     link::{self, TunnelLink},
+    manage::{self, Created, LinkSpec},
     now_ns,
     rawudp::RawUdp,
 };
@@ -66,6 +67,9 @@ pub struct StateFile {
     /// The proof of concept's port, when a tunnel has legacy enabled.
     #[serde(default)]
     pub legacy_port: Option<u16>,
+    /// Links and FoU listeners footunnel created; `unload` removes them.
+    #[serde(default)]
+    pub created: Created,
     pub tunnels: Vec<StateTunnel>,
 }
 
@@ -186,12 +190,57 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
     info!("footunnel {} broker starting", env!("CARGO_PKG_VERSION"));
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
-    let mut plan = plan(&config, &handle).await?;
+    let created = bring_up_managed(&config, &handle).await?;
+    let mut plan = match plan(&config, &handle).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            // Bad configuration changes nothing: take back what we just made.
+            if let Err(undo) = manage::down(&handle, &created).await {
+                warn!("{undo:#}");
+            }
+            return Err(e);
+        }
+    };
     debug!("configuration checked against the system");
     apply_pinned_endpoints(&handle, &config.pin_dir, &mut plan).await;
-    let mut broker = Broker::start(config, handle, plan)?;
+    let mut broker = Broker::start(config, handle, plan, created)?;
     broker.reconcile_all().await;
     broker.serve(shutdown).await
+}
+
+/// Placeholder remotes for links footunnel creates, until the first
+/// heartbeat: documentation addresses (RFC 5737), distinct per tunnel so
+/// links sharing a local address do not collide.
+fn placeholder_remote(i: usize) -> Ipv4Addr {
+    let (net, host) = (i / 254 % 3, (i % 254) as u8 + 1);
+    [Ipv4Addr::new(192, 0, 2, host), Ipv4Addr::new(198, 51, 100, host), Ipv4Addr::new(203, 0, 113, host)][net]
+}
+
+/// Creates the FoU listener and the links of managed tunnels that are
+/// missing; on failure, removes again what it created.
+async fn bring_up_managed(config: &BrokerConfig, handle: &Handle) -> Result<Created> {
+    let mut created = Created::default();
+    for (i, t) in config.tunnels.iter().enumerate() {
+        let Some(m) = &t.manage else { continue };
+        let spec = LinkSpec {
+            name: t.link.clone(),
+            local: Some(m.local),
+            remote: placeholder_remote(i),
+            ttl: m.ttl,
+            sport: config.fou_ports[0],
+            dport: config.fou_ports[0],
+            address: Some(m.address),
+            mtu: m.mtu,
+        };
+        if let Err(e) = manage::up(handle, &spec, &mut created).await {
+            let _ = manage::down(handle, &created).await;
+            return Err(e).with_context(|| format!("tunnel {:?}", t.name));
+        }
+    }
+    if !created.is_empty() {
+        info!("created links {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
+    }
+    Ok(created)
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -217,7 +266,20 @@ fn ensure_pin_dir(dir: &Path) -> Result<()> {
 }
 
 impl Broker {
-    fn start(config: BrokerConfig, handle: Handle, plan: Plan) -> Result<Self> {
+    fn start(config: BrokerConfig, handle: Handle, plan: Plan, mut created: Created) -> Result<Self> {
+        // What earlier runs created is still ours to remove.
+        if let Ok(previous) = read_state(&config.state_dir) {
+            for port in previous.created.fou_ports {
+                if !created.fou_ports.contains(&port) {
+                    created.fou_ports.push(port);
+                }
+            }
+            for link in previous.created.links {
+                if !created.links.contains(&link) {
+                    created.links.push(link);
+                }
+            }
+        }
         ensure_pin_dir(&config.pin_dir)?;
         let fresh = !config.pin_dir.join(maps::ENDPOINTS).exists();
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, config.pin_dir.join(m))).collect();
@@ -245,6 +307,7 @@ impl Broker {
             interfaces: plan.interfaces.clone(),
             fou_ports: config.fou_ports.clone(),
             legacy_port: plan.tunnels.iter().any(|t| t.config.legacy).then_some(config.legacy_port),
+            created,
             tunnels: plan
                 .tunnels
                 .iter()
@@ -680,8 +743,8 @@ pub fn read_state(dir: &Path) -> Result<StateFile> {
     serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
 }
 
-/// Detaches the data plane and removes its pinned state.
-pub fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+/// Detaches the data plane, removes its pinned state and what footunnel created.
+pub async fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     let state = read_state(state_dir).ok();
     if let Some(state) = &state
         && state.attach == "tc"
@@ -707,6 +770,12 @@ pub fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
         }
     }
     std::fs::remove_dir(pin_dir).with_context(|| format!("cannot remove {}", pin_dir.display()))?;
+    if let Some(created) = state.as_ref().map(|s| &s.created).filter(|c| !c.is_empty()) {
+        let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
+        tokio::spawn(connection);
+        manage::down(&handle, created).await?;
+        info!("removed links {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
+    }
     let _ = std::fs::remove_file(state_dir.join(STATE_FILE));
     Ok(())
 }

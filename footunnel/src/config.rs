@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -70,6 +70,26 @@ struct TunnelFile {
     peer_prefixes: Vec<String>,
     #[serde(default)]
     legacy: bool,
+    manage: Option<ManageFile>,
+}
+
+/// `manage = { local = "…", address = "…" }`: footunnel creates the link.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManageFile {
+    local: Ipv4Addr,
+    address: String,
+    #[serde(default = "default_ttl")]
+    ttl: u8,
+    #[serde(default = "default_mtu")]
+    mtu: u32,
+}
+
+fn default_ttl() -> u8 {
+    64
+}
+fn default_mtu() -> u32 {
+    1472
 }
 
 fn default_fou_ports() -> Vec<u16> {
@@ -122,6 +142,18 @@ pub struct Tunnel {
     /// Inner source prefixes of the client side; empty means "derive from the link's addresses".
     pub peer_prefixes: Vec<Prefix>,
     pub legacy: bool,
+    /// Create the link (and the FoU listener) if missing.
+    pub manage: Option<Managed>,
+}
+
+/// How footunnel creates a tunnel's link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Managed {
+    pub local: Ipv4Addr,
+    /// The broker's inner address on the link, with its prefix length.
+    pub address: (IpAddr, u8),
+    pub ttl: u8,
+    pub mtu: u32,
 }
 
 /// An IPv4 or IPv6 prefix without host bits.
@@ -266,7 +298,19 @@ impl BrokerConfig {
                 .iter()
                 .map(|p| p.parse::<Prefix>().map_err(|e| anyhow::anyhow!("tunnel {:?}: peer_prefixes: {e}", t.name)))
                 .collect::<Result<Vec<_>>>()?;
-            tunnels.push(Tunnel::new(t.name, t.link, secret, secret_file, peer_prefixes, t.legacy)?);
+            let manage = match t.manage {
+                Some(m) => Some(Managed {
+                    local: m.local,
+                    address: crate::manage::parse_interface_address(&m.address)
+                        .with_context(|| format!("tunnel {:?}: manage.address", t.name))?,
+                    ttl: m.ttl,
+                    mtu: m.mtu,
+                }),
+                None => None,
+            };
+            let mut tunnel = Tunnel::new(t.name, t.link, secret, secret_file, peer_prefixes, t.legacy)?;
+            tunnel.manage = manage;
+            tunnels.push(tunnel);
         }
         let config = BrokerConfig {
             interfaces: file.interfaces,
@@ -375,7 +419,7 @@ impl Tunnel {
             bail!("tunnel {name:?}: legacy heartbeats carry the secret itself, at most {LEGACY_SECRET_MAX} bytes");
         }
         let identity = TunnelIdentity::derive(&secret);
-        Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy })
+        Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy, manage: None })
     }
 }
 

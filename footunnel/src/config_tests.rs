@@ -151,3 +151,18 @@ fn overlaps_are_found_among_many_prefixes_of_different_owners_only() {
     assert_eq!(find_overlap(&[(p("10.0.0.0/8"), "a"), (p("10.1.0.0/16"), "a")]), None, "a tunnel may repeat itself");
     assert_eq!(find_overlap(&[(p("0.0.0.0/0"), "a"), (p("::/0"), "b")]), None, "families never overlap");
 }
+
+#[test]
+fn managed_links_are_described_and_checked() {
+    let c = parse(&format!("{ONE}manage = {{ local = \"198.51.100.1\", address = \"10.0.0.1/30\" }}\n")).unwrap();
+    let m = c.tunnels[0].manage.as_ref().unwrap();
+    assert_eq!(
+        (m.local, m.address, m.ttl, m.mtu),
+        ("198.51.100.1".parse().unwrap(), ("10.0.0.1".parse().unwrap(), 30), 64, 1472)
+    );
+    assert!(
+        err(&format!("{ONE}manage = {{ local = \"198.51.100.1\", address = \"10.0.0.1\" }}\n"))
+            .contains("ADDRESS/LENGTH")
+    );
+    assert!(err(&format!("{ONE}manage = {{ local = \"nowhere\", address = \"10.0.0.1/30\" }}\n")).contains("manage"));
+}

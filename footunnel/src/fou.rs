@@ -9,7 +9,12 @@ const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const FOU_CMD_ADD: u8 = 1;
+const FOU_CMD_DEL: u8 = 2;
 const FOU_CMD_GET: u8 = 3;
+const FOU_ATTR_TYPE: u16 = 4;
+const FOU_ENCAP_DIRECT: u8 = 1;
+const NLM_F_ACK: u16 = 4;
 const FOU_ATTR_PORT: u16 = 1;
 const FOU_ATTR_AF: u16 = 2;
 const FOU_ATTR_IPPROTO: u16 = 3;
@@ -28,10 +33,7 @@ pub struct Listener {
 
 /// The FoU listeners in the current network namespace.
 pub fn listeners() -> Result<Vec<Listener>> {
-    let sock = Socket::open()?;
-    let family = sock.family_id("fou").context(
-        "the kernel has no FoU support (is the fou module loaded? `modprobe fou`); footunnel needs Linux ≥ 3.18 with fou",
-    )?;
+    let (sock, family) = open_fou()?;
     let replies = sock.request(family, FOU_CMD_GET, NLM_F_DUMP, &[])?;
     Ok(replies
         .iter()
@@ -46,6 +48,44 @@ pub fn listeners() -> Result<Vec<Listener>> {
             })
         })
         .collect())
+}
+
+fn open_fou() -> Result<(Socket, u16)> {
+    let sock = Socket::open()?;
+    let family = sock.family_id("fou").context(
+        "the kernel has no FoU support (is the fou module loaded? `modprobe fou`); footunnel needs Linux ≥ 3.18 with fou",
+    )?;
+    Ok((sock, family))
+}
+
+fn port_attrs(port: u16) -> Vec<(u16, Vec<u8>)> {
+    vec![(FOU_ATTR_PORT, port.to_be_bytes().to_vec()), (FOU_ATTR_AF, vec![libc::AF_INET as u8])]
+}
+
+/// Adds an IPv4 FoU listener (`ip fou add port PORT ipproto IPPROTO`) unless
+/// one exists; true if this call created it.
+pub fn ensure_listener(port: u16, ipproto: u8) -> Result<bool> {
+    if let Some(l) = listeners()?.into_iter().find(|l| l.port == port && !l.ipv6) {
+        if l.ipproto != ipproto {
+            bail!("UDP port {port} already has a FoU listener for protocol {}, not {ipproto}", l.ipproto);
+        }
+        return Ok(false);
+    }
+    let (sock, family) = open_fou()?;
+    let mut attrs = port_attrs(port);
+    attrs.push((FOU_ATTR_IPPROTO, vec![ipproto]));
+    attrs.push((FOU_ATTR_TYPE, vec![FOU_ENCAP_DIRECT]));
+    sock.request(family, FOU_CMD_ADD, NLM_F_ACK, &attrs)
+        .with_context(|| format!("cannot add a FoU listener on port {port}"))?;
+    Ok(true)
+}
+
+/// Removes the IPv4 FoU listener on `port`.
+pub fn remove_listener(port: u16) -> Result<()> {
+    let (sock, family) = open_fou()?;
+    sock.request(family, FOU_CMD_DEL, NLM_F_ACK, &port_attrs(port))
+        .with_context(|| format!("cannot remove the FoU listener on port {port}"))?;
+    Ok(())
 }
 
 /// Fails unless every port in `ports` has an IPv4 FoU listener.
@@ -137,7 +177,7 @@ impl Socket {
                     }
                     _ => out.push(parse_attrs(&rest[20.min(len)..len])),
                 }
-                if flags & NLM_F_DUMP == 0 {
+                if flags & (NLM_F_DUMP | NLM_F_ACK) == 0 {
                     return Ok(out);
                 }
                 rest = &rest[len.next_multiple_of(4).min(rest.len())..];

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod decide;
 pub mod fou;
 pub mod link;
+pub mod manage;
 pub mod rawudp;
 pub mod secret;
 pub mod show;

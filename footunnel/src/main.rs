@@ -121,6 +121,18 @@ struct ClientArgs {
     freshness_window: f64,
     #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Create the FoU listener and the link (`local any`) at start, remove them at exit, like wg-quick up/down.
+    #[arg(long, requires = "address")]
+    manage: bool,
+    /// With --manage: this end's inner address, e.g. 10.0.0.2/30.
+    #[arg(long)]
+    address: Option<String>,
+    /// With --manage: this end's FoU port.
+    #[arg(long, default_value_t = config::DEFAULT_FOU_PORT)]
+    port: u16,
+    /// With --manage: the broker's FoU port.
+    #[arg(long, default_value_t = config::DEFAULT_FOU_PORT)]
+    broker_port: u16,
     /// More detail in the log.
     #[arg(long, short)]
     verbose: bool,
@@ -149,6 +161,15 @@ impl ClientArgs {
             interval: std::time::Duration::from_secs_f64(self.interval),
             freshness_window_ns: (self.freshness_window * 1e9) as u64,
             state_dir: self.state_dir.clone(),
+            manage: match (&self.address, self.manage) {
+                (Some(a), true) => Some(client::ManagedClient {
+                    address: footunnel::manage::parse_interface_address(a).context("--address")?,
+                    port: self.port,
+                    broker_port: self.broker_port,
+                }),
+                (Some(_), false) => bail!("--address only applies with --manage"),
+                _ => None,
+            },
         })
     }
 }
@@ -314,7 +335,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Keygen => println!("{}", secret::generate()?),
         Command::Unload { pin_dir, state_dir } => {
-            broker::unload(&state_dir, &pin_dir).context("unload failed")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(broker::unload(&state_dir, &pin_dir)).context("unload failed")?;
             println!("footunnel's data plane is detached and its pinned state removed");
         }
     }

@@ -4,4 +4,5 @@
 mod broker;
 mod broker_config;
 mod e2e;
+mod manage;
 mod tunnel_link;

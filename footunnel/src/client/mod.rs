@@ -23,6 +23,7 @@ use footunnel_ebpf::wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, Reject
 use crate::{
     decide::next_timestamp,
     link::{self, TunnelLink},
+    manage::{self, Created, LinkSpec},
     now_ns,
     rawudp::{Datagram, RawUdp},
     secret::TunnelIdentity,
@@ -38,6 +39,19 @@ pub struct ClientConfig {
     pub interval: Duration,
     pub freshness_window_ns: u64,
     pub state_dir: PathBuf,
+    /// Create the FoU listener and the link at start, remove them at exit.
+    pub manage: Option<ManagedClient>,
+}
+
+/// The link the client creates when it manages its own end (`--manage`).
+#[derive(Clone, Debug)]
+pub struct ManagedClient {
+    /// This end's inner address, e.g. 10.0.0.2/30.
+    pub address: (IpAddr, u8),
+    /// This end's FoU port (the link's encap-sport).
+    pub port: u16,
+    /// The broker's FoU port.
+    pub broker_port: u16,
 }
 
 /// What `footunnel show` reports on a client.
@@ -122,7 +136,38 @@ fn source_towards(broker: Ipv4Addr, port: u16) -> Ipv4Addr {
 pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
-    let link = find_link(&handle, config.broker, config.link.as_deref()).await?;
+    let mut created = Created::default();
+    if let Some(m) = &config.manage {
+        let spec = LinkSpec {
+            name: config.link.clone().unwrap_or_else(|| "fou0".into()),
+            // `local any`: the link keeps working when this host's address changes.
+            local: None,
+            remote: config.broker,
+            ttl: 64,
+            sport: m.port,
+            dport: m.broker_port,
+            address: Some(m.address),
+            mtu: 1472,
+        };
+        manage::up(&handle, &spec, &mut created).await?;
+        if !created.is_empty() {
+            info!("created link {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
+        }
+    }
+    let result = serve(&config, &handle, shutdown).await;
+    if let Err(e) = manage::down(&handle, &created).await {
+        warn!("{e:#}");
+    } else if !created.is_empty() {
+        info!("removed what the client created");
+    }
+    result
+}
+
+async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let handle = handle.clone();
+    let config = config.clone();
+    let link =
+        find_link(&handle, config.broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
     let sport = link.encap_sport().with_context(|| {
         format!(
             "link {} has no fixed encap-sport: set one (`encap-sport 42424`) so heartbeats and data share a port",

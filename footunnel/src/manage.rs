@@ -1,0 +1,156 @@
+//! Optional link management, like `wg-quick up/down`: the FoU listener, the
+//! ipip link with FoU encapsulation, its address. Idempotent: what exists
+//! already is used and left alone; only what footunnel created is removed.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result, bail};
+use futures::TryStreamExt;
+use netlink_packet_route::link::{
+    InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, TunnelEncapType,
+};
+use rtnetlink::Handle;
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Prefix, fou, link};
+
+/// A tunnel link footunnel may create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    pub name: String,
+    /// None: `local any`, which survives changes of this host's address.
+    pub local: Option<Ipv4Addr>,
+    pub remote: Ipv4Addr,
+    pub ttl: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// This end's inner address and prefix length, e.g. 10.0.0.1/30.
+    pub address: Option<(IpAddr, u8)>,
+    pub mtu: u32,
+}
+
+/// What footunnel created, so it removes exactly that.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub fou_ports: Vec<u16>,
+    pub links: Vec<String>,
+}
+
+impl Created {
+    pub fn is_empty(&self) -> bool {
+        self.fou_ports.is_empty() && self.links.is_empty()
+    }
+}
+
+/// Parses `ADDRESS/LENGTH` keeping the host part (an interface address).
+pub fn parse_interface_address(s: &str) -> Result<(IpAddr, u8)> {
+    let (addr, len) = s.split_once('/').with_context(|| format!("{s:?}: write ADDRESS/LENGTH, e.g. 10.0.0.1/30"))?;
+    let addr: IpAddr = addr.parse().with_context(|| format!("{s:?}: {addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 =
+        len.parse().ok().filter(|l| *l <= max).with_context(|| format!("{s:?}: the length must be 0 to {max}"))?;
+    Ok((addr, len))
+}
+
+/// The inner prefix an interface address lies in (the peer's side of it).
+pub fn subnet_of(address: (IpAddr, u8)) -> Prefix {
+    Prefix::containing(address.0, address.1)
+}
+
+/// Creates the FoU listener for `spec.sport` and the link unless they exist;
+/// records in `created` what it made. An existing link must match the spec.
+pub async fn up(handle: &Handle, spec: &LinkSpec, created: &mut Created) -> Result<()> {
+    if fou::ensure_listener(spec.sport, 4)? {
+        created.fou_ports.push(spec.sport);
+    }
+    match link::get(handle, &spec.name).await {
+        Ok(existing) => {
+            if existing.encap_type() != Some(TunnelEncapType::Fou) || existing.encap_sport() != Some(spec.sport) {
+                bail!(
+                    "link {} exists but is not the FoU tunnel the configuration describes (encap fou encap-sport {}): \
+                     remove it (`ip link del {}`) or stop managing it",
+                    spec.name,
+                    spec.sport,
+                    spec.name
+                );
+            }
+            Ok(())
+        }
+        Err(_) => {
+            create_link(handle, spec).await?;
+            created.links.push(spec.name.clone());
+            Ok(())
+        }
+    }
+}
+
+async fn create_link(handle: &Handle, spec: &LinkSpec) -> Result<()> {
+    let mut params = vec![
+        InfoIpTunnel::Remote(IpAddr::V4(spec.remote)),
+        InfoIpTunnel::Ttl(spec.ttl),
+        InfoIpTunnel::PMtuDisc(true),
+        InfoIpTunnel::EncapType(TunnelEncapType::Fou),
+        InfoIpTunnel::EncapSPort(spec.sport),
+        InfoIpTunnel::EncapDPort(spec.dport),
+    ];
+    if let Some(local) = spec.local {
+        params.push(InfoIpTunnel::Local(IpAddr::V4(local)));
+    }
+    let mut message = LinkMessage::default();
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    message.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+    message.attributes.push(LinkAttribute::Mtu(spec.mtu));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::IpIp),
+        LinkInfo::Data(InfoData::IpTunnel(params)),
+    ]));
+    handle.link().add(message).execute().await.with_context(|| format!("cannot create link {}", spec.name))?;
+    let index = link::get(handle, &spec.name).await?.index;
+    if let Some((addr, len)) = spec.address {
+        handle
+            .address()
+            .add(index, addr, len)
+            .execute()
+            .await
+            .with_context(|| format!("cannot add {addr}/{len} to {}", spec.name))?;
+    }
+    Ok(())
+}
+
+/// Removes what `created` lists; what footunnel did not create stays.
+pub async fn down(handle: &Handle, created: &Created) -> Result<()> {
+    for name in &created.links {
+        if let Ok(l) = link::get(handle, name).await {
+            handle.link().del(l.index).execute().await.with_context(|| format!("cannot remove link {name}"))?;
+        }
+    }
+    for port in &created.fou_ports {
+        // Another link may still use the listener; the kernel does not track that.
+        if fou::listeners()?.iter().any(|l| l.port == *port) && !port_in_use(handle, *port, &created.links).await? {
+            fou::remove_listener(*port)?;
+        }
+    }
+    Ok(())
+}
+
+/// True if any link other than those in `except` still sends from `port`.
+pub async fn port_in_use(handle: &Handle, port: u16, except: &[String]) -> Result<bool> {
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await? {
+        let Some(name) =
+            msg.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+        else {
+            continue;
+        };
+        if except.contains(&name) {
+            continue;
+        }
+        if let Ok(l) = link::get(handle, &name).await
+            && l.encap_sport() == Some(port)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
