@@ -349,6 +349,31 @@ impl Broker {
     /// Makes one link match its recorded endpoint; true if it changed.
     async fn reconcile(&mut self, i: usize) -> bool {
         let Some(endpoint) = self.endpoint(self.tunnels[i].config.identity.id) else { return false };
+        if let (Some(change), true) =
+            (decide::repoint(self.tunnels[i].link.endpoint(), &endpoint), self.tunnels.len() > 1)
+        {
+            let others: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> = self
+                .tunnels
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, t)| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
+                .collect();
+            let t = &self.tunnels[i];
+            if let Some(other) = decide::blocking_tunnel(t.link.local_v4(), change.remote, &others) {
+                warn!(
+                    "tunnel {}: its client is now at {}:{}, the same public address as tunnel {other}'s, and both links \
+                     have local address {}: the kernel's FoU receive cannot tell them apart, so link {} stays as it is; \
+                     give the two tunnels distinct broker local addresses",
+                    t.config.name,
+                    change.remote,
+                    change.dport,
+                    t.link.local_v4().map_or("any".to_owned(), |a| a.to_string()),
+                    t.link.name
+                );
+                return false;
+            }
+        }
         let t = &mut self.tunnels[i];
         reconcile_link(&self.handle, &t.config.name, &mut t.link, &endpoint).await
     }

@@ -89,6 +89,17 @@ pub fn collisions<'a>(tunnels: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)])
     out
 }
 
+/// The tunnel whose link already has this local address and remote: the
+/// kernel's FoU receive would not tell the two apart, so the change must not
+/// be made. `others`: (name, local, remote) of every other tunnel.
+pub fn blocking_tunnel<'a>(
+    local: Option<Ipv4Addr>,
+    remote: Ipv4Addr,
+    others: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)],
+) -> Option<&'a str> {
+    others.iter().find(|(_, l, r)| *l == local && *r == Some(remote)).map(|(name, _, _)| *name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +151,16 @@ mod tests {
         assert!(spaced(None, 5, 1000));
         assert!(!spaced(Some(0), 999, 1000));
         assert!(spaced(Some(0), 1000, 1000));
+    }
+
+    #[test]
+    fn a_change_onto_another_tunnels_outer_addresses_is_blocked() {
+        let local = Some(Ipv4Addr::new(198, 51, 100, 1));
+        let nat = Ipv4Addr::new(203, 0, 113, 7);
+        let others = [("a", local, Some(nat)), ("b", Some(Ipv4Addr::new(198, 51, 100, 2)), Some(nat))];
+        assert_eq!(blocking_tunnel(local, nat, &others), Some("a"));
+        assert_eq!(blocking_tunnel(Some(Ipv4Addr::new(198, 51, 100, 3)), nat, &others), None);
+        assert_eq!(blocking_tunnel(local, Ipv4Addr::new(203, 0, 113, 8), &others), None);
     }
 
     #[test]

@@ -292,3 +292,58 @@ fn after_kill_9_a_restart_applies_what_arrived_meanwhile_within_a_second() {
     let (_, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
     assert!(show.contains("replay 1"), "{show}");
 }
+
+#[test]
+fn two_clients_behind_one_address_on_one_local_address_are_reported_not_merged() {
+    require_vm();
+    let broker = Netns::new("coll");
+    let client = Netns::new("collc");
+    veth(&broker, "up0", "198.51.100.1/24", &client, "up0", "198.51.100.2/24");
+    broker.ip("fou add port 42424 ipproto 4");
+    for (i, link) in ["fou0", "fou1"].iter().enumerate() {
+        broker.ip(&format!(
+            "link add {link} type ipip remote 192.0.2.{} local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424",
+            10 + i
+        ));
+    }
+    let dir = format!("/tmp/ft-{}", broker.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = |n: &str| format!("collision test secret of tunnel {n}");
+    let mut toml = format!("pin_dir = \"/sys/fs/bpf/ft-{}\"\nstate_dir = \"{dir}/state\"\n", broker.name);
+    for (n, link, prefix) in [("a", "fou0", "10.0.0.0/30"), ("b", "fou1", "10.0.0.4/30")] {
+        toml += &format!(
+            "\n[[tunnel]]\nname = \"{n}\"\nlink = \"{link}\"\nsecret = \"{}\"\npeer_prefixes = [\"{prefix}\"]\n",
+            secret(n)
+        );
+    }
+    std::fs::write(format!("{dir}/broker.toml"), toml).unwrap();
+    let mut process = NsProcess::footunnel(&broker, &["broker", "-v", "--config", &format!("{dir}/broker.toml")]);
+    process.wait_for("broker running", Duration::from_secs(20));
+    let send = |n: &str, port: u16| {
+        let hb = by_hand::heartbeat(&secret(n), now_ns(), [0; 8]);
+        client.run(|| RawUdp::open().unwrap().send(CLIENT_A, port, BROKER, 42424, &hb).unwrap());
+    };
+    send("a", 40001);
+    process.wait_for("link fou0 now points at 198.51.100.2:40001", Duration::from_secs(5));
+    send("b", 40002);
+    process.wait_for("the kernel's FoU receive cannot tell them apart", Duration::from_secs(5));
+    let b = read_link(&broker, "fou1").unwrap();
+    assert_eq!(
+        (b.remote(), b.encap_dport()),
+        (Some("192.0.2.11".parse().unwrap()), Some(42424)),
+        "fou1 left as it was"
+    );
+    let a = read_link(&broker, "fou0").unwrap();
+    assert_eq!(a.encap_dport(), Some(40001), "fou0 still serves tunnel a");
+    drop(process);
+    let _ = Command::new(footunnel_tests::footunnel_bin())
+        .args([
+            "unload",
+            "--pin-dir",
+            &format!("/sys/fs/bpf/ft-{}", broker.name),
+            "--state-dir",
+            &format!("{dir}/state"),
+        ])
+        .output();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
