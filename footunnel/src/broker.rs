@@ -27,6 +27,7 @@ use footunnel_ebpf::{
     },
     wire::{ControlMessage, Kind},
 };
+use futures::TryStreamExt;
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -147,24 +148,11 @@ async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
         }
     }
     for name in &interfaces {
-        if handle.link().get().match_name(name.clone()).execute().try_next_ok().await.is_none() {
+        if !matches!(handle.link().get().match_name(name.clone()).execute().try_next().await, Ok(Some(_))) {
             bail!("uplink interface {name:?} does not exist");
         }
     }
     Ok(Plan { tunnels, interfaces })
-}
-
-trait TryNextOk {
-    async fn try_next_ok(self) -> Option<netlink_packet_route::link::LinkMessage>;
-}
-
-impl<S: futures::Stream<Item = Result<netlink_packet_route::link::LinkMessage, rtnetlink::Error>> + Unpin> TryNextOk
-    for S
-{
-    async fn try_next_ok(mut self) -> Option<netlink_packet_route::link::LinkMessage> {
-        use futures::StreamExt;
-        self.next().await.and_then(|r| r.ok())
-    }
 }
 
 /// A running tunnel.
@@ -183,6 +171,7 @@ pub struct Broker {
     by_id: HashMap<u64, usize>,
     sender: RawUdp,
     challenges: RateLimit,
+    interfaces: Vec<String>,
 }
 
 /// Runs the broker until `shutdown` resolves.
@@ -321,6 +310,7 @@ impl Broker {
                 .collect(),
         };
         write_state(&config.state_dir, &state)?;
+        let plan_interfaces = plan.interfaces.clone();
         let tunnels: Vec<Running> = plan
             .tunnels
             .into_iter()
@@ -328,7 +318,16 @@ impl Broker {
             .collect();
         let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.identity.id, i)).collect();
         let challenges = RateLimit::new(config.challenge_rate, now_ns());
-        Ok(Broker { config, ebpf, handle, tunnels, by_id, sender: RawUdp::open()?, challenges })
+        Ok(Broker {
+            config,
+            ebpf,
+            handle,
+            tunnels,
+            by_id,
+            sender: RawUdp::open()?,
+            challenges,
+            interfaces: plan_interfaces,
+        })
     }
 
     fn endpoint(&self, id: u64) -> Option<Endpoint> {
@@ -457,7 +456,7 @@ impl Broker {
         let mut ticks = 0u64;
         let mut lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(0);
         tokio::pin!(shutdown);
-        info!("broker running: {} tunnel(s) on {}", self.tunnels.len(), self.config_interfaces());
+        info!("broker running: {} tunnel(s) on {}", self.tunnels.len(), self.interfaces.join(", "));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -501,10 +500,6 @@ impl Broker {
 
     fn settings(&self) -> Settings {
         settings(&self.config)
-    }
-
-    fn config_interfaces(&self) -> String {
-        read_state(&self.config.state_dir).map(|s| s.interfaces.join(", ")).unwrap_or_default()
     }
 }
 

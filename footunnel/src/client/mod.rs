@@ -164,10 +164,8 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
 }
 
 async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let handle = handle.clone();
-    let config = config.clone();
     let link =
-        find_link(&handle, config.broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
+        find_link(handle, config.broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
     let sport = link.encap_sport().with_context(|| {
         format!(
             "link {} has no fixed encap-sport: set one (`encap-sport 42424`) so heartbeats and data share a port",
@@ -230,7 +228,7 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
             guard = socket.readable() => {
                 let mut guard = guard?;
                 while let Some(d) = guard.get_inner().recv()? {
-                    if let Some(msg) = from_broker(&d, &config, sport, dport) {
+                    if let Some(msg) = from_broker(&d, config, sport, dport) {
                         let now = now_ns();
                         match verify_from_broker(msg, &identity, last_broker_ts, now, config.freshness_window_ns) {
                             Ok(m) => {
