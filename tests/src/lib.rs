@@ -1,6 +1,6 @@
 //! Helpers for footunnel's privileged and VM tests: network namespaces,
-//! veth pairs, crafted packets. Tests never skip: a missing prerequisite
-//! is a failure that says what is missing.
+//! veth pairs, crafted packets. A missing prerequisite is a failure that
+//! says what is missing, never a quiet pass.
 
 use std::{
     fs::File,
