@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
+    maps::{HashMap as BpfHashMap, MapData, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -632,31 +632,11 @@ fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Optio
         .collect();
     sync(&mut legacy, wanted)?;
 
-    let mut v4: LpmTrie<&mut MapData, [u8; 4], TunnelRef> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
-    let old: Vec<Key<[u8; 4]>> = v4.keys().filter_map(|k| k.ok()).collect();
-    for k in old {
-        let _ = v4.remove(&k);
-    }
-    let mut v6_wanted = Vec::new();
+    dataplane::clear_prefixes(ebpf)?;
     for t in &plan.tunnels {
         for p in &t.prefixes {
-            match p.addr {
-                IpAddr::V4(a) => {
-                    v4.insert(&Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id), 0)?
-                }
-                IpAddr::V6(a) => {
-                    v6_wanted.push((Key::new(p.len.into(), a.octets()), TunnelRef::new(t.config.identity.id)))
-                }
-            }
+            dataplane::add_prefix(ebpf, p.addr, p.len, t.config.identity.id)?;
         }
-    }
-    let mut v6: LpmTrie<&mut MapData, [u8; 16], TunnelRef> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6)?)?;
-    let old: Vec<Key<[u8; 16]>> = v6.keys().filter_map(|k| k.ok()).collect();
-    for k in old {
-        let _ = v6.remove(&k);
-    }
-    for (k, v) in v6_wanted {
-        v6.insert(&k, v, 0)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The eBPF object embedded in this binary, and typed access to its maps.
 
-use std::{net::Ipv4Addr, net::Ipv6Addr};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -66,17 +66,33 @@ pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey) -> Result<()> {
 }
 
 /// Routes FoU data whose inner source is in `addr/len` to tunnel `id`.
-pub fn add_prefix_v4(ebpf: &mut Ebpf, addr: Ipv4Addr, len: u8, id: u64) -> Result<()> {
-    let mut trie: LpmTrie<_, [u8; 4], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
-    trie.insert(&Key::new(len.into(), addr.octets()), TunnelRef::new(id), 0)
-        .with_context(|| format!("cannot add prefix {addr}/{len}"))
+pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64) -> Result<()> {
+    let inserted = match addr {
+        IpAddr::V4(a) => LpmTrie::<_, [u8; 4], TunnelRef>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?.insert(
+            &Key::new(len.into(), a.octets()),
+            TunnelRef::new(id),
+            0,
+        ),
+        IpAddr::V6(a) => LpmTrie::<_, [u8; 16], TunnelRef>::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?.insert(
+            &Key::new(len.into(), a.octets()),
+            TunnelRef::new(id),
+            0,
+        ),
+    };
+    inserted.with_context(|| format!("cannot add prefix {addr}/{len}"))
 }
 
-/// Routes FoU data whose inner IPv6 source is in `addr/len` to tunnel `id`.
-pub fn add_prefix_v6(ebpf: &mut Ebpf, addr: Ipv6Addr, len: u8, id: u64) -> Result<()> {
-    let mut trie: LpmTrie<_, [u8; 16], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
-    trie.insert(&Key::new(len.into(), addr.octets()), TunnelRef::new(id), 0)
-        .with_context(|| format!("cannot add prefix {addr}/{len}"))
+/// Forgets every inner prefix (IPv4 and IPv6).
+pub fn clear_prefixes(ebpf: &mut Ebpf) -> Result<()> {
+    let mut v4: LpmTrie<_, [u8; 4], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
+    for key in v4.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+        let _ = v4.remove(&key);
+    }
+    let mut v6: LpmTrie<_, [u8; 16], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
+    for key in v6.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+        let _ = v6.remove(&key);
+    }
+    Ok(())
 }
 
 /// Accepts the proof of concept's plaintext `secret` for tunnel `id`.
@@ -108,11 +124,6 @@ pub fn realtime_offset_ns() -> u64 {
 pub fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
     let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, maps::COUNTERS)?)?;
     Ok(counters.get(&(counter as u32), 0)?.iter().sum())
-}
-
-/// Every counter, summed over all CPUs, in [`Counter::ALL`] order.
-pub fn counters(ebpf: &Ebpf) -> Result<Vec<(Counter, u64)>> {
-    Counter::ALL.iter().map(|c| Ok((*c, counter(ebpf, *c)?))).collect()
 }
 
 pub fn endpoint(ebpf: &Ebpf, id: u64) -> Result<Option<Endpoint>> {

@@ -5,13 +5,12 @@
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use footunnel::now_ns;
 use footunnel::rawudp::RawUdp;
-use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_bin, log_seconds, require_vm, sh, veth};
+use footunnel_tests::{Netns, NsProcess, by_hand, log_seconds, require_vm, sh, veth};
 use serde_json::{Value, json};
 
 const CHANGES: u32 = 200;
@@ -192,15 +191,7 @@ fn scale_one(size: u32) -> Value {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let controller_cpu_s = ticks as f64 / hz;
     drop(process);
-    let _ = Command::new(footunnel_bin())
-        .args([
-            "unload",
-            "--pin-dir",
-            &format!("/sys/fs/bpf/ft-{}", broker.name),
-            "--state-dir",
-            &format!("/tmp/ft-{}", broker.name),
-        ])
-        .output();
+    footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &format!("/tmp/ft-{}", broker.name));
     json!({
         "tunnels": size,
         "startup_s": startup.as_secs_f64(),

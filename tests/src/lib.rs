@@ -209,8 +209,8 @@ pub mod broker {
             dataplane::set_settings(&mut ebpf, settings).unwrap();
             dataplane::watch_port(&mut ebpf, FOU_PORT).unwrap();
             dataplane::add_tunnel(&mut ebpf, tunnel.id, tunnel.sip_key()).unwrap();
-            dataplane::add_prefix_v4(&mut ebpf, PEER_PREFIX.0, PEER_PREFIX.1, tunnel.id).unwrap();
-            dataplane::add_prefix_v6(&mut ebpf, PEER_PREFIX_V6.0, PEER_PREFIX_V6.1, tunnel.id).unwrap();
+            dataplane::add_prefix(&mut ebpf, PEER_PREFIX.0.into(), PEER_PREFIX.1, tunnel.id).unwrap();
+            dataplane::add_prefix(&mut ebpf, PEER_PREFIX_V6.0.into(), PEER_PREFIX_V6.1, tunnel.id).unwrap();
             if legacy {
                 dataplane::watch_legacy_port(&mut ebpf, LEGACY_PORT).unwrap();
                 dataplane::add_legacy_secret(&mut ebpf, SECRET.as_bytes(), tunnel.id).unwrap();
@@ -406,4 +406,10 @@ pub fn log_seconds(log: &str, from: usize, needle: &str) -> Option<f64> {
     let line = log.lines().skip(from).find(|l| l.contains(needle))?;
     let time = line.split('T').nth(1)?.split('Z').next()?;
     time.split(':').map(|p| p.parse::<f64>().ok()).try_fold(0.0, |acc, x| Some(acc * 60.0 + x?))
+}
+
+/// `footunnel unload` for a test's broker; failures are ignored, as a
+/// test that already failed may have left nothing to unload.
+pub fn unload(pin_dir: &str, state_dir: &str) {
+    let _ = Command::new(footunnel_bin()).args(["unload", "--pin-dir", pin_dir, "--state-dir", state_dir]).output();
 }

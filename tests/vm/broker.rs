@@ -109,9 +109,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = Command::new(footunnel_tests::footunnel_bin())
-            .args(["unload", "--pin-dir", &self.pin_dir, "--state-dir", &self.state_dir])
-            .output();
+        footunnel_tests::unload(&self.pin_dir, &self.state_dir);
     }
 }
 
@@ -336,14 +334,6 @@ fn two_clients_behind_one_address_on_one_local_address_are_reported_not_merged()
     let a = read_link(&broker, "fou0").unwrap();
     assert_eq!(a.encap_dport(), Some(40001), "fou0 still serves tunnel a");
     drop(process);
-    let _ = Command::new(footunnel_tests::footunnel_bin())
-        .args([
-            "unload",
-            "--pin-dir",
-            &format!("/sys/fs/bpf/ft-{}", broker.name),
-            "--state-dir",
-            &format!("{dir}/state"),
-        ])
-        .output();
+    footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &format!("{dir}/state"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

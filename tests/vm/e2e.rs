@@ -164,15 +164,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(footunnel_tests::footunnel_bin())
-            .args([
-                "unload",
-                "--pin-dir",
-                &format!("/sys/fs/bpf/ft-{}", self.broker.name),
-                "--state-dir",
-                &format!("{}/broker", self.dir),
-            ])
-            .output();
+        footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", self.broker.name), &format!("{}/broker", self.dir));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -109,7 +109,5 @@ fn a_managed_client_brings_its_link_up_and_down() {
     assert!(status.success(), "{status}: {}", c.log());
     assert!(read_link(&client, "fou0").is_err(), "fou0 removed:\n{}", c.log());
     assert!(!client.ip("fou show").contains("40001"), "listener removed");
-    let _ = Command::new(footunnel_tests::footunnel_bin())
-        .args(["unload", "--pin-dir", &format!("/sys/fs/bpf/ft-{}", broker.name), "--state-dir", &dir])
-        .output();
+    footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &dir);
 }
