@@ -15,7 +15,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "the proof of concept's SNAT rule in legacy tests"),
     ("conntrack", "flushing NAT mappings in end-to-end tests"),
     ("qemu-system-x86", "the VM whose kernel has fou/ipip"),
-    ("linux-image-amd64", "Debian's kernel with fou and ipip modules, booted in the VM"),
+    ("linux-image-amd64", "Debian 12's kernel (6.1) with fou and ipip modules, booted in the VM"),
+    ("linux-image-6.12-amd64", "Debian 13's kernel (6.12: TCX, fou kfuncs, fou6), booted in the VM too"),
+    ("busybox-static", "virtme-ng's guest init (it fails at once without a static busybox)"),
     ("kmod", "modprobe inside the VM"),
     ("iputils-ping", "checking traffic through tunnels in tests"),
 ];
@@ -25,6 +27,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     virtme_ng()?;
+    vm_boots()?;
     println!("setup: everything footunnel needs is installed");
     Ok(())
 }
@@ -118,18 +121,25 @@ fn bpf_linker() -> Result<()> {
     .context("could not build bpf-linker; see DESIGN.md §4 for the recipe")
 }
 
+/// The virtme-ng release the VM tests were run with; others may boot
+/// differently (its command line and init have changed between releases).
+const VIRTME_NG_VERSION: &str = "1.42";
+
 fn virtme_ng() -> Result<()> {
-    if succeeds(Command::new("vng").arg("--version")) {
-        step("virtme-ng: present");
+    let installed = cmd::output(Command::new("vng").arg("--version").stderr(std::process::Stdio::null()))
+        .unwrap_or_default();
+    if installed.split_whitespace().any(|w| w == VIRTME_NG_VERSION) {
+        step(&format!("virtme-ng {VIRTME_NG_VERSION}: present"));
         return Ok(());
     }
-    step("installing virtme-ng from PyPI (boots the VM for FoU tests)");
+    let package = format!("virtme-ng=={VIRTME_NG_VERSION}");
+    step(&format!("installing {package} from PyPI (boots the VM for FoU tests)"));
     let pip = |extra: &[&str]| {
-        Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg("virtme-ng").status()
+        Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).arg(&package).status()
     };
     // Debian's own Python refuses system-wide pip installs without this flag.
     if !pip(&[]).is_ok_and(|s| s.success()) && !pip(&["--break-system-packages"]).is_ok_and(|s| s.success()) {
-        bail!("could not install virtme-ng: run `python3 -m pip install virtme-ng` (needs python3-pip)");
+        bail!("could not install virtme-ng: run `python3 -m pip install {package}` (needs python3-pip)");
     }
     if !succeeds(Command::new("vng").arg("--version")) {
         bail!("virtme-ng installed but `vng` is not on PATH: add pip's script directory (often ~/.local/bin) to PATH");
@@ -139,4 +149,40 @@ fn virtme_ng() -> Result<()> {
 
 fn home() -> Result<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set")
+}
+
+/// Boots each required kernel once, so that a piece the VM lacks is named
+/// here rather than by the demo or the tests. A stamp per kernel and
+/// virtme-ng release keeps a machine that has booted them fast.
+fn vm_boots() -> Result<()> {
+    let stamps = home()?.join(".cache/footunnel");
+    std::fs::create_dir_all(&stamps)?;
+    for series in crate::test::REQUIRED_KERNELS {
+        let kernel = crate::vm::pick_kernel(series)?;
+        let stamp = stamps.join(format!(
+            "vm-boots-{}-vng-{VIRTME_NG_VERSION}",
+            kernel.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        if stamp.exists() {
+            step(&format!("VM with {}: boots (checked before)", kernel.display()));
+            continue;
+        }
+        step(&format!("booting {} once in the VM (about 20 s)", kernel.display()));
+        let opts = crate::vm::Options {
+            kernel: Some(kernel.display().to_string()),
+            memory: "1G".into(),
+            cpus: 1,
+            timeout: 300,
+            rwdirs: Vec::new(),
+            command: vec!["true".into()],
+        };
+        match crate::vm::run(&opts).with_context(|| format!("the VM with {} does not boot", kernel.display()))? {
+            0 => std::fs::write(&stamp, b"")?,
+            code => bail!(
+                "the VM with {} booted but could not load fou/ipip or run a command (exit status {code})",
+                kernel.display()
+            ),
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,10 @@ use anyhow::{Context, Result, bail};
 
 #[derive(clap::Args)]
 pub struct Options {
+    /// The guest kernel: a version prefix such as `6.1` or `6.12`, or a path
+    /// to a vmlinuz (default: the newest kernel under /boot with fou).
+    #[arg(long)]
+    pub kernel: Option<String>,
     /// Guest memory (qemu -m).
     #[arg(long, default_value = "2G")]
     pub memory: String,
@@ -34,7 +38,10 @@ const MODULES: &[&str] = &["fou", "ipip", "sit", "veth", "nf_conntrack"];
 
 /// Exit status of the guest command (or of a failed boot).
 pub fn run(opts: &Options) -> Result<i32> {
-    let kernel = fou_kernel()?;
+    let kernel = match &opts.kernel {
+        Some(wanted) => pick_kernel(wanted)?,
+        None => fou_kernels()?.pop().map(|k| k.path).context("no kernel")?,
+    };
     let cwd = std::env::current_dir()?;
     let quoted: Vec<String> = opts.command.iter().map(|a| shell_quote(a)).collect();
     let script = format!(
@@ -73,21 +80,68 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
 }
 
-/// The newest kernel under /boot whose modules include fou.
-pub fn fou_kernel() -> Result<PathBuf> {
-    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
+/// A kernel under /boot that has the fou module.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// `6.1.0-28-amd64`
+    pub version: String,
+    pub path: PathBuf,
+}
+
+impl Kernel {
+    /// `6.1`, `6.12`: what `--kernel` takes and the test summary shows.
+    pub fn series(&self) -> String {
+        self.version.split('.').take(2).collect::<Vec<_>>().join(".")
+    }
+}
+
+/// Every kernel under /boot whose modules include fou, oldest first.
+pub fn fou_kernels() -> Result<Vec<Kernel>> {
+    let mut found: Vec<Kernel> = std::fs::read_dir("/boot")
         .context("cannot list /boot")?
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
             let version = name.strip_prefix("vmlinuz-")?.to_owned();
             has_module(&Path::new("/lib/modules").join(&version).join("kernel/net"), "fou.ko")
-                .then(|| (version, Path::new("/boot").join(&name)))
+                .then(|| Kernel { path: Path::new("/boot").join(&name), version })
         })
         .collect();
-    found.sort();
-    found.pop().map(|(_, path)| path).context(
-        "no kernel under /boot has the fou module: run `cargo xtask setup` (installs Debian's linux-image-amd64)",
-    )
+    found.sort_by_key(|k| version_key(&k.version));
+    if found.is_empty() {
+        bail!(
+            "no kernel under /boot has the fou module: run `cargo xtask setup` \
+             (installs Debian's linux-image-amd64 and linux-image-6.12-amd64)"
+        );
+    }
+    Ok(found)
+}
+
+/// `6.12.48+deb12-amd64` → [6, 12, 48]: numeric, so 6.12 sorts after 6.1.
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect()
+}
+
+/// The kernel `wanted` names: a path, or a version prefix (`6.1` picks
+/// 6.1.x, never 6.12.x).
+pub fn pick_kernel(wanted: &str) -> Result<PathBuf> {
+    let path = Path::new(wanted);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let kernels = fou_kernels()?;
+    kernels
+        .iter()
+        .rev()
+        .find(|k| k.version == wanted || k.series() == wanted || k.version.starts_with(&format!("{wanted}.")))
+        .map(|k| k.path.clone())
+        .with_context(|| {
+            let have: Vec<&str> = kernels.iter().map(|k| k.version.as_str()).collect();
+            format!("no kernel with fou matches {wanted:?}; installed: {have:?} (`cargo xtask setup` installs 6.1 and 6.12)")
+        })
 }
 
 fn has_module(dir: &Path, stem: &str) -> bool {
