@@ -17,6 +17,7 @@ use aya::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc,
+        tc::SchedClassifierLink,
         xdp::XdpLink,
     },
 };
@@ -27,8 +28,10 @@ use footunnel_ebpf::{
     },
     wire::{ControlMessage, Kind},
 };
-use futures::TryStreamExt;
-use rtnetlink::Handle;
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::{Handle, MulticastGroup};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
@@ -42,6 +45,7 @@ use crate::{
     manage::{self, Created, LinkSpec},
     now_ns,
     rawudp::RawUdp,
+    tunnels::{self, Running, TunnelTable},
 };
 
 /// Every map, pinned by name under the pin directory.
@@ -101,11 +105,14 @@ struct Plan {
 /// Checks the configuration against the system: links, FoU listeners,
 /// interfaces. Changes nothing.
 async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
-    fou::require_listeners(&config.fou_ports)?;
+    let listeners = fou::require_listeners(&config.fou_ports)?;
     let mut tunnels = Vec::new();
     for t in &config.tunnels {
         let link = link::get(handle, &t.link).await.with_context(|| format!("tunnel {:?}", t.name))?;
-        link.check_fou(&config.fou_ports).with_context(|| format!("tunnel {:?}", t.name))?;
+        link.check_fou(&config.fou_ports)
+            .and_then(|()| link.check_repointable())
+            .and_then(|()| link.check_listener(&listeners))
+            .with_context(|| format!("tunnel {:?}", t.name))?;
         let mut prefixes = t.peer_prefixes.clone();
         if prefixes.is_empty() {
             prefixes = link::addresses(handle, link.index)
@@ -155,20 +162,11 @@ async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
     Ok(Plan { tunnels, interfaces })
 }
 
-/// A running tunnel.
-struct Running {
-    config: Tunnel,
-    link: TunnelLink,
-    last_sent_ns: u64,
-    last_challenge_ns: Option<u64>,
-}
-
 pub struct Broker {
     config: BrokerConfig,
     ebpf: Ebpf,
     handle: Handle,
-    tunnels: Vec<Running>,
-    by_id: HashMap<u64, usize>,
+    table: TunnelTable,
     sender: RawUdp,
     challenges: RateLimit,
     interfaces: Vec<String>,
@@ -180,7 +178,7 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
     let created = bring_up_managed(&config, &handle).await?;
-    let mut plan = match plan(&config, &handle).await {
+    let plan = match plan(&config, &handle).await {
         Ok(plan) => plan,
         Err(e) => {
             // Bad configuration changes nothing: take back what we just made.
@@ -191,9 +189,17 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
         }
     };
     debug!("configuration checked against the system");
-    apply_pinned_endpoints(&handle, &config.pin_dir, &mut plan).await;
-    let mut broker = Broker::start(config, handle, plan, created)?;
+    let mut table =
+        TunnelTable::new(plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone())).collect());
+    apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
+    let mut broker = Broker::start(config, handle, plan, table, created)?;
     broker.reconcile_all().await;
+    for (a, b) in broker.table.collisions() {
+        warn!(
+            "tunnels {a:?} and {b:?} share a local address and their clients share a public address: \
+             the kernel's FoU receive cannot tell them apart; give them distinct broker local addresses"
+        );
+    }
     broker.serve(shutdown).await
 }
 
@@ -255,7 +261,13 @@ fn ensure_pin_dir(dir: &Path) -> Result<()> {
 }
 
 impl Broker {
-    fn start(config: BrokerConfig, handle: Handle, plan: Plan, mut created: Created) -> Result<Self> {
+    fn start(
+        config: BrokerConfig,
+        handle: Handle,
+        plan: Plan,
+        table: TunnelTable,
+        mut created: Created,
+    ) -> Result<Self> {
         // What earlier runs created is still ours to remove.
         if let Ok(previous) = read_state(&config.state_dir) {
             for port in previous.created.fou_ports {
@@ -310,23 +322,15 @@ impl Broker {
                 .collect(),
         };
         write_state(&config.state_dir, &state)?;
-        let plan_interfaces = plan.interfaces.clone();
-        let tunnels: Vec<Running> = plan
-            .tunnels
-            .into_iter()
-            .map(|t| Running { config: t.config, link: t.link, last_sent_ns: 0, last_challenge_ns: None })
-            .collect();
-        let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.identity.id, i)).collect();
         let challenges = RateLimit::new(config.challenge_rate, now_ns());
         Ok(Broker {
             config,
             ebpf,
             handle,
-            tunnels,
-            by_id,
-            sender: RawUdp::open()?,
+            table,
+            sender: RawUdp::send_only()?,
             challenges,
-            interfaces: plan_interfaces,
+            interfaces: plan.interfaces,
         })
     }
 
@@ -339,73 +343,42 @@ impl Broker {
 
     /// Makes every link match its recorded endpoint.
     async fn reconcile_all(&mut self) {
-        for i in 0..self.tunnels.len() {
+        for i in 0..self.table.tunnels.len() {
             self.reconcile(i).await;
         }
-        self.report_collisions();
     }
 
-    /// Makes one link match its recorded endpoint; true if it changed.
-    async fn reconcile(&mut self, i: usize) -> bool {
-        let Some(endpoint) = self.endpoint(self.tunnels[i].config.identity.id) else { return false };
-        if let (Some(change), true) =
-            (decide::repoint(self.tunnels[i].link.endpoint(), &endpoint), self.tunnels.len() > 1)
-        {
-            let others: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> = self
-                .tunnels
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, t)| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
-                .collect();
-            let t = &self.tunnels[i];
-            if let Some(other) = decide::blocking_tunnel(t.link.local_v4(), change.remote, &others) {
-                warn!(
-                    "tunnel {}: its client is now at {}:{}, the same public address as tunnel {other}'s, and both links \
-                     have local address {}: the kernel's FoU receive cannot tell them apart, so link {} stays as it is; \
-                     give the two tunnels distinct broker local addresses",
-                    t.config.name,
-                    change.remote,
-                    change.dport,
-                    t.link.local_v4().map_or("any".to_owned(), |a| a.to_string()),
-                    t.link.name
-                );
-                return false;
-            }
-        }
-        let t = &mut self.tunnels[i];
-        reconcile_link(&self.handle, &t.config.name, &mut t.link, &endpoint).await
-    }
-
-    fn report_collisions(&self) {
-        let rows: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> = self
-            .tunnels
-            .iter()
-            .map(|t| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
-            .collect();
-        for (a, b) in decide::collisions(&rows) {
-            warn!(
-                "tunnels {a:?} and {b:?} share a local address and their clients share a public address: \
-                 the kernel's FoU receive cannot tell them apart; give them distinct broker local addresses"
-            );
-        }
+    /// Makes tunnel `i`'s link match its recorded endpoint; where the link
+    /// points afterwards, as the kernel has it.
+    async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
+        let recorded = self.endpoint(self.table.tunnels[i].config.identity.id);
+        self.table.reconcile(&self.handle, i, recorded.as_ref()).await
     }
 
     async fn handle(&mut self, event: Event) {
-        let Some(&i) = self.by_id.get(&event.tunnel_id) else {
+        let Some(i) = self.table.by_id(event.tunnel_id) else {
             debug!("event for unknown tunnel {:016x}", event.tunnel_id);
             return;
         };
         let source = (Ipv4Addr::from(event.addr), event.port);
+        let name = self.table.tunnels[i].config.name.clone();
         match event.kind {
             EVENT_HEARTBEAT | EVENT_LEGACY => {
-                debug!("tunnel {}: heartbeat from {}:{}", self.tunnels[i].config.name, source.0, source.1);
-                if self.reconcile(i).await {
-                    self.report_collisions();
+                debug!("tunnel {name}: heartbeat from {}:{}", source.0, source.1);
+                let after = self.reconcile(i).await;
+                if event.kind != EVENT_HEARTBEAT {
+                    return; // the proof of concept's client cannot read an ACK
                 }
-                if event.kind == EVENT_HEARTBEAT {
+                if decide::may_ack(after, source) {
                     let detail = ControlMessage::endpoint_detail(event.addr, event.port);
                     self.send(i, Kind::Ack, source, detail);
+                } else {
+                    info!(
+                        "tunnel {name}: no ACK to {}:{}: the link does not point there (it points at {})",
+                        source.0,
+                        source.1,
+                        after.map_or("nothing: it is missing".to_owned(), tunnels::describe)
+                    );
                 }
             }
             EVENT_OBSERVED => self.challenge(i, source, event.observed_payload_len()),
@@ -415,7 +388,7 @@ impl Broker {
 
     fn challenge(&mut self, i: usize, source: (Ipv4Addr, u16), trigger_len: u16) {
         let now = now_ns();
-        let t = &self.tunnels[i];
+        let t = &self.table.tunnels[i];
         if !decide::may_challenge(trigger_len) {
             debug!(
                 "tunnel {}: {}:{} sent {trigger_len} bytes, too few to answer with a challenge",
@@ -428,7 +401,7 @@ impl Broker {
             return;
         }
         info!("tunnel {}: FoU data from {}:{}, not its endpoint: challenging", t.config.name, source.0, source.1);
-        self.tunnels[i].last_challenge_ns = Some(now);
+        self.table.tunnels[i].last_challenge_ns = Some(now);
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce);
         self.send(i, Kind::Challenge, source, nonce);
@@ -436,7 +409,7 @@ impl Broker {
 
     /// Sends a control message from the tunnel's FoU port and local address.
     fn send(&mut self, i: usize, kind: Kind, to: (Ipv4Addr, u16), detail: [u8; 8]) {
-        let t = &mut self.tunnels[i];
+        let t = &mut self.table.tunnels[i];
         let ts = decide::next_timestamp(now_ns(), t.last_sent_ns);
         t.last_sent_ns = ts;
         let msg = ControlMessage::new(kind, t.config.identity.id, ts, detail).sign(t.config.identity.sip_key());
@@ -452,11 +425,16 @@ impl Broker {
         // SAFETY: the ring buffer owns its descriptor for as long as the AsyncFd holds it.
         let mut events = unsafe { AsyncFd::register(RingBuf::try_from(events)?) }
             .map_err(|e| anyhow::anyhow!("cannot poll the event ring buffer: {e}"))?;
+        // Links edited or re-created by someone else (an operator, systemd-networkd)
+        // are noticed at once and put back on their endpoints.
+        let (monitor, _, mut link_changes) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .context("cannot watch for link changes over rtnetlink")?;
+        tokio::spawn(monitor);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         let mut ticks = 0u64;
         let mut lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(0);
         tokio::pin!(shutdown);
-        info!("broker running: {} tunnel(s) on {}", self.tunnels.len(), self.interfaces.join(", "));
+        info!("broker running: {} tunnel(s) on {}", self.table.tunnels.len(), self.interfaces.join(", "));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -471,6 +449,11 @@ impl Broker {
                     guard.clear_ready();
                     for event in batch {
                         self.handle(event).await;
+                    }
+                }
+                Some((message, _)) = link_changes.next() => {
+                    if let Some(i) = self.changed_tunnel(&message) {
+                        self.reconcile(i).await;
                     }
                 }
                 _ = sweep.tick() => {
@@ -501,63 +484,30 @@ impl Broker {
     fn settings(&self) -> Settings {
         settings(&self.config)
     }
-}
 
-/// Points `link` at `endpoint` if it differs; true if it changed.
-async fn reconcile_link(handle: &Handle, tunnel: &str, link: &mut TunnelLink, endpoint: &Endpoint) -> bool {
-    if decide::repoint(link.endpoint(), endpoint).is_none() {
-        return false;
-    }
-    // Re-read first: someone (an operator, a restart) may have changed it,
-    // and the change must carry the link's current parameters.
-    let current = match link::get(handle, &link.name).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("tunnel {tunnel}: {e:#}");
-            return false;
-        }
-    };
-    let Some(change) = decide::repoint(current.endpoint(), endpoint) else {
-        *link = current;
-        return false;
-    };
-    match link::repoint(handle, &current, change.remote, change.dport).await {
-        Ok(updated) => {
-            info!(
-                "tunnel {tunnel}: link {} now points at {}:{} (was {})",
-                current.name,
-                change.remote,
-                change.dport,
-                describe(current.endpoint())
-            );
-            *link = updated;
-            true
-        }
-        Err(e) => {
-            warn!("tunnel {tunnel}: {e:#}");
-            false
-        }
+    /// The tunnel whose link a link notification is about, by name (a
+    /// re-created link has a new index) or by index (a renamed one).
+    fn changed_tunnel(&self, message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<usize> {
+        let link = match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)) => l,
+            _ => return None,
+        };
+        let name = link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None });
+        name.and_then(|n| self.table.by_link(n))
+            .or_else(|| self.table.tunnels.iter().position(|t| t.link.index == link.header.index))
     }
 }
 
 /// After a restart, applies the pinned endpoints before anything else (loading
 /// the program takes a while): what arrived while the controller was down
-/// takes effect at once.
-async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, plan: &mut Plan) {
+/// takes effect at once, through the same checks as at run time.
+async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, table: &mut TunnelTable) {
     let Ok(data) = MapData::from_pin(pin_dir.join(maps::ENDPOINTS)) else { return };
     let Ok(endpoints) = BpfHashMap::<MapData, u64, Endpoint>::try_from(aya::maps::Map::HashMap(data)) else { return };
-    for t in &mut plan.tunnels {
-        if let Ok(endpoint) = endpoints.get(&t.config.identity.id, 0) {
-            reconcile_link(handle, &t.config.name, &mut t.link, &endpoint).await;
+    for i in 0..table.tunnels.len() {
+        if let Ok(endpoint) = endpoints.get(&table.tunnels[i].config.identity.id, 0) {
+            table.reconcile(handle, i, Some(&endpoint)).await;
         }
-    }
-}
-
-fn describe(e: decide::LinkEndpoint) -> String {
-    match (e.remote, e.dport) {
-        (Some(a), Some(p)) => format!("{a}:{p}"),
-        (Some(a), None) => format!("{a}"),
-        _ => "nowhere".into(),
     }
 }
 
@@ -624,12 +574,12 @@ fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Optio
         .filter(|t| t.config.legacy)
         .map(|t| {
             warn!("tunnel {:?}: legacy heartbeats enabled: its secret travels in clear", t.config.name);
-            (
-                LegacySecret::new(t.config.secret.as_bytes()).expect("validated length"),
-                TunnelRef::new(t.config.identity.id),
-            )
+            let secret = LegacySecret::new(t.config.secret.as_bytes()).with_context(|| {
+                format!("tunnel {:?}: a legacy secret must be 1 to {} bytes", t.config.name, maps::LEGACY_SECRET_MAX)
+            })?;
+            Ok((secret, TunnelRef::new(t.config.identity.id)))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     sync(&mut legacy, wanted)?;
 
     dataplane::clear_prefixes(ebpf)?;
@@ -711,19 +661,36 @@ fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
             }
         }
         Attach::Tc => {
-            let _ = tc::qdisc_add_clsact(iface);
-            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
+            let pin = config.pin_dir.join(format!("tc-{iface}"));
             let prog: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).context("no TC program")?.try_into()?;
             if prog.fd().is_err() {
                 prog.load().context("the kernel's verifier rejected the TC program")?;
             }
+            // Kernels ≥ 6.6 attach through a TCX link, which dies with this
+            // process unless pinned; a restart swaps the program inside it.
+            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).context("pinned TC link")?;
+                prog.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
+                info!("{iface}: TC program replaced in the pinned TCX attachment");
+                return Ok(());
+            }
+            // Older kernels: a netlink filter, which outlives the process by
+            // itself; the previous run's is replaced.
+            let _ = tc::qdisc_add_clsact(iface);
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
             let id = prog
                 .attach(iface, TcAttachType::Ingress)
                 .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
             let link = prog.take_link(id)?;
-            // A TC filter outlives the process; the next start replaces it.
-            std::mem::forget(link);
-            info!("{iface}: TC ingress attached");
+            if <&FdLink>::try_from(&link).is_ok() {
+                let fd_link = FdLink::try_from(link).context("TCX link")?;
+                fd_link.pin(&pin).with_context(|| format!("cannot pin the TCX link at {}", pin.display()))?;
+                info!("{iface}: TC ingress attached (TCX link, pinned)");
+            } else {
+                // A netlink filter: dropping the link would detach it.
+                std::mem::forget(link);
+                info!("{iface}: TC ingress attached (netlink filter)");
+            }
         }
     }
     Ok(())
@@ -762,7 +729,8 @@ pub async fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with("xdp-") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("xdp-") || name.starts_with("tc-") {
             // Unpinning the last reference to a link detaches it.
             PinnedLink::from_pin(&path)?.unpin()?;
         } else {

@@ -363,6 +363,12 @@ impl BrokerConfig {
                 self.legacy_port
             );
         }
+        if self.challenge_interval_ns == 0 {
+            bail!(
+                "challenge_interval = 0 would let one spoofed flow draw a CHALLENGE for every packet: \
+                 use at least 0.001 seconds (default 1)"
+            );
+        }
         if self.challenge_rate == 0 {
             bail!("challenge_rate must be at least 1 per second");
         }
@@ -378,6 +384,14 @@ impl BrokerConfig {
                     "tunnel {:?}: link {:?} belongs to another tunnel already; each tunnel needs its own link",
                     t.name,
                     t.link
+                );
+            }
+            if t.legacy && t.secret.len() > LEGACY_SECRET_MAX {
+                bail!(
+                    "tunnel {:?}: its secret has {} bytes, but legacy heartbeats carry the secret itself, \
+                     at most {LEGACY_SECRET_MAX} bytes: turn legacy off or use a shorter secret for this tunnel",
+                    t.name,
+                    t.secret.len()
                 );
             }
             if let Some(other) = ids.insert(t.identity.id, &t.name) {
@@ -414,9 +428,6 @@ impl Tunnel {
         }
         if secret.is_empty() {
             bail!("tunnel {name:?}: the secret is empty");
-        }
-        if legacy && secret.len() > LEGACY_SECRET_MAX {
-            bail!("tunnel {name:?}: legacy heartbeats carry the secret itself, at most {LEGACY_SECRET_MAX} bytes");
         }
         let identity = TunnelIdentity::derive(&secret);
         Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy, manage: None })

@@ -99,6 +99,22 @@ fn legacy_needs_its_own_port_and_a_short_secret() {
 }
 
 #[test]
+fn the_seed_shape_with_legacy_is_validated_like_a_file() {
+    // `footunnel broker --legacy fou0 SECRET` turns legacy on after the
+    // tunnel is built: validate() must still refuse a secret too long for it.
+    let mut c = BrokerConfig::single("fou0", &"s".repeat(70)).unwrap();
+    c.tunnels[0].legacy = true;
+    let e = format!("{:#}", c.validate().unwrap_err());
+    assert!(e.contains("70 bytes") && e.contains("at most 60"), "{e}");
+}
+
+#[test]
+fn a_zero_challenge_interval_is_refused() {
+    assert!(err(&format!("challenge_interval = 0\n{ONE}")).contains("challenge_interval = 0"));
+    assert!(parse(&format!("challenge_interval = 0.5\n{ONE}")).is_ok());
+}
+
+#[test]
 fn the_seed_shape_is_one_tunnel_named_after_its_link() {
     let c = BrokerConfig::single("fou0", "SECRET").unwrap();
     assert_eq!((c.tunnels[0].name.as_str(), c.tunnels[0].link.as_str()), ("fou0", "fou0"));

@@ -31,6 +31,44 @@ pub fn repoint(link: LinkEndpoint, recorded: &Endpoint) -> Option<Repoint> {
     (link.remote != Some(remote) || link.dport != Some(dport)).then_some(Repoint { remote, dport })
 }
 
+/// What an accepted heartbeat asks of the tunnel's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkPlan<'a> {
+    /// Nothing recorded yet (a seeded entry after a reboot).
+    NoEndpoint,
+    /// The link points there already.
+    AlreadyThere,
+    /// Point the link there.
+    Repoint(Repoint),
+    /// The change would put the link on another tunnel's outer addresses,
+    /// which the kernel's FoU receive cannot tell apart: refused.
+    Collides { with: &'a str, change: Repoint },
+}
+
+/// Decides what the link needs. `others`: (name, local, remote) of every
+/// other tunnel's link.
+pub fn plan_link<'a>(
+    link: LinkEndpoint,
+    local: Option<Ipv4Addr>,
+    recorded: &Endpoint,
+    others: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)],
+) -> LinkPlan<'a> {
+    if known_endpoint(recorded).is_none() {
+        return LinkPlan::NoEndpoint;
+    }
+    let Some(change) = repoint(link, recorded) else { return LinkPlan::AlreadyThere };
+    match blocking_tunnel(local, change.remote, others) {
+        Some(with) => LinkPlan::Collides { with, change },
+        None => LinkPlan::Repoint(change),
+    }
+}
+
+/// An ACK means "the link now points at you": only when the link, as the
+/// kernel has it after the change, points at the heartbeat's source.
+pub fn may_ack(link_after: Option<LinkEndpoint>, source: (Ipv4Addr, u16)) -> bool {
+    link_after.is_some_and(|l| l.remote == Some(source.0) && l.dport == Some(source.1))
+}
+
 /// Timestamps we send are strictly increasing per tunnel, even if the
 /// clock steps back.
 pub fn next_timestamp(now_ns: u64, last_sent_ns: u64) -> u64 {
@@ -120,6 +158,31 @@ mod tests {
         assert_eq!(repoint(LINK, &endpoint([0; 4], 0)), None, "a seeded entry is no endpoint");
         let unset = LinkEndpoint { remote: None, dport: None };
         assert!(repoint(unset, &endpoint([203, 0, 113, 5], 40001)).is_some());
+    }
+
+    #[test]
+    fn link_plan_refuses_collisions_and_knows_when_nothing_is_recorded() {
+        let local = Some(Ipv4Addr::new(198, 51, 100, 1));
+        let others = [("a", local, Some(Ipv4Addr::new(203, 0, 113, 7)))];
+        assert_eq!(plan_link(LINK, local, &endpoint([0; 4], 0), &others), LinkPlan::NoEndpoint);
+        assert_eq!(plan_link(LINK, local, &endpoint([203, 0, 113, 5], 40001), &others), LinkPlan::AlreadyThere);
+        let change = Repoint { remote: Ipv4Addr::new(203, 0, 113, 7), dport: 1234 };
+        assert_eq!(
+            plan_link(LINK, local, &endpoint([203, 0, 113, 7], 1234), &others),
+            LinkPlan::Collides { with: "a", change }
+        );
+        let other_local = Some(Ipv4Addr::new(198, 51, 100, 2));
+        assert_eq!(plan_link(LINK, other_local, &endpoint([203, 0, 113, 7], 1234), &others), LinkPlan::Repoint(change));
+    }
+
+    #[test]
+    fn an_ack_only_when_the_link_points_at_the_heartbeats_source() {
+        let source = (Ipv4Addr::new(203, 0, 113, 5), 40001);
+        assert!(may_ack(Some(LINK), source));
+        assert!(!may_ack(None, source), "a failed or refused change is never ACKed");
+        assert!(!may_ack(Some(LINK), (Ipv4Addr::new(203, 0, 113, 5), 40002)), "port differs");
+        assert!(!may_ack(Some(LINK), (Ipv4Addr::new(203, 0, 113, 6), 40001)), "address differs");
+        assert!(!may_ack(Some(LinkEndpoint { remote: None, dport: Some(40001) }), source));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod manage;
 pub mod rawudp;
 pub mod secret;
 pub mod show;
+pub mod tunnels;
 
 /// CLOCK_REALTIME in ns since the Unix epoch: the clock of protocol timestamps.
 pub fn now_ns() -> u64 {

@@ -63,6 +63,39 @@ impl TunnelLink {
         }
     }
 
+    /// The kernel cannot re-point a link created with `remote any` (it
+    /// refuses the change: the device's point-to-point flag would change).
+    pub fn check_repointable(&self) -> Result<()> {
+        if self.endpoint().remote.is_none() {
+            let name = &self.name;
+            bail!(
+                "link {name:?} has `remote any`, and the kernel refuses to point such a link at a client \
+                 (EINVAL): recreate it with a placeholder remote, e.g. `ip link add {name} type {} remote 192.0.2.1 \
+                 local … encap fou …` (any address will do: the broker replaces it with the client's)",
+                if self.kind == InfoKind::SitTun { "sit" } else { "ipip" }
+            );
+        }
+        Ok(())
+    }
+
+    /// The FoU listener on the link's port must deliver what the link carries:
+    /// protocol 4 for ipip, 41 for sit.
+    pub fn check_listener(&self, listeners: &[crate::fou::Listener]) -> Result<()> {
+        let want = if self.kind == InfoKind::SitTun { 41 } else { 4 };
+        let Some(port) = self.encap_sport() else { return Ok(()) };
+        match listeners.iter().find(|l| l.port == port && !l.ipv6) {
+            Some(l) if l.ipproto != want => bail!(
+                "link {:?} is {} (protocol {want}) but the FoU listener on port {port} delivers protocol {}: \
+                 its packets would never reach the link; run `ip fou del port {port}` and \
+                 `ip fou add port {port} ipproto {want}`",
+                self.name,
+                self.kind,
+                l.ipproto
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The link must carry FoU encapsulation from one of `fou_ports`.
     pub fn check_fou(&self, fou_ports: &[u16]) -> Result<()> {
         let name = &self.name;

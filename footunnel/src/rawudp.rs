@@ -26,9 +26,21 @@ pub struct Datagram {
 }
 
 impl RawUdp {
+    /// A socket that sends and also receives a copy of every UDP datagram
+    /// delivered to this host: only for whoever must read them.
     pub fn open() -> Result<Self> {
+        Self::with_protocol(libc::IPPROTO_UDP)
+    }
+
+    /// A socket that only sends: `IPPROTO_RAW` receives nothing, so the kernel
+    /// does not copy every UDP datagram (all FoU data among them) to it.
+    pub fn send_only() -> Result<Self> {
+        Self::with_protocol(libc::IPPROTO_RAW)
+    }
+
+    fn with_protocol(protocol: libc::c_int) -> Result<Self> {
         // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_UDP) };
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(io::Error::last_os_error()).context("cannot open a raw UDP socket (needs CAP_NET_RAW)");
         }

@@ -389,15 +389,23 @@ impl Drop for NsProcess {
 }
 
 /// Runs `footunnel ARGS…` in `ns` to completion: (success, stdout+stderr).
+/// A command that has not exited after 30 s fails the test (a broker that
+/// should have refused to start would otherwise hang it).
 pub fn footunnel_once(ns: &Netns, args: &[&str]) -> (bool, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .arg(footunnel_bin())
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run footunnel under nsenter");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let mut p = NsProcess::footunnel(ns, args);
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = p.child.try_wait().expect("wait for footunnel") {
+            return (status.success(), p.log());
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "`footunnel {}` did not exit within 30 s:\n{}",
+            args.join(" "),
+            p.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Seconds of the day at which a footunnel log line containing `needle`,

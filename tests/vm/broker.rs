@@ -13,9 +13,9 @@ use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_once, require_vm, vet
 use netlink_packet_route::link::TunnelEncapType;
 
 pub const SECRET: &str = "vm test secret, long enough to pass";
-const BROKER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const CLIENT_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const CLIENT_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+pub const BROKER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const CLIENT_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const CLIENT_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
 
 /// Reads a tunnel link the way the broker does, from inside `ns`.
 pub fn read_link(ns: &Netns, name: &str) -> anyhow::Result<TunnelLink> {
@@ -114,8 +114,14 @@ impl Drop for Topology {
 }
 
 /// Control messages from the broker's FoU port seen in the client namespace.
-fn receive_from_broker(topo: &Topology, want_kind: u8, to_port: u16, timeout: Duration) -> Option<Vec<u8>> {
-    topo.client.run(|| {
+pub fn receive_from_broker(topo: &Topology, want_kind: u8, to_port: u16, timeout: Duration) -> Option<Vec<u8>> {
+    receive_in(&topo.client, want_kind, to_port, timeout)
+}
+
+/// A control message of `want_kind` from the broker's FoU port to `to_port`,
+/// seen in namespace `ns` within `timeout`.
+pub fn receive_in(ns: &Netns, want_kind: u8, to_port: u16, timeout: Duration) -> Option<Vec<u8>> {
+    ns.run(|| {
         let sock = RawUdp::open().unwrap();
         sock.set_nonblocking().unwrap();
         let start = Instant::now();
@@ -321,9 +327,18 @@ fn two_clients_behind_one_address_on_one_local_address_are_reported_not_merged()
         let hb = by_hand::heartbeat(&secret(n), now_ns(), [0; 8]);
         client.run(|| RawUdp::open().unwrap().send(CLIENT_A, port, BROKER, 42424, &hb).unwrap());
     };
-    send("a", 40001);
+    let ack_to = |port: u16| {
+        std::thread::scope(|s| {
+            let listener = s.spawn(|| receive_in(&client, 2, port, Duration::from_secs(3)));
+            std::thread::sleep(Duration::from_millis(200));
+            send(if port == 40001 { "a" } else { "b" }, port);
+            listener.join().unwrap()
+        })
+    };
+    assert!(ack_to(40001).is_some(), "tunnel a's client is ACKed:\n{}", process.log());
     process.wait_for("link fou0 now points at 198.51.100.2:40001", Duration::from_secs(5));
-    send("b", 40002);
+    // An ACK means "the link now points at you": b's link was not changed.
+    assert!(ack_to(40002).is_none(), "the refused change was ACKed:\n{}", process.log());
     process.wait_for("the kernel's FoU receive cannot tell them apart", Duration::from_secs(5));
     let b = read_link(&broker, "fou1").unwrap();
     assert_eq!(

@@ -5,4 +5,5 @@ mod broker;
 mod broker_config;
 mod e2e;
 mod manage;
+mod robust;
 mod tunnel_link;

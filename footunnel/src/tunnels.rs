@@ -1,0 +1,184 @@
+//! The broker's tunnel table: each configured tunnel with its link as the
+//! kernel last reported it, and the one effectful step that brings a link in
+//! line with its recorded endpoint. What to do is decided in `decide`; this
+//! module applies it over rtnetlink and reports what the link is afterwards,
+//! so that an ACK is sent only for a link that really points at its client.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use footunnel_ebpf::maps::Endpoint;
+use rtnetlink::Handle;
+use tracing::{info, warn};
+
+use crate::{
+    config::Tunnel,
+    decide::{self, LinkEndpoint, LinkPlan},
+    link::{self, TunnelLink},
+};
+
+/// A configured tunnel and what the broker knows of it.
+pub struct Running {
+    pub config: Tunnel,
+    /// The link as the kernel reported it at the last look.
+    pub link: TunnelLink,
+    pub last_sent_ns: u64,
+    pub last_challenge_ns: Option<u64>,
+    /// The last problem reported for this tunnel, so that a sweep that finds
+    /// it again does not repeat it every ten seconds.
+    last_problem: Option<String>,
+}
+
+impl Running {
+    pub fn new(config: Tunnel, link: TunnelLink) -> Self {
+        Running { config, link, last_sent_ns: 0, last_challenge_ns: None, last_problem: None }
+    }
+
+    /// Logs `problem` once, until it changes or clears.
+    fn report(&mut self, problem: String) {
+        if self.last_problem.as_ref() != Some(&problem) {
+            warn!("tunnel {}: {problem}", self.config.name);
+            self.last_problem = Some(problem);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct TunnelTable {
+    pub tunnels: Vec<Running>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl TunnelTable {
+    pub fn new(tunnels: Vec<Running>) -> Self {
+        let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.identity.id, i)).collect();
+        TunnelTable { tunnels, by_id }
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// The tunnel whose link is named `name`.
+    pub fn by_link(&self, name: &str) -> Option<usize> {
+        self.tunnels.iter().position(|t| t.link.name == name)
+    }
+
+    /// (name, local, remote) of every tunnel but `i`.
+    fn others(&self, i: usize) -> Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> {
+        self.tunnels
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, t)| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
+            .collect()
+    }
+
+    /// Reads tunnel `i`'s link from the kernel (someone may have edited or
+    /// re-created it), then points it at `recorded` if it points elsewhere.
+    /// Returns where the link points afterwards, as the kernel has it; `None`
+    /// if the link cannot be read.
+    pub async fn reconcile(&mut self, handle: &Handle, i: usize, recorded: Option<&Endpoint>) -> Option<LinkEndpoint> {
+        let name = self.tunnels[i].link.name.clone();
+        let current = match link::get(handle, &name).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.tunnels[i].report(format!("{e:#}; the tunnel is down until the link is back"));
+                return None;
+            }
+        };
+        let t = &mut self.tunnels[i];
+        if let Some(what) = outside_change(&t.link, &current) {
+            info!("tunnel {}: link {name} {what}", t.config.name);
+        }
+        t.link = current;
+        let Some(recorded) = recorded else { return Some(t.link.endpoint()) };
+        let plan = decide::plan_link(
+            self.tunnels[i].link.endpoint(),
+            self.tunnels[i].link.local_v4(),
+            recorded,
+            &self.others(i),
+        );
+        match plan {
+            LinkPlan::NoEndpoint | LinkPlan::AlreadyThere => {
+                let t = &mut self.tunnels[i];
+                t.last_problem = None;
+                Some(t.link.endpoint())
+            }
+            LinkPlan::Collides { with, change } => {
+                let with = with.to_owned();
+                let t = &mut self.tunnels[i];
+                let local = t.link.local_v4().map_or("any".to_owned(), |a| a.to_string());
+                let problem = format!(
+                    "its client is now at {}:{}, the same public address as tunnel {with}'s, and both links have \
+                     local address {local}: the kernel's FoU receive cannot tell them apart, so link {name} stays as \
+                     it is and the client gets no ACK; give the two tunnels distinct broker local addresses",
+                    change.remote, change.dport
+                );
+                t.report(problem);
+                Some(t.link.endpoint())
+            }
+            LinkPlan::Repoint(change) => {
+                let t = &mut self.tunnels[i];
+                match link::repoint(handle, &t.link, change.remote, change.dport).await {
+                    Ok(updated) => {
+                        info!(
+                            "tunnel {}: link {name} now points at {}:{} (was {})",
+                            t.config.name,
+                            change.remote,
+                            change.dport,
+                            describe(t.link.endpoint())
+                        );
+                        t.link = updated;
+                        t.last_problem = None;
+                        Some(t.link.endpoint())
+                    }
+                    Err(e) => {
+                        t.report(format!("{e:#}; the client gets no ACK until the link can be changed"));
+                        Some(t.link.endpoint())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tunnels the kernel cannot tell apart, as pairs of names.
+    pub fn collisions(&self) -> Vec<(&str, &str)> {
+        let rows: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> = self
+            .tunnels
+            .iter()
+            .map(|t| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
+            .collect();
+        decide::collisions(&rows)
+    }
+}
+
+/// How `now` differs from what footunnel last saw of the link, if it was
+/// changed by someone else (an operator, systemd-networkd, a config tool).
+fn outside_change(before: &TunnelLink, now: &TunnelLink) -> Option<String> {
+    if before.index != now.index {
+        return Some(format!(
+            "was re-created (ifindex {} → {}), pointing at {}; re-applying its endpoint",
+            before.index,
+            now.index,
+            describe(now.endpoint())
+        ));
+    }
+    if before.endpoint() != now.endpoint() || before.local() != now.local() {
+        return Some(format!(
+            "was changed outside footunnel (now {} from local {}, was {} from {}); re-applying its endpoint",
+            describe(now.endpoint()),
+            now.local().map_or("any".to_owned(), |a| a.to_string()),
+            describe(before.endpoint()),
+            before.local().map_or("any".to_owned(), |a| a.to_string()),
+        ));
+    }
+    None
+}
+
+pub fn describe(e: LinkEndpoint) -> String {
+    match (e.remote, e.dport) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => format!("{a}"),
+        _ => "nowhere".into(),
+    }
+}

@@ -1,0 +1,160 @@
+//! The ways a tunnel used to break while footunnel said it was fine: a TC
+//! data plane lost with its controller, links edited or re-created by hand,
+//! ACKs for links that were not changed, links the kernel cannot re-point,
+//! and parameters lost in a re-point.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use footunnel::now_ns;
+use footunnel_tests::{by_hand, footunnel_once};
+use netlink_packet_route::link::InfoIpTunnel;
+
+use crate::broker::{CLIENT_A, CLIENT_B, SECRET, Topology, read_link, receive_from_broker};
+
+/// footunnel's TC programs on `iface`'s ingress in the broker namespace:
+/// TCX attachments (kernels ≥ 6.6) and netlink filters alike.
+fn tc_programs(topo: &Topology, iface: &str) -> usize {
+    let tcx = topo.broker.run(|| match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+        Ok((_, programs)) => programs.iter().filter(|p| p.name_as_str() == Some("footunnel_tc")).count(),
+        Err(_) => 0, // no TCX on this kernel
+    });
+    let netlink = footunnel_tests::sh("tc", &["-n", &topo.broker.name, "filter", "show", "dev", iface, "ingress"])
+        .matches("footunnel_tc")
+        .count();
+    tcx + netlink
+}
+
+#[test]
+fn in_tc_mode_the_data_plane_outlives_the_controller_and_unload_removes_it() {
+    let topo = Topology::new();
+    let mut broker = topo.start_broker(&["--attach", "tc"]);
+    assert_eq!(tc_programs(&topo, "up0"), 1, "one TC program attached:\n{}", broker.log());
+    broker.kill9();
+    assert_eq!(tc_programs(&topo, "up0"), 1, "the TC program died with the controller");
+
+    // With no controller, a heartbeat must still be verified and recorded.
+    topo.send(CLIENT_A, 40002, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
+    assert!(ok, "{show}");
+    assert!(
+        show.contains("endpoint: 198.51.100.2:40002") && show.contains("heartbeats: 1,"),
+        "the heartbeat sent while the controller was down was not recorded:\n{show}"
+    );
+
+    // A restart swaps the program in place (still exactly one) and applies it.
+    let restarted = topo.start_broker(&["--attach", "tc"]);
+    topo.wait_for_endpoint(CLIENT_A, 40002, Duration::from_secs(2));
+    assert_eq!(tc_programs(&topo, "up0"), 1, "a restart must replace, not add:\n{}", restarted.log());
+    drop(restarted);
+
+    let (ok, out) =
+        footunnel_once(&topo.broker, &["unload", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir]);
+    assert!(ok, "{out}");
+    assert_eq!(tc_programs(&topo, "up0"), 0, "unload left a TC program attached");
+}
+
+#[test]
+fn a_link_re_created_or_edited_by_hand_is_put_back_within_a_second() {
+    let topo = Topology::new();
+    let mut broker = topo.start_broker(&[]);
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+
+    // Deleted: a heartbeat now cannot be applied, so it must not be ACKed.
+    topo.broker.ip("link del fou0");
+    let ack = std::thread::scope(|s| {
+        let listener = s.spawn(|| receive_from_broker(&topo, 2, 40002, Duration::from_millis(1500)));
+        std::thread::sleep(Duration::from_millis(200));
+        topo.send(CLIENT_A, 40002, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+        listener.join().unwrap()
+    });
+    assert!(ack.is_none(), "a heartbeat was ACKed while its link did not exist:\n{}", broker.log());
+    broker.wait_for("no ACK to 198.51.100.2:40002", Duration::from_secs(2));
+
+    // Re-created as the README says, pointing at a placeholder.
+    topo.broker.ip("link add fou0 type ipip remote 192.0.2.1 local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
+    let recreated = Instant::now();
+    topo.broker.ip("addr add 10.0.0.1/30 dev fou0");
+    topo.broker.ip("link set fou0 up");
+    let took = topo.wait_for_endpoint(CLIENT_A, 40002, Duration::from_secs(1));
+    println!("re-created link put back on its endpoint in {:?}", recreated.elapsed().max(took));
+    broker.wait_for("was re-created", Duration::from_secs(1));
+
+    // Edited in place by a tool that knows nothing of footunnel.
+    topo.broker.ip("link change fou0 type ipip remote 192.0.2.9 local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
+    topo.wait_for_endpoint(CLIENT_A, 40002, Duration::from_secs(1));
+    broker.wait_for("changed outside footunnel", Duration::from_secs(1));
+
+    // The real client's address again: traffic flows through the new link.
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    assert!(topo.ping(), "no traffic through the re-created link");
+}
+
+#[test]
+fn a_link_with_remote_any_is_refused_at_start_with_the_fix() {
+    let topo = Topology::new();
+    topo.broker.ip(
+        "link add fou1 type ipip remote any local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424",
+    );
+    topo.broker.ip("addr add 10.0.1.1/30 dev fou1");
+    let (ok, out) = footunnel_once(
+        &topo.broker,
+        &["broker", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, "fou1", SECRET],
+    );
+    assert!(!ok, "a broker for a link it cannot re-point started:\n{out}");
+    assert!(out.contains("remote any") && out.contains("placeholder remote"), "{out}");
+    assert!(!std::path::Path::new(&topo.pin_dir).exists(), "the refused start changed state: {}", topo.pin_dir);
+}
+
+#[test]
+fn a_sit_link_behind_an_ipip_listener_is_refused() {
+    let topo = Topology::new();
+    topo.broker.ip("link add sit1 type sit remote 192.0.2.1 local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
+    topo.broker.ip("addr add 2001:db8:1::1/64 dev sit1");
+    let (ok, out) = footunnel_once(
+        &topo.broker,
+        &["broker", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, "sit1", SECRET],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("delivers protocol 4") && out.contains("ipproto 41"), "{out}");
+}
+
+#[test]
+fn a_re_point_keeps_every_non_default_parameter() {
+    let topo = Topology::new();
+    topo.broker.ip("link del fou0");
+    // Values that differ from every default: a re-point that rebuilt the
+    // link from a partial message would reset one of them.
+    topo.broker
+        .ip("link add fou0 type ipip remote 192.0.2.1 local 198.51.100.1 ttl inherit tos 0x10 nopmtudisc dev up0 \
+         encap fou encap-sport 42424 encap-dport 42424 encap-csum");
+    topo.broker.ip("link set fou0 mtu 1400 up");
+    topo.broker.ip("addr add 10.0.0.1/30 dev fou0");
+    let before = read_link(&topo.broker, "fou0").unwrap();
+    let _broker = topo.start_broker(&[]);
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    let after = read_link(&topo.broker, "fou0").unwrap();
+    let others = |l: &footunnel::link::TunnelLink| -> Vec<InfoIpTunnel> {
+        let mut v: Vec<InfoIpTunnel> = l
+            .params
+            .iter()
+            .filter(|p| !matches!(p, InfoIpTunnel::Remote(_) | InfoIpTunnel::EncapDPort(_)))
+            .cloned()
+            .collect();
+        v.sort_by_key(|p| format!("{p:?}"));
+        v
+    };
+    assert_eq!(others(&after), others(&before), "a parameter other than remote/encap-dport changed");
+    assert_eq!(after.remote(), Some(IpAddr::V4(CLIENT_B)));
+    let show = topo.broker.ip("-d link show fou0");
+    for want in ["mtu 1400", "tos 0x10", "nopmtudisc", "encap-csum", "fou0@up0"] {
+        assert!(show.contains(want), "{want:?} lost:\n{show}");
+    }
+}
