@@ -3,6 +3,10 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+// The BPF target has no `AtomicU64::compare_exchange`; the intrinsics compile
+// to the BPF_CMPXCHG / BPF_XCHG instructions (kernel ≥ 5.12).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, adt_const_params))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features, incomplete_features))]
 
 #[cfg(target_arch = "bpf")]
 mod programs;

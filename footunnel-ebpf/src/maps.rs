@@ -100,6 +100,10 @@ pub struct Endpoint {
     /// How often address or port changed (the first heartbeat counts).
     pub changes: u64,
     pub last_change_ns: u64,
+    /// Non-zero while a CPU updates this entry: accepting a heartbeat is
+    /// read, check, write, and two CPUs interleaving those would let the
+    /// older heartbeat win. Taken with an atomic compare-and-swap.
+    pub lock: u64,
 }
 
 /// FoU data for a tunnel from a source other than its endpoint.
@@ -205,10 +209,13 @@ pub enum Counter {
     LegacyUnknown,
     /// Events the ring buffer had no room for.
     EventsLost,
+    /// Verified heartbeats dropped because another CPU was updating the same
+    /// tunnel at that instant (the client retries).
+    Busy,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::FouData,
         Counter::FouUnmatched,
         Counter::FouElsewhere,
@@ -225,6 +232,7 @@ impl Counter {
         Counter::LegacyAccepted,
         Counter::LegacyUnknown,
         Counter::EventsLost,
+        Counter::Busy,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -247,6 +255,7 @@ impl Counter {
             Counter::LegacyAccepted => "legacy_accepted",
             Counter::LegacyUnknown => "legacy_unknown",
             Counter::EventsLost => "events_lost",
+            Counter::Busy => "busy",
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::{
         Observed, PORT_LEGACY, PortConfig, Settings, TunnelConfig, endpoint_cache_key,
     },
     packet::{PacketBytes, Parsed, Udp4, parse_udp4},
-    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, Reject, check_header, check_tunnel},
+    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_header, check_tunnel},
 };
 
 /// What happens to the packet.
@@ -31,7 +31,10 @@ pub trait Env {
     fn boot_ns(&self) -> u64;
     fn tunnel(&self, id: u64) -> Option<TunnelConfig>;
     fn endpoint(&self, id: u64) -> Option<Endpoint>;
-    fn set_endpoint(&self, id: u64, endpoint: &Endpoint);
+    /// Runs `update` on tunnel `id`'s endpoint (created empty if missing)
+    /// with the entry locked against other CPUs, and stores the result if
+    /// `update` returns true. `None`: another CPU holds the lock.
+    fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool>;
     fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64>;
     fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<u64>;
     fn tunnel_by_legacy(&self, secret: &LegacySecret) -> Option<u64>;
@@ -57,8 +60,8 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
     };
     match first >> 4 {
         0xF => {
-            if let Err(reject) = heartbeat(pkt, &udp, env) {
-                env.count(reject.into());
+            if let Err(counter) = heartbeat(pkt, &udp, env) {
+                env.count(counter);
             }
             Verdict::Drop
         }
@@ -90,40 +93,53 @@ fn wall_clock<E: Env>(env: &E, settings: &Settings) -> u64 {
 
 /// A control message on a FoU port: only a verified HEARTBEAT changes state.
 #[inline(always)]
-fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> Result<(), Reject> {
+fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> Result<(), Counter> {
     if udp.payload_len != MESSAGE_LEN {
-        return Err(Reject::Malformed);
+        return Err(Counter::Malformed);
     }
-    let bytes = pkt.read::<MESSAGE_LEN>(udp.payload_offset).ok_or(Reject::Malformed)?;
+    let bytes = pkt.read::<MESSAGE_LEN>(udp.payload_offset).ok_or(Counter::Malformed)?;
     let msg = ControlMessage::from_bytes(&bytes);
     check_header(&msg, Kind::Heartbeat)?;
     let id = msg.tunnel_id();
-    let tunnel = env.tunnel(id).ok_or(Reject::UnknownTunnel)?;
+    let tunnel = env.tunnel(id).ok_or(Counter::UnknownTunnel)?;
+    // Checked without the lock first, so replays and forgeries never take it.
     let previous = env.endpoint(id);
     let settings = env.settings();
     let now = wall_clock(env, &settings);
     let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
     check_tunnel(&msg, tunnel.key, previous.map_or(0, |e| e.last_timestamp_ns), &rules)?;
 
-    let mut endpoint = previous.unwrap_or_default();
-    endpoint.last_timestamp_ns = msg.timestamp_ns();
-    record(env, id, &mut endpoint, previous.is_none(), udp, now);
+    // Under the lock, again: a newer heartbeat may have been accepted on
+    // another CPU since the read above, and must not be undone.
+    let timestamp = msg.timestamp_ns();
+    let mut moved_from = None;
+    let stored = env.update_endpoint(id, |endpoint| {
+        if timestamp <= endpoint.last_timestamp_ns {
+            return false;
+        }
+        endpoint.last_timestamp_ns = timestamp;
+        moved_from = record(endpoint, udp, now);
+        true
+    });
+    match stored {
+        None => return Err(Counter::Busy),
+        Some(false) => return Err(Counter::Replay),
+        Some(true) => {}
+    }
+    forget_cached(env, moved_from);
     env.count(Counter::Accepted);
-    emit(
-        env,
-        &Event { tunnel_id: id, timestamp_ns: msg.timestamp_ns(), detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) },
-    );
+    emit(env, &Event { tunnel_id: id, timestamp_ns: timestamp, detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) });
     Ok(())
 }
 
-/// Makes the packet's source the tunnel's endpoint.
+/// Makes the packet's source the endpoint; the previous endpoint if it moved.
 #[inline(always)]
-fn record<E: Env>(env: &E, id: u64, endpoint: &mut Endpoint, first: bool, udp: &Udp4, now: u64) {
+fn record(endpoint: &mut Endpoint, udp: &Udp4, now: u64) -> Option<([u8; 4], u16)> {
+    let first = endpoint.heartbeats == 0;
+    let mut moved_from = None;
     if first || endpoint.addr != udp.src_addr || endpoint.port != udp.src_port {
-        // The old source is no endpoint any more: its data must be noticed again.
-        let (slot, entry) = endpoint_cache_key(endpoint.addr, endpoint.port);
-        if !first && env.cached_endpoint(slot) == entry {
-            env.set_cached_endpoint(slot, 0);
+        if !first {
+            moved_from = Some((endpoint.addr, endpoint.port));
         }
         endpoint.addr = udp.src_addr;
         endpoint.port = udp.src_port;
@@ -132,7 +148,18 @@ fn record<E: Env>(env: &E, id: u64, endpoint: &mut Endpoint, first: bool, udp: &
     }
     endpoint.last_seen_ns = now;
     endpoint.heartbeats += 1;
-    env.set_endpoint(id, endpoint);
+    moved_from
+}
+
+/// The old endpoint is no endpoint any more: its data must be noticed again.
+#[inline(always)]
+fn forget_cached<E: Env>(env: &E, moved_from: Option<([u8; 4], u16)>) {
+    if let Some((addr, port)) = moved_from {
+        let (slot, entry) = endpoint_cache_key(addr, port);
+        if env.cached_endpoint(slot) == entry {
+            env.set_cached_endpoint(slot, 0);
+        }
+    }
 }
 
 #[inline(always)]
@@ -216,9 +243,18 @@ fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &
         return Verdict::Pass;
     };
     let now = wall_clock(env, &env.settings());
-    let previous = env.endpoint(id);
-    let mut endpoint = previous.unwrap_or_default();
-    record(env, id, &mut endpoint, previous.is_none(), udp, now);
+    let mut moved_from = None;
+    if env
+        .update_endpoint(id, |endpoint| {
+            moved_from = record(endpoint, udp, now);
+            true
+        })
+        .is_none()
+    {
+        env.count(Counter::Busy);
+        return Verdict::Drop;
+    }
+    forget_cached(env, moved_from);
     env.count(Counter::LegacyAccepted);
     emit(env, &Event { tunnel_id: id, timestamp_ns: now, ..event(EVENT_LEGACY, udp) });
     Verdict::Drop

@@ -29,6 +29,11 @@ struct MemEnv {
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
     cache: RefCell<HashMap<u32, u64>>,
+    /// Another CPU holds every endpoint's lock.
+    busy: std::cell::Cell<bool>,
+    /// Another CPU accepts a heartbeat with this timestamp between our
+    /// lock-free check and our taking the lock.
+    accepted_meanwhile: std::cell::Cell<Option<u64>>,
 }
 
 impl Env for MemEnv {
@@ -53,8 +58,19 @@ impl Env for MemEnv {
     fn endpoint(&self, id: u64) -> Option<Endpoint> {
         self.endpoints.borrow().get(&id).copied()
     }
-    fn set_endpoint(&self, id: u64, e: &Endpoint) {
-        self.endpoints.borrow_mut().insert(id, *e);
+    fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool> {
+        if self.busy.get() {
+            return None;
+        }
+        if let Some(ts) = self.accepted_meanwhile.take() {
+            self.endpoints.borrow_mut().entry(id).or_default().last_timestamp_ns = ts;
+        }
+        let mut e = self.endpoints.borrow().get(&id).copied().unwrap_or_default();
+        let store = update(&mut e);
+        if store {
+            self.endpoints.borrow_mut().insert(id, e);
+        }
+        Some(store)
     }
     fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64> {
         let bits = u32::from_be_bytes(src);
@@ -149,6 +165,30 @@ fn a_new_port_is_a_change_and_a_replay_is_not_accepted() {
     assert_eq!(process(&udp(CLIENT, 40003, 42424, &heartbeat(NOW))[..], &env), Verdict::Drop);
     assert_eq!(env.endpoint(ID).unwrap(), ep);
     assert_eq!(count(&env, Counter::Replay), 1);
+}
+
+#[test]
+fn a_heartbeat_overtaken_on_another_cpu_is_refused_under_the_lock() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    // NOW + 2 passes the lock-free check, but NOW + 5 from elsewhere wins first.
+    env.accepted_meanwhile.set(Some(NOW + 5));
+    assert_eq!(process(&udp(CLIENT, 40009, 42424, &heartbeat(NOW + 2))[..], &env), Verdict::Drop);
+    let ep = env.endpoint(ID).unwrap();
+    assert_eq!((ep.last_timestamp_ns, ep.port), (NOW + 5, 40001), "the older heartbeat undid the newer");
+    assert_eq!(count(&env, Counter::Replay), 1);
+    assert_eq!(count(&env, Counter::Accepted), 1);
+}
+
+#[test]
+fn a_heartbeat_that_finds_its_tunnel_locked_is_counted_busy_and_changes_nothing() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    env.busy.set(true);
+    assert_eq!(process(&udp(CLIENT, 40002, 42424, &heartbeat(NOW + 1))[..], &env), Verdict::Drop);
+    assert_eq!(env.endpoint(ID).unwrap().port, 40001);
+    assert_eq!(count(&env, Counter::Busy), 1);
+    assert_eq!(env.events.borrow().len(), 1, "no event for a heartbeat that was not stored");
 }
 
 #[test]

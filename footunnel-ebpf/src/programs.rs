@@ -1,8 +1,10 @@
 //! The entry points and the maps; the packet path itself is
 //! `footunnel_ebpf::path`, shared with the host tests.
 
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::{btf_map, classifier, xdp},
@@ -119,8 +121,37 @@ impl Env for Maps {
         unsafe { ENDPOINTS.get(id).copied() }
     }
     #[inline(always)]
-    fn set_endpoint(&self, id: u64, endpoint: &Endpoint) {
-        let _ = ENDPOINTS.insert(id, endpoint, 0);
+    fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool> {
+        let entry = match ENDPOINTS.get_ptr_mut(id) {
+            Some(p) => p,
+            None => {
+                // BPF_NOEXIST: of two CPUs creating it, one wins; both then lock it.
+                let _ = ENDPOINTS.insert(id, &Endpoint::default(), BPF_NOEXIST.into());
+                ENDPOINTS.get_ptr_mut(id)?
+            }
+        };
+        // SAFETY: an aligned u64 inside a map value that stays allocated while
+        // this program runs (hash map values are freed after an RCU grace period).
+        let lock = unsafe { core::ptr::addr_of_mut!((*entry).lock) };
+        // SAFETY: as above.
+        let (_, taken) =
+            unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(lock, 0, 1) };
+        if !taken {
+            return None;
+        }
+        // SAFETY: we hold the entry's lock; every writer takes it.
+        let mut endpoint = unsafe { core::ptr::read_volatile(entry) };
+        let store = update(&mut endpoint);
+        if store {
+            endpoint.lock = 1;
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(entry, endpoint) };
+        }
+        // An exchange, not a plain store: a full barrier, so the fields are
+        // visible to the next holder before the lock is seen free.
+        // SAFETY: as above.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(lock, 0) };
+        Some(store)
     }
     #[inline(always)]
     fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64> {

@@ -3,6 +3,7 @@
 //! packets over veth between namespaces.
 
 mod bpftool;
+mod concurrency;
 mod fuzz;
 mod table;
 mod veth;

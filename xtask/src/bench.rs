@@ -31,7 +31,12 @@ pub fn run() -> Result<()> {
         let opts = vm::Options {
             // The kernel the published results were measured on.
             kernel: Some("6.1".into()),
-            memory: "4G".into(), cpus: 2, timeout: 1500, rwdirs: vec![raw.clone()], command };
+            memory: "4G".into(),
+            cpus: 2,
+            timeout: 1500,
+            rwdirs: vec![raw.clone()],
+            command,
+        };
         match vm::run(&opts)? {
             0 => Ok(()),
             code => bail!("{} failed in the VM (exit status {code})", opts.command.join(" ")),

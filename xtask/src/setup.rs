@@ -126,8 +126,8 @@ fn bpf_linker() -> Result<()> {
 const VIRTME_NG_VERSION: &str = "1.42";
 
 fn virtme_ng() -> Result<()> {
-    let installed = cmd::output(Command::new("vng").arg("--version").stderr(std::process::Stdio::null()))
-        .unwrap_or_default();
+    let installed =
+        cmd::output(Command::new("vng").arg("--version").stderr(std::process::Stdio::null())).unwrap_or_default();
     if installed.split_whitespace().any(|w| w == VIRTME_NG_VERSION) {
         step(&format!("virtme-ng {VIRTME_NG_VERSION}: present"));
         return Ok(());

@@ -118,11 +118,7 @@ pub fn fou_kernels() -> Result<Vec<Kernel>> {
 
 /// `6.12.48+deb12-amd64` → [6, 12, 48]: numeric, so 6.12 sorts after 6.1.
 fn version_key(version: &str) -> Vec<u64> {
-    version
-        .split(|c: char| !c.is_ascii_digit())
-        .take(3)
-        .map(|n| n.parse().unwrap_or(0))
-        .collect()
+    version.split(|c: char| !c.is_ascii_digit()).take(3).map(|n| n.parse().unwrap_or(0)).collect()
 }
 
 /// The kernel `wanted` names: a path, or a version prefix (`6.1` picks
@@ -140,7 +136,9 @@ pub fn pick_kernel(wanted: &str) -> Result<PathBuf> {
         .map(|k| k.path.clone())
         .with_context(|| {
             let have: Vec<&str> = kernels.iter().map(|k| k.version.as_str()).collect();
-            format!("no kernel with fou matches {wanted:?}; installed: {have:?} (`cargo xtask setup` installs 6.1 and 6.12)")
+            format!(
+                "no kernel with fou matches {wanted:?}; installed: {have:?} (`cargo xtask setup` installs 6.1 and 6.12)"
+            )
         })
 }
 
