@@ -65,6 +65,11 @@ pub struct PortConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct TunnelConfig {
     pub key: SipKey,
+    /// The broker address the tunnel's link uses (its `local`); all zero:
+    /// any. Control messages and data to another address are not this
+    /// tunnel's (transit traffic on a router, another local address).
+    pub local: [u8; 4],
+    pub _pad: u32,
 }
 
 /// A tunnel id in a value slot that must stay 4-byte aligned (LPM tries
@@ -155,6 +160,15 @@ pub struct Settings {
     pub observe_interval_ns: u64,
 }
 
+impl Settings {
+    /// Written by a controller: the wall-clock offset is never zero on a
+    /// running system, while an array entry nobody wrote is all zero.
+    #[inline(always)]
+    pub fn configured(&self) -> bool {
+        self.realtime_offset_ns != 0
+    }
+}
+
 pub const EVENT_HEARTBEAT: u8 = 1;
 pub const EVENT_OBSERVED: u8 = 2;
 pub const EVENT_LEGACY: u8 = 3;
@@ -174,6 +188,10 @@ pub struct Event {
     /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`] or [`EVENT_LEGACY`].
     pub kind: u8,
     pub _pad: u8,
+    /// The broker address the packet was sent to: answers leave from it, so
+    /// an endpoint-dependent NAT lets them through.
+    pub dst_addr: [u8; 4],
+    pub _pad2: u32,
 }
 
 impl Event {
@@ -212,10 +230,20 @@ pub enum Counter {
     /// Verified heartbeats dropped because another CPU was updating the same
     /// tunnel at that instant (the client retries).
     Busy,
+    /// To a FoU port but not to the tunnel's broker address: passed on.
+    WrongDestination,
+    /// IPv4 fragments to a watched port (first fragments; later ones carry
+    /// no port): passed to the kernel's reassembly, unchecked.
+    Fragment,
+    /// IPv4/UDP headers that contradict each other, to a watched port.
+    IpMalformed,
+    /// Control messages while the controller has not written SETTINGS:
+    /// refused rather than checked against a zero clock and window.
+    Unconfigured,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 21] = [
         Counter::FouData,
         Counter::FouUnmatched,
         Counter::FouElsewhere,
@@ -233,6 +261,10 @@ impl Counter {
         Counter::LegacyUnknown,
         Counter::EventsLost,
         Counter::Busy,
+        Counter::WrongDestination,
+        Counter::Fragment,
+        Counter::IpMalformed,
+        Counter::Unconfigured,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -256,6 +288,10 @@ impl Counter {
             Counter::LegacyUnknown => "legacy_unknown",
             Counter::EventsLost => "events_lost",
             Counter::Busy => "busy",
+            Counter::WrongDestination => "wrong_destination",
+            Counter::Fragment => "fragment",
+            Counter::IpMalformed => "ip_malformed",
+            Counter::Unconfigured => "unconfigured",
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::{
         Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LEGACY_SECRET_MAX, LegacySecret,
         Observed, PORT_LEGACY, PortConfig, Settings, TunnelConfig, endpoint_cache_key,
     },
-    packet::{PacketBytes, Parsed, Udp4, parse_udp4},
+    packet::{ETH_HLEN, PacketBytes, Parsed, Udp4, parse_udp4},
     wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_header, check_tunnel},
 };
 
@@ -40,6 +40,9 @@ pub trait Env {
     fn tunnel_by_legacy(&self, secret: &LegacySecret) -> Option<u64>;
     fn observed(&self, id: u64) -> Option<Observed>;
     fn set_observed(&self, id: u64, observed: &Observed);
+    /// One more packet for tunnel `id`'s observed entry, in place (the
+    /// count is approximate when CPUs race; it is for operators only).
+    fn touch_observed(&self, id: u64, now: u64);
     fn count(&self, counter: Counter);
     /// `false` if the event could not be queued.
     fn emit(&self, event: &Event) -> bool;
@@ -49,7 +52,12 @@ pub trait Env {
 #[inline(always)]
 pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
     // Unrelated traffic leaves after the headers and one map lookup.
-    let Parsed::Udp(udp) = parse_udp4(pkt) else { return Verdict::Pass };
+    let udp = match parse_udp4(pkt) {
+        Parsed::Udp(udp) => udp,
+        Parsed::Other => return Verdict::Pass,
+        Parsed::Fragment => return count_if_watched(pkt, env, Counter::Fragment),
+        Parsed::Malformed => return count_if_watched(pkt, env, Counter::IpMalformed),
+    };
     let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
     if port.kind == PORT_LEGACY {
         return legacy_heartbeat(pkt, &udp, env);
@@ -59,13 +67,25 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         return Verdict::Pass;
     };
     match first >> 4 {
-        0xF => {
-            if let Err(counter) = heartbeat(pkt, &udp, env) {
-                env.count(counter);
+        0xF => match heartbeat(pkt, &udp, env) {
+            Ok(()) => Verdict::Drop,
+            // Someone else's: a router's transit traffic, or another address here.
+            Err(Counter::WrongDestination) => {
+                env.count(Counter::WrongDestination);
+                Verdict::Pass
             }
-            Verdict::Drop
-        }
+            Err(counter) => {
+                env.count(counter);
+                Verdict::Drop
+            }
+        },
         version @ (4 | 6) => {
+            // The inner source is read from the payload, never past it (into
+            // Ethernet padding, say).
+            if udp.payload_len < if version == 4 { 20 } else { 40 } {
+                env.count(Counter::NotFou);
+                return Verdict::Pass;
+            }
             // Nearly all traffic: data from a known endpoint, after one array load.
             let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
             if env.cached_endpoint(slot) == entry {
@@ -86,6 +106,24 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
     }
 }
 
+/// Counts a fragment or malformed datagram whose UDP destination port (when
+/// the header is there to read: first fragments, contradicting lengths) is
+/// watched; passes it on either way.
+#[inline(never)]
+fn count_if_watched<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, counter: Counter) -> Verdict {
+    let Some([version_ihl]) = pkt.read::<1>(ETH_HLEN) else { return Verdict::Pass };
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    let first = pkt.read::<2>(ETH_HLEN + 6).is_some_and(|f| u16::from_be_bytes(f) & 0x1fff == 0);
+    if ihl >= 20
+        && first
+        && let Some(port) = pkt.read_in_loop::<2>(ETH_HLEN + ihl + 2)
+        && env.port(u16::from_be_bytes(port)).is_some()
+    {
+        env.count(counter);
+    }
+    Verdict::Pass
+}
+
 #[inline(always)]
 fn wall_clock<E: Env>(env: &E, settings: &Settings) -> u64 {
     env.boot_ns().wrapping_add(settings.realtime_offset_ns)
@@ -102,9 +140,15 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
     check_header(&msg, Kind::Heartbeat)?;
     let id = msg.tunnel_id();
     let tunnel = env.tunnel(id).ok_or(Counter::UnknownTunnel)?;
+    if !for_tunnel(&tunnel, udp) {
+        return Err(Counter::WrongDestination);
+    }
+    let settings = env.settings();
+    if !settings.configured() {
+        return Err(Counter::Unconfigured);
+    }
     // Checked without the lock first, so replays and forgeries never take it.
     let previous = env.endpoint(id);
-    let settings = env.settings();
     let now = wall_clock(env, &settings);
     let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
     check_tunnel(&msg, tunnel.key, previous.map_or(0, |e| e.last_timestamp_ns), &rules)?;
@@ -162,9 +206,15 @@ fn forget_cached<E: Env>(env: &E, moved_from: Option<([u8; 4], u16)>) {
     }
 }
 
+/// Sent to the address the tunnel's link uses (or to any, if it has none).
+#[inline(always)]
+fn for_tunnel(tunnel: &TunnelConfig, udp: &Udp4) -> bool {
+    tunnel.local == [0; 4] || tunnel.local == udp.dst_addr
+}
+
 #[inline(always)]
 fn event(kind: u8, udp: &Udp4) -> Event {
-    Event { kind, addr: udp.src_addr, port: udp.src_port, ..Default::default() }
+    Event { kind, addr: udp.src_addr, port: udp.src_port, dst_addr: udp.dst_addr, ..Default::default() }
 }
 
 #[inline(always)]
@@ -184,18 +234,38 @@ fn fou_data<E: Env>(udp: &Udp4, tunnel: Option<u64>, env: &E) -> Verdict {
         return Verdict::Pass;
     };
     if env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
-        // (A heartbeat moving the endpoint on another CPU right now could
-        // leave this entry stale; that only delays a challenge to the old
-        // source, never changes a link.)
         let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
         env.set_cached_endpoint(slot, entry);
+        // A heartbeat on another CPU may have moved the endpoint between the
+        // read above and the store: read it again after the store (an
+        // exchange, a full barrier) and take the entry back if so. Either the
+        // heartbeat's own invalidation comes after our store, or this read
+        // sees its new endpoint: no stale entry survives.
+        if !env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
+            env.set_cached_endpoint(slot, 0);
+        }
         env.count(Counter::FouData);
+        return Verdict::Pass;
+    }
+    if !env.tunnel(id).is_some_and(|t| for_tunnel(&t, udp)) {
+        env.count(Counter::WrongDestination);
         return Verdict::Pass;
     }
     env.count(Counter::FouElsewhere);
     let settings = env.settings();
+    if !settings.configured() {
+        env.count(Counter::Unconfigured);
+        return Verdict::Pass;
+    }
     let now = wall_clock(env, &settings);
     let previous = env.observed(id);
+    let due = previous.is_none_or(|o| now.wrapping_sub(o.last_event_ns) >= settings.observe_interval_ns);
+    if !due {
+        // Between events (a spoofed flood, a rebinding flow) only this
+        // entry's counters move, in place: no hash update per packet.
+        env.touch_observed(id, now);
+        return Verdict::Pass;
+    }
     let mut observed = previous.unwrap_or_default();
     if observed.addr != udp.src_addr || observed.port != udp.src_port {
         observed.addr = udp.src_addr;
@@ -204,14 +274,12 @@ fn fou_data<E: Env>(udp: &Udp4, tunnel: Option<u64>, env: &E) -> Verdict {
     }
     observed.packets += 1;
     observed.last_seen_ns = now;
-    if previous.is_none() || now.wrapping_sub(observed.last_event_ns) >= settings.observe_interval_ns {
-        observed.last_event_ns = now;
-        env.count(Counter::ObservedEvents);
-        // The payload length bounds the size of the challenge it may draw.
-        let len = (udp.payload_len as u16).to_be_bytes();
-        let detail = [len[0], len[1], 0, 0, 0, 0, 0, 0];
-        emit(env, &Event { tunnel_id: id, timestamp_ns: now, detail, ..event(EVENT_OBSERVED, udp) });
-    }
+    observed.last_event_ns = now;
+    env.count(Counter::ObservedEvents);
+    // The payload length bounds the size of the challenge it may draw.
+    let len = (udp.payload_len as u16).to_be_bytes();
+    let detail = [len[0], len[1], 0, 0, 0, 0, 0, 0];
+    emit(env, &Event { tunnel_id: id, timestamp_ns: now, detail, ..event(EVENT_OBSERVED, udp) });
     env.set_observed(id, &observed);
     Verdict::Pass
 }

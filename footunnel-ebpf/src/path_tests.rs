@@ -29,6 +29,12 @@ struct MemEnv {
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
     cache: RefCell<HashMap<u32, u64>>,
+    /// SETTINGS as nobody has written it: all zero.
+    unconfigured: std::cell::Cell<bool>,
+    /// In-place observed updates (no hash update).
+    observed_touches: RefCell<u64>,
+    /// Hash updates of OBSERVED.
+    observed_writes: RefCell<u64>,
     /// Another CPU holds every endpoint's lock.
     busy: std::cell::Cell<bool>,
     /// Another CPU accepts a heartbeat with this timestamp between our
@@ -47,6 +53,9 @@ impl Env for MemEnv {
         self.cache.borrow_mut().insert(slot, entry);
     }
     fn settings(&self) -> Settings {
+        if self.unconfigured.get() {
+            return Settings::default();
+        }
         Settings { realtime_offset_ns: OFFSET, window_ns: 120_000_000_000, observe_interval_ns: 1_000_000_000 }
     }
     fn boot_ns(&self) -> u64 {
@@ -89,7 +98,15 @@ impl Env for MemEnv {
     fn observed(&self, id: u64) -> Option<Observed> {
         self.observed.borrow().get(&id).copied()
     }
+    fn touch_observed(&self, id: u64, now: u64) {
+        if let Some(o) = self.observed.borrow_mut().get_mut(&id) {
+            o.packets += 1;
+            o.last_seen_ns = now;
+        }
+        *self.observed_touches.borrow_mut() += 1;
+    }
     fn set_observed(&self, id: u64, o: &Observed) {
+        *self.observed_writes.borrow_mut() += 1;
         self.observed.borrow_mut().insert(id, *o);
     }
     fn count(&self, c: Counter) {
@@ -104,7 +121,7 @@ impl Env for MemEnv {
 fn env() -> MemEnv {
     let env = MemEnv {
         ports: [(42424, PortConfig { kind: PORT_FOU }), (42425, PortConfig { kind: PORT_LEGACY })].into(),
-        tunnels: [(ID, TunnelConfig { key: KEY })].into(),
+        tunnels: [(ID, TunnelConfig { key: KEY, local: BROKER, _pad: 0 })].into(),
         v4: vec![([10, 0, 0, 0], 30, ID)],
         legacy: [(b"SECRET".to_vec(), ID)].into(),
         ..Default::default()
@@ -230,6 +247,83 @@ fn fou_data_from_elsewhere_is_observed_once_per_interval() {
     assert_eq!(env.endpoint(ID).unwrap().port, 40001, "data never moves the endpoint");
     assert_eq!(process(&udp(CLIENT, 1, 42424, &inner_v4([172, 16, 0, 1]))[..], &env), Verdict::Pass);
     assert_eq!(count(&env, Counter::FouUnmatched), 1);
+}
+
+/// `frame` with its IPv4 destination replaced (the header checksum is not
+/// checked on this path).
+fn to(mut frame: Vec<u8>, dst: [u8; 4]) -> Vec<u8> {
+    frame[30..34].copy_from_slice(&dst);
+    frame
+}
+
+#[test]
+fn control_messages_and_data_to_another_address_are_not_the_tunnels() {
+    let env = env();
+    let transit = to(udp(CLIENT, 40001, 42424, &heartbeat(NOW)), [192, 0, 2, 200]);
+    assert_eq!(process(&transit[..], &env), Verdict::Pass, "a router's transit traffic is passed on");
+    assert_eq!(count(&env, Counter::WrongDestination), 1);
+    assert!(env.endpoint(ID).is_none(), "a heartbeat to another address moved the endpoint");
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    let data = to(udp([192, 0, 2, 99], 5555, 42424, &inner_v4([10, 0, 0, 2])), [192, 0, 2, 200]);
+    assert_eq!(process(&data[..], &env), Verdict::Pass);
+    assert_eq!((count(&env, Counter::WrongDestination), count(&env, Counter::ObservedEvents)), (2, 0));
+    let events = env.events.borrow();
+    assert_eq!(events[0].dst_addr, BROKER, "answers must leave from the address the heartbeat was sent to");
+}
+
+#[test]
+fn unwritten_settings_fail_closed() {
+    let env = env();
+    env.unconfigured.set(true);
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env), Verdict::Drop);
+    assert!(env.endpoint(ID).is_none());
+    assert_eq!(count(&env, Counter::Unconfigured), 1);
+    process(&udp([192, 0, 2, 99], 5555, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
+    assert_eq!(count(&env, Counter::ObservedEvents), 0, "no event per packet with a zero interval");
+}
+
+#[test]
+fn a_flood_from_unexpected_sources_updates_the_observed_entry_in_place() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    for port in 0..100u16 {
+        process(&udp([192, 0, 2, 99], 10_000 + port, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
+    }
+    assert_eq!(*env.observed_writes.borrow(), 1, "one hash update per interval, not one per packet");
+    assert_eq!(*env.observed_touches.borrow(), 99);
+    let o = env.observed(ID).unwrap();
+    assert_eq!((o.port, o.packets), (10_000, 100));
+}
+
+#[test]
+fn fou_payloads_shorter_than_an_ip_header_are_not_read_past_their_end() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    // 16 bytes of "IPv4" then Ethernet padding that would hold the inner source.
+    let mut frame = udp([192, 0, 2, 99], 5555, 42424, &inner_v4([10, 0, 0, 2])[..16]);
+    frame.extend_from_slice(&[10, 0, 0, 2, 0, 0]);
+    assert_eq!(process(&frame[..], &env), Verdict::Pass);
+    assert_eq!((count(&env, Counter::NotFou), count(&env, Counter::FouElsewhere)), (1, 0));
+}
+
+#[test]
+fn fragments_and_malformed_datagrams_to_a_watched_port_are_counted() {
+    let env = env();
+    let mut first = udp(CLIENT, 40001, 42424, &heartbeat(NOW));
+    first[20] = 0x20; // more fragments, offset 0
+    assert_eq!(process(&first[..], &env), Verdict::Pass);
+    let mut later = first.clone();
+    later[21] = 0x10; // offset 16: no UDP header here
+    process(&later[..], &env);
+    let mut unwatched = first.clone();
+    unwatched[36..38].copy_from_slice(&9999u16.to_be_bytes());
+    process(&unwatched[..], &env);
+    assert_eq!(count(&env, Counter::Fragment), 1);
+    let mut malformed = udp(CLIENT, 40001, 42424, &heartbeat(NOW));
+    malformed[38..40].copy_from_slice(&500u16.to_be_bytes()); // UDP length beyond the IP packet
+    assert_eq!(process(&malformed[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::IpMalformed), 1);
+    assert!(env.endpoint(ID).is_none());
 }
 
 #[test]

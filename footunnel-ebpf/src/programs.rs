@@ -97,8 +97,9 @@ impl Env for Maps {
     #[inline(always)]
     fn set_cached_endpoint(&self, slot: u32, entry: u64) {
         if let Some(p) = ENDPOINT_CACHE.get_ptr_mut(slot) {
-            // SAFETY: an aligned u64 slot of an array map; one store.
-            unsafe { core::ptr::write_volatile(p, entry) };
+            // SAFETY: an aligned u64 slot of an array map. An exchange, not a
+            // store: a full barrier, which the path's re-check relies on.
+            unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(p, entry) };
         }
     }
     #[inline(always)]
@@ -170,6 +171,16 @@ impl Env for Maps {
     fn observed(&self, id: u64) -> Option<Observed> {
         // SAFETY: as in `port`.
         unsafe { OBSERVED.get(id).copied() }
+    }
+    #[inline(always)]
+    fn touch_observed(&self, id: u64, now: u64) {
+        if let Some(p) = OBSERVED.get_ptr_mut(id) {
+            // SAFETY: a live map value; plain stores (approximate under races).
+            unsafe {
+                (*p).packets += 1;
+                (*p).last_seen_ns = now;
+            }
+        }
     }
     #[inline(always)]
     fn set_observed(&self, id: u64, observed: &Observed) {

@@ -352,7 +352,30 @@ impl Broker {
     /// points afterwards, as the kernel has it.
     async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
         let recorded = self.endpoint(self.table.tunnels[i].config.identity.id);
-        self.table.reconcile(&self.handle, i, recorded.as_ref()).await
+        let after = self.table.reconcile(&self.handle, i, recorded.as_ref()).await;
+        self.follow_local_address(i);
+        after
+    }
+
+    /// The data plane accepts a tunnel's packets only at its link's local
+    /// address: when someone changes that, the data plane follows.
+    fn follow_local_address(&mut self, i: usize) {
+        let t = &self.table.tunnels[i];
+        let id = t.config.identity.id;
+        let wanted = dataplane::tunnel_config(t.config.identity.sip_key(), t.link.local_v4());
+        match dataplane::tunnel(&self.ebpf, id) {
+            Ok(Some(current)) if current == wanted => {}
+            _ => {
+                info!(
+                    "tunnel {}: the data plane now takes its packets at {}",
+                    t.config.name,
+                    t.link.local_v4().map_or("any local address".to_owned(), |a| a.to_string())
+                );
+                if let Err(e) = dataplane::add_tunnel(&mut self.ebpf, id, wanted.key, t.link.local_v4()) {
+                    warn!("tunnel {}: {e:#}", self.table.tunnels[i].config.name);
+                }
+            }
+        }
     }
 
     async fn handle(&mut self, event: Event) {
@@ -371,7 +394,7 @@ impl Broker {
                 }
                 if decide::may_ack(after, source) {
                     let detail = ControlMessage::endpoint_detail(event.addr, event.port);
-                    self.send(i, Kind::Ack, source, detail);
+                    self.send(i, Kind::Ack, Ipv4Addr::from(event.dst_addr), source, detail);
                 } else {
                     info!(
                         "tunnel {name}: no ACK to {}:{}: the link does not point there (it points at {})",
@@ -381,12 +404,12 @@ impl Broker {
                     );
                 }
             }
-            EVENT_OBSERVED => self.challenge(i, source, event.observed_payload_len()),
+            EVENT_OBSERVED => self.challenge(i, Ipv4Addr::from(event.dst_addr), source, event.observed_payload_len()),
             other => debug!("unknown event kind {other}"),
         }
     }
 
-    fn challenge(&mut self, i: usize, source: (Ipv4Addr, u16), trigger_len: u16) {
+    fn challenge(&mut self, i: usize, to_local: Ipv4Addr, source: (Ipv4Addr, u16), trigger_len: u16) {
         let now = now_ns();
         let t = &self.table.tunnels[i];
         if !decide::may_challenge(trigger_len) {
@@ -404,16 +427,18 @@ impl Broker {
         self.table.tunnels[i].last_challenge_ns = Some(now);
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce);
-        self.send(i, Kind::Challenge, source, nonce);
+        self.send(i, Kind::Challenge, to_local, source, nonce);
     }
 
-    /// Sends a control message from the tunnel's FoU port and local address.
-    fn send(&mut self, i: usize, kind: Kind, to: (Ipv4Addr, u16), detail: [u8; 8]) {
+    /// Sends a control message from the tunnel's FoU port and `from`: the
+    /// address the packet it answers was sent to, so an endpoint-dependent
+    /// NAT lets it through (the link's local address if that is unknown).
+    fn send(&mut self, i: usize, kind: Kind, from: Ipv4Addr, to: (Ipv4Addr, u16), detail: [u8; 8]) {
         let t = &mut self.table.tunnels[i];
         let ts = decide::next_timestamp(now_ns(), t.last_sent_ns);
         t.last_sent_ns = ts;
         let msg = ControlMessage::new(kind, t.config.identity.id, ts, detail).sign(t.config.identity.sip_key());
-        let from = t.link.local_v4().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let from = if from.is_unspecified() { t.link.local_v4().unwrap_or(Ipv4Addr::UNSPECIFIED) } else { from };
         let sport = t.link.encap_sport().unwrap_or(self.config.fou_ports[0]);
         if let Err(e) = self.sender.send(from, sport, to.0, to.1, &msg.to_bytes()) {
             warn!("tunnel {}: {e:#}", t.config.name);
@@ -553,7 +578,7 @@ fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Optio
         &mut tunnels,
         plan.tunnels
             .iter()
-            .map(|t| (t.config.identity.id, TunnelConfig { key: t.config.identity.sip_key() }))
+            .map(|t| (t.config.identity.id, dataplane::tunnel_config(t.config.identity.sip_key(), t.link.local_v4())))
             .collect(),
     )?;
 

@@ -1,6 +1,6 @@
 //! The eBPF object embedded in this binary, and typed access to its maps.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -59,10 +59,20 @@ pub fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
     ports.set(u32::from(port), PortConfig { kind }, 0).with_context(|| format!("cannot set UDP port {port}"))
 }
 
-/// Makes tunnel `id` known, with its heartbeat key.
-pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey) -> Result<()> {
+/// Makes tunnel `id` known, with its heartbeat key and the broker address
+/// its link uses (`None`: any).
+pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<Ipv4Addr>) -> Result<()> {
     let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
-    tunnels.insert(id, TunnelConfig { key }, 0).with_context(|| format!("cannot add tunnel {id:016x}"))
+    tunnels.insert(id, tunnel_config(key, local), 0).with_context(|| format!("cannot add tunnel {id:016x}"))
+}
+
+pub fn tunnel_config(key: SipKey, local: Option<Ipv4Addr>) -> TunnelConfig {
+    TunnelConfig { key, local: local.map_or([0; 4], |a| a.octets()), _pad: 0 }
+}
+
+/// Tunnel `id`'s configuration in the data plane, if it has one.
+pub fn tunnel(ebpf: &Ebpf, id: u64) -> Result<Option<TunnelConfig>> {
+    by_tunnel(ebpf, maps::TUNNELS, id)
 }
 
 /// Routes FoU data whose inner source is in `addr/len` to tunnel `id`.

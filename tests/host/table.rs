@@ -104,14 +104,15 @@ fn control_messages_are_verified_by_every_rule() {
 
     // Not ours at all.
     let hb = broker.heartbeat(t0 + 2);
-    for (what, frame) in [
-        ("other port", Udp4 { dport: 53, ..to_fou(CLIENT, 40002, &hb) }.build()),
-        ("TCP", Udp4 { protocol: 6, ..to_fou(CLIENT, 40002, &hb) }.build()),
-        ("first fragment", Udp4 { frag: 0x2000, ..to_fou(CLIENT, 40002, &hb) }.build()),
-        ("later fragment", Udp4 { frag: 0x0005, ..to_fou(CLIENT, 40002, &hb) }.build()),
-        ("legacy port while legacy is off", Udp4 { dport: LEGACY_PORT, ..to_fou(CLIENT, 40002, b"x") }.build()),
+    for (what, frame, counter) in [
+        ("other port", Udp4 { dport: 53, ..to_fou(CLIENT, 40002, &hb) }.build(), None),
+        ("TCP", Udp4 { protocol: 6, ..to_fou(CLIENT, 40002, &hb) }.build(), None),
+        // Passed on to reassembly, but counted: its UDP header names our port.
+        ("first fragment", Udp4 { frag: 0x2000, ..to_fou(CLIENT, 40002, &hb) }.build(), Some(Counter::Fragment)),
+        ("later fragment", Udp4 { frag: 0x0005, ..to_fou(CLIENT, 40002, &hb) }.build(), None),
+        ("legacy port while legacy is off", Udp4 { dport: LEGACY_PORT, ..to_fou(CLIENT, 40002, b"x") }.build(), None),
     ] {
-        expect(&broker, what, &frame, XDP_PASS, None);
+        expect(&broker, what, &frame, XDP_PASS, counter);
         assert_eq!(broker.endpoint(), Some(ep), "{what}: endpoint unchanged");
     }
 
@@ -221,4 +222,35 @@ fn the_tc_entry_point_shares_the_path() {
     assert_eq!(broker.tc(&to_fou(CLIENT, 40009, &inner([10, 0, 0, 2])).build()), TC_ACT_OK);
     assert_eq!(broker.endpoint().map(|e| e.port), Some(40009));
     assert_eq!(broker.count(Counter::BadTag), 1);
+}
+
+#[test]
+fn packets_to_another_address_than_the_links_are_not_the_tunnels() {
+    let mut broker = Broker::new(false);
+    let (id, key) = (broker.tunnel.id, broker.tunnel.sip_key());
+    footunnel::dataplane::add_tunnel(&mut broker.ebpf, id, key, Some(BROKER.into())).unwrap();
+    let t0 = now_ns();
+    let transit = Udp4::new(CLIENT, 40001, [192, 0, 2, 200], FOU_PORT, &broker.heartbeat(t0));
+    expect(&broker, "heartbeat to another address", &transit.build(), XDP_PASS, Some(Counter::WrongDestination));
+    assert_eq!(broker.endpoint(), None);
+    expect(
+        &broker,
+        "heartbeat to the link's address",
+        &to_fou(CLIENT, 40001, &broker.heartbeat(t0)).build(),
+        XDP_DROP,
+        Some(Counter::Accepted),
+    );
+    assert_eq!(broker.events()[0].dst_addr, BROKER, "the event names the address to answer from");
+    let data = Udp4::new([192, 0, 2, 99], 5555, [192, 0, 2, 200], FOU_PORT, &inner([10, 0, 0, 2]));
+    expect(&broker, "data to another address", &data.build(), XDP_PASS, Some(Counter::WrongDestination));
+}
+
+#[test]
+fn fragments_and_contradicting_headers_to_a_fou_port_are_counted() {
+    let broker = Broker::new(false);
+    let first = Udp4 { frag: 0x2000, ..to_fou(CLIENT, 40001, &broker.heartbeat(now_ns())) };
+    expect(&broker, "first fragment", &first.build(), XDP_PASS, Some(Counter::Fragment));
+    let mut bad = to_fou(CLIENT, 40001, &broker.heartbeat(now_ns())).build();
+    bad[38..40].copy_from_slice(&600u16.to_be_bytes());
+    expect(&broker, "UDP length beyond the IP packet", &bad, XDP_PASS, Some(Counter::IpMalformed));
 }
