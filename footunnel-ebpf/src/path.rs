@@ -109,7 +109,7 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
 /// Counts a fragment or malformed datagram whose UDP destination port (when
 /// the header is there to read: first fragments, contradicting lengths) is
 /// watched; passes it on either way.
-#[inline(never)]
+#[inline(always)]
 fn count_if_watched<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, counter: Counter) -> Verdict {
     let Some([version_ihl]) = pkt.read::<1>(ETH_HLEN) else { return Verdict::Pass };
     let ihl = usize::from(version_ihl & 0x0f) * 4;

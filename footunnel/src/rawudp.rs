@@ -13,6 +13,8 @@ use anyhow::{Context, Result};
 
 pub struct RawUdp {
     fd: OwnedFd,
+    /// Type of service for the IPv4 header of what this socket sends.
+    tos: std::cell::Cell<u8>,
 }
 
 /// A UDP datagram as a raw socket received it.
@@ -54,7 +56,44 @@ impl RawUdp {
         if rc < 0 {
             return Err(io::Error::last_os_error()).context("IP_HDRINCL");
         }
-        Ok(RawUdp { fd })
+        Ok(RawUdp { fd, tos: std::cell::Cell::new(0) })
+    }
+
+    fn setsockopt(&self, level: libc::c_int, name: libc::c_int, value: &[u8], what: &str) -> Result<()> {
+        // SAFETY: a valid buffer of the given length.
+        let rc =
+            unsafe { libc::setsockopt(self.fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as u32) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("cannot set {what} on a raw socket"));
+        }
+        Ok(())
+    }
+
+    /// Sends with these tunnel parameters, as the tunnel's own packets leave:
+    /// the firewall mark (policy routing), the underlay device, the TOS.
+    pub fn set_path(&self, mark: u32, device: Option<u32>, tos: u8) -> Result<()> {
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes(), "SO_MARK")?;
+        let ifindex = device.unwrap_or(0) as libc::c_int;
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, &ifindex.to_ne_bytes(), "SO_BINDTOIFINDEX")?;
+        self.tos.set(tos);
+        Ok(())
+    }
+
+    /// Receives only UDP datagrams from `peer`:`peer_port` to `port` whose
+    /// payload starts like a footunnel control message (high nibble 0xF):
+    /// without a filter, a raw UDP socket gets a copy of every UDP datagram
+    /// this host receives, the tunnel's data among them.
+    pub fn only_control_messages(&self, peer: Ipv4Addr, peer_port: u16, port: u16) -> Result<()> {
+        let filter = control_message_filter(peer, peer_port, port);
+        let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+        // SAFETY: a valid program for the duration of the call (the kernel copies it).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&program as *const libc::sock_fprog).cast::<u8>(),
+                size_of::<libc::sock_fprog>(),
+            )
+        };
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, bytes, "SO_ATTACH_FILTER")
     }
 
     pub fn set_nonblocking(&self) -> Result<()> {
@@ -70,7 +109,8 @@ impl RawUdp {
     /// Sends `payload` from `src`:`sport` to `dst`:`dport`. An unspecified
     /// `src` lets the kernel pick the address (and then carries no UDP checksum).
     pub fn send(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Result<()> {
-        let packet = build(src, sport, dst, dport, payload);
+        let mut packet = build(src, sport, dst, dport, payload);
+        packet[1] = self.tos.get();
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: 0,
@@ -114,6 +154,33 @@ impl AsRawFd for RawUdp {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// A classic BPF socket filter for [`RawUdp::only_control_messages`]. Raw
+/// sockets see the packet from its IPv4 header on.
+fn control_message_filter(peer: Ipv4Addr, peer_port: u16, port: u16) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LDX_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH: X = 4 * (P[k] & 0xf)
+    const LD_H_IND: u16 = 0x48; // BPF_LD | BPF_H | BPF_IND
+    const LD_B_IND: u16 = 0x50; // BPF_LD | BPF_B | BPF_IND
+    const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_W_ABS, 0, 0, 12),           // source address
+        op(JEQ_K, 0, 8, u32::from(peer)), // else → drop
+        op(LDX_MSH, 0, 0, 0),             // X = IPv4 header length
+        op(LD_H_IND, 0, 0, 0),            // UDP source port
+        op(JEQ_K, 0, 5, u32::from(peer_port)),
+        op(LD_H_IND, 0, 0, 2), // UDP destination port
+        op(JEQ_K, 0, 3, u32::from(port)),
+        op(LD_B_IND, 0, 0, 8), // first payload byte
+        op(AND_K, 0, 0, 0xf0),
+        op(JEQ_K, 1, 0, 0xf0),
+        op(RET_K, 0, 0, 0),      // drop
+        op(RET_K, 0, 0, 0xffff), // accept
+    ]
 }
 
 /// IPv4 header (the kernel fills ID and header checksum) + UDP header + payload.

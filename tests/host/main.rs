@@ -5,5 +5,6 @@
 mod bpftool;
 mod concurrency;
 mod fuzz;
+mod rawsocket;
 mod table;
 mod veth;

@@ -3,6 +3,7 @@
 
 mod broker;
 mod broker_config;
+mod client;
 mod e2e;
 mod manage;
 mod robust;

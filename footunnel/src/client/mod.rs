@@ -2,10 +2,11 @@
 //! Heartbeats leave from the tunnel's own UDP port through a raw socket, so
 //! the NAT maps them exactly like the tunnel's data: no SNAT rule.
 
+pub mod path;
 pub mod schedule;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -24,7 +25,7 @@ use crate::{
     decide::next_timestamp,
     link::{self, TunnelLink},
     manage::{self, Created, LinkSpec},
-    now_ns,
+    mono_ns, now_ns,
     rawudp::{Datagram, RawUdp},
     secret::TunnelIdentity,
 };
@@ -124,15 +125,6 @@ async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Res
     )
 }
 
-/// The address the kernel would send from towards `broker` (no packet is sent).
-fn source_towards(broker: Ipv4Addr, port: u16) -> Ipv4Addr {
-    UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect((broker, port)).and_then(|_| s.local_addr()))
-        .ok()
-        .and_then(|a| if let IpAddr::V4(v4) = a.ip() { Some(v4) } else { None })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED)
-}
-
 pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
@@ -185,14 +177,20 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
     ])
     .context("cannot watch for network changes")?;
     tokio::spawn(monitor_conn);
+    let tunnel_path = path::TunnelPath::of(&link);
     let socket = RawUdp::open()?;
     socket.set_nonblocking()?;
+    socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
+    socket.only_control_messages(config.broker, dport, sport)?;
+    let mut route = path::route_to(handle, config.broker, &tunnel_path).await;
     // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
     let socket =
         unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
 
     let mut state = ClientState { broker: config.broker.to_string(), link: link.name.clone(), ..Default::default() };
-    let mut schedule = Schedule::new(config.interval, now_ns());
+    // Timers run on the monotonic clock: a wall clock stepped back must not
+    // silence the client. Only the wire timestamps are wall time.
+    let mut schedule = Schedule::new(config.interval, mono_ns());
     let mut last_sent_ts = 0u64;
     let mut last_broker_ts = 0u64;
     info!(
@@ -201,17 +199,18 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
     );
     tokio::pin!(shutdown);
     loop {
-        let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(now_ns()));
+        let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(mono_ns()));
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(wait) => {
-                let now = now_ns();
+                let now = mono_ns();
                 if !schedule.due(now) {
                     continue;
                 }
-                last_sent_ts = next_timestamp(now, last_sent_ts);
+                last_sent_ts = next_timestamp(now_ns(), last_sent_ts);
                 let msg = ControlMessage::new(Kind::Heartbeat, identity.id, last_sent_ts, schedule.nonce()).sign(identity.sip_key());
-                let src = source_towards(config.broker, dport);
+                route = path::route_to(handle, config.broker, &tunnel_path).await.or(route);
+                let src = path::source(route.as_ref());
                 match socket.get_ref().send(src, sport, config.broker, dport, &msg.to_bytes()) {
                     Ok(()) => {
                         debug!("heartbeat from {src}:{sport}");
@@ -222,8 +221,14 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
                 schedule.sent(now);
             }
             Some(_) = changes.next() => {
-                debug!("network changed; heartbeat soon");
-                schedule.network_changed(now_ns());
+                // Container churn and the like change links and addresses all
+                // the time; only a new path to the broker needs a heartbeat.
+                let now_route = path::route_to(handle, config.broker, &tunnel_path).await;
+                if now_route != route {
+                    debug!("the path to the broker changed ({route:?} → {now_route:?}); heartbeat soon");
+                    route = now_route;
+                    schedule.network_changed(mono_ns());
+                }
             }
             guard = socket.readable() => {
                 let mut guard = guard?;
@@ -233,7 +238,7 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
                         match verify_from_broker(msg, &identity, last_broker_ts, now, config.freshness_window_ns) {
                             Ok(m) => {
                                 last_broker_ts = m.timestamp_ns();
-                                handle_message(&m, now, &mut schedule, &mut state);
+                                handle_message(&m, now, mono_ns(), &mut schedule, &mut state);
                                 write_state(&config.state_dir, &state);
                             }
                             Err(r) => debug!("dropped a message from the broker: {r:?}"),
@@ -253,12 +258,13 @@ fn from_broker<'a>(d: &'a Datagram, config: &ClientConfig, sport: u16, dport: u1
         .then_some(d.payload.as_slice())
 }
 
-fn handle_message(msg: &ControlMessage, now: u64, schedule: &mut Schedule, state: &mut ClientState) {
+/// `now`: wall time (for `show`); `mono`: the schedule's clock.
+fn handle_message(msg: &ControlMessage, now: u64, mono: u64, schedule: &mut Schedule, state: &mut ClientState) {
     match Kind::from_u8(msg.kind) {
         Some(Kind::Ack) => {
             let d = msg.detail;
             let seen = format!("{}:{}", Ipv4Addr::new(d[0], d[1], d[2], d[3]), u16::from_be_bytes([d[4], d[5]]));
-            let rtt = schedule.acked(now);
+            let rtt = schedule.acked(mono);
             if state.public_endpoint.as_deref() != Some(seen.as_str()) {
                 info!("the broker sees this end at {seen}");
             }
@@ -272,7 +278,7 @@ fn handle_message(msg: &ControlMessage, now: u64, schedule: &mut Schedule, state
         }
         Some(Kind::Challenge) => {
             info!("challenged by the broker (our traffic arrives from a new source): answering");
-            schedule.challenged(now, msg.detail);
+            schedule.challenged(mono, msg.detail);
             state.challenges += 1;
         }
         _ => {}
@@ -329,17 +335,21 @@ mod tests {
     #[test]
     fn an_ack_records_the_public_endpoint_and_a_challenge_its_nonce() {
         let id = identity();
+        // The schedule's clock (monotonic) is far from the wall clock: the
+        // RTT must come from the former alone.
+        const MONO: u64 = 3_600_000_000_000;
         let mut schedule = Schedule::new(Duration::from_secs(10), 0);
-        schedule.sent(NOW - 5_000_000);
+        schedule.sent(MONO - 5_000_000);
         let mut state = ClientState::default();
         let ack = ControlMessage::from_bytes(
             &from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]).try_into().unwrap(),
         );
-        handle_message(&ack, NOW, &mut schedule, &mut state);
+        handle_message(&ack, NOW, MONO, &mut schedule, &mut state);
         assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
         assert_eq!(state.rtt_us, Some(5_000));
         let ch = ControlMessage::new(Kind::Challenge, id.id, NOW + 1, [7; 8]);
-        handle_message(&ch, NOW + 1, &mut schedule, &mut state);
-        assert_eq!((schedule.nonce(), schedule.due(NOW + 1), state.challenges), ([7; 8], true, 1));
+        handle_message(&ch, NOW + 1, MONO + 1, &mut schedule, &mut state);
+        assert_eq!((schedule.nonce(), schedule.due(MONO + 1), state.challenges), ([7; 8], true, 1));
+        assert_eq!(state.last_ack_ns, Some(NOW), "show reports wall time");
     }
 }

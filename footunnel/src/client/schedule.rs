@@ -6,6 +6,8 @@ use std::time::Duration;
 
 /// Wait after a network change, so a burst of netlink events sends one heartbeat.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Heartbeats that network changes trigger are at least this far apart.
+pub const MIN_CHANGE_SPACING: Duration = Duration::from_secs(1);
 /// First retry when no ACK came.
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -81,7 +83,8 @@ impl Schedule {
     /// Addresses, routes or links changed here: send soon.
     pub fn network_changed(&mut self, now_ns: u64) {
         self.awaiting_ack = false;
-        self.next_ns = self.next_ns.min(now_ns + DEBOUNCE.as_nanos() as u64);
+        let earliest = self.last_sent_ns.map_or(0, |s| s + MIN_CHANGE_SPACING.as_nanos() as u64);
+        self.next_ns = self.next_ns.min((now_ns + DEBOUNCE.as_nanos() as u64).max(earliest));
     }
 }
 
@@ -141,5 +144,26 @@ mod tests {
         assert_eq!(s.next_ns(), 2 * S + debounce, "the burst's first change sets the time");
         assert!(!s.due(2 * S + debounce - 1));
         assert!(s.due(2 * S + debounce));
+    }
+
+    #[test]
+    fn change_triggered_heartbeats_are_a_second_apart() {
+        let mut s = Schedule::new(Duration::from_secs(10), 0);
+        s.sent(0);
+        s.acked(S / 10);
+        // Container churn: a change every 50 ms right after a heartbeat.
+        s.network_changed(S / 10);
+        assert_eq!(s.next_ns(), S, "not before a second after the last heartbeat");
+        s.sent(S);
+        s.acked(S + S / 10);
+        for i in 0..20 {
+            s.network_changed(S + S / 10 + i * 50_000_000);
+        }
+        assert_eq!(s.next_ns(), 2 * S, "twenty changes in a second: one heartbeat, a second later");
+        // Long after the last heartbeat the debounce alone applies.
+        s.sent(2 * S);
+        s.acked(2 * S);
+        s.network_changed(7 * S);
+        assert_eq!(s.next_ns(), 7 * S + DEBOUNCE.as_nanos() as u64);
     }
 }

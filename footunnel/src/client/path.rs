@@ -1,0 +1,118 @@
+//! The way the tunnel's own packets leave this host, so that heartbeats
+//! leave the same way: from the link's local address, with its firewall
+//! mark (policy routing), through its underlay device, with its TOS. On a
+//! multi-WAN or policy-routed host a heartbeat that took another path would
+//! show the broker another NAT than the tunnel's data does.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::link::TunnelLink;
+use netlink_packet_route::link::InfoIpTunnel;
+
+/// What the link says about how its packets leave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelPath {
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device (`ip link add … dev DEV`), by index.
+    pub device: Option<u32>,
+    pub mark: u32,
+    /// The TOS of the outer header; the link's "inherit" bit is not a TOS.
+    pub tos: u8,
+}
+
+impl TunnelPath {
+    pub fn of(link: &TunnelLink) -> Self {
+        let mut path = TunnelPath { local: link.local_v4(), ..Default::default() };
+        for p in &link.params {
+            match p {
+                InfoIpTunnel::Link(index) if *index != 0 => path.device = Some(*index),
+                InfoIpTunnel::FwMark(mark) => path.mark = *mark,
+                InfoIpTunnel::Tos(tos) => path.tos = tos & !1,
+                _ => {}
+            }
+        }
+        path
+    }
+}
+
+/// Where a packet to the broker goes, as the kernel's routing decides it
+/// for the tunnel's path. A change of any of these is a change of path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    pub source: Option<Ipv4Addr>,
+    pub device: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Asks the kernel (RTM_GETROUTE, as `ip route get` does) how a packet of
+/// the tunnel's to `broker` would leave; no packet is sent.
+pub async fn route_to(handle: &Handle, broker: Ipv4Addr, path: &TunnelPath) -> Option<Route> {
+    let mut query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(broker, 32).mark(path.mark);
+    if let Some(local) = path.local {
+        query = query.source_prefix(local, 32);
+    }
+    if let Some(device) = path.device {
+        query = query.output_interface(device);
+    }
+    let mut message = query.build();
+    message.header.tos = path.tos;
+    let reply = handle.route().get(message).execute().try_next().await.ok()??;
+    let mut route = Route::default();
+    for attr in &reply.attributes {
+        match attr {
+            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.source = Some(*a),
+            RouteAttribute::Oif(i) => route.device = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
+            _ => {}
+        }
+    }
+    // The link's own address wins: that is what its packets carry.
+    route.source = path.local.or(route.source);
+    Some(route)
+}
+
+/// The source address for heartbeats: the link's, else the route's.
+pub fn source(route: Option<&Route>) -> Ipv4Addr {
+    route.and_then(|r| r.source).unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use netlink_packet_route::link::{InfoKind, TunnelEncapType};
+
+    use super::*;
+
+    fn link(params: Vec<InfoIpTunnel>) -> TunnelLink {
+        TunnelLink { name: "fou0".into(), index: 7, kind: InfoKind::IpIp, params }
+    }
+
+    #[test]
+    fn the_path_follows_every_parameter_of_the_link() {
+        let l = link(vec![
+            InfoIpTunnel::Local(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 3))),
+            InfoIpTunnel::Link(4),
+            InfoIpTunnel::FwMark(0x2a),
+            InfoIpTunnel::Tos(0x11),
+            InfoIpTunnel::EncapType(TunnelEncapType::Fou),
+        ]);
+        assert_eq!(
+            TunnelPath::of(&l),
+            TunnelPath { local: Some(Ipv4Addr::new(198, 51, 100, 3)), device: Some(4), mark: 0x2a, tos: 0x10 }
+        );
+        let any = link(vec![InfoIpTunnel::Local(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), InfoIpTunnel::Link(0)]);
+        assert_eq!(TunnelPath::of(&any), TunnelPath::default(), "local any and no device are no constraint");
+    }
+
+    #[test]
+    fn the_source_is_the_routes_or_unspecified() {
+        let r = Route { source: Some(Ipv4Addr::new(192, 0, 2, 7)), device: Some(2), gateway: None };
+        assert_eq!(source(Some(&r)), Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(source(None), Ipv4Addr::UNSPECIFIED);
+    }
+}
