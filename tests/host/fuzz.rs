@@ -4,7 +4,7 @@
 use aya::maps::{HashMap, MapData};
 use footunnel_ebpf::maps::{Counter, ENDPOINTS, Endpoint};
 use footunnel_tests::{
-    broker::{Broker, FOU_PORT, XDP_DROP, XDP_PASS, now_ns},
+    broker::{Broker, FOU_PORT, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS, now_ns},
     frame::Udp4,
 };
 
@@ -22,6 +22,15 @@ impl Rng {
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
+    }
+}
+
+/// A TC verdict in XDP terms, so both entry points are judged alike.
+fn tc_as_xdp(verdict: u32) -> u32 {
+    match verdict {
+        TC_ACT_OK => XDP_PASS,
+        TC_ACT_SHOT => XDP_DROP,
+        other => panic!("TC verdict {other}"),
     }
 }
 
@@ -59,8 +68,38 @@ fn mutated_packets_never_move_an_endpoint() {
     ];
     let seed = now_ns() | 1;
     let mut rng = Rng(seed);
-    let (mut passed, mut dropped) = (0u64, 0u64);
+    let (mut passed, mut dropped, mut fresh_sent, mut tc_runs) = (0u64, 0u64, 0u64, 0u64);
+    let payload_at = heartbeat.build().len() - 40;
     for n in 0..PACKETS {
+        // Fresh heartbeats (never accepted, newer than the last) with 1–3
+        // payload bytes changed: only the tag (or the header checks) stands
+        // between these and the endpoint, so they exercise SipHash itself.
+        if rng.below(3) == 0 {
+            let mut packet = Udp4 { ..heartbeat.clone() };
+            let signed = broker.heartbeat(t0 + 1 + n as u64);
+            packet.payload = signed.clone();
+            for _ in 0..1 + rng.below(3) {
+                let i = rng.below(40);
+                packet.payload[i] ^= 1 + rng.below(255) as u8;
+            }
+            if packet.payload == signed {
+                packet.payload[39] ^= 1; // two changes undid each other
+            }
+            let frame = packet.build();
+            assert_eq!(frame.len(), payload_at + 40);
+            let verdict = if n % 2 == 0 {
+                broker.xdp(&frame)
+            } else {
+                tc_runs += 1;
+                tc_as_xdp(broker.tc(&frame))
+            };
+            match verdict {
+                XDP_PASS => passed += 1,
+                _ => dropped += 1,
+            }
+            fresh_sent += 1;
+            continue;
+        }
         let mut packet = match rng.below(10) {
             0 => (0..14 + rng.below(120)).map(|_| rng.next() as u8).collect(),
             _ => seeds[rng.below(seeds.len())].clone(),
@@ -75,7 +114,11 @@ fn mutated_packets_never_move_an_endpoint() {
                 }
             }
         }
-        match broker.xdp(&packet) {
+        // A part of the run goes through the TC entry point.
+        let tc = if n % 5 == 0 { broker.try_tc(&packet) } else { None };
+        tc_runs += u64::from(tc.is_some());
+        let verdict = tc.map_or_else(|| broker.xdp(&packet), tc_as_xdp);
+        match verdict {
             XDP_PASS => passed += 1,
             XDP_DROP => dropped += 1,
             other => panic!("packet {n} (seed {seed}): verdict {other}"),
@@ -93,7 +136,16 @@ fn mutated_packets_never_move_an_endpoint() {
     // The fuzz reached the verifier, not just the parser.
     let rejected: u64 = [Counter::BadTag, Counter::Replay, Counter::Malformed].iter().map(|c| broker.count(*c)).sum();
     assert!(rejected > 10_000, "only {rejected} packets reached the control-message checks");
+    assert!(tc_runs as usize > PACKETS / 10, "only {tc_runs} packets went through the TC entry point");
+    let bad_tags = broker.count(Counter::BadTag);
+    // Bytes 24..40 (detail, tag) and the timestamp's low bytes can only fail
+    // at the tag: 40 % of single-byte changes; the rest fail cheaper checks.
+    assert!(
+        bad_tags * 10 > fresh_sent * 3,
+        "only {bad_tags} of {fresh_sent} altered fresh heartbeats reached the tag check (seed {seed})"
+    );
     println!(
-        "fuzz: {PACKETS} packets (seed {seed}): {passed} passed, {dropped} dropped, {rejected} rejected by verification"
+        "fuzz: {PACKETS} packets (seed {seed}), {fresh_sent} altered fresh heartbeats: {passed} passed, {dropped} dropped, \
+         {rejected} rejected by verification, {bad_tags} by the tag, {tc_runs} through TC"
     );
 }

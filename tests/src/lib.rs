@@ -246,6 +246,13 @@ pub mod broker {
                 .return_value
         }
 
+        /// The TC verdict, or `None` where BPF_PROG_TEST_RUN itself refuses
+        /// the frame (it checks an skb's headers before the program runs).
+        pub fn try_tc(&self, frame: &[u8]) -> Option<u32> {
+            let tc: &SchedClassifier = self.ebpf.program(TC_PROGRAM).unwrap().try_into().unwrap();
+            tc.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() }).ok().map(|r| r.return_value)
+        }
+
         pub fn endpoint(&self) -> Option<Endpoint> {
             dataplane::endpoint(&self.ebpf, self.tunnel.id).unwrap()
         }

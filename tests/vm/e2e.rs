@@ -197,15 +197,36 @@ fn ping(cl: &Client) -> bool {
     out.status.success()
 }
 
-/// Pings until a reply comes back; the time since `since`.
+/// Pings until a reply comes back; the time since `since`. Failover must
+/// take less than half a heartbeat interval: a periodic heartbeat would come
+/// later on average, so a broken change or challenge path cannot pass here.
 fn failover(cl: &Client, since: Instant, what: &str, logs: &[&NsProcess]) -> Duration {
-    while since.elapsed() < Duration::from_secs(3 * INTERVAL_S) {
+    let deadline = Duration::from_secs(INTERVAL_S) / 2;
+    while since.elapsed() < deadline {
         if ping(cl) {
             return since.elapsed();
         }
     }
     let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
-    panic!("{what}: no traffic through the tunnel within {} s\n{}", 3 * INTERVAL_S, logs.join("\n----\n"));
+    panic!("{what}: no traffic through the tunnel within {deadline:?}\n{}", logs.join("\n----\n"));
+}
+
+/// Asserts that the broker challenged and the client answered after log
+/// line `from` of each: the way a change the client cannot see is found.
+fn took_the_challenge_path(what: &str, broker: &NsProcess, broker_from: usize, client: &NsProcess, client_from: usize) {
+    let (b, c) = (broker.log(), client.log());
+    assert!(
+        b.lines().skip(broker_from).any(|l| l.contains("challenging")),
+        "{what}: the broker sent no CHALLENGE:\n{b}"
+    );
+    assert!(
+        c.lines().skip(client_from).any(|l| l.contains("challenged by the broker")),
+        "{what}: the client answered no CHALLENGE:\n{c}"
+    );
+}
+
+fn lines(p: &NsProcess) -> usize {
+    p.log().lines().count()
 }
 
 /// The public port the NAT currently maps tunnel a's flow to.
@@ -276,34 +297,41 @@ fn seven_scenarios_under_real_nats() {
     let log = client_a.log();
     let logged =
         |needle| log_seconds(&log, log_from, needle).unwrap_or_else(|| panic!("{needle:?} not logged:\n{log}"));
-    let (noticed, acked) = (logged("network changed"), logged("the broker sees this end at"));
+    let (noticed, acked) = (logged("the path to the broker changed"), logged("the broker sees this end at"));
     let mechanism = Duration::from_secs_f64(acked - noticed);
     println!("   (client: change noticed → ACK in {:.3} s)", mechanism.as_secs_f64());
     println!("   (NAT mapping: {before} before, {} after)", nat_mapping(&lab.nat, "192.0.2.3"));
 
     // 2. The NAT's public address changes (the client notices nothing locally).
+    let (bf, cf) = (lines(&broker), lines(&client_a));
     let t = Instant::now();
     lab.nat.ip("addr add 203.0.113.2/24 dev pub0");
     lab.nat.ip("addr del 203.0.113.1/24 dev pub0");
     flush_conntrack(&lab.nat);
     results.push(("2. NAT public address changes", failover(&lab.a, t, "NAT address change", &[&broker, &client_a])));
+    took_the_challenge_path("NAT address change", &broker, bf, &client_a, cf);
 
     // 3. The NAT's port mapping changes: new port range, mappings flushed.
+    let (bf, cf) = (lines(&broker), lines(&client_a));
     let t = Instant::now();
     nft(&lab.nat, "meta l4proto udp masquerade to :50000-50999");
     flush_conntrack(&lab.nat);
     results.push(("3. NAT port mapping changes", failover(&lab.a, t, "NAT port change", &[&broker, &client_a])));
+    took_the_challenge_path("NAT port change", &broker, bf, &client_a, cf);
     let show = footunnel_once(&lab.broker, &["show", "--state-dir", &format!("{}/broker", lab.dir)]).1;
     assert!(show.contains("endpoint: 203.0.113.2:50"), "tunnel a follows the new port:\n{show}");
 
     // 4. An endpoint-dependent NAT: a random port for every new flow.
+    let (bf, cf) = (lines(&broker), lines(&client_a));
     let t = Instant::now();
     nft(&lab.nat, "meta l4proto udp masquerade fully-random");
     flush_conntrack(&lab.nat);
     results.push(("4. endpoint-dependent NAT", failover(&lab.a, t, "symmetric NAT", &[&broker, &client_a])));
+    took_the_challenge_path("symmetric NAT", &broker, bf, &client_a, cf);
 
     // 5. Silent rebinding: only this flow's mapping is dropped; the next packet gets a new random port.
     let mapped = nat_mapping(&lab.nat, "192.0.2.3");
+    let (bf, cf) = (lines(&broker), lines(&client_a));
     let t = Instant::now();
     sh(
         "ip",
@@ -322,6 +350,7 @@ fn seven_scenarios_under_real_nats() {
         ],
     );
     results.push(("5. silent NAT rebinding", failover(&lab.a, t, "silent rebinding", &[&broker, &client_a])));
+    took_the_challenge_path("silent rebinding", &broker, bf, &client_a, cf);
     let remapped = nat_mapping(&lab.nat, "192.0.2.3");
     println!("   (rebinding: {mapped} → {remapped})");
     assert_ne!(mapped, remapped, "the NAT picked a new port");
