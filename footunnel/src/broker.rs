@@ -192,7 +192,17 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
     let mut table =
         TunnelTable::new(plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone())).collect());
     apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
-    let mut broker = Broker::start(config, handle, plan, table, created)?;
+    let mut broker = match Broker::start(config, handle.clone(), plan, table, created.clone()) {
+        Ok(broker) => broker,
+        Err(e) => {
+            // A failed start leaves nothing of this run behind: what it
+            // created would otherwise be recorded nowhere, and `unload` miss it.
+            if let Err(undo) = manage::down(&handle, &created).await {
+                warn!("{undo:#}");
+            }
+            return Err(e);
+        }
+    };
     broker.reconcile_all().await;
     for (a, b) in broker.table.collisions() {
         warn!(
@@ -388,6 +398,7 @@ impl Broker {
         match event.kind {
             EVENT_HEARTBEAT | EVENT_LEGACY => {
                 debug!("tunnel {name}: heartbeat from {}:{}", source.0, source.1);
+                self.table.tunnels[i].legacy_client = event.kind == EVENT_LEGACY;
                 let after = self.reconcile(i).await;
                 if event.kind != EVENT_HEARTBEAT {
                     return; // the proof of concept's client cannot read an ACK
@@ -412,6 +423,14 @@ impl Broker {
     fn challenge(&mut self, i: usize, to_local: Ipv4Addr, source: (Ipv4Addr, u16), trigger_len: u16) {
         let now = now_ns();
         let t = &self.table.tunnels[i];
+        if t.legacy_client {
+            debug!(
+                "tunnel {}: FoU data from {}:{}, but its client speaks the proof of concept's protocol and \
+                 cannot answer a challenge",
+                t.config.name, source.0, source.1
+            );
+            return;
+        }
         if !decide::may_challenge(trigger_len) {
             debug!(
                 "tunnel {}: {}:{} sent {trigger_len} bytes, too few to answer with a challenge",
@@ -722,9 +741,7 @@ fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
 }
 
 fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(STATE_FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(state)?).with_context(|| format!("cannot write {}", path.display()))
+    crate::files::write_atomically(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)
 }
 
 pub fn read_state(dir: &Path) -> Result<StateFile> {

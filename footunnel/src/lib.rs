@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod decide;
+pub mod files;
 pub mod fou;
 pub mod link;
 pub mod manage;

@@ -44,7 +44,12 @@ enum Command {
         state_dir: PathBuf,
     },
     /// Print a fresh random tunnel secret (192 bits) to share between broker and client.
-    Keygen,
+    Keygen {
+        /// Write it to this new file, created with mode 600 (never readable by
+        /// others, unlike `keygen > FILE` until a chmod).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Detach the broker's eBPF program and remove its pinned maps.
     Unload {
         #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
@@ -75,8 +80,10 @@ encap-sport is the FoU port, and the port needs a FoU listener:
 The eBPF program attaches to the interface holding the link's local address (or
 --interface), verifies heartbeats there and records each client's address and port.
 On every accepted heartbeat the broker points the link's remote and encap-dport at
-that source, keeping every other parameter, and answers with an ACK. FoU data from
-any other source draws a rate-limited CHALLENGE, never a change.
+that source, keeping every other parameter, and answers with an ACK — only once the
+link really points there: a refused change is logged and never ACKed. Links edited
+or re-created by hand are put back at once. FoU data from any other source draws a
+rate-limited CHALLENGE, never a change.
 
 State is pinned under /sys/fs/bpf/footunnel/: stopping the broker (SIGINT/SIGTERM)
 leaves the data plane recording, and a restart continues from there. `footunnel show`
@@ -333,7 +340,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Keygen => println!("{}", secret::generate()?),
+        Command::Keygen { out: None } => println!("{}", secret::generate()?),
+        Command::Keygen { out: Some(path) } => {
+            footunnel::files::create_private(&path, &format!("{}\n", secret::generate()?))?;
+            eprintln!("footunnel: a new secret is in {} (mode 600)", path.display());
+        }
         Command::Unload { pin_dir, state_dir } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(broker::unload(&state_dir, &pin_dir)).context("unload failed")?;

@@ -23,6 +23,9 @@ pub struct Running {
     pub link: TunnelLink,
     pub last_sent_ns: u64,
     pub last_challenge_ns: Option<u64>,
+    /// The last accepted heartbeat was the proof of concept's plaintext one:
+    /// that client cannot answer a CHALLENGE.
+    pub legacy_client: bool,
     /// The last problem reported for this tunnel, so that a sweep that finds
     /// it again does not repeat it every ten seconds.
     last_problem: Option<String>,
@@ -30,7 +33,7 @@ pub struct Running {
 
 impl Running {
     pub fn new(config: Tunnel, link: TunnelLink) -> Self {
-        Running { config, link, last_sent_ns: 0, last_challenge_ns: None, last_problem: None }
+        Running { config, link, last_sent_ns: 0, last_challenge_ns: None, legacy_client: false, last_problem: None }
     }
 
     /// Logs `problem` once, until it changes or clears.

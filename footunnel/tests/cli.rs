@@ -35,3 +35,21 @@ fn a_bad_freshness_window_is_an_error() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("--freshness-window"), "{out}");
 }
+
+#[test]
+fn keygen_out_creates_a_private_file_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("footunnel-keygen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fou0.secret");
+    let run = || Command::new(env!("CARGO_BIN_EXE_footunnel")).args(["keygen", "--out"]).arg(&file).output().unwrap();
+    assert!(run().status.success());
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&file).unwrap();
+    assert!(secret.trim_end().len() >= 32, "{secret:?}");
+    let again = run();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("must not exist yet"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), secret, "keygen overwrote a secret");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

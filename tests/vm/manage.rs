@@ -111,3 +111,30 @@ fn a_managed_client_brings_its_link_up_and_down() {
     assert!(!client.ip("fou show").contains("40001"), "listener removed");
     footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &dir);
 }
+
+#[test]
+fn a_managed_broker_that_fails_to_start_removes_what_it_created() {
+    require_vm();
+    let broker = Netns::new("mfail");
+    broker.ip("link add up0 type dummy");
+    broker.ip("addr add 198.51.100.1/24 dev up0");
+    broker.ip("link set up0 up");
+    let dir = format!("/tmp/ft-{}", broker.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!("{dir}/broker.toml");
+    // The links come up first; then the pin directory cannot be made.
+    std::fs::write(
+        &config,
+        format!(
+            "pin_dir = \"/proc/footunnel-cannot-be-here/pins\"\nstate_dir = \"{dir}/state\"\n\n[[tunnel]]\nname = \"m\"\n\
+             link = \"fou0\"\nsecret = \"{SECRET}\"\nmanage = {{ local = \"198.51.100.1\", address = \"10.0.0.1/30\" }}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out) = footunnel_once(&broker, &["broker", "-v", "--config", &config]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("created links [\"fou0\"]"), "the failure must come after the link was made:\n{out}");
+    assert!(read_link(&broker, "fou0").is_err(), "a failed start left its link behind:\n{out}");
+    assert!(!listeners(&broker).contains("42424"), "a failed start left its FoU listener behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -71,6 +71,9 @@ pub struct ClientState {
 
 pub const STATE_FILE: &str = "client.json";
 
+/// After this many heartbeats without an ACK the client says so.
+pub const UNANSWERED_WARNING: u32 = 4;
+
 /// Checks a message from the broker: an ACK or CHALLENGE for our tunnel,
 /// correctly tagged, newer than the last one accepted, fresh.
 pub fn verify_from_broker(
@@ -219,6 +222,15 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
                     Err(e) => warn!("{e:#}"),
                 }
                 schedule.sent(now);
+                if schedule.unanswered() == UNANSWERED_WARNING {
+                    warn!(
+                        "no ACK for the last {UNANSWERED_WARNING} heartbeats: the tunnel may be down. Check that the \
+                         broker runs and has this secret, that {}:{dport} is reachable, and this host's clock \
+                         (the broker refuses heartbeats outside its freshness window; `footunnel show` on the \
+                         broker counts them as stale)",
+                        config.broker
+                    );
+                }
             }
             Some(_) = changes.next() => {
                 // Container churn and the like change links and addresses all
@@ -249,6 +261,9 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
             }
         }
     }
+    // A stopped client reports nothing: `show` must not present its last
+    // ACK as current.
+    let _ = std::fs::remove_file(config.state_dir.join(STATE_FILE));
     info!("client stopped");
     Ok(())
 }
@@ -262,6 +277,9 @@ fn from_broker<'a>(d: &'a Datagram, config: &ClientConfig, sport: u16, dport: u1
 fn handle_message(msg: &ControlMessage, now: u64, mono: u64, schedule: &mut Schedule, state: &mut ClientState) {
     match Kind::from_u8(msg.kind) {
         Some(Kind::Ack) => {
+            if schedule.unanswered() >= UNANSWERED_WARNING {
+                info!("the broker answers again (after {} unanswered heartbeats)", schedule.unanswered());
+            }
             let d = msg.detail;
             let seen = format!("{}:{}", Ipv4Addr::new(d[0], d[1], d[2], d[3]), u16::from_be_bytes([d[4], d[5]]));
             let rtt = schedule.acked(mono);
@@ -286,10 +304,9 @@ fn handle_message(msg: &ControlMessage, now: u64, mono: u64, schedule: &mut Sche
 }
 
 fn write_state(dir: &std::path::Path, state: &ClientState) {
-    let result = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(dir.join(STATE_FILE), serde_json::to_vec_pretty(state).unwrap_or_default()));
-    if let Err(e) = result {
-        warn!("cannot write {}: {e}", dir.join(STATE_FILE).display());
+    let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+    if let Err(e) = crate::files::write_atomically(&dir.join(STATE_FILE), &bytes) {
+        warn!("{e:#}");
     }
 }
 

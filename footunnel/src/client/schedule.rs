@@ -20,6 +20,8 @@ pub struct Schedule {
     next_ns: u64,
     /// The newest accepted challenge's nonce, echoed until acknowledged.
     nonce: [u8; 8],
+    /// Heartbeats sent since the last ACK.
+    unanswered: u32,
 }
 
 impl Schedule {
@@ -32,6 +34,7 @@ impl Schedule {
             last_sent_ns: None,
             next_ns: now_ns,
             nonce: [0; 8],
+            unanswered: 0,
         }
     }
 
@@ -44,6 +47,11 @@ impl Schedule {
     }
 
     /// The nonce the next heartbeat carries.
+    /// Heartbeats sent since the last ACK.
+    pub fn unanswered(&self) -> u32 {
+        self.unanswered
+    }
+
     pub fn nonce(&self) -> [u8; 8] {
         self.nonce
     }
@@ -56,6 +64,7 @@ impl Schedule {
             self.retry_ns = (FIRST_RETRY.as_nanos() as u64).min(self.interval_ns);
         }
         self.awaiting_ack = true;
+        self.unanswered += 1;
         self.last_sent_ns = Some(now_ns);
         self.next_ns = now_ns + self.retry_ns;
     }
@@ -68,6 +77,7 @@ impl Schedule {
             .then(|| self.last_sent_ns.map(|s| Duration::from_nanos(now_ns.saturating_sub(s))))
             .flatten();
         self.awaiting_ack = false;
+        self.unanswered = 0;
         self.nonce = [0; 8];
         self.next_ns = self.last_sent_ns.unwrap_or(now_ns) + self.interval_ns;
         rtt
@@ -144,6 +154,17 @@ mod tests {
         assert_eq!(s.next_ns(), 2 * S + debounce, "the burst's first change sets the time");
         assert!(!s.due(2 * S + debounce - 1));
         assert!(s.due(2 * S + debounce));
+    }
+
+    #[test]
+    fn unanswered_heartbeats_are_counted_until_an_ack() {
+        let mut s = Schedule::new(Duration::from_secs(10), 0);
+        for i in 0..4 {
+            s.sent(i * S);
+        }
+        assert_eq!(s.unanswered(), 4);
+        s.acked(5 * S);
+        assert_eq!(s.unanswered(), 0);
     }
 
     #[test]
