@@ -1,0 +1,85 @@
+//! Everything checked against the system before anything changes: links,
+//! FoU listeners, inner prefixes, uplinks.
+
+use crate::{
+    config::{BrokerConfig, Prefix, Tunnel},
+    fou,
+    link::{self, TunnelLink},
+};
+use anyhow::{Context, Result, bail};
+use futures::TryStreamExt;
+use rtnetlink::Handle;
+use std::net::IpAddr;
+
+/// A configured tunnel, checked against the system.
+pub(super) struct Planned {
+    pub(super) config: Tunnel,
+    pub(super) link: TunnelLink,
+    pub(super) prefixes: Vec<Prefix>,
+}
+
+/// Everything checked before anything changes.
+pub(super) struct Plan {
+    pub(super) tunnels: Vec<Planned>,
+    pub(super) interfaces: Vec<String>,
+}
+
+/// Checks the configuration against the system: links, FoU listeners,
+/// interfaces. Changes nothing.
+pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
+    let listeners = fou::require_listeners(&config.fou_ports)?;
+    let mut tunnels = Vec::new();
+    for t in &config.tunnels {
+        let link = link::get(handle, &t.link).await.with_context(|| format!("tunnel {:?}", t.name))?;
+        link.check_fou(&config.fou_ports)
+            .and_then(|()| link.check_repointable())
+            .and_then(|()| link.check_listener(&listeners))
+            .with_context(|| format!("tunnel {:?}", t.name))?;
+        let mut prefixes = t.peer_prefixes.clone();
+        if prefixes.is_empty() {
+            prefixes = link::addresses(handle, link.index)
+                .await?
+                .into_iter()
+                .filter(|(a, _)| !matches!(a, IpAddr::V6(v6) if v6.segments()[0] == 0xfe80))
+                .map(|(addr, len)| Prefix::containing(addr, len))
+                .collect();
+            if prefixes.is_empty() {
+                bail!(
+                    "tunnel {:?}: link {} has no addresses to derive the client's inner prefixes from: \
+                     add its address (`ip addr add 10.0.0.1/30 dev {}`) or set peer_prefixes",
+                    t.name,
+                    t.link,
+                    t.link
+                );
+            }
+        }
+        tunnels.push(Planned { config: t.clone(), link, prefixes });
+    }
+    let claimed: Vec<(Prefix, &str)> =
+        tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (*p, t.config.name.as_str()))).collect();
+    if let Some(((p, a), (q, b))) = crate::config::find_overlap(&claimed) {
+        bail!("tunnels {a:?} ({p}) and {b:?} ({q}) claim overlapping inner prefixes: set distinct peer_prefixes");
+    }
+    let mut interfaces = config.interfaces.clone();
+    if interfaces.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        for t in &tunnels {
+            let local = t.link.local_v4().with_context(|| {
+                format!("link {} has no local address, so its uplink is unknown: name it with --interface", t.link.name)
+            })?;
+            if !seen.insert(local) {
+                continue;
+            }
+            let name = link::interface_with_address(handle, IpAddr::V4(local)).await?;
+            if !interfaces.contains(&name) {
+                interfaces.push(name);
+            }
+        }
+    }
+    for name in &interfaces {
+        if !matches!(handle.link().get().match_name(name.clone()).execute().try_next().await, Ok(Some(_))) {
+            bail!("uplink interface {name:?} does not exist");
+        }
+    }
+    Ok(Plan { tunnels, interfaces })
+}

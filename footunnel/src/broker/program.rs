@@ -1,0 +1,271 @@
+//! The data plane in the kernel: maps filled to match the configuration,
+//! programs attached and pinned (XDP, or TC through a pinned TCX link), and
+//! all of it removed by `unload`.
+
+use crate::{
+    config::{Attach, BrokerConfig},
+    dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
+    manage::{self},
+};
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use footunnel_ebpf::maps::{self, Endpoint, LegacySecret, Observed, TunnelConfig, TunnelRef};
+use std::{collections::HashMap, path::Path};
+use tracing::{debug, info, warn};
+
+use super::{Plan, STATE_FILE, read_state, settings};
+
+/// Every map, pinned by name under the pin directory.
+pub const PINNED_MAPS: [&str; 10] = [
+    maps::FOU_PORTS,
+    maps::TUNNELS,
+    maps::ENDPOINTS,
+    maps::PREFIXES_V4,
+    maps::PREFIXES_V6,
+    maps::LEGACY_SECRETS,
+    maps::OBSERVED,
+    maps::SETTINGS,
+    maps::EVENTS,
+    maps::COUNTERS,
+];
+
+pub(super) const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts bpffs at `dir`'s parent if it is not there (e.g. in a fresh
+/// network namespace's view of /sys), then creates `dir`.
+pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("the pin directory needs a parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid path and out pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 != BPF_FS_MAGIC {
+        info!("mounting bpffs at {}", parent.display());
+        let fstype = c"bpf";
+        // SAFETY: valid strings.
+        if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot mount bpffs at {}", parent.display()));
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create pin directory {}", dir.display()))
+}
+
+/// Makes the maps say exactly what the configuration says; entries of
+/// tunnels no longer configured go. `seed_ns`: after a reboot (fresh maps),
+/// every tunnel accepts only heartbeats newer than this.
+pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Option<u64>) -> Result<()> {
+    dataplane::set_settings(ebpf, settings(config))?;
+
+    // Ports are an array: unwatch what the previous run watched, then watch ours.
+    let mut wanted: HashMap<u16, u32> = config.fou_ports.iter().map(|p| (*p, maps::PORT_FOU)).collect();
+    if plan.tunnels.iter().any(|t| t.config.legacy) {
+        wanted.insert(config.legacy_port, maps::PORT_LEGACY);
+    }
+    if let Ok(previous) = read_state(&config.state_dir) {
+        for port in previous.fou_ports.iter().chain(previous.legacy_port.iter()) {
+            if !wanted.contains_key(port) {
+                dataplane::set_port(ebpf, *port, 0)?;
+            }
+        }
+    }
+    for (port, kind) in &wanted {
+        dataplane::set_port(ebpf, *port, *kind)?;
+    }
+
+    let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.identity.id).collect();
+    let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
+    sync(
+        &mut tunnels,
+        plan.tunnels
+            .iter()
+            .map(|t| (t.config.identity.id, dataplane::tunnel_config(t.config.identity.sip_key(), t.link.local_v4())))
+            .collect(),
+    )?;
+
+    remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
+    remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
+    if let Some(seed) = seed_ns {
+        let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
+        for id in &ids {
+            endpoints.insert(id, Endpoint { last_timestamp_ns: seed, ..Default::default() }, 0)?;
+        }
+    }
+
+    let mut legacy: BpfHashMap<&mut MapData, LegacySecret, TunnelRef> =
+        BpfHashMap::try_from(map(ebpf, maps::LEGACY_SECRETS)?)?;
+    let wanted: Vec<(LegacySecret, TunnelRef)> = plan
+        .tunnels
+        .iter()
+        .filter(|t| t.config.legacy)
+        .map(|t| {
+            warn!("tunnel {:?}: legacy heartbeats enabled: its secret travels in clear", t.config.name);
+            let secret = LegacySecret::new(t.config.secret.as_bytes()).with_context(|| {
+                format!("tunnel {:?}: a legacy secret must be 1 to {} bytes", t.config.name, maps::LEGACY_SECRET_MAX)
+            })?;
+            Ok((secret, TunnelRef::new(t.config.identity.id)))
+        })
+        .collect::<Result<_>>()?;
+    sync(&mut legacy, wanted)?;
+
+    dataplane::clear_prefixes(ebpf)?;
+    for t in &plan.tunnels {
+        for p in &t.prefixes {
+            dataplane::add_prefix(ebpf, p.addr, p.len, t.config.identity.id)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
+}
+
+/// Drops the entries of tunnels that are no longer configured.
+pub(super) fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<()> {
+    let mut m: BpfHashMap<&mut MapData, u64, V> = BpfHashMap::try_from(map(ebpf, name)?)?;
+    let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+/// Leaves exactly `wanted` in `m`.
+pub(super) fn sync<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    m: &mut BpfHashMap<&mut MapData, K, V>,
+    wanted: Vec<(K, V)>,
+) -> Result<()> {
+    let keep: std::collections::HashSet<K> = wanted.iter().map(|(k, _)| *k).collect();
+    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    for (k, v) in wanted {
+        m.insert(k, v, 0)?;
+    }
+    Ok(())
+}
+
+/// Loads the program and attaches it to `iface`, replacing the program of
+/// a pinned attachment (a restart) atomically.
+pub(super) fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
+    match config.attach {
+        Attach::Xdp => {
+            let pin = config.pin_dir.join(format!("xdp-{iface}"));
+            let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).context("no XDP program")?.try_into()?;
+            if xdp.fd().is_err() {
+                xdp.load().context("the kernel's verifier rejected the XDP program")?;
+            }
+            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+                let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned XDP link")?;
+                xdp.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
+                info!("{iface}: XDP program replaced in the pinned attachment");
+                return Ok(());
+            }
+            let id = match xdp.attach(iface, XdpMode::Driver) {
+                Ok(id) => {
+                    info!("{iface}: XDP attached in driver mode");
+                    id
+                }
+                Err(e) => {
+                    debug!("{iface}: driver-mode XDP unavailable ({e}); using generic mode");
+                    let id =
+                        xdp.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?;
+                    info!("{iface}: XDP attached in generic mode");
+                    id
+                }
+            };
+            let link = xdp.take_link(id)?;
+            match FdLink::try_from(link) {
+                Ok(fd_link) => {
+                    fd_link.pin(&pin).with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?;
+                }
+                Err(_) => {
+                    info!("{iface}: this kernel attaches XDP without links; the program stays until `footunnel unload`")
+                }
+            }
+        }
+        Attach::Tc => {
+            let pin = config.pin_dir.join(format!("tc-{iface}"));
+            let prog: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).context("no TC program")?.try_into()?;
+            if prog.fd().is_err() {
+                prog.load().context("the kernel's verifier rejected the TC program")?;
+            }
+            // Kernels ≥ 6.6 attach through a TCX link, which dies with this
+            // process unless pinned; a restart swaps the program inside it.
+            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).context("pinned TC link")?;
+                prog.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
+                info!("{iface}: TC program replaced in the pinned TCX attachment");
+                return Ok(());
+            }
+            // Older kernels: a netlink filter, which outlives the process by
+            // itself; the previous run's is replaced.
+            let _ = tc::qdisc_add_clsact(iface);
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
+            let id = prog
+                .attach(iface, TcAttachType::Ingress)
+                .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
+            let link = prog.take_link(id)?;
+            if <&FdLink>::try_from(&link).is_ok() {
+                let fd_link = FdLink::try_from(link).context("TCX link")?;
+                fd_link.pin(&pin).with_context(|| format!("cannot pin the TCX link at {}", pin.display()))?;
+                info!("{iface}: TC ingress attached (TCX link, pinned)");
+            } else {
+                // A netlink filter: dropping the link would detach it.
+                std::mem::forget(link);
+                info!("{iface}: TC ingress attached (netlink filter)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Detaches the data plane, removes its pinned state and what footunnel created.
+pub async fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+    let state = read_state(state_dir).ok();
+    if let Some(state) = &state
+        && state.attach == "tc"
+    {
+        for iface in &state.interfaces {
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
+        }
+    }
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("nothing to unload: {} does not exist", pin_dir.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", pin_dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("xdp-") || name.starts_with("tc-") {
+            // Unpinning the last reference to a link detaches it.
+            PinnedLink::from_pin(&path)?.unpin()?;
+        } else {
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("cannot remove {}", pin_dir.display()))?;
+    if let Some(created) = state.as_ref().map(|s| &s.created).filter(|c| !c.is_empty()) {
+        let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
+        tokio::spawn(connection);
+        manage::down(&handle, created).await?;
+        info!("removed links {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
+    }
+    let _ = std::fs::remove_file(state_dir.join(STATE_FILE));
+    Ok(())
+}

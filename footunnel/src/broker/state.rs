@@ -1,0 +1,46 @@
+//! The broker's state file: what `footunnel show` and `unload` need besides
+//! the pinned maps.
+
+use crate::manage::Created;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What `footunnel show` needs besides the maps: written at start-up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateFile {
+    pub pin_dir: PathBuf,
+    pub attach: String,
+    pub interfaces: Vec<String>,
+    pub fou_ports: Vec<u16>,
+    /// The proof of concept's port, when a tunnel has legacy enabled.
+    #[serde(default)]
+    pub legacy_port: Option<u16>,
+    /// Links and FoU listeners footunnel created; `unload` removes them.
+    #[serde(default)]
+    pub created: Created,
+    pub tunnels: Vec<StateTunnel>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateTunnel {
+    pub name: String,
+    pub link: String,
+    pub id: u64,
+    pub legacy: bool,
+    pub peer_prefixes: Vec<String>,
+}
+
+pub const STATE_FILE: &str = "broker.json";
+
+pub(super) fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
+    crate::files::write_atomically(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)
+}
+
+pub fn read_state(dir: &Path) -> Result<StateFile> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path).with_context(|| {
+        format!("no broker state at {} (is `footunnel broker` running? see --state-dir)", path.display())
+    })?;
+    serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
