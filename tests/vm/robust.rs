@@ -23,7 +23,8 @@ fn tc_programs(topo: &Topology, iface: &str) -> usize {
         Err(_) => 0, // no TCX on this kernel
     });
     let netlink = footunnel_tests::sh("tc", &["-n", &topo.broker.name, "filter", "show", "dev", iface, "ingress"])
-        .matches("footunnel_tc")
+        .lines()
+        .filter(|l| l.contains("footunnel_tc")) // `… footunnel_tc direct-action … name footunnel_tc …`
         .count();
     tcx + netlink
 }
