@@ -5,16 +5,15 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use anyhow::{Context, Result, bail};
 use footunnel_ebpf::maps::LEGACY_SECRET_MAX;
 use serde::Deserialize;
 
+use crate::addr::{Prefix, find_overlap};
 use crate::secret::TunnelIdentity;
 
 pub const DEFAULT_FOU_PORT: u16 = 42424;
@@ -156,111 +155,6 @@ pub struct Managed {
     pub mtu: u32,
 }
 
-/// An IPv4 or IPv6 prefix without host bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    /// The network containing `addr/len` (host bits cleared).
-    pub fn containing(addr: IpAddr, len: u8) -> Prefix {
-        let addr = match addr {
-            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask32(len)).into()),
-            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(len)).into()),
-        };
-        Prefix { addr, len }
-    }
-
-    pub fn overlaps(&self, other: &Prefix) -> bool {
-        let len = self.len.min(other.len);
-        match (self.addr, other.addr) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => u32::from(a) & mask32(len) == u32::from(b) & mask32(len),
-            (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(a) & mask128(len) == u128::from(b) & mask128(len),
-            _ => false,
-        }
-    }
-}
-
-/// A prefix and the tunnel that claims it.
-pub type Claim<'a> = (Prefix, &'a str);
-
-/// Two prefixes of different owners that overlap, if any. Sorted by start
-/// address, a prefix can only overlap a later one by containing its start,
-/// so one pass that remembers the farthest end seen so far finds them
-/// (n log n: ten thousand tunnels are checked in moments).
-pub fn find_overlap<'a>(claimed: &[Claim<'a>]) -> Option<(Claim<'a>, Claim<'a>)> {
-    let span = |p: &Prefix| -> (bool, u128, u128) {
-        match p.addr {
-            IpAddr::V4(a) => {
-                let start = u128::from(u32::from(a));
-                (false, start, start + (1u128 << (32 - u32::from(p.len))) - 1)
-            }
-            IpAddr::V6(a) => {
-                let start = u128::from(a);
-                let size_minus_one = if p.len == 0 { u128::MAX } else { (1u128 << (128 - u32::from(p.len))) - 1 };
-                (true, start, start.saturating_add(size_minus_one))
-            }
-        }
-    };
-    let mut sorted: Vec<(bool, u128, u128, Prefix, &str)> = claimed
-        .iter()
-        .map(|(p, owner)| {
-            let (v6, start, end) = span(p);
-            (v6, start, end, *p, *owner)
-        })
-        .collect();
-    sorted.sort_by_key(|(v6, start, end, _, _)| (*v6, *start, std::cmp::Reverse(*end)));
-    let mut widest: Option<(bool, u128, Prefix, &str)> = None;
-    for (v6, start, end, p, owner) in sorted {
-        if let Some((wv6, wend, wp, wowner)) = widest
-            && wv6 == v6
-            && start <= wend
-        {
-            if wowner != owner {
-                return Some(((wp, wowner), (p, owner)));
-            }
-            if end <= wend {
-                continue;
-            }
-        }
-        widest = Some((v6, end, p, owner));
-    }
-    None
-}
-
-fn mask32(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
-}
-fn mask128(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
-}
-
-impl FromStr for Prefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a prefix: write ADDRESS/LENGTH, e.g. 10.0.0.2/32"))?;
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u8 =
-            len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("{s:?}: the length must be 0 to {max}"))?;
-        let prefix = Prefix::containing(addr, len);
-        if prefix.addr != addr {
-            return Err(format!("{s:?} has host bits set: did you mean {prefix}?"));
-        }
-        Ok(prefix)
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
 fn seconds_to_ns(what: &str, s: f64) -> Result<u64> {
     if !(0.0..=86_400.0).contains(&s) {
         bail!("{what} = {s}: must be between 0 and 86400 seconds");
@@ -301,7 +195,7 @@ impl BrokerConfig {
             let manage = match t.manage {
                 Some(m) => Some(Managed {
                     local: m.local,
-                    address: crate::manage::parse_interface_address(&m.address)
+                    address: crate::addr::parse_interface_address(&m.address)
                         .with_context(|| format!("tunnel {:?}: manage.address", t.name))?,
                     ttl: m.ttl,
                     mtu: m.mtu,

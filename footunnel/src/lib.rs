@@ -1,6 +1,7 @@
 //! footunnel's userspace: loading the data plane, and (in later modules) the
 //! broker's controller and the client.
 
+pub mod addr;
 pub mod broker;
 pub mod client;
 pub mod config;

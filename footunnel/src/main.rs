@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use footunnel::{
+    addr::Prefix,
     broker,
     client::{self, ClientConfig},
-    config::{self, Attach, BrokerConfig, Prefix},
+    config::{self, Attach, BrokerConfig},
     secret, show,
 };
 use tracing::warn;
@@ -170,7 +171,7 @@ impl ClientArgs {
             state_dir: self.state_dir.clone(),
             manage: match (&self.address, self.manage) {
                 (Some(a), true) => Some(client::ManagedClient {
-                    address: footunnel::manage::parse_interface_address(a).context("--address")?,
+                    address: footunnel::addr::parse_interface_address(a).context("--address")?,
                     port: self.port,
                     broker_port: self.broker_port,
                 }),

@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Prefix, fou, link};
+use crate::{fou, link};
 
 /// A tunnel link footunnel may create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,21 +40,6 @@ impl Created {
     pub fn is_empty(&self) -> bool {
         self.fou_ports.is_empty() && self.links.is_empty()
     }
-}
-
-/// Parses `ADDRESS/LENGTH` keeping the host part (an interface address).
-pub fn parse_interface_address(s: &str) -> Result<(IpAddr, u8)> {
-    let (addr, len) = s.split_once('/').with_context(|| format!("{s:?}: write ADDRESS/LENGTH, e.g. 10.0.0.1/30"))?;
-    let addr: IpAddr = addr.parse().with_context(|| format!("{s:?}: {addr:?} is not an IP address"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len: u8 =
-        len.parse().ok().filter(|l| *l <= max).with_context(|| format!("{s:?}: the length must be 0 to {max}"))?;
-    Ok((addr, len))
-}
-
-/// The inner prefix an interface address lies in (the peer's side of it).
-pub fn subnet_of(address: (IpAddr, u8)) -> Prefix {
-    Prefix::containing(address.0, address.1)
 }
 
 /// Creates the FoU listener for `spec.sport` and the link unless they exist;

@@ -2,7 +2,8 @@
 //! FoU listeners, inner prefixes, uplinks.
 
 use crate::{
-    config::{BrokerConfig, Prefix, Tunnel},
+    addr::Prefix,
+    config::{BrokerConfig, Tunnel},
     fou,
     link::{self, TunnelLink},
 };
@@ -57,7 +58,7 @@ pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan>
     }
     let claimed: Vec<(Prefix, &str)> =
         tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (*p, t.config.name.as_str()))).collect();
-    if let Some(((p, a), (q, b))) = crate::config::find_overlap(&claimed) {
+    if let Some(((p, a), (q, b))) = crate::addr::find_overlap(&claimed) {
         bail!("tunnels {a:?} ({p}) and {b:?} ({q}) claim overlapping inner prefixes: set distinct peer_prefixes");
     }
     let mut interfaces = config.interfaces.clone();
