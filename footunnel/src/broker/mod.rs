@@ -94,11 +94,18 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
 }
 
 /// Placeholder remotes for links footunnel creates, until the first
-/// heartbeat: documentation addresses (RFC 5737), distinct per tunnel so
-/// links sharing a local address do not collide.
+/// heartbeat, distinct per tunnel so links sharing a local address do not
+/// collide: the 762 documentation addresses (RFC 5737) first, then the
+/// reserved 240.0.0.0/4 (RFC 1112 §4), which no network routes either.
 fn placeholder_remote(i: usize) -> Ipv4Addr {
-    let (net, host) = (i / 254 % 3, (i % 254) as u8 + 1);
-    [Ipv4Addr::new(192, 0, 2, host), Ipv4Addr::new(198, 51, 100, host), Ipv4Addr::new(203, 0, 113, host)][net]
+    const DOCUMENTATION: usize = 3 * 254;
+    if i < DOCUMENTATION {
+        let (net, host) = (i / 254, (i % 254) as u8 + 1);
+        return [Ipv4Addr::new(192, 0, 2, host), Ipv4Addr::new(198, 51, 100, host), Ipv4Addr::new(203, 0, 113, host)]
+            [net];
+    }
+    // 240.0.0.1 onwards; 2^28 − 2 more before 255.255.255.255.
+    Ipv4Addr::from(0xf000_0001 + (i - DOCUMENTATION) as u32 % 0x0fff_fffe)
 }
 
 /// Creates the FoU listener and the links of managed tunnels that are
@@ -425,4 +432,19 @@ fn getrandom(buf: &mut [u8]) {
     // SAFETY: valid buffer.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     assert_eq!(n, buf.len() as isize, "getrandom failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_never_repeat_among_a_hundred_thousand_tunnels() {
+        let all: std::collections::HashSet<Ipv4Addr> = (0..100_000).map(placeholder_remote).collect();
+        assert_eq!(all.len(), 100_000);
+        assert!(all.iter().all(|a| !a.is_multicast() && !a.is_unspecified() && !a.is_broadcast()));
+        assert_eq!(placeholder_remote(0), Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(placeholder_remote(761), Ipv4Addr::new(203, 0, 113, 254));
+        assert_eq!(placeholder_remote(762), Ipv4Addr::new(240, 0, 0, 1));
+    }
 }
