@@ -92,15 +92,32 @@ pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64) -> Result<()>
     inserted.with_context(|| format!("cannot add prefix {addr}/{len}"))
 }
 
-/// Forgets every inner prefix (IPv4 and IPv6).
-pub fn clear_prefixes(ebpf: &mut Ebpf) -> Result<()> {
+/// Leaves exactly `wanted` (prefix → tunnel) in the prefix tries: the new
+/// entries go in first, then the stale ones go, so a running program never
+/// sees a kept prefix missing (as it would between a clear and a refill).
+pub fn sync_prefixes(ebpf: &mut Ebpf, wanted: &[(IpAddr, u8, u64)]) -> Result<()> {
+    for (addr, len, id) in wanted {
+        add_prefix(ebpf, *addr, *len, *id)?;
+    }
+    let keep_v4: std::collections::HashSet<(u32, [u8; 4])> = wanted
+        .iter()
+        .filter_map(|(a, l, _)| if let IpAddr::V4(a) = a { Some((u32::from(*l), a.octets())) } else { None })
+        .collect();
+    let keep_v6: std::collections::HashSet<(u32, [u8; 16])> = wanted
+        .iter()
+        .filter_map(|(a, l, _)| if let IpAddr::V6(a) = a { Some((u32::from(*l), a.octets())) } else { None })
+        .collect();
     let mut v4: LpmTrie<_, [u8; 4], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
     for key in v4.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
-        let _ = v4.remove(&key);
+        if !keep_v4.contains(&(key.prefix_len(), key.data())) {
+            let _ = v4.remove(&key);
+        }
     }
     let mut v6: LpmTrie<_, [u8; 16], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
     for key in v6.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
-        let _ = v6.remove(&key);
+        if !keep_v6.contains(&(key.prefix_len(), key.data())) {
+            let _ = v6.remove(&key);
+        }
     }
     Ok(())
 }

@@ -254,3 +254,29 @@ fn fragments_and_contradicting_headers_to_a_fou_port_are_counted() {
     bad[38..40].copy_from_slice(&600u16.to_be_bytes());
     expect(&broker, "UDP length beyond the IP packet", &bad, XDP_PASS, Some(Counter::IpMalformed));
 }
+
+#[test]
+fn prefixes_are_synced_without_dropping_the_ones_that_stay() {
+    use aya::maps::{LpmTrie, MapData};
+    use footunnel_ebpf::maps::{PREFIXES_V4, PREFIXES_V6, TunnelRef};
+    let mut broker = Broker::new(false);
+    let id = broker.tunnel.id;
+    let wanted = [("10.0.0.0".parse().unwrap(), 30, id), ("10.9.0.0".parse().unwrap(), 16, id)];
+    footunnel::dataplane::sync_prefixes(&mut broker.ebpf, &wanted).unwrap();
+    let v4: LpmTrie<&MapData, [u8; 4], TunnelRef> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V4).unwrap()).unwrap();
+    let mut keys: Vec<(u32, [u8; 4])> = v4.keys().map(|k| k.unwrap()).map(|k| (k.prefix_len(), k.data())).collect();
+    keys.sort();
+    assert_eq!(keys, vec![(16, [10, 9, 0, 0]), (30, [10, 0, 0, 0])]);
+    let v6: LpmTrie<&MapData, [u8; 16], TunnelRef> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V6).unwrap()).unwrap();
+    assert_eq!(v6.keys().count(), 0, "the IPv6 prefix no longer wanted is gone");
+    // The kept prefix still routes data to the tunnel.
+    let t0 = now_ns();
+    broker.xdp(&to_fou(CLIENT, 40001, &broker.heartbeat(t0)).build());
+    expect(
+        &broker,
+        "data from a kept prefix",
+        &to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build(),
+        XDP_PASS,
+        Some(Counter::FouData),
+    );
+}

@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use footunnel_ebpf::maps::{self, Endpoint, LegacySecret, Observed, TunnelConfig, TunnelRef};
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 use tracing::{debug, info, warn};
 
 use super::{Plan, STATE_FILE, read_state, settings};
@@ -118,13 +118,9 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
         .collect::<Result<_>>()?;
     sync(&mut legacy, wanted)?;
 
-    dataplane::clear_prefixes(ebpf)?;
-    for t in &plan.tunnels {
-        for p in &t.prefixes {
-            dataplane::add_prefix(ebpf, p.addr, p.len, t.config.identity.id)?;
-        }
-    }
-    Ok(())
+    let prefixes: Vec<(IpAddr, u8, u64)> =
+        plan.tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.identity.id))).collect();
+    dataplane::sync_prefixes(ebpf, &prefixes)
 }
 
 pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -141,18 +137,19 @@ pub(super) fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids
     Ok(())
 }
 
-/// Leaves exactly `wanted` in `m`.
+/// Leaves exactly `wanted` in `m`: new entries first, then the stale ones
+/// go, so the running program never misses an entry that stays.
 pub(super) fn sync<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     m: &mut BpfHashMap<&mut MapData, K, V>,
     wanted: Vec<(K, V)>,
 ) -> Result<()> {
     let keep: std::collections::HashSet<K> = wanted.iter().map(|(k, _)| *k).collect();
+    for (k, v) in wanted {
+        m.insert(k, v, 0)?;
+    }
     let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
     for k in stale {
         let _ = m.remove(&k);
-    }
-    for (k, v) in wanted {
-        m.insert(k, v, 0)?;
     }
     Ok(())
 }
