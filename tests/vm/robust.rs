@@ -104,13 +104,20 @@ fn a_link_with_remote_any_is_refused_at_start_with_the_fix() {
         "link add fou1 type ipip remote any local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424",
     );
     topo.broker.ip("addr add 10.0.1.1/30 dev fou1");
+    let out = refused_start(&topo, "fou1");
+    assert!(out.contains("remote any") && out.contains("placeholder remote"), "{out}");
+}
+
+/// Starts a broker for `link` that must refuse to start and change nothing;
+/// its output.
+fn refused_start(topo: &Topology, link: &str) -> String {
     let (ok, out) = footunnel_once(
         &topo.broker,
-        &["broker", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, "fou1", SECRET],
+        &["broker", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, link, SECRET],
     );
-    assert!(!ok, "a broker for a link it cannot re-point started:\n{out}");
-    assert!(out.contains("remote any") && out.contains("placeholder remote"), "{out}");
+    assert!(!ok, "a broker for {link} started:\n{out}");
     assert!(!std::path::Path::new(&topo.pin_dir).exists(), "the refused start changed state: {}", topo.pin_dir);
+    out
 }
 
 #[test]
@@ -118,11 +125,7 @@ fn a_sit_link_behind_an_ipip_listener_is_refused() {
     let topo = Topology::new();
     topo.broker.ip("link add sit1 type sit remote 192.0.2.1 local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
     topo.broker.ip("addr add 2001:db8:1::1/64 dev sit1");
-    let (ok, out) = footunnel_once(
-        &topo.broker,
-        &["broker", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, "sit1", SECRET],
-    );
-    assert!(!ok, "{out}");
+    let out = refused_start(&topo, "sit1");
     assert!(out.contains("delivers protocol 4") && out.contains("ipproto 41"), "{out}");
 }
 
