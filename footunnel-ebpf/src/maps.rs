@@ -11,9 +11,11 @@ use crate::siphash::SipKey;
 /// array, not a hash map: every UDP packet on the uplink looks here, and an
 /// array lookup compiles to a bounds check and a load.
 pub const FOU_PORTS: &str = "FOU_PORTS";
-/// Array of [`ENDPOINT_CACHE_SLOTS`] `u64`: a direct-mapped cache of known
-/// endpoints, so FoU data from a tunnel's endpoint (nearly all traffic)
-/// passes after one array load. Derived state: a miss takes the full path.
+/// Array of [`ENDPOINT_CACHE_SLOTS`] [`CachedEndpoint`]s: a direct-mapped
+/// cache of known endpoints, so FoU data from a tunnel's endpoint (nearly all
+/// traffic) passes after one array lookup — if its inner source is in the
+/// prefix that matched when the entry was made. Derived state: a miss takes
+/// the full path.
 pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
 pub const ENDPOINT_CACHE_SLOTS: usize = 65_536;
 
@@ -24,13 +26,61 @@ pub fn endpoint_cache_key(addr: [u8; 4], port: u16) -> (u32, u64) {
     let slot = ((a >> 16) ^ (a & 0xffff) ^ u32::from(port)) & (ENDPOINT_CACHE_SLOTS as u32 - 1);
     (slot, 1 << 63 | u64::from(a) << 16 | u64::from(port))
 }
+/// A cache slot: whose endpoint it is, and the inner IPv4 prefix its data
+/// must come from (IPv6 inner packets are not cached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CachedEndpoint {
+    /// From [`endpoint_cache_key`]; 0: empty.
+    pub entry: u64,
+    /// Inner source prefix, network byte order: (source & mask) == net.
+    pub inner_net: u32,
+    pub inner_mask: u32,
+}
+
+impl CachedEndpoint {
+    /// Data from `entry`'s source whose inner source is `inner`: a hit?
+    #[inline(always)]
+    pub fn admits(&self, entry: u64, inner: [u8; 4]) -> bool {
+        self.entry == entry && u32::from_ne_bytes(inner) & self.inner_mask == self.inner_net
+    }
+}
+
+/// An LPM trie's value: the tunnel that owns the prefix, and the prefix's
+/// length (so a cache entry can check other packets against the prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PrefixOwner {
+    pub id_hi: u32,
+    pub id_lo: u32,
+    pub len: u32,
+}
+
+impl PrefixOwner {
+    pub const fn new(id: u64, len: u8) -> Self {
+        PrefixOwner { id_hi: (id >> 32) as u32, id_lo: id as u32, len: len as u32 }
+    }
+    pub const fn id(&self) -> u64 {
+        (self.id_hi as u64) << 32 | self.id_lo as u64
+    }
+}
+
+/// The inner IPv4 prefix of `len` bits containing `addr`, as (net, mask)
+/// in network byte order (see [`CachedEndpoint`]).
+#[inline(always)]
+pub fn inner_prefix(addr: [u8; 4], len: u32) -> (u32, u32) {
+    let mask_be = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+    let mask = u32::from_ne_bytes(mask_be.to_be_bytes());
+    (u32::from_ne_bytes(addr) & mask, mask)
+}
+
 /// Hash map: tunnel id → [`TunnelConfig`].
 pub const TUNNELS: &str = "TUNNELS";
 /// Hash map: tunnel id → [`Endpoint`], written on every accepted heartbeat.
 pub const ENDPOINTS: &str = "ENDPOINTS";
-/// LPM trie: inner IPv4 source prefix → [`TunnelRef`].
+/// LPM trie: inner IPv4 source prefix → [`PrefixOwner`].
 pub const PREFIXES_V4: &str = "PREFIXES_V4";
-/// LPM trie: inner IPv6 source prefix → [`TunnelRef`].
+/// LPM trie: inner IPv6 source prefix → [`PrefixOwner`].
 pub const PREFIXES_V6: &str = "PREFIXES_V6";
 /// Hash map: [`LegacySecret`] → [`TunnelRef`], for legacy-enabled tunnels only.
 pub const LEGACY_SECRETS: &str = "LEGACY_SECRETS";
@@ -319,6 +369,8 @@ mod user {
     unsafe impl aya::Pod for PortConfig {}
     unsafe impl aya::Pod for TunnelConfig {}
     unsafe impl aya::Pod for TunnelRef {}
+    unsafe impl aya::Pod for PrefixOwner {}
+    unsafe impl aya::Pod for CachedEndpoint {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Observed {}
     unsafe impl aya::Pod for LegacySecret {}

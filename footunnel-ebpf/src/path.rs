@@ -4,8 +4,9 @@
 
 use crate::{
     maps::{
-        Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LEGACY_SECRET_MAX, LegacySecret,
-        Observed, PORT_LEGACY, PortConfig, Settings, TunnelConfig, endpoint_cache_key,
+        CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LEGACY_SECRET_MAX,
+        LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
+        inner_prefix,
     },
     packet::{ETH_HLEN, PacketBytes, Parsed, Udp4, parse_udp4},
     wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_header, check_tunnel},
@@ -24,8 +25,14 @@ pub enum Verdict {
 pub trait Env {
     /// The port's configuration, if it is watched.
     fn port(&self, port: u16) -> Option<PortConfig>;
-    fn cached_endpoint(&self, slot: u32) -> u64;
-    fn set_cached_endpoint(&self, slot: u32, entry: u64);
+    fn cached_endpoint(&self, slot: u32) -> CachedEndpoint;
+    /// Whether slot `slot` holds `entry` with a prefix that holds `inner`
+    /// (the hot path: no copy of the slot).
+    fn cache_admits(&self, slot: u32, entry: u64, inner: [u8; 4]) -> bool {
+        self.cached_endpoint(slot).admits(entry, inner)
+    }
+    /// Writes the slot; the `entry` word last, with a full barrier.
+    fn set_cached_endpoint(&self, slot: u32, cached: CachedEndpoint);
     fn settings(&self) -> Settings;
     /// The broker's boot-time clock, ns; plus `realtime_offset_ns` gives wall time.
     fn boot_ns(&self) -> u64;
@@ -35,8 +42,9 @@ pub trait Env {
     /// with the entry locked against other CPUs, and stores the result if
     /// `update` returns true. `None`: another CPU holds the lock.
     fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool>;
-    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64>;
-    fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<u64>;
+    /// The tunnel whose inner prefix holds `src`, and that prefix's length.
+    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<PrefixOwner>;
+    fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<PrefixOwner>;
     fn tunnel_by_legacy(&self, secret: &LegacySecret) -> Option<u64>;
     fn observed(&self, id: u64) -> Option<Observed>;
     fn set_observed(&self, id: u64, observed: &Observed);
@@ -86,18 +94,21 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
                 env.count(Counter::NotFou);
                 return Verdict::Pass;
             }
-            // Nearly all traffic: data from a known endpoint, after one array load.
-            let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
-            if env.cached_endpoint(slot) == entry {
-                env.count(Counter::FouData);
-                return Verdict::Pass;
-            }
-            let tunnel = if version == 4 {
-                pkt.read::<4>(udp.payload_offset + 12).and_then(|s| env.tunnel_by_v4(s))
+            if version == 4 {
+                let Some(inner) = pkt.read::<4>(udp.payload_offset + 12) else { return Verdict::Pass };
+                // Nearly all traffic: data from a known endpoint with an inner
+                // source in its tunnel's prefix, after one array lookup.
+                let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
+                if env.cache_admits(slot, entry, inner) {
+                    env.count(Counter::FouData);
+                    return Verdict::Pass;
+                }
+                let owner = env.tunnel_by_v4(inner);
+                fou_data(&udp, owner.map(|o| (o.id(), Some(inner_prefix(inner, o.len)))), env)
             } else {
-                pkt.read::<16>(udp.payload_offset + 8).and_then(|s| env.tunnel_by_v6(s))
-            };
-            fou_data(&udp, tunnel, env)
+                let owner = pkt.read::<16>(udp.payload_offset + 8).and_then(|s| env.tunnel_by_v6(s));
+                fou_data(&udp, owner.map(|o| (o.id(), None)), env)
+            }
         }
         _ => {
             env.count(Counter::NotFou);
@@ -200,8 +211,8 @@ fn record(endpoint: &mut Endpoint, udp: &Udp4, now: u64) -> Option<([u8; 4], u16
 fn forget_cached<E: Env>(env: &E, moved_from: Option<([u8; 4], u16)>) {
     if let Some((addr, port)) = moved_from {
         let (slot, entry) = endpoint_cache_key(addr, port);
-        if env.cached_endpoint(slot) == entry {
-            env.set_cached_endpoint(slot, 0);
+        if env.cached_endpoint(slot).entry == entry {
+            env.set_cached_endpoint(slot, CachedEndpoint::default());
         }
     }
 }
@@ -226,23 +237,28 @@ fn emit<E: Env>(env: &E, event: &Event) {
 
 /// FoU data: never trusted, but a source other than the endpoint is noted
 /// and announced (at most once per interval per tunnel) so the controller
-/// can challenge it.
+/// can challenge it. `owner`: the tunnel whose inner prefix holds the inner
+/// source, and that prefix for the cache (IPv4 only).
 #[inline(always)]
-fn fou_data<E: Env>(udp: &Udp4, tunnel: Option<u64>, env: &E) -> Verdict {
-    let Some(id) = tunnel else {
+fn fou_data<E: Env>(udp: &Udp4, owner: Option<(u64, Option<(u32, u32)>)>, env: &E) -> Verdict {
+    let Some((id, prefix)) = owner else {
         env.count(Counter::FouUnmatched);
         return Verdict::Pass;
     };
     if env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
+        let Some((inner_net, inner_mask)) = prefix else {
+            env.count(Counter::FouData);
+            return Verdict::Pass;
+        };
         let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
-        env.set_cached_endpoint(slot, entry);
+        env.set_cached_endpoint(slot, CachedEndpoint { entry, inner_net, inner_mask });
         // A heartbeat on another CPU may have moved the endpoint between the
         // read above and the store: read it again after the store (an
         // exchange, a full barrier) and take the entry back if so. Either the
         // heartbeat's own invalidation comes after our store, or this read
         // sees its new endpoint: no stale entry survives.
         if !env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
-            env.set_cached_endpoint(slot, 0);
+            env.set_cached_endpoint(slot, CachedEndpoint::default());
         }
         env.count(Counter::FouData);
         return Verdict::Pass;

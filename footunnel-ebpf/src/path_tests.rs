@@ -5,7 +5,7 @@ use std::{cell::RefCell, collections::HashMap};
 
 use super::*;
 use crate::{
-    maps::{PORT_FOU, TunnelConfig},
+    maps::{CachedEndpoint, PORT_FOU, TunnelConfig, inner_prefix},
     siphash::SipKey,
 };
 
@@ -28,7 +28,7 @@ struct MemEnv {
     counters: RefCell<HashMap<&'static str, u64>>,
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
-    cache: RefCell<HashMap<u32, u64>>,
+    cache: RefCell<HashMap<u32, CachedEndpoint>>,
     /// SETTINGS as nobody has written it: all zero.
     unconfigured: std::cell::Cell<bool>,
     /// In-place observed updates (no hash update).
@@ -46,11 +46,11 @@ impl Env for MemEnv {
     fn port(&self, port: u16) -> Option<PortConfig> {
         self.ports.get(&port).copied()
     }
-    fn cached_endpoint(&self, slot: u32) -> u64 {
-        self.cache.borrow().get(&slot).copied().unwrap_or(0)
+    fn cached_endpoint(&self, slot: u32) -> CachedEndpoint {
+        self.cache.borrow().get(&slot).copied().unwrap_or_default()
     }
-    fn set_cached_endpoint(&self, slot: u32, entry: u64) {
-        self.cache.borrow_mut().insert(slot, entry);
+    fn set_cached_endpoint(&self, slot: u32, cached: CachedEndpoint) {
+        self.cache.borrow_mut().insert(slot, cached);
     }
     fn settings(&self) -> Settings {
         if self.unconfigured.get() {
@@ -81,15 +81,15 @@ impl Env for MemEnv {
         }
         Some(store)
     }
-    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64> {
+    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<PrefixOwner> {
         let bits = u32::from_be_bytes(src);
         self.v4
             .iter()
             .filter(|(p, len, _)| *len == 0 || bits >> (32 - len) == u32::from_be_bytes(*p) >> (32 - len))
             .max_by_key(|(_, len, _)| *len)
-            .map(|(_, _, id)| *id)
+            .map(|(_, len, id)| PrefixOwner::new(*id, *len as u8))
     }
-    fn tunnel_by_v6(&self, _src: [u8; 16]) -> Option<u64> {
+    fn tunnel_by_v6(&self, _src: [u8; 16]) -> Option<PrefixOwner> {
         None
     }
     fn tunnel_by_legacy(&self, s: &LegacySecret) -> Option<u64> {
@@ -348,12 +348,26 @@ fn the_endpoint_cache_serves_data_from_the_endpoint_and_forgets_a_moved_one() {
     process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
     let data = udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]));
     process(&data[..], &env);
-    assert!(env.cache.borrow().values().any(|e| *e != 0), "the first packet fills the cache");
-    // Served from the cache: even data whose inner source is unknown counts as the endpoint's.
+    assert!(env.cache.borrow().values().any(|e| e.entry != 0), "the first packet fills the cache");
+    process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 3]))[..], &env);
+    assert_eq!(count(&env, Counter::FouData), 2, "another source in the prefix is served from the cache");
+    // A hit needs the inner source in the tunnel's prefix too: from the
+    // endpoint, an inner source that is nobody's is still noticed.
     assert_eq!(process(&udp(CLIENT, 40001, 42424, &inner_v4([172, 16, 0, 1]))[..], &env), Verdict::Pass);
-    assert_eq!((count(&env, Counter::FouData), count(&env, Counter::FouUnmatched)), (2, 0));
+    assert_eq!((count(&env, Counter::FouData), count(&env, Counter::FouUnmatched)), (2, 1));
     // The endpoint moves: data from the old source is noticed again.
     process(&udp(CLIENT, 40002, 42424, &heartbeat(NOW + 1))[..], &env);
     process(&data[..], &env);
     assert_eq!(count(&env, Counter::FouElsewhere), 1);
+}
+
+#[test]
+fn the_cache_admits_exactly_the_prefix_that_matched() {
+    let (net, mask) = inner_prefix([10, 0, 0, 2], 30);
+    let c = CachedEndpoint { entry: 7, inner_net: net, inner_mask: mask };
+    assert!(c.admits(7, [10, 0, 0, 0]) && c.admits(7, [10, 0, 0, 3]));
+    assert!(!c.admits(7, [10, 0, 0, 4]) && !c.admits(7, [11, 0, 0, 1]));
+    assert!(!c.admits(8, [10, 0, 0, 1]), "another source");
+    let (net, mask) = inner_prefix([10, 0, 0, 2], 0);
+    assert!(CachedEndpoint { entry: 7, inner_net: net, inner_mask: mask }.admits(7, [192, 0, 2, 1]), "/0 admits all");
 }

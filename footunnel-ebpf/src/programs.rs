@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use footunnel_ebpf::{
     maps::{
-        Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PREFIXES, MAX_TUNNELS,
-        Observed, PORT_SLOTS, PortConfig, Settings, TunnelConfig, TunnelRef,
+        CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PREFIXES,
+        MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
     },
     packet::PacketBytes,
     path::{Env, Verdict, process},
@@ -23,15 +23,15 @@ use footunnel_ebpf::{
 #[btf_map]
 static FOU_PORTS: Array<PortConfig, PORT_SLOTS> = Array::new();
 #[btf_map]
-static ENDPOINT_CACHE: Array<u64, ENDPOINT_CACHE_SLOTS> = Array::new();
+static ENDPOINT_CACHE: Array<CachedEndpoint, ENDPOINT_CACHE_SLOTS> = Array::new();
 #[btf_map]
 static TUNNELS: HashMap<u64, TunnelConfig, MAX_TUNNELS> = HashMap::new();
 #[btf_map]
 static ENDPOINTS: HashMap<u64, Endpoint, MAX_TUNNELS> = HashMap::new();
 #[btf_map]
-static PREFIXES_V4: LpmTrie<[u8; 4], TunnelRef, MAX_PREFIXES> = LpmTrie::new();
+static PREFIXES_V4: LpmTrie<[u8; 4], PrefixOwner, MAX_PREFIXES> = LpmTrie::new();
 #[btf_map]
-static PREFIXES_V6: LpmTrie<[u8; 16], TunnelRef, MAX_PREFIXES> = LpmTrie::new();
+static PREFIXES_V6: LpmTrie<[u8; 16], PrefixOwner, MAX_PREFIXES> = LpmTrie::new();
 #[btf_map]
 static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS> = HashMap::new();
 #[btf_map]
@@ -91,15 +91,24 @@ impl Env for Maps {
         FOU_PORTS.get(u32::from(port)).copied().filter(|p| p.kind != 0)
     }
     #[inline(always)]
-    fn cached_endpoint(&self, slot: u32) -> u64 {
-        ENDPOINT_CACHE.get(slot).copied().unwrap_or(0)
+    fn cached_endpoint(&self, slot: u32) -> CachedEndpoint {
+        ENDPOINT_CACHE.get(slot).copied().unwrap_or_default()
     }
     #[inline(always)]
-    fn set_cached_endpoint(&self, slot: u32, entry: u64) {
+    fn cache_admits(&self, slot: u32, entry: u64, inner: [u8; 4]) -> bool {
+        ENDPOINT_CACHE.get(slot).is_some_and(|c| c.admits(entry, inner))
+    }
+    #[inline(always)]
+    fn set_cached_endpoint(&self, slot: u32, cached: CachedEndpoint) {
         if let Some(p) = ENDPOINT_CACHE.get_ptr_mut(slot) {
-            // SAFETY: an aligned u64 slot of an array map. An exchange, not a
-            // store: a full barrier, which the path's re-check relies on.
-            unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(p, entry) };
+            // SAFETY: an aligned slot of an array map. The prefix first, the
+            // entry word last with an exchange: a full barrier, which the
+            // path's re-check relies on.
+            unsafe {
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).inner_net), cached.inner_net);
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).inner_mask), cached.inner_mask);
+                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(core::ptr::addr_of_mut!((*p).entry), cached.entry);
+            }
         }
     }
     #[inline(always)]
@@ -155,12 +164,12 @@ impl Env for Maps {
         Some(store)
     }
     #[inline(always)]
-    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<u64> {
-        PREFIXES_V4.get(&Key::new(32, src)).map(TunnelRef::id)
+    fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<PrefixOwner> {
+        PREFIXES_V4.get(&Key::new(32, src)).copied()
     }
     #[inline(always)]
-    fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<u64> {
-        PREFIXES_V6.get(&Key::new(128, src)).map(TunnelRef::id)
+    fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<PrefixOwner> {
+        PREFIXES_V6.get(&Key::new(128, src)).copied()
     }
     #[inline(always)]
     fn tunnel_by_legacy(&self, secret: &LegacySecret) -> Option<u64> {

@@ -9,8 +9,8 @@ use aya::{
 };
 use footunnel_ebpf::{
     maps::{
-        self, Counter, Endpoint, LegacySecret, Observed, PORT_FOU, PORT_LEGACY, PortConfig, Settings, TunnelConfig,
-        TunnelRef,
+        self, Counter, Endpoint, LegacySecret, Observed, PORT_FOU, PORT_LEGACY, PortConfig, PrefixOwner, Settings,
+        TunnelConfig, TunnelRef,
     },
     siphash::SipKey,
 };
@@ -78,14 +78,14 @@ pub fn tunnel(ebpf: &Ebpf, id: u64) -> Result<Option<TunnelConfig>> {
 /// Routes FoU data whose inner source is in `addr/len` to tunnel `id`.
 pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64) -> Result<()> {
     let inserted = match addr {
-        IpAddr::V4(a) => LpmTrie::<_, [u8; 4], TunnelRef>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?.insert(
+        IpAddr::V4(a) => LpmTrie::<_, [u8; 4], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?.insert(
             &Key::new(len.into(), a.octets()),
-            TunnelRef::new(id),
+            PrefixOwner::new(id, len),
             0,
         ),
-        IpAddr::V6(a) => LpmTrie::<_, [u8; 16], TunnelRef>::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?.insert(
+        IpAddr::V6(a) => LpmTrie::<_, [u8; 16], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?.insert(
             &Key::new(len.into(), a.octets()),
-            TunnelRef::new(id),
+            PrefixOwner::new(id, len),
             0,
         ),
     };
@@ -107,13 +107,13 @@ pub fn sync_prefixes(ebpf: &mut Ebpf, wanted: &[(IpAddr, u8, u64)]) -> Result<()
         .iter()
         .filter_map(|(a, l, _)| if let IpAddr::V6(a) = a { Some((u32::from(*l), a.octets())) } else { None })
         .collect();
-    let mut v4: LpmTrie<_, [u8; 4], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
+    let mut v4: LpmTrie<_, [u8; 4], PrefixOwner> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
     for key in v4.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
         if !keep_v4.contains(&(key.prefix_len(), key.data())) {
             let _ = v4.remove(&key);
         }
     }
-    let mut v6: LpmTrie<_, [u8; 16], TunnelRef> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
+    let mut v6: LpmTrie<_, [u8; 16], PrefixOwner> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
     for key in v6.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
         if !keep_v6.contains(&(key.prefix_len(), key.data())) {
             let _ = v6.remove(&key);

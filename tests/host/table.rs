@@ -258,16 +258,17 @@ fn fragments_and_contradicting_headers_to_a_fou_port_are_counted() {
 #[test]
 fn prefixes_are_synced_without_dropping_the_ones_that_stay() {
     use aya::maps::{LpmTrie, MapData};
-    use footunnel_ebpf::maps::{PREFIXES_V4, PREFIXES_V6, TunnelRef};
+    use footunnel_ebpf::maps::{PREFIXES_V4, PREFIXES_V6, PrefixOwner};
     let mut broker = Broker::new(false);
     let id = broker.tunnel.id;
     let wanted = [("10.0.0.0".parse().unwrap(), 30, id), ("10.9.0.0".parse().unwrap(), 16, id)];
     footunnel::dataplane::sync_prefixes(&mut broker.ebpf, &wanted).unwrap();
-    let v4: LpmTrie<&MapData, [u8; 4], TunnelRef> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V4).unwrap()).unwrap();
+    let v4: LpmTrie<&MapData, [u8; 4], PrefixOwner> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V4).unwrap()).unwrap();
     let mut keys: Vec<(u32, [u8; 4])> = v4.keys().map(|k| k.unwrap()).map(|k| (k.prefix_len(), k.data())).collect();
     keys.sort();
     assert_eq!(keys, vec![(16, [10, 9, 0, 0]), (30, [10, 0, 0, 0])]);
-    let v6: LpmTrie<&MapData, [u8; 16], TunnelRef> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V6).unwrap()).unwrap();
+    let v6: LpmTrie<&MapData, [u8; 16], PrefixOwner> =
+        LpmTrie::try_from(broker.ebpf.map(PREFIXES_V6).unwrap()).unwrap();
     assert_eq!(v6.keys().count(), 0, "the IPv6 prefix no longer wanted is gone");
     // The kept prefix still routes data to the tunnel.
     let t0 = now_ns();
@@ -279,4 +280,25 @@ fn prefixes_are_synced_without_dropping_the_ones_that_stay() {
         XDP_PASS,
         Some(Counter::FouData),
     );
+}
+
+#[test]
+fn a_cache_hit_still_needs_the_inner_source_in_the_tunnels_prefix() {
+    let mut broker = Broker::new(false);
+    // A second tunnel owns 10.0.0.4/30; its endpoint is elsewhere.
+    let other = footunnel::secret::TunnelIdentity::derive("the other tunnel's secret");
+    footunnel::dataplane::add_tunnel(&mut broker.ebpf, other.id, other.sip_key(), None).unwrap();
+    footunnel::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.4".parse().unwrap(), 30, other.id).unwrap();
+    broker.xdp(&to_fou(CLIENT, 40001, &broker.heartbeat(now_ns())).build());
+    broker.events();
+    let ours = to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build();
+    expect(&broker, "data from the endpoint (fills the cache)", &ours, XDP_PASS, Some(Counter::FouData));
+    expect(&broker, "again, from the cache", &ours, XDP_PASS, Some(Counter::FouData));
+    // The same outer source, an inner source of the other tunnel: not ours to
+    // wave through; it is data for that tunnel from a source not its endpoint.
+    let theirs = to_fou(CLIENT, 40001, &inner([10, 0, 0, 5])).build();
+    let before = broker.count(Counter::FouElsewhere);
+    assert_eq!(broker.xdp(&theirs), XDP_PASS);
+    assert_eq!(broker.count(Counter::FouElsewhere), before + 1, "a cache hit skipped the inner-prefix check");
+    assert_eq!(broker.events().iter().filter(|e| e.tunnel_id == other.id).count(), 1, "the other tunnel hears of it");
 }
