@@ -1,11 +1,14 @@
 //! The eBPF object embedded in this binary, and typed access to its maps.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
 };
 use footunnel_ebpf::{
     maps::{
@@ -57,6 +60,42 @@ pub fn watch_legacy_port(ebpf: &mut Ebpf, port: u16) -> Result<()> {
 pub fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
     let mut ports: Array<_, PortConfig> = Array::try_from(map_mut(ebpf, maps::FOU_PORTS)?)?;
     ports.set(u32::from(port), PortConfig { kind }, 0).with_context(|| format!("cannot set UDP port {port}"))
+}
+
+/// Maps pinned by another footunnel version are reused as they are: with
+/// another layout the program would read garbage or lose counters, quietly.
+/// Refuses them, naming the fix, before anything is changed.
+pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
+    let expected: [(&str, usize, Option<usize>); 8] = [
+        (maps::TUNNELS, size_of::<TunnelConfig>(), None),
+        (maps::ENDPOINTS, size_of::<Endpoint>(), None),
+        (maps::PREFIXES_V4, size_of::<PrefixOwner>(), None),
+        (maps::PREFIXES_V6, size_of::<PrefixOwner>(), None),
+        (maps::OBSERVED, size_of::<Observed>(), None),
+        (maps::SETTINGS, size_of::<Settings>(), None),
+        (maps::FOU_PORTS, size_of::<PortConfig>(), None),
+        (maps::COUNTERS, size_of::<u64>(), Some(Counter::COUNT)),
+    ];
+    for (name, value_size, entries) in expected {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).with_context(|| format!("cannot inspect pinned map {}", path.display()))?;
+        let (have_size, have_entries) = (info.value_size() as usize, info.max_entries() as usize);
+        if have_size != value_size || entries.is_some_and(|e| e != have_entries) {
+            bail!(
+                "the pinned map {} comes from another footunnel version (values of {have_size} bytes, {have_entries} \
+                 entries; this version needs {value_size}{}): run `footunnel unload --pin-dir {}` once (it detaches \
+                 the old program and removes its maps; clients re-announce themselves within an interval), then start \
+                 the broker again",
+                path.display(),
+                entries.map_or(String::new(), |e| format!(" bytes, {e} entries")),
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Makes tunnel `id` known, with its heartbeat key and the broker address

@@ -5,6 +5,7 @@
 mod bpftool;
 mod concurrency;
 mod fuzz;
+mod pins;
 mod rawsocket;
 mod table;
 mod veth;

@@ -157,6 +157,7 @@ impl Broker {
             }
         }
         ensure_pin_dir(&config.pin_dir)?;
+        dataplane::check_pinned_layouts(&config.pin_dir)?;
         let fresh = !config.pin_dir.join(maps::ENDPOINTS).exists();
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, config.pin_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
