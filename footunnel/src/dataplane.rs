@@ -177,13 +177,7 @@ pub fn set_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<()> {
 
 /// CLOCK_REALTIME − CLOCK_BOOTTIME now: what lets the program read wall time.
 pub fn realtime_offset_ns() -> u64 {
-    let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid clock id and a valid out pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME)
+    crate::clock_ns(libc::CLOCK_REALTIME) - crate::mono_ns()
 }
 
 /// A counter summed over all CPUs.

@@ -45,6 +45,16 @@ impl TunnelLink {
 }
 
 impl TunnelLink {
+    /// Every tunnel parameter but `remote` and `encap-dport`: what a re-point
+    /// must carry over unchanged.
+    pub fn params_but_endpoint(&self) -> Vec<InfoIpTunnel> {
+        self.params
+            .iter()
+            .filter(|p| !matches!(p, InfoIpTunnel::Remote(_) | InfoIpTunnel::EncapDPort(_)))
+            .cloned()
+            .collect()
+    }
+
     /// `remote` and `encap-dport`, as the controller compares them.
     pub fn endpoint(&self) -> crate::decide::LinkEndpoint {
         crate::decide::LinkEndpoint {
@@ -157,12 +167,7 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
 /// other tunnel parameter unchanged: a changelink of an ipip/sit link
 /// rebuilds its parameters from the message alone (DESIGN.md §3).
 pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: Ipv4Addr, dport: u16) -> Result<TunnelLink> {
-    let mut params: Vec<InfoIpTunnel> = link
-        .params
-        .iter()
-        .filter(|p| !matches!(p, InfoIpTunnel::Remote(_) | InfoIpTunnel::EncapDPort(_)))
-        .cloned()
-        .collect();
+    let mut params = link.params_but_endpoint();
     params.push(InfoIpTunnel::Remote(IpAddr::V4(remote)));
     params.push(InfoIpTunnel::EncapDPort(dport));
     let mut message = LinkMessage::default();

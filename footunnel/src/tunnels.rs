@@ -16,6 +16,9 @@ use crate::{
     link::{self, TunnelLink},
 };
 
+/// (tunnel name, link local address, link remote), as `decide` compares them.
+type OuterAddresses<'a> = (&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>);
+
 /// A configured tunnel and what the broker knows of it.
 pub struct Running {
     pub config: Tunnel,
@@ -34,6 +37,11 @@ pub struct Running {
 impl Running {
     pub fn new(config: Tunnel, link: TunnelLink) -> Self {
         Running { config, link, last_sent_ns: 0, last_challenge_ns: None, legacy_client: false, last_problem: None }
+    }
+
+    /// What the kernel's FoU receive tells this tunnel's link apart by.
+    fn outer_addresses(&self) -> OuterAddresses<'_> {
+        (self.config.name.as_str(), self.link.local_v4(), self.link.endpoint().remote)
     }
 
     /// Logs `problem` once, until it changes or clears.
@@ -67,13 +75,8 @@ impl TunnelTable {
     }
 
     /// (name, local, remote) of every tunnel but `i`.
-    fn others(&self, i: usize) -> Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> {
-        self.tunnels
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, t)| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
-            .collect()
+    fn others(&self, i: usize) -> Vec<OuterAddresses<'_>> {
+        self.tunnels.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, t)| t.outer_addresses()).collect()
     }
 
     /// Reads tunnel `i`'s link from the kernel (someone may have edited or
@@ -146,11 +149,7 @@ impl TunnelTable {
 
     /// Tunnels the kernel cannot tell apart, as pairs of names.
     pub fn collisions(&self) -> Vec<(&str, &str)> {
-        let rows: Vec<(&str, Option<Ipv4Addr>, Option<Ipv4Addr>)> = self
-            .tunnels
-            .iter()
-            .map(|t| (t.config.name.as_str(), t.link.local_v4(), t.link.endpoint().remote))
-            .collect();
+        let rows: Vec<OuterAddresses<'_>> = self.tunnels.iter().map(Running::outer_addresses).collect();
         decide::collisions(&rows)
     }
 }

@@ -75,7 +75,7 @@ fn mutated_packets_never_move_an_endpoint() {
         // payload bytes changed: only the tag (or the header checks) stands
         // between these and the endpoint, so they exercise SipHash itself.
         if rng.below(3) == 0 {
-            let mut packet = Udp4 { ..heartbeat.clone() };
+            let mut packet = heartbeat.clone();
             let signed = broker.heartbeat(t0 + 1 + n as u64);
             packet.payload = signed.clone();
             for _ in 0..1 + rng.below(3) {

@@ -11,7 +11,6 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use footunnel::now_ns;
 use footunnel_tests::{by_hand, footunnel_once};
-use netlink_packet_route::link::InfoIpTunnel;
 
 use crate::broker::{CLIENT_A, CLIENT_B, SECRET, Topology, read_link, receive_from_broker};
 
@@ -145,13 +144,8 @@ fn a_re_point_keeps_every_non_default_parameter() {
     topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
     topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
     let after = read_link(&topo.broker, "fou0").unwrap();
-    let others = |l: &footunnel::link::TunnelLink| -> Vec<InfoIpTunnel> {
-        let mut v: Vec<InfoIpTunnel> = l
-            .params
-            .iter()
-            .filter(|p| !matches!(p, InfoIpTunnel::Remote(_) | InfoIpTunnel::EncapDPort(_)))
-            .cloned()
-            .collect();
+    let others = |l: &footunnel::link::TunnelLink| {
+        let mut v = l.params_but_endpoint();
         v.sort_by_key(|p| format!("{p:?}"));
         v
     };
