@@ -107,12 +107,17 @@ so the NAT maps them exactly like the tunnel's data: no SNAT rule is needed.
 They go out every --interval, at once when this host's addresses, routes or links
 change, and at once when the broker challenges (it saw our data arrive from a new
 source); unanswered ones are retried with backoff until the broker's ACK arrives.
-Leave the link's local address unset (`local any`) so it survives address changes.";
+Leave the link's local address unset (`local any`) so it survives address changes.
+
+BROKER may be a name (broker.example.net). It is resolved at start, retried until
+it resolves, and resolved again every --interval: when the broker's address
+changes, the client points its link's remote at the new address and heartbeats.";
 
 #[derive(Args)]
 struct ClientArgs {
-    /// The broker's public IPv4 address.
-    broker: std::net::Ipv4Addr,
+    /// The broker's public IPv4 address, or its name (re-resolved every interval, so a broker that moves is followed).
+    #[arg(value_parser = parse_broker)]
+    broker: client::resolve::BrokerAddress,
     /// The tunnel's shared secret. Prefer --secret-file: arguments are visible in `ps`.
     secret: Option<String>,
     /// Read the secret from this file (mode 600) instead.
@@ -163,7 +168,7 @@ impl ClientArgs {
             bail!("--freshness-window must be between 0 and 86400 seconds");
         }
         Ok(ClientConfig {
-            broker: self.broker,
+            broker: self.broker.clone(),
             secret,
             link: self.link.clone(),
             interval: std::time::Duration::from_secs_f64(self.interval),
@@ -216,6 +221,10 @@ struct BrokerArgs {
     /// More detail in the log.
     #[arg(long, short)]
     verbose: bool,
+}
+
+fn parse_broker(s: &str) -> Result<client::resolve::BrokerAddress, String> {
+    s.parse()
 }
 
 fn parse_prefix(s: &str) -> Result<Prefix, String> {

@@ -345,6 +345,36 @@ impl NsProcess {
     /// Runs `footunnel ARGS…` in `ns` (network namespace only, so /sys/fs/bpf
     /// stays the one the test sees), logging to a file.
     pub fn footunnel(ns: &Netns, args: &[&str]) -> Self {
+        let bin = footunnel_bin();
+        let netns = format!("--net=/run/netns/{}", ns.name);
+        let mut wrapped: Vec<&str> = vec![&netns, bin.to_str().unwrap()];
+        wrapped.extend_from_slice(args);
+        Self::spawn("nsenter", &wrapped)
+    }
+
+    /// Like [`NsProcess::footunnel`], in a mount namespace of its own where
+    /// `hosts` is bind-mounted over /etc/hosts: a name resolution the test
+    /// controls (rewrite the file in place, keeping its inode).
+    pub fn footunnel_with_hosts(ns: &Netns, hosts: &std::path::Path, args: &[&str]) -> Self {
+        let bin = footunnel_bin();
+        let netns = format!("--net=/run/netns/{}", ns.name);
+        let mut wrapped: Vec<&str> = vec![
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+            hosts.to_str().unwrap(),
+            "nsenter",
+            &netns,
+            bin.to_str().unwrap(),
+        ];
+        wrapped.extend_from_slice(args);
+        Self::spawn("unshare", &wrapped)
+    }
+
+    fn spawn(program: &str, args: &[&str]) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "footunnel-{}-{}.log",
@@ -352,15 +382,13 @@ impl NsProcess {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let file = File::create(&log).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg(footunnel_bin())
+        let child = Command::new(program)
             .args(args)
             .env("RUST_BACKTRACE", "0")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
-            .expect("start footunnel under nsenter");
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         NsProcess { child, log }
     }
 

@@ -60,3 +60,38 @@ fn a_wall_clock_stepped_back_does_not_silence_the_client() {
         client.log()
     );
 }
+
+#[test]
+fn a_broker_given_by_name_is_waited_for_then_followed_when_it_moves() {
+    let topo = Topology::new();
+    let _broker = topo.start_broker(&[]);
+    let hosts = std::env::temp_dir().join(format!("hosts-{}", topo.broker.name));
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let state = format!("{}-client", topo.state_dir);
+    let mut client = NsProcess::footunnel_with_hosts(
+        &topo.client,
+        &hosts,
+        &["client", "-v", "--interval", "1", "--state-dir", &state, "broker.test", SECRET],
+    );
+    // Not resolvable yet (DNS not up at boot, say): retried, not fatal.
+    client.wait_for("cannot resolve broker name broker.test", Duration::from_secs(10));
+    std::fs::write(&hosts, "127.0.0.1 localhost\n198.51.100.1 broker.test\n").unwrap();
+    client.wait_for("broker broker.test resolves to 198.51.100.1", Duration::from_secs(10));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(5));
+    assert!(topo.ping(), "no traffic to the broker found by name:\n{}", client.log());
+
+    // The broker moves to another address; its name follows.
+    topo.broker.ip("addr add 198.51.100.9/24 dev up0");
+    topo.broker.ip("link set fou0 type ipip local 198.51.100.9");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n198.51.100.9 broker.test\n").unwrap();
+    client.wait_for("now resolves to 198.51.100.9 (was 198.51.100.1)", Duration::from_secs(5));
+    let client_link = crate::broker::read_link(&topo.client, "fou0").unwrap();
+    assert_eq!(client_link.remote(), Some("198.51.100.9".parse().unwrap()), "the client's link did not follow");
+    assert_eq!(client_link.encap_sport(), Some(40001), "re-pointing the client's link kept its other parameters");
+    let start = std::time::Instant::now();
+    while !topo.ping() {
+        assert!(start.elapsed() < Duration::from_secs(5), "no traffic after the broker moved:\n{}", client.log());
+    }
+    let (ok, show) = footunnel_once(&topo.client, &["show", "--state-dir", &state]);
+    assert!(ok && show.contains("broker.test (198.51.100.9)"), "{show}");
+}

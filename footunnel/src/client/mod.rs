@@ -3,6 +3,7 @@
 //! the NAT maps them exactly like the tunnel's data: no SNAT rule.
 
 pub mod path;
+pub mod resolve;
 pub mod schedule;
 
 use std::{
@@ -29,11 +30,13 @@ use crate::{
     rawudp::{Datagram, RawUdp},
     secret::TunnelIdentity,
 };
+use resolve::BrokerAddress;
 use schedule::Schedule;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    pub broker: Ipv4Addr,
+    /// The broker: an IPv4 address, or a name re-resolved every interval.
+    pub broker: BrokerAddress,
     pub secret: String,
     /// The tunnel's link; default: the ipip/sit link whose remote is the broker.
     pub link: Option<String>,
@@ -131,13 +134,18 @@ async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Res
 pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
+    tokio::pin!(shutdown);
+    let Some(broker) = first_resolution(&config.broker, config.interval, shutdown.as_mut()).await else {
+        info!("client stopped before the broker's name resolved");
+        return Ok(());
+    };
     let mut created = Created::default();
     if let Some(m) = &config.manage {
         let spec = LinkSpec {
             name: config.link.clone().unwrap_or_else(|| "fou0".into()),
             // `local any`: the link keeps working when this host's address changes.
             local: None,
-            remote: config.broker,
+            remote: broker,
             ttl: 64,
             sport: m.port,
             dport: m.broker_port,
@@ -149,7 +157,7 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
             info!("created link {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
         }
     }
-    let result = serve(&config, &handle, shutdown).await;
+    let result = serve(&config, &handle, broker, shutdown).await;
     if let Err(e) = manage::down(&handle, &created).await {
         warn!("{e:#}");
     } else if !created.is_empty() {
@@ -158,9 +166,57 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
     result
 }
 
-async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let link =
-        find_link(handle, config.broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
+/// Resolves the broker's name until it works (a name that does not resolve
+/// yet, say at boot before DNS is up, is retried, not fatal); `None` if
+/// `shutdown` comes first.
+async fn first_resolution(
+    broker: &BrokerAddress,
+    interval: Duration,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<Ipv4Addr> {
+    let retry = interval.min(Duration::from_secs(5));
+    loop {
+        match broker.resolve().await {
+            Ok(a) => {
+                if broker.is_name() {
+                    info!("broker {broker} resolves to {a}");
+                }
+                return Some(a);
+            }
+            Err(e) => warn!("{e:#}; retrying in {retry:?}"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return None,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Re-resolves the broker's name every interval in the background; each
+/// answer arrives on the channel (nothing arrives for a literal address).
+fn re_resolve(broker: &BrokerAddress, interval: Duration) -> tokio::sync::mpsc::Receiver<Result<Ipv4Addr>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    if broker.is_name() {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if tx.send(broker.resolve().await).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    rx
+}
+
+async fn serve(
+    config: &ClientConfig,
+    handle: &Handle,
+    mut broker: Ipv4Addr,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<()> {
+    let mut link = find_link(handle, broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
     let sport = link.encap_sport().with_context(|| {
         format!(
             "link {} has no fixed encap-sport: set one (`encap-sport 42424`) so heartbeats and data share a port",
@@ -184,13 +240,15 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
     let socket = RawUdp::open()?;
     socket.set_nonblocking()?;
     socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
-    socket.only_control_messages(config.broker, dport, sport)?;
-    let mut route = path::route_to(handle, config.broker, &tunnel_path).await;
+    socket.only_control_messages(broker, dport, sport)?;
+    let mut route = path::route_to(handle, broker, &tunnel_path).await;
     // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
     let socket =
         unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
+    let mut resolved = re_resolve(&config.broker, config.interval);
 
-    let mut state = ClientState { broker: config.broker.to_string(), link: link.name.clone(), ..Default::default() };
+    let mut state =
+        ClientState { broker: describe_broker(&config.broker, broker), link: link.name.clone(), ..Default::default() };
     // Timers run on the monotonic clock: a wall clock stepped back must not
     // silence the client. Only the wire timestamps are wall time.
     let mut schedule = Schedule::new(config.interval, mono_ns());
@@ -198,9 +256,9 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
     let mut last_broker_ts = 0u64;
     info!(
         "client for broker {}:{dport} on link {}, heartbeats from port {sport} every {:?}",
-        config.broker, link.name, config.interval
+        state.broker, link.name, config.interval
     );
-    tokio::pin!(shutdown);
+    let mut shutdown = shutdown;
     loop {
         let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(mono_ns()));
         tokio::select! {
@@ -212,9 +270,9 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
                 }
                 last_sent_ts = next_timestamp(now_ns(), last_sent_ts);
                 let msg = ControlMessage::new(Kind::Heartbeat, identity.id, last_sent_ts, schedule.nonce()).sign(identity.sip_key());
-                route = path::route_to(handle, config.broker, &tunnel_path).await.or(route);
+                route = path::route_to(handle, broker, &tunnel_path).await.or(route);
                 let src = path::source(route.as_ref());
-                match socket.get_ref().send(src, sport, config.broker, dport, &msg.to_bytes()) {
+                match socket.get_ref().send(src, sport, broker, dport, &msg.to_bytes()) {
                     Ok(()) => {
                         debug!("heartbeat from {src}:{sport}");
                         state.heartbeats += 1;
@@ -225,17 +283,37 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
                 if schedule.unanswered() == UNANSWERED_WARNING {
                     warn!(
                         "no ACK for the last {UNANSWERED_WARNING} heartbeats: the tunnel may be down. Check that the \
-                         broker runs and has this secret, that {}:{dport} is reachable, and this host's clock \
+                         broker runs and has this secret, that {broker}:{dport} is reachable, and this host's clock \
                          (the broker refuses heartbeats outside its freshness window; `footunnel show` on the \
-                         broker counts them as stale)",
-                        config.broker
+                         broker counts them as stale)"
                     );
+                }
+            }
+            Some(answer) = resolved.recv() => {
+                match answer {
+                    Ok(now_at) if now_at != broker => {
+                        info!("broker {} now resolves to {now_at} (was {broker}): pointing link {} there", config.broker, link.name);
+                        match link::repoint(handle, &link, now_at, dport).await {
+                            Ok(updated) => {
+                                link = updated;
+                                broker = now_at;
+                                socket.get_ref().only_control_messages(broker, dport, sport)?;
+                                route = path::route_to(handle, broker, &tunnel_path).await;
+                                state.broker = describe_broker(&config.broker, broker);
+                                write_state(&config.state_dir, &state);
+                                schedule.network_changed(mono_ns());
+                            }
+                            Err(e) => warn!("{e:#}; still sending to {broker}"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("{e:#}; still sending to {broker}"),
                 }
             }
             Some(_) = changes.next() => {
                 // Container churn and the like change links and addresses all
                 // the time; only a new path to the broker needs a heartbeat.
-                let now_route = path::route_to(handle, config.broker, &tunnel_path).await;
+                let now_route = path::route_to(handle, broker, &tunnel_path).await;
                 if now_route != route {
                     debug!("the path to the broker changed ({route:?} → {now_route:?}); heartbeat soon");
                     route = now_route;
@@ -245,7 +323,7 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
             guard = socket.readable() => {
                 let mut guard = guard?;
                 while let Some(d) = guard.get_inner().recv()? {
-                    if let Some(msg) = from_broker(&d, config, sport, dport) {
+                    if let Some(msg) = from_broker(&d, broker, sport, dport) {
                         let now = now_ns();
                         match verify_from_broker(msg, &identity, last_broker_ts, now, config.freshness_window_ns) {
                             Ok(m) => {
@@ -268,8 +346,13 @@ async fn serve(config: &ClientConfig, handle: &Handle, shutdown: impl std::futur
     Ok(())
 }
 
-fn from_broker<'a>(d: &'a Datagram, config: &ClientConfig, sport: u16, dport: u16) -> Option<&'a [u8]> {
-    (d.src == config.broker && d.sport == dport && d.dport == sport && d.payload.first().is_some_and(|b| b >> 4 == 0xF))
+/// "198.51.100.1", or "broker.example.net (198.51.100.1)".
+fn describe_broker(broker: &BrokerAddress, at: Ipv4Addr) -> String {
+    if broker.is_name() { format!("{broker} ({at})") } else { at.to_string() }
+}
+
+fn from_broker(d: &Datagram, broker: Ipv4Addr, sport: u16, dport: u16) -> Option<&[u8]> {
+    (d.src == broker && d.sport == dport && d.dport == sport && d.payload.first().is_some_and(|b| b >> 4 == 0xF))
         .then_some(d.payload.as_slice())
 }
 
