@@ -130,7 +130,7 @@ pub struct BrokerConfig {
     pub tunnels: Vec<Tunnel>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tunnel {
     pub name: String,
     pub link: String,

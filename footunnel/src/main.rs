@@ -51,6 +51,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make the running broker re-read its configuration (as SIGHUP does) and report the outcome.
+    #[command(long_about = RELOAD_HELP)]
+    Reload {
+        /// Where the broker keeps its state file.
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Detach the broker's eBPF program and remove its pinned maps.
     Unload {
         #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
@@ -59,6 +66,16 @@ enum Command {
         state_dir: PathBuf,
     },
 }
+
+const RELOAD_HELP: &str = "Make the running broker re-read its configuration, as SIGHUP does, and
+report the outcome (exit status 1 if the new configuration was refused).
+
+New tunnels start, removed ones stop (links footunnel created for them are
+removed; links made by hand stay), changed ones change. A tunnel whose name, link
+and secret stay keeps its link, endpoint and counters, and its traffic flows on.
+A configuration that fails any check changes nothing: the running one stays, and
+the error says what to fix. pin_dir, state_dir, attach, interfaces, fou_ports and
+legacy_port place the data plane and need a restart.";
 
 const BROKER_HELP: &str = "Run the broker: keep each tunnel's link pointed at its client.
 
@@ -314,7 +331,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(broker::run(config, shutdown_signal()))?;
+            let reread: broker::Reread = Box::new(move || args.config());
+            rt.block_on(broker::run(config, reread, shutdown_signal()))?;
         }
         Command::Client(args) => {
             init_logging(args.verbose);
@@ -354,6 +372,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keygen { out: Some(path) } => {
             footunnel::files::create_private(&path, &format!("{}\n", secret::generate()?))?;
             eprintln!("footunnel: a new secret is in {} (mode 600)", path.display());
+        }
+        Command::Reload { state_dir } => {
+            let outcome = broker::request_reload(&state_dir, std::time::Duration::from_secs(30))?;
+            if !outcome.ok {
+                bail!("reload refused, the running configuration stays: {}", outcome.message);
+            }
+            println!("reloaded: {}", outcome.message);
         }
         Command::Unload { pin_dir, state_dir } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -11,6 +11,7 @@ use rtnetlink::Handle;
 use tracing::{info, warn};
 
 use crate::{
+    addr::Prefix,
     config::Tunnel,
     decide::{self, LinkEndpoint, LinkPlan},
     link::{self, TunnelLink},
@@ -24,6 +25,8 @@ pub struct Running {
     pub config: Tunnel,
     /// The link as the kernel reported it at the last look.
     pub link: TunnelLink,
+    /// Inner source prefixes of the client (configured or derived from the link).
+    pub prefixes: Vec<Prefix>,
     pub last_sent_ns: u64,
     pub last_challenge_ns: Option<u64>,
     /// The last accepted heartbeat was the proof of concept's plaintext one:
@@ -35,8 +38,16 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn new(config: Tunnel, link: TunnelLink) -> Self {
-        Running { config, link, last_sent_ns: 0, last_challenge_ns: None, legacy_client: false, last_problem: None }
+    pub fn new(config: Tunnel, link: TunnelLink, prefixes: Vec<Prefix>) -> Self {
+        Running {
+            config,
+            link,
+            prefixes,
+            last_sent_ns: 0,
+            last_challenge_ns: None,
+            legacy_client: false,
+            last_problem: None,
+        }
     }
 
     /// What the kernel's FoU receive tells this tunnel's link apart by.

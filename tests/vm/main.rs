@@ -6,5 +6,6 @@ mod broker_config;
 mod client;
 mod e2e;
 mod manage;
+mod reload;
 mod robust;
 mod tunnel_link;

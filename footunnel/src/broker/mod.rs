@@ -4,6 +4,7 @@
 
 mod plan;
 mod program;
+mod reload;
 mod state;
 
 use crate::{
@@ -29,6 +30,7 @@ use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::{Handle, MulticastGroup};
 use std::{
+    collections::HashSet,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -39,6 +41,7 @@ use tracing::{debug, info, warn};
 use plan::{Plan, plan};
 pub use program::{PINNED_MAPS, unload};
 use program::{attach, ensure_pin_dir, fill_maps};
+pub use reload::{ReloadOutcome, request as request_reload};
 use state::write_state;
 pub use state::{STATE_FILE, StateFile, StateTunnel, read_state};
 
@@ -50,14 +53,20 @@ pub struct Broker {
     sender: RawUdp,
     challenges: RateLimit,
     interfaces: Vec<String>,
+    /// Links and FoU listeners footunnel created, this run or earlier ones.
+    created: Created,
+    last_reload: Option<ReloadOutcome>,
 }
 
+/// Reads the configuration again (SIGHUP): the file, with the command line's overrides.
+pub type Reread = Box<dyn Fn() -> Result<BrokerConfig>>;
+
 /// Runs the broker until `shutdown` resolves.
-pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     info!("footunnel {} broker starting", env!("CARGO_PKG_VERSION"));
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
-    let created = bring_up_managed(&config, &handle).await?;
+    let created = bring_up_managed(&config, &handle, &HashSet::new()).await?;
     let plan = match plan(&config, &handle).await {
         Ok(plan) => plan,
         Err(e) => {
@@ -69,8 +78,9 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
         }
     };
     debug!("configuration checked against the system");
-    let mut table =
-        TunnelTable::new(plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone())).collect());
+    let mut table = TunnelTable::new(
+        plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone(), t.prefixes.clone())).collect(),
+    );
     apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
     let mut broker = match Broker::start(config, handle.clone(), plan, table, created.clone()) {
         Ok(broker) => broker,
@@ -90,7 +100,7 @@ pub async fn run(config: BrokerConfig, shutdown: impl std::future::Future<Output
              the kernel's FoU receive cannot tell them apart; give them distinct broker local addresses"
         );
     }
-    broker.serve(shutdown).await
+    broker.serve(reread, shutdown).await
 }
 
 /// Placeholder remotes for links footunnel creates, until the first
@@ -110,14 +120,17 @@ fn placeholder_remote(i: usize) -> Ipv4Addr {
 
 /// Creates the FoU listener and the links of managed tunnels that are
 /// missing; on failure, removes again what it created.
-async fn bring_up_managed(config: &BrokerConfig, handle: &Handle) -> Result<Created> {
+/// Placeholders in `in_use` (remotes of running links) are skipped.
+async fn bring_up_managed(config: &BrokerConfig, handle: &Handle, in_use: &HashSet<Ipv4Addr>) -> Result<Created> {
     let mut created = Created::default();
-    for (i, t) in config.tunnels.iter().enumerate() {
+    let mut placeholders = (0..).map(placeholder_remote).filter(|a| !in_use.contains(a));
+    for t in &config.tunnels {
         let Some(m) = &t.manage else { continue };
+        let remote = placeholders.next().expect("placeholders never run out");
         let spec = LinkSpec {
             name: t.link.clone(),
             local: Some(m.local),
-            remote: placeholder_remote(i),
+            remote,
             ttl: m.ttl,
             sport: config.fou_ports[0],
             dport: config.fou_ports[0],
@@ -167,7 +180,7 @@ impl Broker {
         let mut ebpf = loader.load(dataplane::OBJECT).context("loading the eBPF object with pinned maps failed")?;
         debug!("eBPF object loaded, maps open");
         let started = now_ns();
-        fill_maps(&mut ebpf, &config, &plan, fresh.then_some(started))?;
+        fill_maps(&mut ebpf, &config, &plan, started)?;
         if fresh {
             info!(
                 "fresh data plane state: only heartbeats newer than now are accepted (replays of older ones stay out)"
@@ -178,14 +191,35 @@ impl Broker {
         for iface in &plan.interfaces {
             attach(&mut ebpf, &config, iface)?;
         }
-        let state = StateFile {
-            pin_dir: config.pin_dir.clone(),
-            attach: format!("{:?}", config.attach).to_lowercase(),
-            interfaces: plan.interfaces.clone(),
-            fou_ports: config.fou_ports.clone(),
-            legacy_port: plan.tunnels.iter().any(|t| t.config.legacy).then_some(config.legacy_port),
+        let challenges = RateLimit::new(config.challenge_rate, now_ns());
+        let broker = Broker {
+            config,
+            ebpf,
+            handle,
+            table,
+            sender: RawUdp::send_only()?,
+            challenges,
+            interfaces: plan.interfaces,
             created,
-            tunnels: plan
+            last_reload: None,
+        };
+        broker.write_state()?;
+        Ok(broker)
+    }
+
+    /// What `footunnel show`, `reload` and `unload` read.
+    fn write_state(&self) -> Result<()> {
+        let state = StateFile {
+            pid: Some(std::process::id()),
+            pin_dir: self.config.pin_dir.clone(),
+            attach: format!("{:?}", self.config.attach).to_lowercase(),
+            interfaces: self.interfaces.clone(),
+            fou_ports: self.config.fou_ports.clone(),
+            legacy_port: self.config.tunnels.iter().any(|t| t.legacy).then_some(self.config.legacy_port),
+            created: self.created.clone(),
+            reload: self.last_reload.clone(),
+            tunnels: self
+                .table
                 .tunnels
                 .iter()
                 .map(|t| StateTunnel {
@@ -197,17 +231,7 @@ impl Broker {
                 })
                 .collect(),
         };
-        write_state(&config.state_dir, &state)?;
-        let challenges = RateLimit::new(config.challenge_rate, now_ns());
-        Ok(Broker {
-            config,
-            ebpf,
-            handle,
-            table,
-            sender: RawUdp::send_only()?,
-            challenges,
-            interfaces: plan.interfaces,
-        })
+        write_state(&self.config.state_dir, &state)
     }
 
     fn endpoint(&self, id: u64) -> Option<Endpoint> {
@@ -330,7 +354,34 @@ impl Broker {
         }
     }
 
-    async fn serve(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    /// SIGHUP: re-reads the configuration and applies the difference; a bad
+    /// one changes nothing. The outcome goes to the log and the state file.
+    async fn on_hangup(&mut self, reread: &Reread) {
+        info!("SIGHUP: reloading the configuration");
+        let result = match reread() {
+            Ok(new) => self.reload(new).await,
+            Err(e) => Err(e),
+        };
+        let generation = self.last_reload.as_ref().map_or(0, |r| r.generation) + 1;
+        let outcome = match result {
+            Ok(summary) => {
+                info!("configuration reloaded: {summary}");
+                ReloadOutcome { generation, ok: true, message: summary }
+            }
+            Err(e) => {
+                warn!("reload refused, the running configuration stays: {e:#}");
+                ReloadOutcome { generation, ok: false, message: format!("{e:#}") }
+            }
+        };
+        self.last_reload = Some(outcome);
+        if let Err(e) = self.write_state() {
+            warn!("{e:#}");
+        }
+    }
+
+    async fn serve(mut self, reread: Reread, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP (reload)")?;
         let events = self.ebpf.take_map(maps::EVENTS).context("the eBPF object has no EVENTS map")?;
         // SAFETY: the ring buffer owns its descriptor for as long as the AsyncFd holds it.
         let mut events = unsafe { AsyncFd::register(RingBuf::try_from(events)?) }
@@ -348,6 +399,7 @@ impl Broker {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(()) = hangups.recv() => self.on_hangup(&reread).await,
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     let mut batch = Vec::new();

@@ -62,9 +62,11 @@ pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
 }
 
 /// Makes the maps say exactly what the configuration says; entries of
-/// tunnels no longer configured go. `seed_ns`: after a reboot (fresh maps),
-/// every tunnel accepts only heartbeats newer than this.
-pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: Option<u64>) -> Result<()> {
+/// tunnels no longer configured go. A tunnel without an endpoint entry
+/// (fresh maps after a reboot, or a tunnel new since the last start or
+/// reload) accepts only heartbeats newer than `seed_ns`: replays of older
+/// ones stay out.
+pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: u64) -> Result<()> {
     dataplane::set_settings(ebpf, settings(config))?;
 
     // Ports are an array: unwatch what the previous run watched, then watch ours.
@@ -95,10 +97,11 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
 
     remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
-    if let Some(seed) = seed_ns {
-        let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
-        for id in &ids {
-            endpoints.insert(id, Endpoint { last_timestamp_ns: seed, ..Default::default() }, 0)?;
+    let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
+    for id in &ids {
+        if endpoints.get(id, 0).is_err() {
+            // BPF_NOEXIST: a heartbeat recorded meanwhile is not overwritten.
+            let _ = endpoints.insert(id, Endpoint { last_timestamp_ns: seed_ns, ..Default::default() }, 1);
         }
     }
 

@@ -6,9 +6,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// What `footunnel show` needs besides the maps: written at start-up.
+/// What `footunnel show` needs besides the maps: written at start-up and on reload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateFile {
+    /// The broker process, for `footunnel reload`.
+    #[serde(default)]
+    pub pid: Option<u32>,
     pub pin_dir: PathBuf,
     pub attach: String,
     pub interfaces: Vec<String>,
@@ -19,6 +22,9 @@ pub struct StateFile {
     /// Links and FoU listeners footunnel created; `unload` removes them.
     #[serde(default)]
     pub created: Created,
+    /// The latest reload's outcome.
+    #[serde(default)]
+    pub reload: Option<super::ReloadOutcome>,
     pub tunnels: Vec<StateTunnel>,
 }
 

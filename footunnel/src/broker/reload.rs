@@ -1,0 +1,248 @@
+//! Reload (SIGHUP, `footunnel reload`): the new configuration's difference
+//! applied to the running broker. New tunnels start, removed ones stop,
+//! changed ones change; an unchanged tunnel's link, endpoint, counters and
+//! traffic are not touched. A configuration that fails any check changes
+//! nothing, and the running one stays.
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    config::{BrokerConfig, Tunnel},
+    manage::{self, Created},
+    now_ns,
+    tunnels::{Running, TunnelTable},
+};
+
+use super::{Broker, bring_up_managed, plan::plan, program::fill_maps};
+
+/// The outcome of the latest reload, in the state file, where `footunnel
+/// reload` reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Counts reloads since the broker started.
+    pub generation: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Settings that decide where the data plane is and what it owns: a reload
+/// cannot move them under a running program.
+pub(crate) fn check_reloadable(old: &BrokerConfig, new: &BrokerConfig) -> Result<()> {
+    let fixed = [
+        ("pin_dir", old.pin_dir != new.pin_dir),
+        ("state_dir", old.state_dir != new.state_dir),
+        ("attach", old.attach != new.attach),
+        ("interfaces", old.interfaces != new.interfaces),
+        ("fou_ports", old.fou_ports != new.fou_ports),
+        ("legacy_port", old.legacy_port != new.legacy_port),
+    ];
+    let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
+    if !changed.is_empty() {
+        bail!(
+            "{} changed, and a reload cannot move the data plane: restart the broker to apply that \
+             (`systemctl restart footunnel-broker`), or undo the change and reload again",
+            changed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Tunnels by name: which stay as they are, which change, start and stop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct TunnelDiff {
+    pub unchanged: Vec<String>,
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+pub(crate) fn diff(old: &[Tunnel], new: &[Tunnel]) -> TunnelDiff {
+    let mut d = TunnelDiff::default();
+    for t in new {
+        match old.iter().find(|o| o.name == t.name) {
+            Some(o) if o == t => d.unchanged.push(t.name.clone()),
+            Some(_) => d.changed.push(t.name.clone()),
+            None => d.added.push(t.name.clone()),
+        }
+    }
+    d.removed = old.iter().filter(|o| !new.iter().any(|t| t.name == o.name)).map(|o| o.name.clone()).collect();
+    d
+}
+
+impl TunnelDiff {
+    pub fn summary(&self) -> String {
+        let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        format!(
+            "added: {}; changed: {}; removed: {}; unchanged: {}",
+            list(&self.added),
+            list(&self.changed),
+            list(&self.removed),
+            self.unchanged.len()
+        )
+    }
+}
+
+/// A tunnel keeps what the broker knows of it (link, rate limits, the
+/// kind of client it has) when its name, link and secret stay.
+fn carries_over(old: &Running, new: &Tunnel) -> bool {
+    old.config.name == new.name && old.config.link == new.link && old.config.identity == new.identity
+}
+
+impl Broker {
+    /// Applies `new` in place of the running configuration; on error nothing
+    /// has changed. Returns what changed, for the log and `footunnel reload`.
+    pub(super) async fn reload(&mut self, new: BrokerConfig) -> Result<String> {
+        check_reloadable(&self.config, &new)?;
+        let diff = diff(&self.config.tunnels, &new.tunnels);
+        let in_use: HashSet<Ipv4Addr> = self.table.tunnels.iter().filter_map(|t| t.link.endpoint().remote).collect();
+        let created_now = bring_up_managed(&new, &self.handle, &in_use).await?;
+        let plan = match plan(&new, &self.handle).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                if let Err(undo) = manage::down(&self.handle, &created_now).await {
+                    warn!("{undo:#}");
+                }
+                return Err(e);
+            }
+        };
+        for iface in plan.interfaces.iter().filter(|i| !self.interfaces.contains(i)).cloned().collect::<Vec<_>>() {
+            if let Err(e) = super::program::attach(&mut self.ebpf, &new, &iface) {
+                let _ = manage::down(&self.handle, &created_now).await;
+                return Err(e);
+            }
+            self.interfaces.push(iface);
+        }
+        fill_maps(&mut self.ebpf, &new, &plan, now_ns())?;
+
+        let mut old = std::mem::take(&mut self.table).tunnels;
+        let running = plan
+            .tunnels
+            .iter()
+            .map(|p| match old.iter().position(|o| carries_over(o, &p.config)) {
+                Some(i) => {
+                    let mut kept = old.swap_remove(i);
+                    kept.config = p.config.clone();
+                    kept.prefixes = p.prefixes.clone();
+                    kept
+                }
+                None => Running::new(p.config.clone(), p.link.clone(), p.prefixes.clone()),
+            })
+            .collect();
+        self.table = TunnelTable::new(running);
+
+        // Stopped tunnels: links footunnel created go, as `unload` would
+        // remove them; links made by hand stay as they are.
+        let kept_links: HashSet<&str> = new.tunnels.iter().map(|t| t.link.as_str()).collect();
+        let gone = Created {
+            links: old
+                .iter()
+                .map(|o| o.config.link.clone())
+                .filter(|l| !kept_links.contains(l.as_str()) && self.created.links.contains(l))
+                .collect(),
+            fou_ports: Vec::new(),
+        };
+        if !gone.is_empty() {
+            match manage::down(&self.handle, &gone).await {
+                Ok(()) => info!("removed links {:?} of stopped tunnels", gone.links),
+                Err(e) => warn!("{e:#}"),
+            }
+            self.created.links.retain(|l| !gone.links.contains(l));
+        }
+        for l in created_now.links {
+            if !self.created.links.contains(&l) {
+                self.created.links.push(l);
+            }
+        }
+        for p in created_now.fou_ports {
+            if !self.created.fou_ports.contains(&p) {
+                self.created.fou_ports.push(p);
+            }
+        }
+        if new.challenge_rate != self.config.challenge_rate {
+            self.challenges = crate::decide::RateLimit::new(new.challenge_rate, now_ns());
+        }
+        self.config = new;
+        for name in diff.added.iter().chain(&diff.changed) {
+            if let Some(i) = self.table.tunnels.iter().position(|t| &t.config.name == name) {
+                self.reconcile(i).await;
+            }
+        }
+        Ok(diff.summary())
+    }
+}
+
+/// `footunnel reload`: signals the broker recorded in `state_dir` and
+/// waits for the outcome of that reload (up to `timeout`).
+pub fn request(state_dir: &std::path::Path, timeout: std::time::Duration) -> Result<ReloadOutcome> {
+    let before = super::read_state(state_dir)?;
+    let Some(pid) = before.pid else {
+        bail!(
+            "the broker state in {} names no process: the broker is older than reload; restart it",
+            state_dir.display()
+        )
+    };
+    let generation = before.reload.map_or(0, |r| r.generation);
+    // SAFETY: kill(2) with a pid and a signal number.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("cannot signal the broker (pid {pid}, from {}): {e}; is it running?", state_dir.display());
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Ok(now) = super::read_state(state_dir)
+            && let Some(outcome) = now.reload.filter(|r| r.generation > generation)
+        {
+            return Ok(outcome);
+        }
+    }
+    bail!("the broker (pid {pid}) did not report a reload within {timeout:?}; see its log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> BrokerConfig {
+        BrokerConfig::parse(text, std::path::Path::new("/"), &|_| unreachable!()).unwrap()
+    }
+
+    const A: &str = "[[tunnel]]\nname = \"a\"\nlink = \"fou0\"\nsecret = \"secret of tunnel a, long enough\"\n";
+    const B: &str = "[[tunnel]]\nname = \"b\"\nlink = \"fou1\"\nsecret = \"secret of tunnel b, long enough\"\n";
+    const C: &str = "[[tunnel]]\nname = \"c\"\nlink = \"fou2\"\nsecret = \"secret of tunnel c, long enough\"\n";
+
+    #[test]
+    fn the_difference_names_what_starts_stops_and_changes() {
+        let old = config(&format!("{A}{B}"));
+        let b_changed = B.replace("long enough", "and rotated");
+        let new = config(&format!("{A}{b_changed}{C}"));
+        let d = diff(&old.tunnels, &new.tunnels);
+        assert_eq!(d.unchanged, ["a"]);
+        assert_eq!(d.changed, ["b"]);
+        assert_eq!(d.added, ["c"]);
+        assert!(d.removed.is_empty());
+        let d = diff(&new.tunnels, &config(A).tunnels);
+        assert_eq!((d.unchanged.len(), d.removed.clone()), (1, vec!["b".to_owned(), "c".to_owned()]));
+        let prefixes = config(&A.replace("secret =", "peer_prefixes = [\"10.9.0.0/24\"]\nsecret ="));
+        assert_eq!(diff(&config(A).tunnels, &prefixes.tunnels).changed, ["a"], "a new prefix is a change");
+    }
+
+    #[test]
+    fn what_places_the_data_plane_cannot_change_in_a_reload() {
+        let old = config(A);
+        assert!(check_reloadable(&old, &config(&format!("freshness_window = 30\n{A}{B}"))).is_ok());
+        for (setting, text) in [
+            ("pin_dir", format!("pin_dir = \"/sys/fs/bpf/other\"\n{A}")),
+            ("attach", format!("attach = \"tc\"\n{A}")),
+            ("fou_ports", format!("fou_ports = [4000]\n{A}")),
+            ("interfaces", format!("interfaces = [\"eth1\"]\n{A}")),
+        ] {
+            let e = check_reloadable(&old, &config(&text)).unwrap_err().to_string();
+            assert!(e.starts_with(setting) && e.contains("restart the broker"), "{e}");
+        }
+    }
+}
