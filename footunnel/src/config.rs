@@ -32,6 +32,24 @@ pub enum Attach {
     Tc,
 }
 
+/// What a silent tunnel's link gets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSilence {
+    /// Reported (log, `show`, metrics); the link stays as it is.
+    #[default]
+    Report,
+    /// Reported, and the link is set down until the next accepted heartbeat.
+    Down,
+}
+
+/// When a tunnel counts as silent, and what then happens to its link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Silence {
+    pub timeout_ns: u64,
+    pub action: OnSilence,
+}
+
 /// The file as written (`deny_unknown_fields`: a typo is an error, not a default).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +72,11 @@ struct File {
     pin_dir: PathBuf,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    /// Seconds without an accepted heartbeat before a tunnel counts as silent; 0: never.
+    #[serde(default)]
+    silence_timeout: f64,
+    #[serde(default)]
+    on_silence: OnSilence,
     #[serde(default, rename = "tunnel")]
     tunnels: Vec<TunnelFile>,
 }
@@ -70,6 +93,8 @@ struct TunnelFile {
     #[serde(default)]
     legacy: bool,
     manage: Option<ManageFile>,
+    silence_timeout: Option<f64>,
+    on_silence: Option<OnSilence>,
 }
 
 /// `manage = { local = "…", address = "…" }`: footunnel creates the link.
@@ -143,6 +168,8 @@ pub struct Tunnel {
     pub legacy: bool,
     /// Create the link (and the FoU listener) if missing.
     pub manage: Option<Managed>,
+    /// `None`: the tunnel is never reported silent.
+    pub silence: Option<Silence>,
 }
 
 /// How footunnel creates a tunnel's link.
@@ -153,6 +180,26 @@ pub struct Managed {
     pub address: (IpAddr, u8),
     pub ttl: u8,
     pub mtu: u32,
+}
+
+/// A tunnel's silence policy from its own settings or the global ones.
+pub fn silence(name: &str, timeout: f64, action: OnSilence) -> Result<Option<Silence>> {
+    if timeout == 0.0 {
+        if action == OnSilence::Down {
+            bail!(
+                "tunnel {name:?}: on_silence = \"down\" needs a silence_timeout: set one (say 60, a few client \
+                 intervals), or drop on_silence"
+            );
+        }
+        return Ok(None);
+    }
+    if !(1.0..=86_400.0).contains(&timeout) {
+        bail!(
+            "tunnel {name:?}: silence_timeout = {timeout}: must be 0 (off) or between 1 and 86400 seconds; \
+             a few client intervals (say 60) is a good start"
+        );
+    }
+    Ok(Some(Silence { timeout_ns: (timeout * 1e9) as u64, action }))
 }
 
 fn seconds_to_ns(what: &str, s: f64) -> Result<u64> {
@@ -202,8 +249,14 @@ impl BrokerConfig {
                 }),
                 None => None,
             };
+            let silence = silence(
+                &t.name,
+                t.silence_timeout.unwrap_or(file.silence_timeout),
+                t.on_silence.unwrap_or(file.on_silence),
+            )?;
             let mut tunnel = Tunnel::new(t.name, t.link, secret, secret_file, peer_prefixes, t.legacy)?;
             tunnel.manage = manage;
+            tunnel.silence = silence;
             tunnels.push(tunnel);
         }
         let config = BrokerConfig {
@@ -324,7 +377,7 @@ impl Tunnel {
             bail!("tunnel {name:?}: the secret is empty");
         }
         let identity = TunnelIdentity::derive(&secret);
-        Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy, manage: None })
+        Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy, manage: None, silence: None })
     }
 }
 

@@ -182,3 +182,22 @@ fn managed_links_are_described_and_checked() {
     );
     assert!(err(&format!("{ONE}manage = {{ local = \"nowhere\", address = \"10.0.0.1/30\" }}\n")).contains("manage"));
 }
+
+#[test]
+fn silence_is_off_by_default_global_and_overridable_per_tunnel() {
+    assert_eq!(parse(ONE).unwrap().tunnels[0].silence, None);
+    let global = parse(&format!("silence_timeout = 60\non_silence = \"down\"\n{ONE}")).unwrap();
+    assert_eq!(global.tunnels[0].silence, Some(Silence { timeout_ns: 60_000_000_000, action: OnSilence::Down }));
+    let own = parse(&format!("silence_timeout = 60\n{ONE}silence_timeout = 0\n")).unwrap();
+    assert_eq!(own.tunnels[0].silence, None, "a tunnel may turn the global policy off");
+    let own = parse(&format!("{ONE}silence_timeout = 30\n")).unwrap();
+    assert_eq!(own.tunnels[0].silence, Some(Silence { timeout_ns: 30_000_000_000, action: OnSilence::Report }));
+}
+
+#[test]
+fn silence_settings_that_cannot_work_name_their_fix() {
+    assert!(err(&format!("on_silence = \"down\"\n{ONE}")).contains("needs a silence_timeout"));
+    assert!(err(&format!("silence_timeout = 0.5\n{ONE}")).contains("between 1 and 86400"));
+    assert!(err(&format!("silence_timeout = -3\n{ONE}")).contains("between 1 and 86400"));
+    assert!(err(&format!("on_silence = \"delete\"\n{ONE}")).contains("unknown variant `delete`"));
+}

@@ -138,6 +138,16 @@ pub fn blocking_tunnel<'a>(
     others.iter().find(|(_, l, r)| *l == local && *r == Some(remote)).map(|(name, _, _)| *name)
 }
 
+/// How long a tunnel has gone without an accepted heartbeat, if that is at
+/// least `timeout_ns`: counted from its latest heartbeat (`last_heard_ns`),
+/// or from when the broker began serving it (`since_ns`) if that is later
+/// or there was none. All on the broker's wall clock.
+pub fn silent_for(last_heard_ns: Option<u64>, since_ns: u64, now_ns: u64, timeout_ns: u64) -> Option<u64> {
+    let from = last_heard_ns.map_or(since_ns, |h| h.max(since_ns));
+    let quiet = now_ns.saturating_sub(from);
+    (quiet >= timeout_ns).then_some(quiet)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +243,19 @@ mod tests {
         let nat = Some(Ipv4Addr::new(203, 0, 113, 7));
         let t = [("a", local, nat), ("b", local, nat), ("c", other_local, nat), ("d", local, None)];
         assert_eq!(collisions(&t), vec![("a", "b")]);
+    }
+
+    #[test]
+    fn silence_counts_from_the_latest_heartbeat_or_from_the_start() {
+        const S: u64 = 1_000_000_000;
+        assert_eq!(silent_for(Some(100 * S), 50 * S, 159 * S, 60 * S), None);
+        assert_eq!(silent_for(Some(100 * S), 50 * S, 160 * S, 60 * S), Some(60 * S));
+        // No heartbeat yet: a broker that just started does not call it silent at once.
+        assert_eq!(silent_for(None, 50 * S, 80 * S, 60 * S), None);
+        assert_eq!(silent_for(None, 50 * S, 111 * S, 60 * S), Some(61 * S));
+        // A heartbeat from before a restart counts from the restart.
+        assert_eq!(silent_for(Some(10 * S), 50 * S, 100 * S, 60 * S), None);
+        // A clock stepped back is not silence.
+        assert_eq!(silent_for(Some(100 * S), 50 * S, 90 * S, 60 * S), None);
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkInfo, LinkMessage, TunnelEncapType},
+    link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, TunnelEncapType},
 };
 use rtnetlink::Handle;
 
@@ -18,6 +18,8 @@ pub struct TunnelLink {
     pub index: u32,
     pub kind: InfoKind,
     pub params: Vec<InfoIpTunnel>,
+    /// Administratively up (`ip link set … up`).
+    pub up: bool,
 }
 
 impl TunnelLink {
@@ -160,7 +162,22 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
         index: message.header.index,
         kind,
         params: params.with_context(|| format!("the kernel reported no tunnel parameters for link {name:?}"))?,
+        up: message.header.flags.contains(LinkFlags::Up),
     })
+}
+
+/// Sets link `index` administratively up or down, changing nothing else.
+pub async fn set_up(handle: &Handle, index: u32, up: bool) -> Result<()> {
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    message.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+    message.header.change_mask = LinkFlags::Up;
+    handle
+        .link()
+        .change(message)
+        .execute()
+        .await
+        .with_context(|| format!("cannot set link {index} {}", if up { "up" } else { "down" }))
 }
 
 /// Points the link at `remote`:`dport` in one request that carries every

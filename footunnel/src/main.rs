@@ -231,6 +231,12 @@ struct BrokerArgs {
     /// Freshness window for heartbeat timestamps, in seconds (0 disables).
     #[arg(long)]
     freshness_window: Option<f64>,
+    /// Report a tunnel silent after this many seconds without an accepted heartbeat (0: never; the default).
+    #[arg(long)]
+    silence_timeout: Option<f64>,
+    /// What a silent tunnel's link gets: `report` leaves it, `down` sets it down until the next heartbeat.
+    #[arg(long, value_enum)]
+    on_silence: Option<config::OnSilence>,
     #[arg(long)]
     pin_dir: Option<PathBuf>,
     #[arg(long)]
@@ -278,6 +284,14 @@ impl BrokerArgs {
                 bail!("--freshness-window must be between 0 and 86400 seconds");
             }
             config.freshness_window_ns = (w * 1e9) as u64;
+        }
+        if self.silence_timeout.is_some() || self.on_silence.is_some() {
+            for t in &mut config.tunnels {
+                let timeout = self.silence_timeout.unwrap_or(t.silence.map_or(0.0, |s| s.timeout_ns as f64 / 1e9));
+                let action = self.on_silence.unwrap_or(t.silence.map_or(config::OnSilence::Report, |s| s.action));
+                t.silence = config::silence(&t.name, timeout, action)
+                    .map_err(|e| anyhow::anyhow!("{e:#}").context("--silence-timeout/--on-silence"))?;
+            }
         }
         if let Some(p) = &self.pin_dir {
             config.pin_dir = p.clone();

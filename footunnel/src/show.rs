@@ -36,6 +36,11 @@ pub struct TunnelReport {
     pub changes: u64,
     pub last_change_ns: Option<u64>,
     pub unexpected_source: Option<UnexpectedSource>,
+    pub silence_timeout_ns: Option<u64>,
+    /// How long the tunnel has been silent, if longer than its timeout.
+    pub silent_for_ns: Option<u64>,
+    /// Its link is set down while silent (`on_silence = "down"`).
+    pub down_when_silent: bool,
 }
 
 #[derive(Serialize)]
@@ -52,6 +57,10 @@ fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
 }
 
 pub fn collect(state_dir: &Path) -> Result<Report> {
+    collect_at(state_dir, crate::now_ns())
+}
+
+pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
     let state: StateFile = read_state(state_dir)?;
     let endpoints: HashMap<MapData, u64, Endpoint> =
         HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::ENDPOINTS)?))?;
@@ -77,6 +86,11 @@ pub fn collect(state_dir: &Path) -> Result<Report> {
                 peer_prefixes: t.peer_prefixes.clone(),
                 endpoint: known.map(|(a, p)| format!("{a}:{p}")),
                 last_heartbeat_ns: known.and(e.map(|e| e.last_seen_ns)),
+                silence_timeout_ns: t.silence_timeout_ns,
+                silent_for_ns: t.silence_timeout_ns.and_then(|timeout| {
+                    crate::decide::silent_for(known.and(e.map(|e| e.last_seen_ns)), t.since_ns, now_ns, timeout)
+                }),
+                down_when_silent: t.on_silence == Some(crate::config::OnSilence::Down),
                 heartbeats: e.map_or(0, |e| e.heartbeats),
                 changes: known.and(e.map(|e| e.changes)).unwrap_or(0),
                 last_change_ns: known.and(e.map(|e| e.last_change_ns)),
@@ -131,6 +145,14 @@ pub fn render(report: &Report, now_ns: u64) -> String {
             line(format!("  latest heartbeat: {}", ago(ts, now_ns)));
         }
         line(format!("  heartbeats: {}, endpoint changes: {}", t.heartbeats, t.changes));
+        if let Some(quiet) = t.silent_for_ns {
+            line(format!(
+                "  SILENT: no heartbeat for {} (silence_timeout {} s){}",
+                ago(0, quiet).trim_end_matches(" ago"),
+                t.silence_timeout_ns.unwrap_or(0) / 1_000_000_000,
+                if t.down_when_silent { "; its link is set down until the next heartbeat" } else { "" }
+            ));
+        }
         if let Some(ts) = t.last_change_ns {
             line(format!("  latest change: {}", ago(ts, now_ns)));
         }
@@ -201,6 +223,9 @@ mod tests {
                     packets: 4,
                     last_seen_ns: 0,
                 }),
+                silence_timeout_ns: Some(60_000_000_000),
+                silent_for_ns: Some(125_000_000_000),
+                down_when_silent: true,
             }],
             counters: vec![("accepted".into(), 3), ("bad_tag".into(), 0)],
         };
@@ -211,6 +236,7 @@ mod tests {
             "latest heartbeat: 3 seconds ago",
             "unexpected source: 192.0.2.9:5555 (4 packets",
             "counters: accepted 3\n",
+            "SILENT: no heartbeat for 2 minutes, 5 seconds (silence_timeout 60 s); its link is set down",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

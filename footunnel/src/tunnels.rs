@@ -29,6 +29,12 @@ pub struct Running {
     pub prefixes: Vec<Prefix>,
     pub last_sent_ns: u64,
     pub last_challenge_ns: Option<u64>,
+    /// When the broker began serving this tunnel (wall clock): silence counts from here at most.
+    pub since_ns: u64,
+    /// Reported silent (and with `on_silence = "down"`, its link set down).
+    pub silent: bool,
+    /// Its link was set down for silence.
+    pub set_down: bool,
     /// The last accepted heartbeat was the proof of concept's plaintext one:
     /// that client cannot answer a CHALLENGE.
     pub legacy_client: bool,
@@ -43,6 +49,9 @@ impl Running {
             config,
             link,
             prefixes,
+            since_ns: crate::now_ns(),
+            silent: false,
+            set_down: false,
             last_sent_ns: 0,
             last_challenge_ns: None,
             legacy_client: false,

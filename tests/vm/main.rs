@@ -8,4 +8,5 @@ mod e2e;
 mod manage;
 mod reload;
 mod robust;
+mod silence;
 mod tunnel_link;

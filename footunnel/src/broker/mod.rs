@@ -5,6 +5,7 @@
 mod plan;
 mod program;
 mod reload;
+mod silence;
 mod state;
 
 use crate::{
@@ -228,6 +229,9 @@ impl Broker {
                     id: t.config.identity.id,
                     legacy: t.config.legacy,
                     peer_prefixes: t.prefixes.iter().map(|p| p.to_string()).collect(),
+                    since_ns: t.since_ns,
+                    silence_timeout_ns: t.config.silence.map(|s| s.timeout_ns),
+                    on_silence: t.config.silence.map(|s| s.action),
                 })
                 .collect(),
         };
@@ -289,6 +293,7 @@ impl Broker {
             EVENT_HEARTBEAT | EVENT_LEGACY => {
                 debug!("tunnel {name}: heartbeat from {}:{}", source.0, source.1);
                 self.table.tunnels[i].legacy_client = event.kind == EVENT_LEGACY;
+                self.check_silence(i).await;
                 let after = self.reconcile(i).await;
                 if event.kind != EVENT_HEARTBEAT {
                     return; // the proof of concept's client cannot read an ACK
@@ -419,6 +424,7 @@ impl Broker {
                     }
                 }
                 _ = sweep.tick() => {
+                    self.check_silence_all().await;
                     // Every 10 s, or at once when the ring buffer overflowed: catch what
                     // events missed (and links changed by hand), follow clock steps.
                     ticks += 1;

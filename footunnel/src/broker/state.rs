@@ -35,6 +35,14 @@ pub struct StateTunnel {
     pub id: u64,
     pub legacy: bool,
     pub peer_prefixes: Vec<String>,
+    /// When the broker began serving the tunnel (wall clock, ns).
+    #[serde(default)]
+    pub since_ns: u64,
+    /// The silence policy, if any.
+    #[serde(default)]
+    pub silence_timeout_ns: Option<u64>,
+    #[serde(default)]
+    pub on_silence: Option<crate::config::OnSilence>,
 }
 
 pub const STATE_FILE: &str = "broker.json";
