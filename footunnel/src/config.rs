@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -77,6 +77,8 @@ struct File {
     silence_timeout: f64,
     #[serde(default)]
     on_silence: OnSilence,
+    /// Serve Prometheus metrics at this address and port.
+    metrics: Option<String>,
     #[serde(default, rename = "tunnel")]
     tunnels: Vec<TunnelFile>,
 }
@@ -152,6 +154,8 @@ pub struct BrokerConfig {
     pub challenge_rate: u32,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// Where to serve Prometheus metrics; `None`: not at all.
+    pub metrics: Option<SocketAddr>,
     pub tunnels: Vec<Tunnel>,
 }
 
@@ -269,6 +273,7 @@ impl BrokerConfig {
             challenge_rate: file.challenge_rate,
             pin_dir: file.pin_dir,
             state_dir: file.state_dir,
+            metrics: file.metrics.as_deref().map(parse_metrics_address).transpose()?,
             tunnels,
         };
         config.validate()?;
@@ -287,6 +292,7 @@ impl BrokerConfig {
             challenge_rate: default_challenge_rate(),
             pin_dir: default_pin_dir(),
             state_dir: default_state_dir(),
+            metrics: None,
             tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
         };
         config.validate()?;
@@ -379,6 +385,16 @@ impl Tunnel {
         let identity = TunnelIdentity::derive(&secret);
         Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy, manage: None, silence: None })
     }
+}
+
+/// `metrics = "127.0.0.1:9586"`, or `[::1]:9586`: an address and a port.
+pub fn parse_metrics_address(s: &str) -> Result<SocketAddr> {
+    s.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "metrics = {s:?} is not an address and port: write it as \"127.0.0.1:9586\" (loopback only) or \
+             \"0.0.0.0:9586\" (every address; mind who can reach it)"
+        )
+    })
 }
 
 /// A secret file: one line, readable by its owner only.

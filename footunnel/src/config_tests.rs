@@ -201,3 +201,11 @@ fn silence_settings_that_cannot_work_name_their_fix() {
     assert!(err(&format!("silence_timeout = -3\n{ONE}")).contains("between 1 and 86400"));
     assert!(err(&format!("on_silence = \"delete\"\n{ONE}")).contains("unknown variant `delete`"));
 }
+
+#[test]
+fn metrics_are_off_by_default_and_need_an_address_and_port() {
+    assert_eq!(parse(ONE).unwrap().metrics, None);
+    let c = parse(&format!("metrics = \"127.0.0.1:9586\"\n{ONE}")).unwrap();
+    assert_eq!(c.metrics, Some("127.0.0.1:9586".parse().unwrap()));
+    assert!(err(&format!("metrics = \"localhost\"\n{ONE}")).contains("write it as \"127.0.0.1:9586\""));
+}

@@ -11,6 +11,7 @@ pub mod files;
 pub mod fou;
 pub mod link;
 pub mod manage;
+pub mod metrics;
 pub mod rawudp;
 pub mod secret;
 pub mod show;

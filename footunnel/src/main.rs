@@ -154,6 +154,9 @@ struct ClientArgs {
     /// Create the FoU listener and the link (`local any`) at start, remove them at exit, like wg-quick up/down.
     #[arg(long, requires = "address")]
     manage: bool,
+    /// Serve Prometheus metrics at ADDR:PORT, e.g. 127.0.0.1:9587 (off by default).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics)]
+    metrics: Option<std::net::SocketAddr>,
     /// With --manage: this end's inner address, e.g. 10.0.0.2/30.
     #[arg(long)]
     address: Option<String>,
@@ -191,6 +194,7 @@ impl ClientArgs {
             interval: std::time::Duration::from_secs_f64(self.interval),
             freshness_window_ns: (self.freshness_window * 1e9) as u64,
             state_dir: self.state_dir.clone(),
+            metrics: self.metrics,
             manage: match (&self.address, self.manage) {
                 (Some(a), true) => Some(client::ManagedClient {
                     address: footunnel::addr::parse_interface_address(a).context("--address")?,
@@ -237,6 +241,9 @@ struct BrokerArgs {
     /// What a silent tunnel's link gets: `report` leaves it, `down` sets it down until the next heartbeat.
     #[arg(long, value_enum)]
     on_silence: Option<config::OnSilence>,
+    /// Serve Prometheus metrics at ADDR:PORT, e.g. 127.0.0.1:9586 (off by default).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics)]
+    metrics: Option<std::net::SocketAddr>,
     #[arg(long)]
     pin_dir: Option<PathBuf>,
     #[arg(long)]
@@ -244,6 +251,10 @@ struct BrokerArgs {
     /// More detail in the log.
     #[arg(long, short)]
     verbose: bool,
+}
+
+fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
+    config::parse_metrics_address(s).map_err(|e| e.to_string())
 }
 
 fn parse_broker(s: &str) -> Result<client::resolve::BrokerAddress, String> {
@@ -292,6 +303,9 @@ impl BrokerArgs {
                 t.silence = config::silence(&t.name, timeout, action)
                     .map_err(|e| anyhow::anyhow!("{e:#}").context("--silence-timeout/--on-silence"))?;
             }
+        }
+        if let Some(m) = self.metrics {
+            config.metrics = Some(m);
         }
         if let Some(p) = &self.pin_dir {
             config.pin_dir = p.clone();

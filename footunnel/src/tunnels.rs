@@ -29,6 +29,8 @@ pub struct Running {
     pub prefixes: Vec<Prefix>,
     pub last_sent_ns: u64,
     pub last_challenge_ns: Option<u64>,
+    /// CHALLENGEs sent since the broker started (metrics).
+    pub challenges_sent: u64,
     /// When the broker began serving this tunnel (wall clock): silence counts from here at most.
     pub since_ns: u64,
     /// Reported silent (and with `on_silence = "down"`, its link set down).
@@ -54,6 +56,7 @@ impl Running {
             set_down: false,
             last_sent_ns: 0,
             last_challenge_ns: None,
+            challenges_sent: 0,
             legacy_client: false,
             last_problem: None,
         }

@@ -6,6 +6,7 @@ mod broker_config;
 mod client;
 mod e2e;
 mod manage;
+mod metrics;
 mod reload;
 mod robust;
 mod silence;

@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "virtme-ng's guest init (it fails at once without a static busybox)"),
     ("kmod", "modprobe inside the VM"),
     ("iputils-ping", "checking traffic through tunnels in tests"),
+    ("prometheus", "promtool and a Prometheus server that scrape footunnel's metrics in VM tests"),
+    ("systemd", "systemd-analyze verify on footunnel's unit files"),
 ];
 
 pub fn run() -> Result<()> {

@@ -65,6 +65,10 @@ pub type Reread = Box<dyn Fn() -> Result<BrokerConfig>>;
 /// Runs the broker until `shutdown` resolves.
 pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     info!("footunnel {} broker starting", env!("CARGO_PKG_VERSION"));
+    let metrics = match config.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
     let created = bring_up_managed(&config, &handle, &HashSet::new()).await?;
@@ -101,7 +105,7 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
              the kernel's FoU receive cannot tell them apart; give them distinct broker local addresses"
         );
     }
-    broker.serve(reread, shutdown).await
+    broker.serve(reread, metrics, shutdown).await
 }
 
 /// Placeholder remotes for links footunnel creates, until the first
@@ -339,6 +343,7 @@ impl Broker {
         }
         info!("tunnel {}: FoU data from {}:{}, not its endpoint: challenging", t.config.name, source.0, source.1);
         self.table.tunnels[i].last_challenge_ns = Some(now);
+        self.table.tunnels[i].challenges_sent += 1;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce);
         self.send(i, Kind::Challenge, to_local, source, nonce);
@@ -384,7 +389,41 @@ impl Broker {
         }
     }
 
-    async fn serve(mut self, reread: Reread, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    /// The metrics page: `footunnel show`'s report, and what only this process knows.
+    fn metrics_text(&self) -> String {
+        let report = match crate::show::collect(&self.config.state_dir) {
+            Ok(r) => r,
+            Err(e) => return format!("# footunnel cannot read its own state: {e:#}\n"),
+        };
+        let extra = crate::metrics::BrokerExtra {
+            challenges_sent: self.table.tunnels.iter().map(|t| (t.config.name.clone(), t.challenges_sent)).collect(),
+            programs: self.program_stats(),
+        };
+        crate::metrics::broker_text(&report, &extra, now_ns())
+    }
+
+    /// (program, runs, seconds) of the attached program while the kernel
+    /// keeps BPF run-time statistics (`sysctl kernel.bpf_stats_enabled=1`).
+    fn program_stats(&self) -> Vec<(String, u64, f64)> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1");
+        let name = match self.config.attach {
+            crate::config::Attach::Xdp => dataplane::XDP_PROGRAM,
+            crate::config::Attach::Tc => dataplane::TC_PROGRAM,
+        };
+        match self.ebpf.program(name).map(|p| p.info()) {
+            Some(Ok(info)) if enabled => {
+                vec![(name.to_owned(), info.run_count(), info.run_time().as_secs_f64())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    async fn serve(
+        mut self,
+        reread: Reread,
+        metrics: Option<tokio::net::TcpListener>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot handle SIGHUP (reload)")?;
         let events = self.ebpf.take_map(maps::EVENTS).context("the eBPF object has no EVENTS map")?;
@@ -405,6 +444,9 @@ impl Broker {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(()) = hangups.recv() => self.on_hangup(&reread).await,
+                Ok((stream, _)) = crate::metrics::accept(metrics.as_ref()) => {
+                    crate::metrics::respond(stream, self.metrics_text());
+                }
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     let mut batch = Vec::new();

@@ -39,6 +39,7 @@ pub(crate) fn check_reloadable(old: &BrokerConfig, new: &BrokerConfig) -> Result
         ("interfaces", old.interfaces != new.interfaces),
         ("fou_ports", old.fou_ports != new.fou_ports),
         ("legacy_port", old.legacy_port != new.legacy_port),
+        ("metrics", old.metrics != new.metrics),
     ];
     let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
     if !changed.is_empty() {

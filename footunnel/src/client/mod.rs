@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub interval: Duration,
     pub freshness_window_ns: u64,
     pub state_dir: PathBuf,
+    /// Where to serve Prometheus metrics; `None`: not at all.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Create the FoU listener and the link at start, remove them at exit.
     pub manage: Option<ManagedClient>,
 }
@@ -132,6 +134,10 @@ async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Res
 }
 
 pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let metrics = match config.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
     tokio::pin!(shutdown);
@@ -157,7 +163,7 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
             info!("created link {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
         }
     }
-    let result = serve(&config, &handle, broker, shutdown).await;
+    let result = serve(&config, &handle, broker, metrics, shutdown).await;
     if let Err(e) = manage::down(&handle, &created).await {
         warn!("{e:#}");
     } else if !created.is_empty() {
@@ -214,6 +220,7 @@ async fn serve(
     config: &ClientConfig,
     handle: &Handle,
     mut broker: Ipv4Addr,
+    metrics: Option<tokio::net::TcpListener>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
     let mut link = find_link(handle, broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
@@ -263,6 +270,9 @@ async fn serve(
         let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(mono_ns()));
         tokio::select! {
             _ = &mut shutdown => break,
+            Ok((stream, _)) = crate::metrics::accept(metrics.as_ref()) => {
+                crate::metrics::respond(stream, crate::metrics::client_text(&state, now_ns()));
+            }
             _ = tokio::time::sleep(wait) => {
                 let now = mono_ns();
                 if !schedule.due(now) {
