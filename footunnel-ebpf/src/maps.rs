@@ -46,19 +46,22 @@ impl CachedEndpoint {
     }
 }
 
-/// An LPM trie's value: the tunnel that owns the prefix, and the prefix's
-/// length (so a cache entry can check other packets against the prefix).
+/// An LPM trie's value: the tunnel that owns the prefix (its record id),
+/// the prefix's length (so a cache entry can check other packets against
+/// the prefix), and the broker address its link uses (all zero: any), so
+/// data to another address is told apart without another lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PrefixOwner {
     pub id_hi: u32,
     pub id_lo: u32,
     pub len: u32,
+    pub local: [u8; 4],
 }
 
 impl PrefixOwner {
-    pub const fn new(id: u64, len: u8) -> Self {
-        PrefixOwner { id_hi: (id >> 32) as u32, id_lo: id as u32, len: len as u32 }
+    pub const fn new(id: u64, len: u8, local: [u8; 4]) -> Self {
+        PrefixOwner { id_hi: (id >> 32) as u32, id_lo: id as u32, len: len as u32, local }
     }
     pub const fn id(&self) -> u64 {
         (self.id_hi as u64) << 32 | self.id_lo as u64
@@ -74,17 +77,18 @@ pub fn inner_prefix(addr: [u8; 4], len: u32) -> (u32, u32) {
     (u32::from_ne_bytes(addr) & mask, mask)
 }
 
-/// Hash map: tunnel id → [`TunnelConfig`].
+/// Hash map: tunnel id (as heartbeats carry it: one per secret) → [`TunnelConfig`].
 pub const TUNNELS: &str = "TUNNELS";
-/// Hash map: tunnel id → [`Endpoint`], written on every accepted heartbeat.
+/// Hash map: record id ([`TunnelConfig::record`]) → [`Endpoint`], written
+/// on every accepted heartbeat.
 pub const ENDPOINTS: &str = "ENDPOINTS";
 /// LPM trie: inner IPv4 source prefix → [`PrefixOwner`].
 pub const PREFIXES_V4: &str = "PREFIXES_V4";
 /// LPM trie: inner IPv6 source prefix → [`PrefixOwner`].
 pub const PREFIXES_V6: &str = "PREFIXES_V6";
-/// Hash map: [`LegacySecret`] → [`TunnelRef`], for legacy-enabled tunnels only.
+/// Hash map: [`LegacySecret`] → [`TunnelRef`] (record id), for legacy-enabled tunnels only.
 pub const LEGACY_SECRETS: &str = "LEGACY_SECRETS";
-/// Hash map: tunnel id → [`Observed`]: FoU data from a source that is not the endpoint.
+/// Hash map: record id → [`Observed`]: FoU data from a source that is not the endpoint.
 pub const OBSERVED: &str = "OBSERVED";
 /// Array of one [`Settings`].
 pub const SETTINGS: &str = "SETTINGS";
@@ -120,6 +124,11 @@ pub struct TunnelConfig {
     /// tunnel's (transit traffic on a router, another local address).
     pub local: [u8; 4],
     pub _pad: u32,
+    /// The id the tunnel is recorded under (ENDPOINTS, OBSERVED, prefix
+    /// owners, events), the same for each of its secrets: during a key
+    /// rotation, heartbeats under either secret move one endpoint, and the
+    /// strictly increasing timestamp rule holds across both.
+    pub record: u64,
 }
 
 /// A tunnel id in a value slot that must stay 4-byte aligned (LPM tries
@@ -159,6 +168,8 @@ pub struct Endpoint {
     /// read, check, write, and two CPUs interleaving those would let the
     /// older heartbeat win. Taken with an atomic compare-and-swap.
     pub lock: u64,
+    /// The tunnel id (which secret) the latest accepted heartbeat carried.
+    pub key_id: u64,
 }
 
 /// FoU data for a tunnel from a source other than its endpoint.
@@ -242,6 +253,9 @@ pub struct Event {
     /// an endpoint-dependent NAT lets them through.
     pub dst_addr: [u8; 4],
     pub _pad2: u32,
+    /// Heartbeat: the tunnel id it carried (which secret), so the answer
+    /// uses the same key. `tunnel_id` is the record id.
+    pub key_id: u64,
 }
 
 impl Event {

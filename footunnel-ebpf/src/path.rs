@@ -104,10 +104,10 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
                     return Verdict::Pass;
                 }
                 let owner = env.tunnel_by_v4(inner);
-                fou_data(&udp, owner.map(|o| (o.id(), Some(inner_prefix(inner, o.len)))), env)
+                fou_data(&udp, owner.map(|o| (o, Some(inner_prefix(inner, o.len)))), env)
             } else {
                 let owner = pkt.read::<16>(udp.payload_offset + 8).and_then(|s| env.tunnel_by_v6(s));
-                fou_data(&udp, owner.map(|o| (o.id(), None)), env)
+                fou_data(&udp, owner.map(|o| (o, None)), env)
             }
         }
         _ => {
@@ -149,9 +149,10 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
     let bytes = pkt.read::<MESSAGE_LEN>(udp.payload_offset).ok_or(Counter::Malformed)?;
     let msg = ControlMessage::from_bytes(&bytes);
     check_header(&msg, Kind::Heartbeat)?;
-    let id = msg.tunnel_id();
-    let tunnel = env.tunnel(id).ok_or(Counter::UnknownTunnel)?;
-    if !for_tunnel(&tunnel, udp) {
+    let key_id = msg.tunnel_id();
+    let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
+    let id = tunnel.record;
+    if !for_tunnel(tunnel.local, udp) {
         return Err(Counter::WrongDestination);
     }
     let settings = env.settings();
@@ -173,6 +174,7 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
             return false;
         }
         endpoint.last_timestamp_ns = timestamp;
+        endpoint.key_id = key_id;
         moved_from = record(endpoint, udp, now);
         true
     });
@@ -183,7 +185,10 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
     }
     forget_cached(env, moved_from);
     env.count(Counter::Accepted);
-    emit(env, &Event { tunnel_id: id, timestamp_ns: timestamp, detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) });
+    emit(
+        env,
+        &Event { tunnel_id: id, key_id, timestamp_ns: timestamp, detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) },
+    );
     Ok(())
 }
 
@@ -219,8 +224,8 @@ fn forget_cached<E: Env>(env: &E, moved_from: Option<([u8; 4], u16)>) {
 
 /// Sent to the address the tunnel's link uses (or to any, if it has none).
 #[inline(always)]
-fn for_tunnel(tunnel: &TunnelConfig, udp: &Udp4) -> bool {
-    tunnel.local == [0; 4] || tunnel.local == udp.dst_addr
+fn for_tunnel(local: [u8; 4], udp: &Udp4) -> bool {
+    local == [0; 4] || local == udp.dst_addr
 }
 
 #[inline(always)]
@@ -237,14 +242,15 @@ fn emit<E: Env>(env: &E, event: &Event) {
 
 /// FoU data: never trusted, but a source other than the endpoint is noted
 /// and announced (at most once per interval per tunnel) so the controller
-/// can challenge it. `owner`: the tunnel whose inner prefix holds the inner
-/// source, and that prefix for the cache (IPv4 only).
+/// can challenge it. `owner`: the prefix owner for the inner source, and
+/// that prefix for the cache (IPv4 only).
 #[inline(always)]
-fn fou_data<E: Env>(udp: &Udp4, owner: Option<(u64, Option<(u32, u32)>)>, env: &E) -> Verdict {
-    let Some((id, prefix)) = owner else {
+fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>, env: &E) -> Verdict {
+    let Some((owner, prefix)) = owner else {
         env.count(Counter::FouUnmatched);
         return Verdict::Pass;
     };
+    let id = owner.id();
     if env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
         let Some((inner_net, inner_mask)) = prefix else {
             env.count(Counter::FouData);
@@ -263,7 +269,7 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(u64, Option<(u32, u32)>)>, env: &
         env.count(Counter::FouData);
         return Verdict::Pass;
     }
-    if !env.tunnel(id).is_some_and(|t| for_tunnel(&t, udp)) {
+    if !for_tunnel(owner.local, udp) {
         env.count(Counter::WrongDestination);
         return Verdict::Pass;
     }

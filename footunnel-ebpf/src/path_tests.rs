@@ -87,7 +87,10 @@ impl Env for MemEnv {
             .iter()
             .filter(|(p, len, _)| *len == 0 || bits >> (32 - len) == u32::from_be_bytes(*p) >> (32 - len))
             .max_by_key(|(_, len, _)| *len)
-            .map(|(_, len, id)| PrefixOwner::new(*id, *len as u8))
+            .map(|(_, len, id)| {
+                let local = self.tunnels.values().find(|t| t.record == *id).map_or([0; 4], |t| t.local);
+                PrefixOwner::new(*id, *len as u8, local)
+            })
     }
     fn tunnel_by_v6(&self, _src: [u8; 16]) -> Option<PrefixOwner> {
         None
@@ -121,7 +124,7 @@ impl Env for MemEnv {
 fn env() -> MemEnv {
     let env = MemEnv {
         ports: [(42424, PortConfig { kind: PORT_FOU }), (42425, PortConfig { kind: PORT_LEGACY })].into(),
-        tunnels: [(ID, TunnelConfig { key: KEY, local: BROKER, _pad: 0 })].into(),
+        tunnels: [(ID, TunnelConfig { key: KEY, local: BROKER, _pad: 0, record: ID })].into(),
         v4: vec![([10, 0, 0, 0], 30, ID)],
         legacy: [(b"SECRET".to_vec(), ID)].into(),
         ..Default::default()
@@ -370,4 +373,29 @@ fn the_cache_admits_exactly_the_prefix_that_matched() {
     assert!(!c.admits(8, [10, 0, 0, 1]), "another source");
     let (net, mask) = inner_prefix([10, 0, 0, 2], 0);
     assert!(CachedEndpoint { entry: 7, inner_net: net, inner_mask: mask }.admits(7, [192, 0, 2, 1]), "/0 admits all");
+}
+
+#[test]
+fn during_a_key_rotation_either_secret_moves_one_endpoint_under_one_timestamp_rule() {
+    const NEXT_KEY: SipKey = SipKey { k0: 0x1111, k1: 0x2222 };
+    const NEXT_ID: u64 = 0xfeed_0000_0000_0002;
+    let mut env = env();
+    env.tunnels.insert(NEXT_ID, TunnelConfig { key: NEXT_KEY, local: BROKER, _pad: 0, record: ID });
+    let under_next = |ts| ControlMessage::new(Kind::Heartbeat, NEXT_ID, ts, [0; 8]).sign(NEXT_KEY).to_bytes();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    assert_eq!(env.endpoint(ID).unwrap().key_id, ID);
+    assert_eq!(process(&udp(CLIENT, 40002, 42424, &under_next(NOW + 10))[..], &env), Verdict::Drop);
+    let ep = env.endpoint(ID).unwrap();
+    assert_eq!((ep.port, ep.key_id, ep.heartbeats), (40002, NEXT_ID, 2), "one endpoint, now under the next key");
+    assert!(env.endpoint(NEXT_ID).is_none(), "the next key has no endpoint of its own");
+    // Under the old key, an older timestamp is a replay: the rule spans both secrets.
+    process(&udp(CLIENT, 40003, 42424, &heartbeat(NOW + 5))[..], &env);
+    assert_eq!((env.endpoint(ID).unwrap().port, count(&env, Counter::Replay)), (40002, 1));
+    // The next key's tag does not pass under the current key's id.
+    let forged = ControlMessage::new(Kind::Heartbeat, ID, NOW + 20, [0; 8]).sign(NEXT_KEY).to_bytes();
+    process(&udp(CLIENT, 40004, 42424, &forged)[..], &env);
+    assert_eq!(count(&env, Counter::BadTag), 1);
+    let events = env.events.borrow();
+    let last = events.last().unwrap();
+    assert_eq!((last.tunnel_id, last.key_id), (ID, NEXT_ID), "events name the record and the key to answer with");
 }

@@ -90,6 +90,9 @@ struct TunnelFile {
     link: String,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    /// Key rotation: the secret that replaces `secret`, accepted beside it.
+    next_secret: Option<String>,
+    next_secret_file: Option<PathBuf>,
     #[serde(default)]
     peer_prefixes: Vec<String>,
     #[serde(default)]
@@ -167,6 +170,11 @@ pub struct Tunnel {
     /// Where the secret came from, for messages.
     pub secret_file: Option<PathBuf>,
     pub identity: TunnelIdentity,
+    /// The id the data plane records the tunnel under, from its name: the
+    /// same for each of its secrets.
+    pub record_id: u64,
+    /// Key rotation: a second secret, accepted beside the current one.
+    pub next: Option<NextSecret>,
     /// Inner source prefixes of the client side; empty means "derive from the link's addresses".
     pub peer_prefixes: Vec<Prefix>,
     pub legacy: bool,
@@ -174,6 +182,22 @@ pub struct Tunnel {
     pub manage: Option<Managed>,
     /// `None`: the tunnel is never reported silent.
     pub silence: Option<Silence>,
+}
+
+/// The secret a tunnel is rotating to (DESIGN.md §2, "Key rotation").
+#[derive(Clone, Debug, PartialEq)]
+pub struct NextSecret {
+    pub secret: String,
+    pub secret_file: Option<PathBuf>,
+    pub identity: TunnelIdentity,
+}
+
+/// Which of a tunnel's secrets a message uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    Current,
+    Next,
 }
 
 /// How footunnel creates a tunnel's link.
@@ -238,6 +262,17 @@ impl BrokerConfig {
                     bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name)
                 }
             };
+            let next = match (t.next_secret, t.next_secret_file) {
+                (None, None) => None,
+                (Some(s), None) => Some((s, None)),
+                (None, Some(p)) => {
+                    let p = base.join(p);
+                    Some((read_secret(&p)?, Some(p)))
+                }
+                (Some(_), Some(_)) => {
+                    bail!("tunnel {:?}: give either `next_secret` or `next_secret_file`, not both", t.name)
+                }
+            };
             let peer_prefixes = t
                 .peer_prefixes
                 .iter()
@@ -261,6 +296,13 @@ impl BrokerConfig {
             let mut tunnel = Tunnel::new(t.name, t.link, secret, secret_file, peer_prefixes, t.legacy)?;
             tunnel.manage = manage;
             tunnel.silence = silence;
+            if let Some((secret, secret_file)) = next {
+                if secret.is_empty() {
+                    bail!("tunnel {:?}: the next secret is empty", tunnel.name);
+                }
+                let identity = TunnelIdentity::derive(&secret);
+                tunnel.next = Some(NextSecret { secret, secret_file, identity });
+            }
             tunnels.push(tunnel);
         }
         let config = BrokerConfig {
@@ -347,12 +389,22 @@ impl BrokerConfig {
                     t.secret.len()
                 );
             }
-            if let Some(other) = ids.insert(t.identity.id, &t.name) {
+            if let Some(next) = &t.next
+                && next.secret == t.secret
+            {
                 bail!(
-                    "tunnels {other:?} and {:?} have the same tunnel id {:016x} (the same secret?): give each tunnel its own secret",
-                    t.name,
-                    t.identity.id
+                    "tunnel {:?}: next_secret is the current secret: give the new secret (`footunnel keygen --out FILE`)",
+                    t.name
                 );
+            }
+            for id in t.key_ids().map(|(_, id)| id) {
+                if let Some(other) = ids.insert(id, &t.name) {
+                    bail!(
+                        "tunnels {other:?} and {:?} have the same tunnel id {id:016x} (the same secret?): give each \
+                         tunnel its own secret",
+                        t.name,
+                    );
+                }
             }
         }
         let claimed: Vec<(Prefix, &str)> =
@@ -383,7 +435,20 @@ impl Tunnel {
             bail!("tunnel {name:?}: the secret is empty");
         }
         let identity = TunnelIdentity::derive(&secret);
-        Ok(Tunnel { name, link, secret, secret_file, identity, peer_prefixes, legacy, manage: None, silence: None })
+        let record_id = crate::secret::record_id(&name);
+        Ok(Tunnel {
+            name,
+            link,
+            secret,
+            secret_file,
+            identity,
+            record_id,
+            next: None,
+            peer_prefixes,
+            legacy,
+            manage: None,
+            silence: None,
+        })
     }
 }
 
@@ -395,6 +460,22 @@ pub fn parse_metrics_address(s: &str) -> Result<SocketAddr> {
              \"0.0.0.0:9586\" (every address; mind who can reach it)"
         )
     })
+}
+
+impl Tunnel {
+    /// The tunnel's secrets as the wire names them: (role, tunnel id).
+    pub fn key_ids(&self) -> impl Iterator<Item = (KeyRole, u64)> + '_ {
+        std::iter::once((KeyRole::Current, self.identity.id))
+            .chain(self.next.iter().map(|n| (KeyRole::Next, n.identity.id)))
+    }
+
+    /// The identity (id and key) of the secret with tunnel id `id`.
+    pub fn identity_for(&self, id: u64) -> Option<(KeyRole, TunnelIdentity)> {
+        if id == self.identity.id {
+            return Some((KeyRole::Current, self.identity));
+        }
+        self.next.as_ref().filter(|n| n.identity.id == id).map(|n| (KeyRole::Next, n.identity))
+    }
 }
 
 /// A secret file: one line, readable by its owner only.

@@ -209,3 +209,32 @@ fn metrics_are_off_by_default_and_need_an_address_and_port() {
     assert_eq!(c.metrics, Some("127.0.0.1:9586".parse().unwrap()));
     assert!(err(&format!("metrics = \"localhost\"\n{ONE}")).contains("write it as \"127.0.0.1:9586\""));
 }
+
+#[test]
+fn a_next_secret_is_accepted_beside_the_current_one_under_one_record() {
+    let c = parse(&format!("{ONE}next_secret = \"alice's next secret, long enough\"\n")).unwrap();
+    let t = &c.tunnels[0];
+    let next = t.next.as_ref().unwrap().identity;
+    assert_eq!(next, TunnelIdentity::derive("alice's next secret, long enough"));
+    assert_eq!(t.key_ids().collect::<Vec<_>>(), [(KeyRole::Current, t.identity.id), (KeyRole::Next, next.id)]);
+    assert_eq!(t.identity_for(next.id), Some((KeyRole::Next, next)));
+    assert_eq!(t.identity_for(12345), None);
+    // The record follows the name, not the secret: rotation keeps the endpoint.
+    let rotated =
+        parse(&ONE.replace("secret_file = \"alice.secret\"", "secret = \"alice's next secret, long enough\"")).unwrap();
+    assert_eq!(rotated.tunnels[0].record_id, t.record_id);
+    assert_ne!(rotated.tunnels[0].identity.id, t.identity.id);
+}
+
+#[test]
+fn a_next_secret_that_cannot_work_is_refused() {
+    assert!(
+        err(&format!("{ONE}next_secret = \"alice's secret, long enough\"\n")).contains("next_secret is the current")
+    );
+    let bob = "[[tunnel]]\nname = \"bob\"\nlink = \"fou1\"\nsecret = \"bob's secret, long enough\"\n";
+    assert!(
+        err(&format!("{ONE}next_secret = \"bob's secret, long enough\"\n{bob}")).contains("the same tunnel id"),
+        "a next secret equal to another tunnel's secret"
+    );
+    assert!(err(&format!("{ONE}next_secret = \"x\"\nnext_secret_file = \"y\"\n")).contains("not both"));
+}

@@ -99,14 +99,22 @@ pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
 }
 
 /// Makes tunnel `id` known, with its heartbeat key and the broker address
-/// its link uses (`None`: any).
+/// its link uses (`None`: any), recorded under `id` itself (one secret).
 pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<Ipv4Addr>) -> Result<()> {
-    let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
-    tunnels.insert(id, tunnel_config(key, local), 0).with_context(|| format!("cannot add tunnel {id:016x}"))
+    add_key(ebpf, id, key, local, id)
 }
 
-pub fn tunnel_config(key: SipKey, local: Option<Ipv4Addr>) -> TunnelConfig {
-    TunnelConfig { key, local: local.map_or([0; 4], |a| a.octets()), _pad: 0 }
+/// Accepts heartbeats carrying tunnel id `key_id`, tagged with `key`, for
+/// the tunnel recorded under `record` (one entry per secret of a tunnel).
+pub fn add_key(ebpf: &mut Ebpf, key_id: u64, key: SipKey, local: Option<Ipv4Addr>, record: u64) -> Result<()> {
+    let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
+    tunnels
+        .insert(key_id, tunnel_config(key, local, record), 0)
+        .with_context(|| format!("cannot add tunnel id {key_id:016x}"))
+}
+
+pub fn tunnel_config(key: SipKey, local: Option<Ipv4Addr>, record: u64) -> TunnelConfig {
+    TunnelConfig { key, local: local.map_or([0; 4], |a| a.octets()), _pad: 0, record }
 }
 
 /// Tunnel `id`'s configuration in the data plane, if it has one.
@@ -114,37 +122,43 @@ pub fn tunnel(ebpf: &Ebpf, id: u64) -> Result<Option<TunnelConfig>> {
     by_tunnel(ebpf, maps::TUNNELS, id)
 }
 
-/// Routes FoU data whose inner source is in `addr/len` to tunnel `id`.
-pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64) -> Result<()> {
+/// Routes FoU data whose inner source is in `addr/len` to tunnel `id`
+/// (its record id), whose link uses broker address `local` (`None`: any).
+pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64, local: Option<Ipv4Addr>) -> Result<()> {
+    let owner = PrefixOwner::new(id, len, local.map_or([0; 4], |a| a.octets()));
     let inserted = match addr {
         IpAddr::V4(a) => LpmTrie::<_, [u8; 4], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?.insert(
             &Key::new(len.into(), a.octets()),
-            PrefixOwner::new(id, len),
+            owner,
             0,
         ),
         IpAddr::V6(a) => LpmTrie::<_, [u8; 16], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?.insert(
             &Key::new(len.into(), a.octets()),
-            PrefixOwner::new(id, len),
+            owner,
             0,
         ),
     };
     inserted.with_context(|| format!("cannot add prefix {addr}/{len}"))
 }
 
+/// A prefix-trie entry: inner prefix and length, owner's record id, the
+/// broker address its link uses.
+pub type PrefixEntry = (IpAddr, u8, u64, Option<Ipv4Addr>);
+
 /// Leaves exactly `wanted` (prefix → tunnel) in the prefix tries: the new
 /// entries go in first, then the stale ones go, so a running program never
 /// sees a kept prefix missing (as it would between a clear and a refill).
-pub fn sync_prefixes(ebpf: &mut Ebpf, wanted: &[(IpAddr, u8, u64)]) -> Result<()> {
-    for (addr, len, id) in wanted {
-        add_prefix(ebpf, *addr, *len, *id)?;
+pub fn sync_prefixes(ebpf: &mut Ebpf, wanted: &[PrefixEntry]) -> Result<()> {
+    for (addr, len, id, local) in wanted {
+        add_prefix(ebpf, *addr, *len, *id, *local)?;
     }
     let keep_v4: std::collections::HashSet<(u32, [u8; 4])> = wanted
         .iter()
-        .filter_map(|(a, l, _)| if let IpAddr::V4(a) = a { Some((u32::from(*l), a.octets())) } else { None })
+        .filter_map(|(a, l, _, _)| if let IpAddr::V4(a) = a { Some((u32::from(*l), a.octets())) } else { None })
         .collect();
     let keep_v6: std::collections::HashSet<(u32, [u8; 16])> = wanted
         .iter()
-        .filter_map(|(a, l, _)| if let IpAddr::V6(a) = a { Some((u32::from(*l), a.octets())) } else { None })
+        .filter_map(|(a, l, _, _)| if let IpAddr::V6(a) = a { Some((u32::from(*l), a.octets())) } else { None })
         .collect();
     let mut v4: LpmTrie<_, [u8; 4], PrefixOwner> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
     for key in v4.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {

@@ -191,10 +191,16 @@ pub fn broker_text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String 
         .tunnels
         .iter()
         .map(|t| {
+            let key = match t.key {
+                Some(crate::config::KeyRole::Current) => "current",
+                Some(crate::config::KeyRole::Next) => "next",
+                None => "",
+            };
             let labels = vec![
                 ("tunnel", t.name.clone()),
                 ("link", t.link.clone()),
                 ("endpoint", t.endpoint.clone().unwrap_or_default()),
+                ("key", key.to_owned()),
             ];
             (labels, 1.0)
         })
@@ -202,7 +208,7 @@ pub fn broker_text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String 
     gauge_family(
         &r,
         "tunnel_endpoint_info",
-        "The tunnel's current endpoint: its client's public address:port",
+        "The tunnel's current endpoint (its client's public address:port) and which secret (current or next) the client uses",
         &endpoints,
     );
     let mut by_family: std::collections::BTreeMap<&str, Vec<(Labels, u64)>> = Default::default();
@@ -285,6 +291,8 @@ mod tests {
                 link: "fou0".into(),
                 id: "34298331bbfa8ae5".into(),
                 legacy: false,
+                next_id: None,
+                key: Some(crate::config::KeyRole::Current),
                 peer_prefixes: vec![],
                 endpoint: Some("203.0.113.5:40001".into()),
                 last_heartbeat_ns: Some(7_000_000_000),
@@ -314,7 +322,7 @@ mod tests {
             "footunnel_tunnel_challenges_sent_total{tunnel=\"alice\"} 4",
             "footunnel_tunnel_heartbeat_age_seconds{tunnel=\"alice\"} 3\n",
             "footunnel_tunnel_silent{tunnel=\"alice\"} 0\n",
-            "footunnel_tunnel_endpoint_info{endpoint=\"203.0.113.5:40001\",link=\"fou0\",tunnel=\"alice\"} 1\n",
+            "footunnel_tunnel_endpoint_info{endpoint=\"203.0.113.5:40001\",key=\"current\",link=\"fou0\",tunnel=\"alice\"} 1\n",
             "footunnel_heartbeats_rejected_total{reason=\"bad_tag\"} 3",
             "footunnel_dataplane_packets_total{outcome=\"accepted\"} 12",
             "footunnel_events_lost_total 1",

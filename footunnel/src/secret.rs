@@ -34,6 +34,14 @@ impl TunnelIdentity {
     }
 }
 
+/// The id the data plane records a tunnel under: from its name, so that it
+/// stays the same when the tunnel's secret is rotated.
+pub fn record_id(tunnel_name: &str) -> u64 {
+    let digest =
+        Sha256::new().chain_update(b"footunnel-v1 record").chain_update([0]).chain_update(tunnel_name).finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// A warning for a secret too short to resist offline guessing, if it is.
 pub fn weakness(secret: &str) -> Option<String> {
     (secret.chars().count() < RECOMMENDED_MIN_LEN).then(|| {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     broker::{StateFile, read_state},
+    config::KeyRole,
     decide::known_endpoint,
 };
 
@@ -28,6 +29,10 @@ pub struct TunnelReport {
     pub link: String,
     pub id: String,
     pub legacy: bool,
+    /// During a key rotation, the next secret's tunnel id.
+    pub next_id: Option<String>,
+    /// Which secret the client's latest accepted heartbeat used.
+    pub key: Option<KeyRole>,
     pub peer_prefixes: Vec<String>,
     /// `ADDRESS:PORT` of the last accepted heartbeat's source.
     pub endpoint: Option<String>,
@@ -72,10 +77,10 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
         .tunnels
         .iter()
         .map(|t| {
-            let e = endpoints.get(&t.id, 0).ok();
+            let e = endpoints.get(&t.record_id, 0).ok();
             let known = e.as_ref().and_then(known_endpoint);
             // Sources seen since the latest endpoint change; older ones were answered by it.
-            let o = observed.get(&t.id, 0).ok().filter(|o| {
+            let o = observed.get(&t.record_id, 0).ok().filter(|o| {
                 known != Some((Ipv4Addr::from(o.addr), o.port)) && e.is_none_or(|e| o.last_seen_ns > e.last_change_ns)
             });
             TunnelReport {
@@ -83,6 +88,12 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                 link: t.link.clone(),
                 id: format!("{:016x}", t.id),
                 legacy: t.legacy,
+                next_id: t.next_id.map(|id| format!("{id:016x}")),
+                key: known.and(e).and_then(|e| match e.key_id {
+                    k if k == t.id => Some(KeyRole::Current),
+                    k if Some(k) == t.next_id => Some(KeyRole::Next),
+                    _ => None,
+                }),
                 peer_prefixes: t.peer_prefixes.clone(),
                 endpoint: known.map(|(a, p)| format!("{a}:{p}")),
                 last_heartbeat_ns: known.and(e.map(|e| e.last_seen_ns)),
@@ -139,6 +150,17 @@ pub fn render(report: &Report, now_ns: u64) -> String {
         line(format!("tunnel: {}", t.name));
         line(format!("  link: {}", t.link));
         line(format!("  id: {}{}", t.id, if t.legacy { " (legacy heartbeats enabled: secret in clear)" } else { "" }));
+        if let Some(next) = &t.next_id {
+            line(format!("  next id: {next} (key rotation: heartbeats under either secret are accepted)"));
+        }
+        if t.next_id.is_some() || t.key == Some(KeyRole::Next) {
+            let key = match t.key {
+                Some(KeyRole::Current) => "current",
+                Some(KeyRole::Next) => "next",
+                None => "(no heartbeat yet)",
+            };
+            line(format!("  client's key: {key}"));
+        }
         line(format!("  peer prefixes: {}", t.peer_prefixes.join(", ")));
         line(format!("  endpoint: {}", t.endpoint.as_deref().unwrap_or("(none yet)")));
         if let Some(ts) = t.last_heartbeat_ns {
@@ -212,6 +234,8 @@ mod tests {
                 link: "fou0".into(),
                 id: "34298331bbfa8ae5".into(),
                 legacy: false,
+                next_id: Some("00000000000000aa".into()),
+                key: Some(KeyRole::Next),
                 peer_prefixes: vec!["10.0.0.0/30".into()],
                 endpoint: Some("203.0.113.5:40001".into()),
                 last_heartbeat_ns: Some(1_000_000_000),
@@ -236,6 +260,8 @@ mod tests {
             "latest heartbeat: 3 seconds ago",
             "unexpected source: 192.0.2.9:5555 (4 packets",
             "counters: accepted 3\n",
+            "next id: 00000000000000aa",
+            "client's key: next",
             "SILENT: no heartbeat for 2 minutes, 5 seconds (silence_timeout 60 s); its link is set down",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");

@@ -84,7 +84,7 @@ pub struct TunnelTable {
 
 impl TunnelTable {
     pub fn new(tunnels: Vec<Running>) -> Self {
-        let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.identity.id, i)).collect();
+        let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.record_id, i)).collect();
         TunnelTable { tunnels, by_id }
     }
 

@@ -229,6 +229,8 @@ fn packets_to_another_address_than_the_links_are_not_the_tunnels() {
     let mut broker = Broker::new(false);
     let (id, key) = (broker.tunnel.id, broker.tunnel.sip_key());
     footunnel::dataplane::add_tunnel(&mut broker.ebpf, id, key, Some(BROKER.into())).unwrap();
+    footunnel::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.0".parse().unwrap(), 30, id, Some(BROKER.into()))
+        .unwrap();
     let t0 = now_ns();
     let transit = Udp4::new(CLIENT, 40001, [192, 0, 2, 200], FOU_PORT, &broker.heartbeat(t0));
     expect(&broker, "heartbeat to another address", &transit.build(), XDP_PASS, Some(Counter::WrongDestination));
@@ -261,7 +263,7 @@ fn prefixes_are_synced_without_dropping_the_ones_that_stay() {
     use footunnel_ebpf::maps::{PREFIXES_V4, PREFIXES_V6, PrefixOwner};
     let mut broker = Broker::new(false);
     let id = broker.tunnel.id;
-    let wanted = [("10.0.0.0".parse().unwrap(), 30, id), ("10.9.0.0".parse().unwrap(), 16, id)];
+    let wanted = [("10.0.0.0".parse().unwrap(), 30, id, None), ("10.9.0.0".parse().unwrap(), 16, id, None)];
     footunnel::dataplane::sync_prefixes(&mut broker.ebpf, &wanted).unwrap();
     let v4: LpmTrie<&MapData, [u8; 4], PrefixOwner> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V4).unwrap()).unwrap();
     let mut keys: Vec<(u32, [u8; 4])> = v4.keys().map(|k| k.unwrap()).map(|k| (k.prefix_len(), k.data())).collect();
@@ -288,7 +290,7 @@ fn a_cache_hit_still_needs_the_inner_source_in_the_tunnels_prefix() {
     // A second tunnel owns 10.0.0.4/30; its endpoint is elsewhere.
     let other = footunnel::secret::TunnelIdentity::derive("the other tunnel's secret");
     footunnel::dataplane::add_tunnel(&mut broker.ebpf, other.id, other.sip_key(), None).unwrap();
-    footunnel::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.4".parse().unwrap(), 30, other.id).unwrap();
+    footunnel::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.4".parse().unwrap(), 30, other.id, None).unwrap();
     broker.xdp(&to_fou(CLIENT, 40001, &broker.heartbeat(now_ns())).build());
     broker.events();
     let ours = to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build();
@@ -301,4 +303,47 @@ fn a_cache_hit_still_needs_the_inner_source_in_the_tunnels_prefix() {
     assert_eq!(broker.xdp(&theirs), XDP_PASS);
     assert_eq!(broker.count(Counter::FouElsewhere), before + 1, "a cache hit skipped the inner-prefix check");
     assert_eq!(broker.events().iter().filter(|e| e.tunnel_id == other.id).count(), 1, "the other tunnel hears of it");
+}
+
+#[test]
+fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
+    let mut broker = Broker::new(false);
+    let (current, record) = (broker.tunnel, broker.tunnel.id);
+    let next = footunnel::secret::TunnelIdentity::derive("the tunnel's next secret, long enough");
+    footunnel::dataplane::add_key(&mut broker.ebpf, next.id, next.sip_key(), None, record).unwrap();
+    let t0 = now_ns();
+    let under = |identity: footunnel::secret::TunnelIdentity, ts| {
+        footunnel_ebpf::wire::ControlMessage::new(footunnel_ebpf::wire::Kind::Heartbeat, identity.id, ts, [0; 8])
+            .sign(identity.sip_key())
+            .to_bytes()
+    };
+    expect(
+        &broker,
+        "under the current secret",
+        &to_fou(CLIENT, 40001, &under(current, t0)).build(),
+        XDP_DROP,
+        Some(Counter::Accepted),
+    );
+    expect(
+        &broker,
+        "under the next secret",
+        &to_fou(CLIENT, 40002, &under(next, t0 + 10)).build(),
+        XDP_DROP,
+        Some(Counter::Accepted),
+    );
+    let e = broker.endpoint().unwrap();
+    assert_eq!((e.port, e.key_id, e.heartbeats), (40002, next.id, 2));
+    expect(
+        &broker,
+        "older, under the current secret",
+        &to_fou(CLIENT, 40003, &under(current, t0 + 5)).build(),
+        XDP_DROP,
+        Some(Counter::Replay),
+    );
+    let events = broker.events();
+    assert_eq!(
+        events.iter().map(|e| (e.tunnel_id, e.key_id)).collect::<Vec<_>>(),
+        [(record, current.id), (record, next.id)],
+        "events carry the record and the key each heartbeat used"
+    );
 }

@@ -209,8 +209,8 @@ pub mod broker {
             dataplane::set_settings(&mut ebpf, settings).unwrap();
             dataplane::watch_port(&mut ebpf, FOU_PORT).unwrap();
             dataplane::add_tunnel(&mut ebpf, tunnel.id, tunnel.sip_key(), None).unwrap();
-            dataplane::add_prefix(&mut ebpf, PEER_PREFIX.0.into(), PEER_PREFIX.1, tunnel.id).unwrap();
-            dataplane::add_prefix(&mut ebpf, PEER_PREFIX_V6.0.into(), PEER_PREFIX_V6.1, tunnel.id).unwrap();
+            dataplane::add_prefix(&mut ebpf, PEER_PREFIX.0.into(), PEER_PREFIX.1, tunnel.id, None).unwrap();
+            dataplane::add_prefix(&mut ebpf, PEER_PREFIX_V6.0.into(), PEER_PREFIX_V6.1, tunnel.id, None).unwrap();
             if legacy {
                 dataplane::watch_legacy_port(&mut ebpf, LEGACY_PORT).unwrap();
                 dataplane::add_legacy_secret(&mut ebpf, SECRET.as_bytes(), tunnel.id).unwrap();

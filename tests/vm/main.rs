@@ -9,5 +9,6 @@ mod manage;
 mod metrics;
 mod reload;
 mod robust;
+mod rotation;
 mod silence;
 mod tunnel_link;

@@ -103,7 +103,7 @@ fn metrics_pass_promtool_agree_with_show_and_are_scraped_by_prometheus() {
     );
     assert!(
         page.contains(
-            "footunnel_tunnel_endpoint_info{endpoint=\"198.51.100.3:40001\",link=\"fou0\",tunnel=\"fou0\"} 1"
+            "footunnel_tunnel_endpoint_info{endpoint=\"198.51.100.3:40001\",key=\"current\",link=\"fou0\",tunnel=\"fou0\"} 1"
         ),
         "{page}"
     );

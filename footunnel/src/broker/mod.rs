@@ -231,6 +231,8 @@ impl Broker {
                     name: t.config.name.clone(),
                     link: t.config.link.clone(),
                     id: t.config.identity.id,
+                    next_id: t.config.next.as_ref().map(|n| n.identity.id),
+                    record_id: t.config.record_id,
                     legacy: t.config.legacy,
                     peer_prefixes: t.prefixes.iter().map(|p| p.to_string()).collect(),
                     since_ns: t.since_ns,
@@ -259,7 +261,7 @@ impl Broker {
     /// Makes tunnel `i`'s link match its recorded endpoint; where the link
     /// points afterwards, as the kernel has it.
     async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
-        let recorded = self.endpoint(self.table.tunnels[i].config.identity.id);
+        let recorded = self.endpoint(self.table.tunnels[i].config.record_id);
         let after = self.table.reconcile(&self.handle, i, recorded.as_ref()).await;
         self.follow_local_address(i);
         after
@@ -269,20 +271,30 @@ impl Broker {
     /// address: when someone changes that, the data plane follows.
     fn follow_local_address(&mut self, i: usize) {
         let t = &self.table.tunnels[i];
-        let id = t.config.identity.id;
-        let wanted = dataplane::tunnel_config(t.config.identity.sip_key(), t.link.local_v4());
-        match dataplane::tunnel(&self.ebpf, id) {
-            Ok(Some(current)) if current == wanted => {}
-            _ => {
-                info!(
-                    "tunnel {}: the data plane now takes its packets at {}",
-                    t.config.name,
-                    t.link.local_v4().map_or("any local address".to_owned(), |a| a.to_string())
-                );
-                if let Err(e) = dataplane::add_tunnel(&mut self.ebpf, id, wanted.key, t.link.local_v4()) {
-                    warn!("tunnel {}: {e:#}", self.table.tunnels[i].config.name);
-                }
-            }
+        let local = t.link.local_v4();
+        let wanted = program::key_entries(&t.config, local);
+        let current =
+            wanted.iter().all(|(id, config)| dataplane::tunnel(&self.ebpf, *id).ok().flatten() == Some(*config));
+        if current {
+            return;
+        }
+        info!(
+            "tunnel {}: the data plane now takes its packets at {}",
+            t.config.name,
+            local.map_or("any local address".to_owned(), |a| a.to_string())
+        );
+        let prefixes: Vec<_> = t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, local)).collect();
+        let name = t.config.name.clone();
+        let result = wanted
+            .iter()
+            .try_for_each(|(id, c)| dataplane::add_key(&mut self.ebpf, *id, c.key, local, c.record))
+            .and_then(|()| {
+                prefixes
+                    .iter()
+                    .try_for_each(|(a, l, id, local)| dataplane::add_prefix(&mut self.ebpf, *a, *l, *id, *local))
+            });
+        if let Err(e) = result {
+            warn!("tunnel {name}: {e:#}");
         }
     }
 
@@ -304,7 +316,7 @@ impl Broker {
                 }
                 if decide::may_ack(after, source) {
                     let detail = ControlMessage::endpoint_detail(event.addr, event.port);
-                    self.send(i, Kind::Ack, Ipv4Addr::from(event.dst_addr), source, detail);
+                    self.send(i, Kind::Ack, event.key_id, Ipv4Addr::from(event.dst_addr), source, detail);
                 } else {
                     info!(
                         "tunnel {name}: no ACK to {}:{}: the link does not point there (it points at {})",
@@ -346,17 +358,21 @@ impl Broker {
         self.table.tunnels[i].challenges_sent += 1;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce);
-        self.send(i, Kind::Challenge, to_local, source, nonce);
+        // Under the key the client used last: during a rotation, the one it has.
+        let key_id = self.endpoint(self.table.tunnels[i].config.record_id).map_or(0, |e| e.key_id);
+        self.send(i, Kind::Challenge, key_id, to_local, source, nonce);
     }
 
     /// Sends a control message from the tunnel's FoU port and `from`: the
     /// address the packet it answers was sent to, so an endpoint-dependent
     /// NAT lets it through (the link's local address if that is unknown).
-    fn send(&mut self, i: usize, kind: Kind, from: Ipv4Addr, to: (Ipv4Addr, u16), detail: [u8; 8]) {
+    fn send(&mut self, i: usize, kind: Kind, key_id: u64, from: Ipv4Addr, to: (Ipv4Addr, u16), detail: [u8; 8]) {
         let t = &mut self.table.tunnels[i];
         let ts = decide::next_timestamp(now_ns(), t.last_sent_ns);
         t.last_sent_ns = ts;
-        let msg = ControlMessage::new(kind, t.config.identity.id, ts, detail).sign(t.config.identity.sip_key());
+        // Answers use the key of the heartbeat they answer (the current one if unknown).
+        let identity = t.config.identity_for(key_id).map_or(t.config.identity, |(_, identity)| identity);
+        let msg = ControlMessage::new(kind, identity.id, ts, detail).sign(identity.sip_key());
         let from = if from.is_unspecified() { t.link.local_v4().unwrap_or(Ipv4Addr::UNSPECIFIED) } else { from };
         let sport = t.link.encap_sport().unwrap_or(self.config.fou_ports[0]);
         if let Err(e) = self.sender.send(from, sport, to.0, to.1, &msg.to_bytes()) {
@@ -515,7 +531,7 @@ async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, table: &mut Tun
     let Ok(data) = MapData::from_pin(pin_dir.join(maps::ENDPOINTS)) else { return };
     let Ok(endpoints) = BpfHashMap::<MapData, u64, Endpoint>::try_from(aya::maps::Map::HashMap(data)) else { return };
     for i in 0..table.tunnels.len() {
-        if let Ok(endpoint) = endpoints.get(&table.tunnels[i].config.identity.id, 0) {
+        if let Ok(endpoint) = endpoints.get(&table.tunnels[i].config.record_id, 0) {
             table.reconcile(handle, i, Some(&endpoint)).await;
         }
     }

@@ -3,7 +3,7 @@
 //! all of it removed by `unload`.
 
 use crate::{
-    config::{Attach, BrokerConfig},
+    config::{Attach, BrokerConfig, Tunnel},
     dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
     manage::{self},
 };
@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use footunnel_ebpf::maps::{self, Endpoint, LegacySecret, Observed, TunnelConfig, TunnelRef};
-use std::{collections::HashMap, net::IpAddr, path::Path};
+use std::{collections::HashMap, net::Ipv4Addr, path::Path};
 use tracing::{debug, info, warn};
 
 use super::{Plan, STATE_FILE, read_state, settings};
@@ -85,15 +85,9 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
         dataplane::set_port(ebpf, *port, *kind)?;
     }
 
-    let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.identity.id).collect();
+    let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.record_id).collect();
     let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
-    sync(
-        &mut tunnels,
-        plan.tunnels
-            .iter()
-            .map(|t| (t.config.identity.id, dataplane::tunnel_config(t.config.identity.sip_key(), t.link.local_v4())))
-            .collect(),
-    )?;
+    sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_v4())).collect())?;
 
     remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
@@ -116,14 +110,27 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
             let secret = LegacySecret::new(t.config.secret.as_bytes()).with_context(|| {
                 format!("tunnel {:?}: a legacy secret must be 1 to {} bytes", t.config.name, maps::LEGACY_SECRET_MAX)
             })?;
-            Ok((secret, TunnelRef::new(t.config.identity.id)))
+            Ok((secret, TunnelRef::new(t.config.record_id)))
         })
         .collect::<Result<_>>()?;
     sync(&mut legacy, wanted)?;
 
-    let prefixes: Vec<(IpAddr, u8, u64)> =
-        plan.tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.identity.id))).collect();
+    let prefixes: Vec<dataplane::PrefixEntry> = plan
+        .tunnels
+        .iter()
+        .flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, t.link.local_v4())))
+        .collect();
     dataplane::sync_prefixes(ebpf, &prefixes)
+}
+
+/// TUNNELS entries of `tunnel`: one per secret, all recorded under its record id.
+pub(super) fn key_entries(tunnel: &Tunnel, local: Option<Ipv4Addr>) -> Vec<(u64, TunnelConfig)> {
+    let mut entries =
+        vec![(tunnel.identity.id, dataplane::tunnel_config(tunnel.identity.sip_key(), local, tunnel.record_id))];
+    if let Some(next) = &tunnel.next {
+        entries.push((next.identity.id, dataplane::tunnel_config(next.identity.sip_key(), local, tunnel.record_id)));
+    }
+    entries
 }
 
 pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {

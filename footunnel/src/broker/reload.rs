@@ -88,9 +88,10 @@ impl TunnelDiff {
 }
 
 /// A tunnel keeps what the broker knows of it (link, rate limits, the
-/// kind of client it has) when its name, link and secret stay.
+/// kind of client it has) when its name and link stay: its endpoint is
+/// recorded under its name, so a rotated secret keeps it too.
 fn carries_over(old: &Running, new: &Tunnel) -> bool {
-    old.config.name == new.name && old.config.link == new.link && old.config.identity == new.identity
+    old.config.name == new.name && old.config.link == new.link
 }
 
 impl Broker {

@@ -13,7 +13,7 @@ use super::Broker;
 impl Broker {
     /// The latest accepted heartbeat of tunnel `i`, on the broker's clock.
     pub(super) fn last_heard_ns(&self, i: usize) -> Option<u64> {
-        let e = self.endpoint(self.table.tunnels[i].config.identity.id)?;
+        let e = self.endpoint(self.table.tunnels[i].config.record_id)?;
         decide::known_endpoint(&e).map(|_| e.last_seen_ns)
     }
 

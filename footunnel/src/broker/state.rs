@@ -32,7 +32,14 @@ pub struct StateFile {
 pub struct StateTunnel {
     pub name: String,
     pub link: String,
+    /// The current secret's tunnel id.
     pub id: u64,
+    /// During a key rotation, the next secret's tunnel id.
+    #[serde(default)]
+    pub next_id: Option<u64>,
+    /// Where the data plane records the tunnel (ENDPOINTS, OBSERVED).
+    #[serde(default)]
+    pub record_id: u64,
     pub legacy: bool,
     pub peer_prefixes: Vec<String>,
     /// When the broker began serving the tunnel (wall clock, ns).
