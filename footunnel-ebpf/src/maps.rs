@@ -234,7 +234,9 @@ pub const EVENT_HEARTBEAT: u8 = 1;
 pub const EVENT_OBSERVED: u8 = 2;
 pub const EVENT_LEGACY: u8 = 3;
 
-/// What the controller hears about through [`EVENTS`].
+/// What the controller hears about through [`EVENTS`]. `tunnel_id` is the
+/// record id; which secret a heartbeat used is in its [`Endpoint::key_id`]
+/// (kept out of the event: the 6.1 verifier's 512-byte stack has no room).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Event {
@@ -253,9 +255,6 @@ pub struct Event {
     /// an endpoint-dependent NAT lets them through.
     pub dst_addr: [u8; 4],
     pub _pad2: u32,
-    /// Heartbeat: the tunnel id it carried (which secret), so the answer
-    /// uses the same key. `tunnel_id` is the record id.
-    pub key_id: u64,
 }
 
 impl Event {

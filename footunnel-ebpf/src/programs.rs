@@ -121,9 +121,11 @@ impl Env for Maps {
         unsafe { bpf_ktime_get_boot_ns() }
     }
     #[inline(always)]
-    fn tunnel(&self, id: u64) -> Option<TunnelConfig> {
-        // SAFETY: as in `port`.
-        unsafe { TUNNELS.get(id).copied() }
+    fn tunnel(&self, id: u64) -> Option<&TunnelConfig> {
+        // SAFETY: as in `port`; the controller replaces entries whole and
+        // never removes one this program could be reading into a verdict
+        // that matters (a stale key fails the tag check).
+        unsafe { TUNNELS.get(id) }
     }
     #[inline(always)]
     fn endpoint(&self, id: u64) -> Option<Endpoint> {
@@ -149,14 +151,10 @@ impl Env for Maps {
         if !taken {
             return None;
         }
+        // In place, not on a copy: the copy's stack would not fit the 6.1
+        // verifier's 512 bytes. `update` changes nothing when it returns false.
         // SAFETY: we hold the entry's lock; every writer takes it.
-        let mut endpoint = unsafe { core::ptr::read_volatile(entry) };
-        let store = update(&mut endpoint);
-        if store {
-            endpoint.lock = 1;
-            // SAFETY: as above.
-            unsafe { core::ptr::write_volatile(entry, endpoint) };
-        }
+        let store = update(unsafe { &mut *entry });
         // An exchange, not a plain store: a full barrier, so the fields are
         // visible to the next holder before the lock is seen free.
         // SAFETY: as above.

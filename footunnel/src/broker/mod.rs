@@ -316,7 +316,9 @@ impl Broker {
                 }
                 if decide::may_ack(after, source) {
                     let detail = ControlMessage::endpoint_detail(event.addr, event.port);
-                    self.send(i, Kind::Ack, event.key_id, Ipv4Addr::from(event.dst_addr), source, detail);
+                    // Under the key of the heartbeat it answers, which the endpoint records.
+                    let key_id = self.endpoint(event.tunnel_id).map_or(0, |e| e.key_id);
+                    self.send(i, Kind::Ack, key_id, Ipv4Addr::from(event.dst_addr), source, detail);
                 } else {
                     info!(
                         "tunnel {name}: no ACK to {}:{}: the link does not point there (it points at {})",
