@@ -58,6 +58,9 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Write the manual pages (section 8) into DIR; packaging uses this.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Detach the broker's eBPF program and remove its pinned maps.
     Unload {
         #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
@@ -71,11 +74,12 @@ const RELOAD_HELP: &str = "Make the running broker re-read its configuration, as
 report the outcome (exit status 1 if the new configuration was refused).
 
 New tunnels start, removed ones stop (links footunnel created for them are
-removed; links made by hand stay), changed ones change. A tunnel whose name, link
-and secret stay keeps its link, endpoint and counters, and its traffic flows on.
+removed; links made by hand stay), changed ones change. A tunnel whose name and
+link stay keeps its link, endpoint and counters, and its traffic flows on, also
+when its secret is rotated (next_secret, see `footunnel broker --help`).
 A configuration that fails any check changes nothing: the running one stays, and
-the error says what to fix. pin_dir, state_dir, attach, interfaces, fou_ports and
-legacy_port place the data plane and need a restart.";
+the error says what to fix. pin_dir, state_dir, attach, interfaces, fou_ports,
+legacy_port and metrics place the data plane or its listener and need a restart.";
 
 const BROKER_HELP: &str = "Run the broker: keep each tunnel's link pointed at its client.
 
@@ -318,6 +322,25 @@ impl BrokerArgs {
     }
 }
 
+/// footunnel(8) and footunnel-SUBCOMMAND(8), from the same text as --help.
+fn write_manpages(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let top = Cli::command().name("footunnel");
+    let write = |name: &str, cmd: clap::Command| -> Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).title(name).section("8").render(&mut page)?;
+        let path = dir.join(format!("{name}.8"));
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))
+    };
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // A short-lived command: leaking the few names is simpler than clap's `string` feature.
+        let name: &'static str = Box::leak(format!("footunnel-{}", sub.get_name()).into_boxed_str());
+        write(name, sub.clone().name(name))?;
+    }
+    write("footunnel", top)
+}
+
 fn init_logging(verbose: bool) {
     let filter = if verbose { "footunnel=debug,info" } else { "info" };
     tracing_subscriber::fmt()
@@ -401,6 +424,7 @@ fn run(cli: Cli) -> Result<()> {
             footunnel::files::create_private(&path, &format!("{}\n", secret::generate()?))?;
             eprintln!("footunnel: a new secret is in {} (mode 600)", path.display());
         }
+        Command::Manpages { dir } => write_manpages(&dir)?,
         Command::Reload { state_dir } => {
             let outcome = broker::request_reload(&state_dir, std::time::Duration::from_secs(30))?;
             if !outcome.ok {

@@ -374,6 +374,14 @@ impl NsProcess {
         Self::spawn("unshare", &wrapped)
     }
 
+    /// `PROGRAM ARGS…` in `ns` (network namespace only), logging to a file.
+    pub fn run_in(ns: &Netns, program: &str, args: &[&str]) -> Self {
+        let netns = format!("--net=/run/netns/{}", ns.name);
+        let mut wrapped: Vec<&str> = vec![&netns, program];
+        wrapped.extend_from_slice(args);
+        Self::spawn("nsenter", &wrapped)
+    }
+
     fn spawn(program: &str, args: &[&str]) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(

@@ -7,6 +7,7 @@ mod client;
 mod e2e;
 mod manage;
 mod metrics;
+mod package;
 mod reload;
 mod robust;
 mod rotation;

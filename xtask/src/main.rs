@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod cmd;
+mod deb;
 mod demo;
 mod setup;
 mod test;
@@ -30,6 +31,8 @@ enum Task {
     Vm(vm::Options),
     /// Measure the claims (per-packet cost, flood, failover, scale); write bench/results.{md,json}.
     Bench,
+    /// Build the Debian package: binary, systemd units, example configuration, manual pages (target/debian/).
+    Deb,
     /// Show a tunnel following its client through an address change and a NAT port change.
     Demo,
     /// The demo itself, on a kernel with fou (`demo` starts it, in the VM if needed).
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf::run(),
         Task::Test(opts) => test::run(opts),
         Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
+        Task::Deb => deb::run(),
         Task::Demo => demo::run(),
         Task::Bench => bench::run(),
         Task::DemoInside => demo::inside(),

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_ebpf, cmd, setup, vm};
+use crate::{build_ebpf, cmd, deb, setup, vm};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -105,6 +105,8 @@ fn vm_tests(series: &str) -> Result<()> {
     let kernel = vm::pick_kernel(series)?.display().to_string();
     println!("xtask test: VM kernel {kernel}");
     cmd::run(cargo().args(["build", "--package", "footunnel"]))?;
+    // The package tests install it (target/debian/, beside target/debug/).
+    deb::build()?;
     let exe = test_executable("vm")?;
     let opts = vm::Options {
         kernel: Some(kernel),
