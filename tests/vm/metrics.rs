@@ -7,13 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use footunnel_tests::{Netns, NsProcess, footunnel_once};
+use footunnel_tests::{Netns, NsProcess, footunnel_once, sh};
 
 use crate::broker::{CLIENT_B, SECRET, Topology};
 
 /// `GET path` from `addr` (inside `ns`): (status line, body); `None` if
 /// nothing answers.
-fn try_http_get(ns: &Netns, addr: &str, path: &str) -> Option<(String, String)> {
+pub fn try_http_get(ns: &Netns, addr: &str, path: &str) -> Option<(String, String)> {
     ns.run(|| {
         let mut s = std::net::TcpStream::connect(addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -25,7 +25,7 @@ fn try_http_get(ns: &Netns, addr: &str, path: &str) -> Option<(String, String)> 
     })
 }
 
-fn http_get(ns: &Netns, addr: &str, path: &str) -> (String, String) {
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (String, String) {
     try_http_get(ns, addr, path).unwrap_or_else(|| panic!("nothing answers at {addr}"))
 }
 
@@ -44,7 +44,7 @@ fn promtool(page: &str) -> (bool, String) {
 }
 
 /// The value of the sample `name{labels}` on a metrics page.
-fn sample(page: &str, series: &str) -> Option<f64> {
+pub fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
@@ -118,6 +118,16 @@ fn metrics_pass_promtool_agree_with_show_and_are_scraped_by_prometheus() {
         assert_eq!(found, [value], "counter {name}: show says {value}, the metrics {found:?}:\n{page}");
     }
     assert_eq!(sample(&page, "footunnel_heartbeats_rejected_total{reason=\"unknown_tunnel\"}"), Some(1.0), "{page}");
+    // With the kernel's BPF statistics on (this VM's own kernel), the program's runs are counted.
+    sh("sysctl", &["-q", "kernel.bpf_stats_enabled=1"]);
+    topo.send(CLIENT_B, 40001, &footunnel_tests::by_hand::heartbeat("not the secret", footunnel::now_ns(), [0; 8]));
+    let (_, page) = http_get(&topo.broker, "127.0.0.1:9586", "/metrics");
+    sh("sysctl", &["-q", "kernel.bpf_stats_enabled=0"]);
+    assert!(
+        sample(&page, "footunnel_bpf_program_runs_total{program=\"footunnel_xdp\"}").is_some_and(|n| n >= 1.0),
+        "no program statistics with kernel.bpf_stats_enabled=1:\n{page}"
+    );
+    assert!(page.contains("footunnel_bpf_program_run_seconds_total{program=\"footunnel_xdp\"}"), "{page}");
     let (status, _) = http_get(&topo.broker, "127.0.0.1:9586", "/nothing-here");
     assert!(status.contains("404"), "{status}");
 

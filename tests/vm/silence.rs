@@ -23,11 +23,17 @@ fn start_client(topo: &Topology) -> NsProcess {
 #[test]
 fn a_silent_tunnel_is_reported_and_its_link_set_down_until_the_next_heartbeat() {
     let topo = Topology::new();
-    let mut broker = topo.start_broker(&["--silence-timeout", "2", "--on-silence", "down"]);
+    let mut broker =
+        topo.start_broker(&["--silence-timeout", "2", "--on-silence", "down", "--metrics", "127.0.0.1:9586"]);
+    let silent_metric = || {
+        let (_, page) = crate::metrics::http_get(&topo.broker, "127.0.0.1:9586", "/metrics");
+        crate::metrics::sample(&page, "footunnel_tunnel_silent{tunnel=\"fou0\"}")
+    };
     let mut client = start_client(&topo);
     topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(10));
     assert!(topo.ping());
     assert!(show_tunnel(&topo)["silent_for_ns"].is_null(), "a tunnel with a live client is reported silent");
+    assert_eq!(silent_metric(), Some(0.0));
 
     client.kill9();
     let stopped = Instant::now();
@@ -40,6 +46,7 @@ fn a_silent_tunnel_is_reported_and_its_link_set_down_until_the_next_heartbeat() 
     assert!(t["silent_for_ns"].as_u64().is_some_and(|n| n >= 2_000_000_000), "show does not say silent: {t}");
     let (_, text) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
     assert!(text.contains("SILENT: no heartbeat for") && text.contains("set down"), "{text}");
+    assert_eq!(silent_metric(), Some(1.0), "the metric does not say silent");
 
     let client = start_client(&topo);
     broker.wait_for("tunnel fou0: heard from again", Duration::from_secs(5));
