@@ -9,7 +9,7 @@ use crate::{
         inner_prefix,
     },
     packet::{ETH_HLEN, PacketBytes, Parsed, Udp4, parse_udp4},
-    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_header, check_tunnel},
+    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_tunnel},
 };
 
 /// What happens to the packet.
@@ -163,11 +163,13 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
         return Err(Counter::Unconfigured);
     }
     // Checked without the lock first, so replays and forgeries never take it.
+    let now = wall_clock(env, &settings);
+    let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
+    // Cheapest first: a stale message costs no endpoint lookup, a replay no SipHash.
+    check_fresh(&msg, &rules)?;
     // Only the timestamp: a copy of the whole entry costs stack, which the
     // 6.1 verifier counts to 512 bytes with every call frame.
     let last_timestamp = env.endpoint(id).map_or(0, |e| e.last_timestamp_ns);
-    let now = wall_clock(env, &settings);
-    let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
     check_tunnel(&msg, tunnel.key, last_timestamp, &rules)?;
 
     // Under the lock, again: a newer heartbeat may have been accepted on

@@ -40,6 +40,8 @@ struct MemEnv {
     /// Another CPU accepts a heartbeat with this timestamp between our
     /// lock-free check and our taking the lock.
     accepted_meanwhile: std::cell::Cell<Option<u64>>,
+    /// Lookups of ENDPOINTS.
+    endpoint_reads: std::cell::Cell<u64>,
 }
 
 impl Env for MemEnv {
@@ -65,6 +67,7 @@ impl Env for MemEnv {
         self.tunnels.get(&id)
     }
     fn endpoint(&self, id: u64) -> Option<Endpoint> {
+        self.endpoint_reads.set(self.endpoint_reads.get() + 1);
         self.endpoints.borrow().get(&id).copied()
     }
     fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool> {
@@ -397,4 +400,15 @@ fn during_a_key_rotation_either_secret_moves_one_endpoint_under_one_timestamp_ru
     assert_eq!(count(&env, Counter::BadTag), 1);
     let events = env.events.borrow();
     assert_eq!(events.last().unwrap().tunnel_id, ID, "events name the record (its endpoint names the key)");
+}
+
+#[test]
+fn a_stale_heartbeat_is_refused_before_any_endpoint_lookup() {
+    let env = env();
+    let stale = heartbeat(NOW - 200_000_000_000);
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &stale)[..], &env), Verdict::Drop);
+    assert_eq!((count(&env, Counter::Stale), env.endpoint_reads.get()), (1, 0));
+    let unknown = ControlMessage::new(Kind::Heartbeat, 0xdead, NOW, [0; 8]).sign(KEY).to_bytes();
+    process(&udp(CLIENT, 40001, 42424, &unknown)[..], &env);
+    assert_eq!((count(&env, Counter::UnknownTunnel), env.endpoint_reads.get()), (1, 0));
 }

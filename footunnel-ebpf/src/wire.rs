@@ -143,6 +143,16 @@ pub fn check_header(msg: &ControlMessage, expected: Kind) -> Result<(), Reject> 
     Ok(())
 }
 
+/// Freshness alone: needs neither the tunnel's state nor its key, so a
+/// receiver can reject stale messages before looking anything up.
+#[inline(always)]
+pub fn check_fresh(msg: &ControlMessage, rules: &Acceptance) -> Result<(), Reject> {
+    if rules.window_ns != 0 && msg.timestamp_ns().abs_diff(rules.now_ns) > rules.window_ns {
+        return Err(Reject::Stale);
+    }
+    Ok(())
+}
+
 /// The checks against a known tunnel: freshness and replay before the tag,
 /// so a flood of old or repeated messages costs no hashing.
 #[inline(always)]
@@ -152,10 +162,8 @@ pub fn check_tunnel(
     last_timestamp_ns: u64,
     rules: &Acceptance,
 ) -> Result<(), Reject> {
+    check_fresh(msg, rules)?;
     let ts = msg.timestamp_ns();
-    if rules.window_ns != 0 && ts.abs_diff(rules.now_ns) > rules.window_ns {
-        return Err(Reject::Stale);
-    }
     if ts <= last_timestamp_ns {
         return Err(Reject::Replay);
     }

@@ -279,33 +279,14 @@ pub fn client_text(state: &ClientState, now_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::show::TunnelReport;
 
     fn report() -> Report {
-        Report {
-            interfaces: vec!["up0".into()],
-            attach: "xdp".into(),
-            fou_ports: vec![42424],
-            tunnels: vec![TunnelReport {
-                name: "alice".into(),
-                link: "fou0".into(),
-                id: "34298331bbfa8ae5".into(),
-                legacy: false,
-                next_id: None,
-                key: Some(crate::config::KeyRole::Current),
-                peer_prefixes: vec![],
-                endpoint: Some("203.0.113.5:40001".into()),
-                last_heartbeat_ns: Some(7_000_000_000),
-                heartbeats: 12,
-                changes: 2,
-                last_change_ns: Some(0),
-                unexpected_source: None,
-                silence_timeout_ns: Some(60_000_000_000),
-                silent_for_ns: None,
-                down_when_silent: false,
-            }],
-            counters: vec![("accepted".into(), 12), ("bad_tag".into(), 3), ("events_lost".into(), 1)],
-        }
+        let mut report = crate::show::tests::sample_report();
+        let t = &mut report.tunnels[0];
+        (t.heartbeats, t.changes, t.last_heartbeat_ns) = (12, 2, Some(7_000_000_000));
+        (t.key, t.next_id, t.silent_for_ns) = (Some(crate::config::KeyRole::Current), None, None);
+        report.counters = vec![("accepted".into(), 12), ("bad_tag".into(), 3), ("events_lost".into(), 1)];
+        report
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn render_client(state: &crate::client::ClientState, now_ns: u64) -> String 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -223,9 +223,9 @@ mod tests {
         assert_eq!(ago(0, 90_000 * s), "1 day, 1 hour ago");
     }
 
-    #[test]
-    fn render_shows_endpoint_and_unexpected_source() {
-        let report = Report {
+    /// One tunnel with everything set, for the renderers' tests.
+    pub(crate) fn sample_report() -> Report {
+        Report {
             interfaces: vec!["up0".into()],
             attach: "xdp".into(),
             fou_ports: vec![42424],
@@ -252,7 +252,12 @@ mod tests {
                 down_when_silent: true,
             }],
             counters: vec![("accepted".into(), 3), ("bad_tag".into(), 0)],
-        };
+        }
+    }
+
+    #[test]
+    fn render_shows_endpoint_and_unexpected_source() {
+        let report = sample_report();
         let text = render(&report, 4_000_000_000);
         for want in [
             "tunnel: alice",

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 const PACKETS: u64 = 400_000;
 const LIMIT: Duration = Duration::from_secs(15);
 
-fn pair() -> (Netns, Netns) {
+pub fn pair() -> (Netns, Netns) {
     let gen_ns = Netns::new("gen");
     let uplink = Netns::new("uplink");
     veth(&gen_ns, "up0", "192.0.2.1/24", &uplink, "up0", "192.0.2.2/24");
@@ -69,6 +69,24 @@ fn thread_cpu() -> Duration {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A userspace broker's checks of one datagram, in the data plane's order;
+/// an accepted heartbeat's timestamp becomes its tunnel's last.
+pub fn userspace_check(
+    payload: &[u8],
+    tunnels: &HashMap<u64, SipKey>,
+    last_ts: &mut HashMap<u64, u64>,
+    now: u64,
+) -> Result<(), Reject> {
+    let bytes: &[u8; 40] = payload.try_into().map_err(|_| Reject::Malformed)?;
+    let msg = ControlMessage::from_bytes(bytes);
+    check_header(&msg, Kind::Heartbeat)?;
+    let key = *tunnels.get(&msg.tunnel_id()).ok_or(Reject::UnknownTunnel)?;
+    let last = last_ts.get(&msg.tunnel_id()).copied().unwrap_or(0);
+    check_tunnel(&msg, key, last, &Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: WINDOW_NS })?;
+    last_ts.insert(msg.tunnel_id(), msg.timestamp_ns());
+    Ok(())
 }
 
 /// The userspace broker the eBPF path replaces: recvmmsg in batches, then
@@ -123,21 +141,7 @@ fn userspace_broker(stop_after_idle: Duration) -> (u64, u64, Duration, Duration)
         for (i, m) in msgs[..n as usize].iter().enumerate() {
             let payload = &bufs[i][..(m.msg_len as usize).min(64)];
             processed += 1;
-            let verdict = (|| {
-                let bytes: &[u8; 40] = payload.try_into().map_err(|_| Reject::Malformed)?;
-                let msg = ControlMessage::from_bytes(bytes);
-                check_header(&msg, Kind::Heartbeat)?;
-                let key = *tunnels.get(&msg.tunnel_id()).ok_or(Reject::UnknownTunnel)?;
-                let last = last_ts.get(&msg.tunnel_id()).copied().unwrap_or(0);
-                check_tunnel(
-                    &msg,
-                    key,
-                    last,
-                    &Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: WINDOW_NS },
-                )?;
-                last_ts.insert(msg.tunnel_id(), msg.timestamp_ns());
-                Ok::<(), Reject>(())
-            })();
+            let verdict = userspace_check(payload, &tunnels, &mut last_ts, now);
             if verdict.is_err() {
                 rejected += 1;
             }

@@ -3,6 +3,7 @@
 //! each write JSON sections into DIR; xtask renders the table.
 
 mod flood;
+mod flood_failover;
 mod per_packet;
 mod raw_bpf;
 mod vm;
@@ -22,7 +23,9 @@ fn main() {
     };
     std::fs::create_dir_all(&dir).expect("output directory");
     let results: Vec<(&str, Value)> = match section {
-        "host" => vec![("per_packet", per_packet::run()), ("flood", flood::run())],
+        "host" => {
+            vec![("per_packet", per_packet::run()), ("flood", flood::run()), ("flood_failover", flood_failover::run())]
+        }
         "vm" => vm::run(),
         other => panic!("unknown section {other}"),
     };

@@ -47,6 +47,20 @@ pub fn run() -> Value {
             XDP_PASS,
         ),
         ("forged heartbeat", Udp4::new(CLIENT, 40001, BROKER, FOU_PORT, &forged).build(), XDP_DROP),
+        ("replayed heartbeat", hb(t0), XDP_DROP),
+        ("stale heartbeat", hb(t0 - 600_000_000_000), XDP_DROP),
+        (
+            "heartbeat for an unknown tunnel",
+            Udp4::new(
+                CLIENT,
+                40001,
+                BROKER,
+                FOU_PORT,
+                &footunnel_tests::by_hand::heartbeat("no such tunnel", t0, [0; 8]),
+            )
+            .build(),
+            XDP_DROP,
+        ),
     ];
     let mut rows = Vec::new();
     for (name, frame, verdict) in &cases {
