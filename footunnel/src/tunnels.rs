@@ -80,12 +80,15 @@ impl Running {
 pub struct TunnelTable {
     pub tunnels: Vec<Running>,
     by_id: HashMap<u64, usize>,
+    /// Link name → tunnel: every link notification is looked up here.
+    by_link: HashMap<String, usize>,
 }
 
 impl TunnelTable {
     pub fn new(tunnels: Vec<Running>) -> Self {
         let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.record_id, i)).collect();
-        TunnelTable { tunnels, by_id }
+        let by_link = tunnels.iter().enumerate().map(|(i, t)| (t.config.link.clone(), i)).collect();
+        TunnelTable { tunnels, by_id, by_link }
     }
 
     pub fn by_id(&self, id: u64) -> Option<usize> {
@@ -94,7 +97,7 @@ impl TunnelTable {
 
     /// The tunnel whose link is named `name`.
     pub fn by_link(&self, name: &str) -> Option<usize> {
-        self.tunnels.iter().position(|t| t.link.name == name)
+        self.by_link.get(name).copied()
     }
 
     /// (name, local, remote) of every tunnel but `i`.
@@ -121,12 +124,11 @@ impl TunnelTable {
         }
         t.link = current;
         let Some(recorded) = recorded else { return Some(t.link.endpoint()) };
-        let plan = decide::plan_link(
-            self.tunnels[i].link.endpoint(),
-            self.tunnels[i].link.local_v4(),
-            recorded,
-            &self.others(i),
-        );
+        // The other tunnels matter only for a change: a start or sweep over
+        // 10,000 links that need none must not build 10,000 lists of 10,000.
+        let others = if decide::repoint(t.link.endpoint(), recorded).is_some() { self.others(i) } else { Vec::new() };
+        let plan =
+            decide::plan_link(self.tunnels[i].link.endpoint(), self.tunnels[i].link.local_v4(), recorded, &others);
         match plan {
             LinkPlan::NoEndpoint | LinkPlan::AlreadyThere => {
                 let t = &mut self.tunnels[i];

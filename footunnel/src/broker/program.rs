@@ -139,6 +139,7 @@ pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::map
 
 /// Drops the entries of tunnels that are no longer configured.
 pub(super) fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<()> {
+    let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
     let mut m: BpfHashMap<&mut MapData, u64, V> = BpfHashMap::try_from(map(ebpf, name)?)?;
     let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
     for k in stale {

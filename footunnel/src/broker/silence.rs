@@ -27,6 +27,11 @@ impl Broker {
     /// and keeps its link down or up to match under `on_silence = "down"`.
     pub(super) async fn check_silence(&mut self, i: usize) {
         let policy = self.table.tunnels[i].config.silence;
+        let t = &self.table.tunnels[i];
+        if policy.is_none() && !t.silent && !t.set_down {
+            // Not watched: no map lookup (this runs every second for every tunnel).
+            return;
+        }
         let last_heard = self.last_heard_ns(i);
         let t = &mut self.table.tunnels[i];
         let silent = policy.and_then(|p| decide::silent_for(last_heard, t.since_ns, now_ns(), p.timeout_ns));
