@@ -169,12 +169,12 @@ impl Drop for Lab {
     }
 }
 
-fn sysctl(ns: &Netns, setting: &str) {
+pub fn sysctl(ns: &Netns, setting: &str) {
     sh("ip", &["netns", "exec", &ns.name, "sysctl", "-q", "-w", setting]);
 }
 
 /// Replaces the NAT's source NAT rule; `how` is the masquerade statement's tail.
-fn nft(nat: &Netns, how: &str) {
+pub fn nft(nat: &Netns, how: &str) {
     let ruleset = format!(
         "flush ruleset\ntable ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  oifname \"pub0\" {how}\n  oifname \"pub0\" masquerade\n }}\n}}\n"
     );
@@ -183,7 +183,7 @@ fn nft(nat: &Netns, how: &str) {
     sh("ip", &["netns", "exec", &nat.name, "nft", "-f", file.to_str().unwrap()]);
 }
 
-fn flush_conntrack(nat: &Netns) {
+pub fn flush_conntrack(nat: &Netns) {
     // `conntrack -F` exits 0 also when the table was empty.
     sh("ip", &["netns", "exec", &nat.name, "conntrack", "-F"]);
 }

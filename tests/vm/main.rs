@@ -12,4 +12,5 @@ mod reload;
 mod robust;
 mod rotation;
 mod silence;
+mod sit;
 mod tunnel_link;
