@@ -39,6 +39,7 @@ fn a_silent_tunnel_is_reported_and_its_link_set_down_until_the_next_heartbeat() 
     let stopped = Instant::now();
     broker.wait_for("tunnel fou0: silent: no accepted heartbeat for 2 s", Duration::from_secs(5));
     println!("reported silent {:?} after the client stopped", stopped.elapsed());
+    broker.wait_for("tunnel fou0: link fou0 set down", Duration::from_secs(1));
     let link = read_link(&topo.broker, "fou0").unwrap();
     assert!(!link.up, "the silent tunnel's link is still up:\n{}", broker.log());
     assert_eq!(link.encap_dport(), Some(40001), "setting the link down changed its parameters");
@@ -50,6 +51,8 @@ fn a_silent_tunnel_is_reported_and_its_link_set_down_until_the_next_heartbeat() 
 
     let client = start_client(&topo);
     broker.wait_for("tunnel fou0: heard from again", Duration::from_secs(5));
+    // Logged once the kernel has taken the change.
+    broker.wait_for("tunnel fou0: link fou0 set up", Duration::from_secs(1));
     assert!(read_link(&topo.broker, "fou0").unwrap().up, "the link stayed down after a heartbeat");
     let start = Instant::now();
     while !topo.ping() {
