@@ -95,8 +95,9 @@ fn carries_over(old: &Running, new: &Tunnel) -> bool {
 }
 
 impl Broker {
-    /// Applies `new` in place of the running configuration; on error nothing
-    /// has changed. Returns what changed, for the log and `footunnel reload`.
+    /// Applies `new` in place of the running configuration; on an error in
+    /// any check nothing has changed (an error writing the maps says that it
+    /// may have). Returns what changed, for the log and `footunnel reload`.
     pub(super) async fn reload(&mut self, new: BrokerConfig) -> Result<String> {
         check_reloadable(&self.config, &new)?;
         let diff = diff(&self.config.tunnels, &new.tunnels);
@@ -118,7 +119,14 @@ impl Broker {
             }
             self.interfaces.push(iface);
         }
-        fill_maps(&mut self.ebpf, &new, &plan, now_ns())?;
+        if let Err(e) = fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
+            let _ = manage::down(&self.handle, &created_now).await;
+            // The maps may hold part of the new configuration: say so plainly.
+            return Err(e.context(
+                "the data plane could not take the new configuration and may hold part of it: fix the cause, \
+                 then reload again or restart the broker",
+            ));
+        }
 
         let mut old = std::mem::take(&mut self.table).tunnels;
         let running = plan
