@@ -302,9 +302,10 @@ async fn serve(
             Some(answer) = resolved.recv() => {
                 match answer {
                     Ok(now_at) if now_at != broker => {
-                        info!("broker {} now resolves to {now_at} (was {broker}): pointing link {} there", config.broker, link.name);
                         match link::repoint(handle, &link, now_at, dport).await {
                             Ok(updated) => {
+                                // Logged once done: whoever reads this may read the link next.
+                                info!("broker {} now resolves to {now_at} (was {broker}): link {} points there", config.broker, link.name);
                                 link = updated;
                                 broker = now_at;
                                 socket.get_ref().only_control_messages(broker, dport, sport)?;
@@ -313,7 +314,10 @@ async fn serve(
                                 write_state(&config.state_dir, &state);
                                 schedule.network_changed(mono_ns());
                             }
-                            Err(e) => warn!("{e:#}; still sending to {broker}"),
+                            Err(e) => warn!(
+                                "broker {} now resolves to {now_at}, but link {} cannot be pointed there: {e:#}; still sending to {broker}",
+                                config.broker, link.name
+                            ),
                         }
                     }
                     Ok(_) => {}
