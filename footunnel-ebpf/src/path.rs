@@ -9,7 +9,7 @@ use crate::{
         inner_prefix,
     },
     packet::{ETH_HLEN, PacketBytes, Parsed, Udp4, parse_udp4},
-    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_tunnel},
+    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_new_and_signed},
 };
 
 /// What happens to the packet.
@@ -170,7 +170,7 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
     // Only the timestamp: a copy of the whole entry costs stack, which the
     // 6.1 verifier counts to 512 bytes with every call frame.
     let last_timestamp = env.endpoint(id).map_or(0, |e| e.last_timestamp_ns);
-    check_tunnel(&msg, tunnel.key, last_timestamp, &rules)?;
+    check_new_and_signed(&msg, tunnel.key, last_timestamp)?;
 
     // Under the lock, again: a newer heartbeat may have been accepted on
     // another CPU since the read above, and must not be undone.

@@ -163,8 +163,14 @@ pub fn check_tunnel(
     rules: &Acceptance,
 ) -> Result<(), Reject> {
     check_fresh(msg, rules)?;
-    let ts = msg.timestamp_ns();
-    if ts <= last_timestamp_ns {
+    check_new_and_signed(msg, key, last_timestamp_ns)
+}
+
+/// Replay, then the tag: for a receiver that has already checked freshness
+/// (before looking the tunnel's state up).
+#[inline(always)]
+pub fn check_new_and_signed(msg: &ControlMessage, key: SipKey, last_timestamp_ns: u64) -> Result<(), Reject> {
+    if msg.timestamp_ns() <= last_timestamp_ns {
         return Err(Reject::Replay);
     }
     if msg.tag != msg.expected_tag(key) {

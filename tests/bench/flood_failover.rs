@@ -117,24 +117,17 @@ fn measured(gen_ns: &Netns, recorded: &(dyn Fn() -> Option<u16> + Sync), flooded
     }
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
-    std::thread::scope(|s| {
+    let (outcome, elapsed) = std::thread::scope(|s| {
         let started = Instant::now();
         s.spawn(|| flood_until(gen_ns, &stop, &sent));
         std::thread::sleep(Duration::from_millis(200)); // the flood is at full rate first
         let outcome = rounds(gen_ns, recorded);
         stop.store(true, Ordering::Relaxed);
-        let elapsed = started.elapsed();
-        (outcome, elapsed, &sent)
-    })
-    .pipe(|(outcome, elapsed, sent)| (outcome, sent.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()))
+        (outcome, started.elapsed())
+    });
+    // Read after the scope: the flood thread stores its count as it ends.
+    (outcome, sent.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 /// A userspace broker on 192.0.2.2:FOU_PORT with the default receive
 /// buffer: recvmmsg in batches, the same checks in the same order; the port

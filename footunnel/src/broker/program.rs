@@ -169,73 +169,81 @@ pub(super) fn sync<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
 /// a pinned attachment (a restart) atomically.
 pub(super) fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
     match config.attach {
-        Attach::Xdp => {
-            let pin = config.pin_dir.join(format!("xdp-{iface}"));
-            let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).context("no XDP program")?.try_into()?;
-            if xdp.fd().is_err() {
-                xdp.load().context("the kernel's verifier rejected the XDP program")?;
-            }
-            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-                let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned XDP link")?;
-                xdp.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
-                info!("{iface}: XDP program replaced in the pinned attachment");
-                return Ok(());
-            }
-            let id = match xdp.attach(iface, XdpMode::Driver) {
-                Ok(id) => {
-                    info!("{iface}: XDP attached in driver mode");
-                    id
-                }
-                Err(e) => {
-                    debug!("{iface}: driver-mode XDP unavailable ({e}); using generic mode");
-                    let id =
-                        xdp.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?;
-                    info!("{iface}: XDP attached in generic mode");
-                    id
-                }
-            };
-            let link = xdp.take_link(id)?;
-            match FdLink::try_from(link) {
-                Ok(fd_link) => {
-                    fd_link.pin(&pin).with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?;
-                }
-                Err(_) => {
-                    info!("{iface}: this kernel attaches XDP without links; the program stays until `footunnel unload`")
-                }
-            }
+        Attach::Xdp => attach_xdp(ebpf, &config.pin_dir.join(format!("xdp-{iface}")), iface),
+        Attach::Tc => attach_tc(ebpf, &config.pin_dir.join(format!("tc-{iface}")), iface),
+    }
+}
+
+/// The previous run's attachment, if it pinned one: a restart swaps the
+/// program inside it, so the interface is never without one.
+fn pinned_link(pin: &Path) -> Option<FdLink> {
+    PinnedLink::from_pin(pin).ok().map(FdLink::from)
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
+    link.pin(pin).map(drop).with_context(|| format!("cannot pin the attachment at {}", pin.display()))
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, pin: &Path, iface: &str) -> Result<()> {
+    let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).context("no XDP program")?.try_into()?;
+    if xdp.fd().is_err() {
+        xdp.load().context("the kernel's verifier rejected the XDP program")?;
+    }
+    if let Some(pinned) = pinned_link(pin) {
+        let link = XdpLink::try_from(pinned).context("pinned XDP link")?;
+        xdp.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
+        info!("{iface}: XDP program replaced in the pinned attachment");
+        return Ok(());
+    }
+    let id = match xdp.attach(iface, XdpMode::Driver) {
+        Ok(id) => {
+            info!("{iface}: XDP attached in driver mode");
+            id
         }
-        Attach::Tc => {
-            let pin = config.pin_dir.join(format!("tc-{iface}"));
-            let prog: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).context("no TC program")?.try_into()?;
-            if prog.fd().is_err() {
-                prog.load().context("the kernel's verifier rejected the TC program")?;
-            }
-            // Kernels ≥ 6.6 attach through a TCX link, which dies with this
-            // process unless pinned; a restart swaps the program inside it.
-            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).context("pinned TC link")?;
-                prog.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
-                info!("{iface}: TC program replaced in the pinned TCX attachment");
-                return Ok(());
-            }
-            // Older kernels: a netlink filter, which outlives the process by
-            // itself; the previous run's is replaced.
-            let _ = tc::qdisc_add_clsact(iface);
-            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
-            let id = prog
-                .attach(iface, TcAttachType::Ingress)
-                .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
-            let link = prog.take_link(id)?;
-            if <&FdLink>::try_from(&link).is_ok() {
-                let fd_link = FdLink::try_from(link).context("TCX link")?;
-                fd_link.pin(&pin).with_context(|| format!("cannot pin the TCX link at {}", pin.display()))?;
-                info!("{iface}: TC ingress attached (TCX link, pinned)");
-            } else {
-                // A netlink filter: dropping the link would detach it.
-                std::mem::forget(link);
-                info!("{iface}: TC ingress attached (netlink filter)");
-            }
+        Err(e) => {
+            debug!("{iface}: driver-mode XDP unavailable ({e}); using generic mode");
+            let id = xdp.attach(iface, XdpMode::Skb).with_context(|| format!("cannot attach XDP to {iface}"))?;
+            info!("{iface}: XDP attached in generic mode");
+            id
         }
+    };
+    match FdLink::try_from(xdp.take_link(id)?) {
+        Ok(link) => pin_link(link, pin),
+        Err(_) => {
+            info!("{iface}: this kernel attaches XDP without links; the program stays until `footunnel unload`");
+            Ok(())
+        }
+    }
+}
+
+fn attach_tc(ebpf: &mut Ebpf, pin: &Path, iface: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).context("no TC program")?.try_into()?;
+    if prog.fd().is_err() {
+        prog.load().context("the kernel's verifier rejected the TC program")?;
+    }
+    // Kernels ≥ 6.6 attach through a TCX link, which dies with this
+    // process unless pinned.
+    if let Some(pinned) = pinned_link(pin) {
+        let link = SchedClassifierLink::try_from(pinned).context("pinned TC link")?;
+        prog.attach_to_link(link).with_context(|| format!("cannot replace the program on {iface}"))?;
+        info!("{iface}: TC program replaced in the pinned TCX attachment");
+        return Ok(());
+    }
+    // Older kernels: a netlink filter, which outlives the process by
+    // itself; the previous run's is replaced.
+    let _ = tc::qdisc_add_clsact(iface);
+    let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
+    let id = prog
+        .attach(iface, TcAttachType::Ingress)
+        .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
+    let link = prog.take_link(id)?;
+    if <&FdLink>::try_from(&link).is_ok() {
+        pin_link(FdLink::try_from(link).context("TCX link")?, pin)?;
+        info!("{iface}: TC ingress attached (TCX link, pinned)");
+    } else {
+        // A netlink filter: dropping the link would detach it.
+        std::mem::forget(link);
+        info!("{iface}: TC ingress attached (netlink filter)");
     }
     Ok(())
 }
