@@ -4,6 +4,7 @@
 //! unit-tested on the host.
 #![cfg_attr(not(test), no_std)]
 
+pub mod egress;
 pub mod maps;
 pub mod packet;
 pub mod path;

@@ -219,6 +219,13 @@ pub struct Settings {
     pub window_ns: u64,
     /// Least time between two "observed" events of one tunnel.
     pub observe_interval_ns: u64,
+    /// Shared-device mode (non-zero): the uplink encapsulated packets leave
+    /// by, and FoU data from anyone but its tunnel's endpoint is dropped.
+    pub shared_uplink: u32,
+    /// Shared-device mode: the broker's FoU port, the source port of
+    /// everything it encapsulates.
+    pub shared_port: u16,
+    pub _pad: u16,
 }
 
 impl Settings {
@@ -303,10 +310,23 @@ pub enum Counter {
     /// Control messages while the controller has not written SETTINGS:
     /// refused rather than checked against a zero clock and window.
     Unconfigured,
+    /// Shared-device mode: FoU data from a source that is not the endpoint
+    /// of the tunnel owning its inner source (or from no tunnel): dropped.
+    Spoofed,
+    /// Shared-device mode: packets encapsulated to their tunnel's endpoint.
+    Encapsulated,
+    /// Shared-device mode: packets to an inner destination no tunnel owns
+    /// (or not IPv4): dropped.
+    EgressNoTunnel,
+    /// Shared-device mode: packets for a tunnel with no endpoint yet (no
+    /// heartbeat accepted): dropped.
+    EgressNoEndpoint,
+    /// Shared-device mode: the kernel refused to grow or redirect the packet.
+    EgressFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 26] = [
         Counter::FouData,
         Counter::FouUnmatched,
         Counter::FouElsewhere,
@@ -328,6 +348,11 @@ impl Counter {
         Counter::Fragment,
         Counter::IpMalformed,
         Counter::Unconfigured,
+        Counter::Spoofed,
+        Counter::Encapsulated,
+        Counter::EgressNoTunnel,
+        Counter::EgressNoEndpoint,
+        Counter::EgressFailed,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -355,6 +380,11 @@ impl Counter {
             Counter::Fragment => "fragment",
             Counter::IpMalformed => "ip_malformed",
             Counter::Unconfigured => "unconfigured",
+            Counter::Spoofed => "spoofed",
+            Counter::Encapsulated => "encapsulated",
+            Counter::EgressNoTunnel => "egress_no_tunnel",
+            Counter::EgressNoEndpoint => "egress_no_endpoint",
+            Counter::EgressFailed => "egress_failed",
         }
     }
 }

@@ -252,7 +252,7 @@ fn emit<E: Env>(env: &E, event: &Event) {
 fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>, env: &E) -> Verdict {
     let Some((owner, prefix)) = owner else {
         env.count(Counter::FouUnmatched);
-        return Verdict::Pass;
+        return unless_shared(env);
     };
     let id = owner.id();
     if env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
@@ -283,6 +283,15 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>
         env.count(Counter::Unconfigured);
         return Verdict::Pass;
     }
+    // Shared-device mode: the kernel's one device takes FoU from anyone, so
+    // this is the only source check; still announced, so a client that
+    // moved silently draws a challenge.
+    let verdict = if settings.shared_uplink != 0 {
+        env.count(Counter::Spoofed);
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    };
     let now = wall_clock(env, &settings);
     let previous = env.observed(id);
     let due = previous.is_none_or(|o| now.wrapping_sub(o.last_event_ns) >= settings.observe_interval_ns);
@@ -290,7 +299,7 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>
         // Between events (a spoofed flood, a rebinding flow) only this
         // entry's counters move, in place: no hash update per packet.
         env.touch_observed(id, now);
-        return Verdict::Pass;
+        return verdict;
     }
     let mut observed = previous.unwrap_or_default();
     if observed.addr != udp.src_addr || observed.port != udp.src_port {
@@ -307,7 +316,19 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>
     let detail = [len[0], len[1], 0, 0, 0, 0, 0, 0];
     emit(env, &Event { tunnel_id: id, timestamp_ns: now, detail, ..event(EVENT_OBSERVED, udp) });
     env.set_observed(id, &observed);
-    Verdict::Pass
+    verdict
+}
+
+/// FoU data no tunnel owns: the kernel's per-link receive finds no link for
+/// it, but the shared device would take it in.
+#[inline(always)]
+fn unless_shared<E: Env>(env: &E) -> Verdict {
+    if env.settings().shared_uplink != 0 {
+        env.count(Counter::Spoofed);
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    }
 }
 
 /// The proof of concept's heartbeat: the plaintext secret is the payload.
@@ -356,4 +377,4 @@ fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &
 
 #[cfg(test)]
 #[path = "path_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -9,16 +9,16 @@ use crate::{
     siphash::SipKey,
 };
 
-const KEY: SipKey = SipKey { k0: 0x0706050403020100, k1: 0x0f0e0d0c0b0a0908 };
-const ID: u64 = 0xfeed_0000_0000_0001;
-const BOOT: u64 = 1_000_000_000;
-const OFFSET: u64 = 1_790_000_000_000_000_000;
-const NOW: u64 = BOOT + OFFSET;
-const CLIENT: [u8; 4] = [203, 0, 113, 5];
-const BROKER: [u8; 4] = [198, 51, 100, 1];
+pub(crate) const KEY: SipKey = SipKey { k0: 0x0706050403020100, k1: 0x0f0e0d0c0b0a0908 };
+pub(crate) const ID: u64 = 0xfeed_0000_0000_0001;
+pub(crate) const BOOT: u64 = 1_000_000_000;
+pub(crate) const OFFSET: u64 = 1_790_000_000_000_000_000;
+pub(crate) const NOW: u64 = BOOT + OFFSET;
+pub(crate) const CLIENT: [u8; 4] = [203, 0, 113, 5];
+pub(crate) const BROKER: [u8; 4] = [198, 51, 100, 1];
 
 #[derive(Default)]
-struct MemEnv {
+pub(crate) struct MemEnv {
     ports: HashMap<u16, PortConfig>,
     tunnels: HashMap<u64, TunnelConfig>,
     endpoints: RefCell<HashMap<u64, Endpoint>>,
@@ -42,6 +42,8 @@ struct MemEnv {
     accepted_meanwhile: std::cell::Cell<Option<u64>>,
     /// Lookups of ENDPOINTS.
     endpoint_reads: std::cell::Cell<u64>,
+    /// Shared-device mode, leaving by this uplink.
+    pub(crate) shared_uplink: std::cell::Cell<u32>,
 }
 
 impl Env for MemEnv {
@@ -58,7 +60,14 @@ impl Env for MemEnv {
         if self.unconfigured.get() {
             return Settings::default();
         }
-        Settings { realtime_offset_ns: OFFSET, window_ns: 120_000_000_000, observe_interval_ns: 1_000_000_000 }
+        Settings {
+            realtime_offset_ns: OFFSET,
+            window_ns: 120_000_000_000,
+            observe_interval_ns: 1_000_000_000,
+            shared_uplink: self.shared_uplink.get(),
+            shared_port: 42424,
+            _pad: 0,
+        }
     }
     fn boot_ns(&self) -> u64 {
         self.boot.get()
@@ -124,7 +133,7 @@ impl Env for MemEnv {
     }
 }
 
-fn env() -> MemEnv {
+pub(crate) fn env() -> MemEnv {
     let env = MemEnv {
         ports: [(42424, PortConfig { kind: PORT_FOU }), (42425, PortConfig { kind: PORT_LEGACY })].into(),
         tunnels: [(ID, TunnelConfig { key: KEY, local: BROKER, _pad: 0, record: ID })].into(),
@@ -136,7 +145,7 @@ fn env() -> MemEnv {
     env
 }
 
-fn udp(src: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn udp(src: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 12];
     f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
     f.extend_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
@@ -151,18 +160,18 @@ fn udp(src: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn heartbeat(ts: u64) -> [u8; 40] {
+pub(crate) fn heartbeat(ts: u64) -> [u8; 40] {
     ControlMessage::new(Kind::Heartbeat, ID, ts, [0; 8]).sign(KEY).to_bytes()
 }
 
-fn inner_v4(src: [u8; 4]) -> Vec<u8> {
+pub(crate) fn inner_v4(src: [u8; 4]) -> Vec<u8> {
     let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0];
     p.extend_from_slice(&src);
     p.extend_from_slice(&[10, 0, 0, 1]);
     p
 }
 
-fn count(env: &MemEnv, c: Counter) -> u64 {
+pub(crate) fn count(env: &MemEnv, c: Counter) -> u64 {
     env.counters.borrow().get(c.name()).copied().unwrap_or(0)
 }
 
@@ -411,4 +420,34 @@ fn a_stale_heartbeat_is_refused_before_any_endpoint_lookup() {
     let unknown = ControlMessage::new(Kind::Heartbeat, 0xdead, NOW, [0; 8]).sign(KEY).to_bytes();
     process(&udp(CLIENT, 40001, 42424, &unknown)[..], &env);
     assert_eq!((count(&env, Counter::UnknownTunnel), env.endpoint_reads.get()), (1, 0));
+}
+
+#[test]
+fn in_shared_mode_fou_data_from_anyone_but_the_endpoint_is_dropped_and_still_announced() {
+    let env = env();
+    env.shared_uplink.set(2);
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    let mut data = udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]));
+    assert_eq!(process(&data[..], &env), Verdict::Pass, "the endpoint's own data");
+    // Another client behind the same NAT address claims this tunnel's inner source.
+    data = udp(CLIENT, 40999, 42424, &inner_v4([10, 0, 0, 2]));
+    assert_eq!(process(&data[..], &env), Verdict::Drop);
+    assert_eq!(process(&data[..], &env), Verdict::Drop, "between announcements too");
+    assert_eq!(count(&env, Counter::Spoofed), 2);
+    let events = env.events.borrow();
+    assert_eq!(
+        (events.last().unwrap().kind, events.last().unwrap().port),
+        (EVENT_OBSERVED, 40999),
+        "a challenge is due"
+    );
+    drop(events);
+    // An inner source no tunnel owns would enter the shared device unchecked.
+    let unowned = udp(CLIENT, 40001, 42424, &inner_v4([192, 168, 7, 7]));
+    assert_eq!(process(&unowned[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::Spoofed), 3);
+    // Per-link mode passes both: the kernel's link lookup is its check.
+    env.shared_uplink.set(0);
+    assert_eq!(process(&data[..], &env), Verdict::Pass);
+    assert_eq!(process(&unowned[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::Spoofed), 3);
 }

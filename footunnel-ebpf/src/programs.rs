@@ -4,14 +4,18 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+    },
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
-    helpers::generated::bpf_ktime_get_boot_ns,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_redirect_neigh, bpf_skb_change_head},
     macros::{btf_map, classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use footunnel_ebpf::{
+    egress::{OUTER_LEN, outer_headers},
     maps::{
         CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PREFIXES,
         MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
@@ -227,6 +231,49 @@ pub fn footunnel_tc(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
+}
+
+/// Shared-device mode: TC egress on the shared (external-mode) device, where
+/// packets routed to a tunnel's inner prefixes arrive as bare IPv4. They
+/// leave with FoU's outer headers by the uplink, never through the device's
+/// own transmit (which would add plain IPIP).
+#[classifier]
+pub fn footunnel_egress(ctx: TcContext) -> i32 {
+    let _ = ctx.pull_data(ctx.len().min(20));
+    let pkt = Linear { start: ctx.data(), end: ctx.data_end() };
+    let headers = match outer_headers(&pkt, ctx.len(), &Maps) {
+        Ok(h) => h,
+        Err(counter) => {
+            Maps.count(counter);
+            return TC_ACT_SHOT;
+        }
+    };
+    // ENCAP flags: the kernel marks the packet as UDP-encapsulated, so a
+    // GSO packet (forwarded TCP, say) is segmented with its outer headers.
+    let flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP);
+    if ctx.adjust_room(OUTER_LEN as i32, BPF_ADJ_ROOM_MAC, flags).is_err() || ctx.store(0, &headers, 0).is_err() {
+        Maps.count(Counter::EgressFailed);
+        return TC_ACT_SHOT;
+    }
+    // bpf_redirect_neigh expects to replace an Ethernet header (it is made
+    // for Ethernet devices): give this L3 device's packet a blank one, which
+    // also marks where the outer IP header starts. Unicast destination
+    // (all zero), IPv4 type; the neighbour table fills in the real one.
+    // SAFETY: the program's own skb.
+    if unsafe { bpf_skb_change_head(ctx.skb.skb, 14, 0) } != 0 || ctx.store(12, &0x0800u16.to_be(), 0).is_err() {
+        Maps.count(Counter::EgressFailed);
+        return TC_ACT_SHOT;
+    }
+    let uplink = Maps.settings().shared_uplink;
+    // SAFETY: no parameters: the kernel routes the outer destination itself
+    // and fills in the uplink's link-layer header from its neighbour table.
+    let action = unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) };
+    if action as i32 == TC_ACT_SHOT {
+        Maps.count(Counter::EgressFailed);
+    } else {
+        Maps.count(Counter::Encapsulated);
+    }
+    action as i32
 }
 
 #[cfg(not(test))]

@@ -32,6 +32,32 @@ pub enum Attach {
     Tc,
 }
 
+/// How tunnels map onto the kernel's tunnel devices.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One ipip link per tunnel, re-pointed over rtnetlink (any kernel with fou).
+    #[default]
+    PerLink,
+    /// One external-mode device for all tunnels; the data plane addresses
+    /// each packet (many clients behind one NAT address; DESIGN.md §3b).
+    Shared,
+}
+
+/// Shared-device mode's device and the broker address its clients reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shared {
+    pub device: String,
+    /// The broker's public address: heartbeats and FoU arrive here, and
+    /// encapsulated packets leave from it.
+    pub local: Ipv4Addr,
+    /// The broker's inner address on the device, e.g. 10.0.0.1/32.
+    pub address: Option<(IpAddr, u8)>,
+    pub mtu: u32,
+}
+
+pub const DEFAULT_SHARED_DEVICE: &str = "footunnel0";
+
 /// What a silent tunnel's link gets.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -79,15 +105,34 @@ struct File {
     on_silence: OnSilence,
     /// Serve Prometheus metrics at this address and port.
     metrics: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    shared: Option<SharedFile>,
     #[serde(default, rename = "tunnel")]
     tunnels: Vec<TunnelFile>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SharedFile {
+    #[serde(default = "default_shared_device")]
+    device: String,
+    local: Ipv4Addr,
+    address: Option<String>,
+    #[serde(default = "default_mtu")]
+    mtu: u32,
+}
+
+fn default_shared_device() -> String {
+    DEFAULT_SHARED_DEVICE.to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TunnelFile {
     name: String,
-    link: String,
+    /// Per-link mode only.
+    link: Option<String>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     /// Key rotation: the secret that replaces `secret`, accepted beside it.
@@ -159,12 +204,15 @@ pub struct BrokerConfig {
     pub state_dir: PathBuf,
     /// Where to serve Prometheus metrics; `None`: not at all.
     pub metrics: Option<SocketAddr>,
+    /// `Some` in shared-device mode.
+    pub shared: Option<Shared>,
     pub tunnels: Vec<Tunnel>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tunnel {
     pub name: String,
+    /// Its own link in per-link mode; the shared device in shared-device mode.
     pub link: String,
     pub secret: String,
     /// Where the secret came from, for messages.
@@ -249,8 +297,19 @@ impl BrokerConfig {
     /// Parses and validates `text`; `read_secret` reads a secret file.
     pub fn parse(text: &str, base: &Path, read_secret: &dyn Fn(&Path) -> Result<String>) -> Result<Self> {
         let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let shared = shared_settings(file.mode, file.shared)?;
         let mut tunnels = Vec::new();
         for t in file.tunnels {
+            let link = match (&shared, t.link) {
+                (None, Some(link)) => link,
+                (None, None) => bail!("tunnel {:?}: no link: name its ipip link (`link = \"fou0\"`)", t.name),
+                (Some(s), None) => s.device.clone(),
+                (Some(s), Some(link)) => bail!(
+                    "tunnel {:?}: link = {link:?}, but in shared-device mode every tunnel uses {:?}: remove `link`",
+                    t.name,
+                    s.device
+                ),
+            };
             let (secret, secret_file) = match (t.secret, t.secret_file) {
                 (Some(s), None) => (s, None),
                 (None, Some(p)) => {
@@ -293,7 +352,7 @@ impl BrokerConfig {
                 t.silence_timeout.unwrap_or(file.silence_timeout),
                 t.on_silence.unwrap_or(file.on_silence),
             )?;
-            let mut tunnel = Tunnel::new(t.name, t.link, secret, secret_file, peer_prefixes, t.legacy)?;
+            let mut tunnel = Tunnel::new(t.name, link, secret, secret_file, peer_prefixes, t.legacy)?;
             tunnel.manage = manage;
             tunnel.silence = silence;
             if let Some((secret, secret_file)) = next {
@@ -316,6 +375,7 @@ impl BrokerConfig {
             pin_dir: file.pin_dir,
             state_dir: file.state_dir,
             metrics: file.metrics.as_deref().map(parse_metrics_address).transpose()?,
+            shared,
             tunnels,
         };
         config.validate()?;
@@ -335,6 +395,7 @@ impl BrokerConfig {
             pin_dir: default_pin_dir(),
             state_dir: default_state_dir(),
             metrics: None,
+            shared: None,
             tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
         };
         config.validate()?;
@@ -367,6 +428,9 @@ impl BrokerConfig {
         if self.challenge_rate == 0 {
             bail!("challenge_rate must be at least 1 per second");
         }
+        if let Some(shared) = &self.shared {
+            self.validate_shared(shared)?;
+        }
         let mut names = HashSet::new();
         let mut links = HashSet::new();
         let mut ids: HashMap<u64, &str> = HashMap::new();
@@ -374,7 +438,7 @@ impl BrokerConfig {
             if !names.insert(t.name.as_str()) {
                 bail!("two tunnels are named {:?}: names must be unique", t.name);
             }
-            if !links.insert(t.link.as_str()) {
+            if self.shared.is_none() && !links.insert(t.link.as_str()) {
                 bail!(
                     "tunnel {:?}: link {:?} belongs to another tunnel already; each tunnel needs its own link",
                     t.name,
@@ -413,6 +477,69 @@ impl BrokerConfig {
             bail!("tunnels {a:?} ({pa}) and {b:?} ({pb}) have overlapping peer prefixes");
         }
         Ok(())
+    }
+}
+
+impl BrokerConfig {
+    /// What shared-device mode cannot do, and needs.
+    fn validate_shared(&self, shared: &Shared) -> Result<()> {
+        if self.fou_ports.len() != 1 {
+            bail!(
+                "shared-device mode serves one FoU port (the kernel has one external-mode ipip device per \
+                 network namespace): set fou_ports to a single port"
+            );
+        }
+        for t in &self.tunnels {
+            if t.peer_prefixes.is_empty() {
+                bail!(
+                    "tunnel {:?}: shared-device mode routes each tunnel by its inner prefixes: set peer_prefixes \
+                     (say [\"10.1.0.2/32\"])",
+                    t.name
+                );
+            }
+            if t.manage.is_some() {
+                bail!(
+                    "tunnel {:?}: `manage` creates a per-tunnel link; shared-device mode has none: remove it",
+                    t.name
+                );
+            }
+            if t.silence.is_some_and(|s| s.action == OnSilence::Down) {
+                bail!(
+                    "tunnel {:?}: on_silence = \"down\" sets a tunnel's own link down; in shared-device mode \
+                     tunnels have none: use \"report\"",
+                    t.name
+                );
+            }
+        }
+        if shared.device.is_empty() || shared.device.len() > 15 {
+            bail!("shared.device = {:?}: a Linux interface name has 1 to 15 characters", shared.device);
+        }
+        Ok(())
+    }
+}
+
+/// `mode` and `[shared]` together: each needs the other.
+fn shared_settings(mode: Mode, file: Option<SharedFile>) -> Result<Option<Shared>> {
+    match (mode, file) {
+        (Mode::PerLink, None) => Ok(None),
+        (Mode::PerLink, Some(_)) => {
+            bail!("a [shared] section, but mode is per-link: set mode = \"shared\" or remove [shared]")
+        }
+        (Mode::Shared, None) => bail!(
+            "mode = \"shared\" needs a [shared] section with at least the broker's public address: \
+             [shared] local = \"198.51.100.1\""
+        ),
+        (Mode::Shared, Some(f)) => Ok(Some(Shared {
+            device: f.device,
+            local: f.local,
+            address: f
+                .address
+                .as_deref()
+                .map(crate::addr::parse_interface_address)
+                .transpose()
+                .context("shared.address")?,
+            mtu: f.mtu,
+        })),
     }
 }
 

@@ -238,3 +238,54 @@ fn a_next_secret_that_cannot_work_is_refused() {
     );
     assert!(err(&format!("{ONE}next_secret = \"x\"\nnext_secret_file = \"y\"\n")).contains("not both"));
 }
+
+const SHARED: &str = r#"
+mode = "shared"
+[shared]
+local = "198.51.100.1"
+address = "10.0.0.1/32"
+
+[[tunnel]]
+name = "alice"
+secret = "alice's secret, long enough"
+peer_prefixes = ["10.1.0.2/32"]
+
+[[tunnel]]
+name = "bob"
+secret = "bob's secret, long enough too"
+peer_prefixes = ["10.1.0.3/32"]
+"#;
+
+#[test]
+fn shared_mode_puts_every_tunnel_on_the_shared_device() {
+    let c = parse(SHARED).unwrap();
+    let shared = c.shared.as_ref().unwrap();
+    assert_eq!(
+        (shared.device.as_str(), shared.local, shared.mtu),
+        ("footunnel0", Ipv4Addr::new(198, 51, 100, 1), 1472)
+    );
+    assert_eq!(shared.address, Some(("10.0.0.1".parse().unwrap(), 32)));
+    assert!(c.tunnels.iter().all(|t| t.link == "footunnel0"), "{:?}", c.tunnels);
+    assert!(parse(ONE).unwrap().shared.is_none(), "per-link is the default");
+}
+
+#[test]
+fn shared_mode_mistakes_are_named_with_their_fix() {
+    for (text, expected) in [
+        (
+            SHARED.replace("[shared]\nlocal = \"198.51.100.1\"\naddress = \"10.0.0.1/32\"\n", ""),
+            "needs a [shared] section",
+        ),
+        (SHARED.replace("mode = \"shared\"\n", ""), "but mode is per-link"),
+        (SHARED.replace("name = \"bob\"\n", "name = \"bob\"\nlink = \"fou1\"\n"), "remove `link`"),
+        (SHARED.replace("peer_prefixes = [\"10.1.0.3/32\"]\n", ""), "set peer_prefixes"),
+        (SHARED.replace("peer_prefixes = [\"10.1.0.3/32\"]", "peer_prefixes = [\"10.1.0.2/31\"]"), "overlapping"),
+        (format!("fou_ports = [1, 2]\n{SHARED}"), "a single port"),
+        (format!("{SHARED}on_silence = \"down\"\nsilence_timeout = 60\n"), "use \"report\""),
+        (SHARED.replace("mode = \"shared\"", "mode = \"sharde\""), "unknown variant"),
+        (ONE.replace("link = \"fou0\"\n", ""), "no link"),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(expected), "{expected:?} not in: {e}");
+    }
+}

@@ -31,6 +31,8 @@ pub static OBJECT: &[u8] = &[];
 pub const XDP_PROGRAM: &str = "footunnel_xdp";
 /// Name of the TC-ingress entry point in [`OBJECT`].
 pub const TC_PROGRAM: &str = "footunnel_tc";
+/// Shared-device mode's egress program.
+pub const EGRESS_PROGRAM: &str = "footunnel_egress";
 
 /// Parses the embedded object and creates its maps (programs are loaded
 /// into the kernel separately, by whoever attaches them).

@@ -205,6 +205,7 @@ pub mod broker {
                 realtime_offset_ns: dataplane::realtime_offset_ns(),
                 window_ns: WINDOW_NS,
                 observe_interval_ns: 1_000_000_000,
+                ..Default::default()
             };
             dataplane::set_settings(&mut ebpf, settings).unwrap();
             dataplane::watch_port(&mut ebpf, FOU_PORT).unwrap();

@@ -11,6 +11,7 @@ mod package;
 mod reload;
 mod robust;
 mod rotation;
+mod shared;
 mod silence;
 mod sit;
 mod tunnel_link;

@@ -5,6 +5,7 @@
 mod plan;
 mod program;
 mod reload;
+mod shared;
 mod silence;
 mod state;
 
@@ -54,6 +55,8 @@ pub struct Broker {
     sender: RawUdp,
     challenges: RateLimit,
     interfaces: Vec<String>,
+    /// Shared-device mode's device.
+    shared: Option<shared::SharedDevice>,
     /// Links and FoU listeners footunnel created, this run or earlier ones.
     created: Created,
     last_reload: Option<ReloadOutcome>,
@@ -71,7 +74,13 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
     };
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
-    let created = bring_up_managed(&config, &handle, &HashSet::new()).await?;
+    let mut created = bring_up_managed(&config, &handle, &HashSet::new()).await?;
+    if let Some(shared) = &config.shared
+        && let Err(e) = shared::bring_up(&handle, shared, config.fou_ports[0], &mut created).await
+    {
+        let _ = manage::down(&handle, &created).await;
+        return Err(e);
+    }
     let plan = match plan(&config, &handle).await {
         Ok(plan) => plan,
         Err(e) => {
@@ -87,7 +96,11 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
         plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone(), t.prefixes.clone())).collect(),
     );
     apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
-    let mut broker = match Broker::start(config, handle.clone(), plan, table, created.clone()) {
+    let started = match Broker::start(config, handle.clone(), plan, table, created.clone()) {
+        Ok(mut broker) => broker.serve_shared_device().await.map(|()| broker),
+        Err(e) => Err(e),
+    };
+    let mut broker = match started {
         Ok(broker) => broker,
         Err(e) => {
             // A failed start leaves nothing of this run behind: what it
@@ -205,11 +218,29 @@ impl Broker {
             sender: RawUdp::send_only()?,
             challenges,
             interfaces: plan.interfaces,
+            shared: plan.shared,
             created,
             last_reload: None,
         };
         broker.write_state()?;
         Ok(broker)
+    }
+
+    /// Shared-device mode: routes to every tunnel's prefixes through the
+    /// device, and the program that addresses each packet on its egress.
+    async fn serve_shared_device(&mut self) -> Result<()> {
+        let Some(device) = self.shared.clone() else { return Ok(()) };
+        let prefixes: Vec<_> = self.table.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+        shared::route(&self.handle, &device, &prefixes).await?;
+        program::attach_egress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
+        info!(
+            "shared device {}: {} tunnel(s), {} route(s); packets leave by ifindex {}",
+            device.name,
+            self.table.tunnels.len(),
+            prefixes.len(),
+            device.uplink
+        );
+        Ok(())
     }
 
     /// What `footunnel show`, `reload` and `unload` read.
@@ -262,6 +293,16 @@ impl Broker {
     /// points afterwards, as the kernel has it.
     async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
         let recorded = self.endpoint(self.table.tunnels[i].config.record_id);
+        if let Some(device) = &self.shared {
+            // No link to change: the egress program reads the endpoint map.
+            return match shared::reaches(&self.handle, device, recorded.as_ref()).await {
+                Ok(reaches) => Some(reaches),
+                Err(e) => {
+                    warn!("tunnel {}: {e:#}", self.table.tunnels[i].config.name);
+                    None
+                }
+            };
+        }
         let after = self.table.reconcile(&self.handle, i, recorded.as_ref()).await;
         self.follow_local_address(i);
         after
@@ -510,7 +551,7 @@ impl Broker {
     }
 
     fn settings(&self) -> Settings {
-        settings(&self.config)
+        settings(&self.config, self.shared.as_ref())
     }
 
     /// The tunnel whose link a link notification is about, by name (a
@@ -539,11 +580,14 @@ async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, table: &mut Tun
     }
 }
 
-pub(super) fn settings(config: &BrokerConfig) -> Settings {
+pub(super) fn settings(config: &BrokerConfig, shared: Option<&shared::SharedDevice>) -> Settings {
     Settings {
         realtime_offset_ns: dataplane::realtime_offset_ns(),
         window_ns: config.freshness_window_ns,
         observe_interval_ns: config.challenge_interval_ns,
+        shared_uplink: shared.map_or(0, |d| d.uplink),
+        shared_port: config.fou_ports[0],
+        _pad: 0,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::{
     addr::Prefix,
-    config::{BrokerConfig, Tunnel},
+    config::{BrokerConfig, Shared, Tunnel},
     fou,
     link::{self, TunnelLink},
 };
@@ -23,11 +23,16 @@ pub(super) struct Planned {
 pub(super) struct Plan {
     pub(super) tunnels: Vec<Planned>,
     pub(super) interfaces: Vec<String>,
+    /// Shared-device mode: the device and the uplink packets leave by.
+    pub(super) shared: Option<super::shared::SharedDevice>,
 }
 
 /// Checks the configuration against the system: links, FoU listeners,
 /// interfaces. Changes nothing.
 pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {
+    if let Some(shared) = &config.shared {
+        return plan_shared(config, shared, handle).await;
+    }
     let listeners = fou::require_listeners(&config.fou_ports)?;
     let mut tunnels = Vec::new();
     for t in &config.tunnels {
@@ -56,11 +61,7 @@ pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan>
         }
         tunnels.push(Planned { config: t.clone(), link, prefixes });
     }
-    let claimed: Vec<(Prefix, &str)> =
-        tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (*p, t.config.name.as_str()))).collect();
-    if let Some(((p, a), (q, b))) = crate::addr::find_overlap(&claimed) {
-        bail!("tunnels {a:?} ({p}) and {b:?} ({q}) claim overlapping inner prefixes: set distinct peer_prefixes");
-    }
+    check_overlap(&tunnels)?;
     let mut interfaces = config.interfaces.clone();
     if interfaces.is_empty() {
         let mut seen = std::collections::HashSet::new();
@@ -77,10 +78,52 @@ pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan>
             }
         }
     }
-    for name in &interfaces {
+    check_interfaces(handle, &interfaces).await?;
+    Ok(Plan { tunnels, interfaces, shared: None })
+}
+
+/// Shared-device mode: every tunnel's "link" is the shared device (which
+/// `shared::bring_up` made sure of), its prefixes are configured, and the
+/// uplink is the interface holding the broker's public address.
+async fn plan_shared(config: &BrokerConfig, shared: &Shared, handle: &Handle) -> Result<Plan> {
+    fou::require_listeners(&config.fou_ports)?;
+    let device = super::shared::as_link(handle, shared, config.fou_ports[0]).await?;
+    let tunnels: Vec<Planned> = config
+        .tunnels
+        .iter()
+        .map(|t| Planned { config: t.clone(), link: device.clone(), prefixes: t.peer_prefixes.clone() })
+        .collect();
+    check_overlap(&tunnels)?;
+    let uplink = link::interface_with_address(handle, IpAddr::V4(shared.local))
+        .await
+        .with_context(|| format!("shared.local = {}: the broker's public address", shared.local))?;
+    let mut interfaces = config.interfaces.clone();
+    if interfaces.is_empty() {
+        interfaces.push(uplink.clone());
+    }
+    check_interfaces(handle, &interfaces).await?;
+    let uplink_index = match handle.link().get().match_name(uplink.clone()).execute().try_next().await {
+        Ok(Some(l)) => l.header.index,
+        _ => bail!("uplink interface {uplink:?} does not exist"),
+    };
+    let shared = super::shared::SharedDevice { name: device.name.clone(), index: device.index, uplink: uplink_index };
+    Ok(Plan { tunnels, interfaces, shared: Some(shared) })
+}
+
+fn check_overlap(tunnels: &[Planned]) -> Result<()> {
+    let claimed: Vec<(Prefix, &str)> =
+        tunnels.iter().flat_map(|t| t.prefixes.iter().map(|p| (*p, t.config.name.as_str()))).collect();
+    if let Some(((p, a), (q, b))) = crate::addr::find_overlap(&claimed) {
+        bail!("tunnels {a:?} ({p}) and {b:?} ({q}) claim overlapping inner prefixes: set distinct peer_prefixes");
+    }
+    Ok(())
+}
+
+async fn check_interfaces(handle: &Handle, interfaces: &[String]) -> Result<()> {
+    for name in interfaces {
         if !matches!(handle.link().get().match_name(name.clone()).execute().try_next().await, Ok(Some(_))) {
             bail!("uplink interface {name:?} does not exist");
         }
     }
-    Ok(Plan { tunnels, interfaces })
+    Ok(())
 }

@@ -4,7 +4,7 @@
 
 use crate::{
     config::{Attach, BrokerConfig, Tunnel},
-    dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
+    dataplane::{self, EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     manage::{self},
 };
 use anyhow::{Context, Result, bail};
@@ -67,7 +67,7 @@ pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
 /// reload) accepts only heartbeats newer than `seed_ns`: replays of older
 /// ones stay out.
 pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: u64) -> Result<()> {
-    dataplane::set_settings(ebpf, settings(config))?;
+    dataplane::set_settings(ebpf, settings(config, plan.shared.as_ref()))?;
 
     // Ports are an array: unwatch what the previous run watched, then watch ours.
     let mut wanted: HashMap<u16, u32> = config.fou_ports.iter().map(|p| (*p, maps::PORT_FOU)).collect();
@@ -217,9 +217,22 @@ fn attach_xdp(ebpf: &mut Ebpf, pin: &Path, iface: &str) -> Result<()> {
 }
 
 fn attach_tc(ebpf: &mut Ebpf, pin: &Path, iface: &str) -> Result<()> {
-    let prog: &mut SchedClassifier = ebpf.program_mut(TC_PROGRAM).context("no TC program")?.try_into()?;
+    attach_classifier(ebpf, TC_PROGRAM, TcAttachType::Ingress, pin, iface)
+}
+
+/// Shared-device mode: the program that addresses each packet, on the
+/// shared device's egress.
+pub(super) fn attach_egress(ebpf: &mut Ebpf, pin_dir: &Path, device: &str) -> Result<()> {
+    attach_classifier(ebpf, EGRESS_PROGRAM, TcAttachType::Egress, &pin_dir.join(format!("egress-{device}")), device)
+        .with_context(|| {
+            format!("shared-device mode needs Linux ≥ {} (bpf_redirect_neigh)", super::shared::KERNEL_NEEDED)
+        })
+}
+
+fn attach_classifier(ebpf: &mut Ebpf, program: &str, hook: TcAttachType, pin: &Path, iface: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf.program_mut(program).context("no TC program")?.try_into()?;
     if prog.fd().is_err() {
-        prog.load().context("the kernel's verifier rejected the TC program")?;
+        prog.load().with_context(|| format!("the kernel's verifier rejected {program}"))?;
     }
     // Kernels ≥ 6.6 attach through a TCX link, which dies with this
     // process unless pinned.
@@ -232,18 +245,16 @@ fn attach_tc(ebpf: &mut Ebpf, pin: &Path, iface: &str) -> Result<()> {
     // Older kernels: a netlink filter, which outlives the process by
     // itself; the previous run's is replaced.
     let _ = tc::qdisc_add_clsact(iface);
-    let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
-    let id = prog
-        .attach(iface, TcAttachType::Ingress)
-        .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
+    let _ = tc::qdisc_detach_program(iface, hook, program);
+    let id = prog.attach(iface, hook).with_context(|| format!("cannot attach {program} to {iface} ({hook:?})"))?;
     let link = prog.take_link(id)?;
     if <&FdLink>::try_from(&link).is_ok() {
         pin_link(FdLink::try_from(link).context("TCX link")?, pin)?;
-        info!("{iface}: TC ingress attached (TCX link, pinned)");
+        info!("{iface}: {program} attached (TCX link, pinned)");
     } else {
         // A netlink filter: dropping the link would detach it.
         std::mem::forget(link);
-        info!("{iface}: TC ingress attached (netlink filter)");
+        info!("{iface}: {program} attached (netlink filter)");
     }
     Ok(())
 }

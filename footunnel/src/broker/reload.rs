@@ -40,6 +40,7 @@ pub(crate) fn check_reloadable(old: &BrokerConfig, new: &BrokerConfig) -> Result
         ("fou_ports", old.fou_ports != new.fou_ports),
         ("legacy_port", old.legacy_port != new.legacy_port),
         ("metrics", old.metrics != new.metrics),
+        ("mode or [shared]", old.shared != new.shared),
     ];
     let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
     if !changed.is_empty() {
@@ -118,6 +119,10 @@ impl Broker {
                 return Err(e);
             }
             self.interfaces.push(iface);
+        }
+        if let Some(device) = &self.shared {
+            let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+            super::shared::route(&self.handle, device, &prefixes).await?;
         }
         if let Err(e) = fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
             let _ = manage::down(&self.handle, &created_now).await;

@@ -1,0 +1,146 @@
+//! Shared-device mode (DESIGN.md §3b): one external-mode ipip device takes
+//! every tunnel's FoU in, routes send each tunnel's inner prefixes into it,
+//! and the TC egress program on it addresses each packet from the endpoint
+//! map the heartbeat verifier writes. No link per tunnel, so clients behind
+//! one NAT address are told apart by port, and failover needs no userspace.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result, bail};
+use netlink_packet_route::{
+    link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    route::RouteScope,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use tracing::info;
+
+use crate::{
+    addr::Prefix,
+    config::Shared,
+    decide::LinkEndpoint,
+    fou,
+    link::{self, TunnelLink},
+    manage::Created,
+};
+use footunnel_ebpf::maps::Endpoint;
+
+/// The first kernel with everything this mode uses (`bpf_redirect_neigh`).
+pub const KERNEL_NEEDED: &str = "5.10";
+
+/// The shared device as the broker runs it.
+#[derive(Clone, Debug)]
+pub struct SharedDevice {
+    pub name: String,
+    pub index: u32,
+    /// Where encapsulated packets leave: the interface holding `shared.local`.
+    pub uplink: u32,
+}
+
+/// Creates what is missing: the FoU listener, the device (external mode,
+/// up, with its MTU and address); records in `created` what it made. An
+/// existing device of that name must be an external-mode ipip device.
+pub(super) async fn bring_up(handle: &Handle, shared: &Shared, port: u16, created: &mut Created) -> Result<()> {
+    if fou::ensure_listener(port, 4)? {
+        created.fou_ports.push(port);
+    }
+    if let Ok(existing) = link::get(handle, &shared.device).await {
+        if !existing.params.contains(&InfoIpTunnel::CollectMetadata) {
+            bail!(
+                "{} exists but is not an external-mode ipip device: remove it (`ip link del {}`) or set \
+                 shared.device to another name",
+                shared.device,
+                shared.device
+            );
+        }
+        return Ok(());
+    }
+    let mut message = LinkMessage::default();
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    message.attributes.push(LinkAttribute::IfName(shared.device.clone()));
+    message.attributes.push(LinkAttribute::Mtu(shared.mtu));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::IpIp),
+        LinkInfo::Data(InfoData::IpTunnel(vec![InfoIpTunnel::CollectMetadata])),
+    ]));
+    handle.link().add(message).execute().await.with_context(|| {
+        format!(
+            "cannot create the shared device {} (an external-mode ipip device; there can be only one per network \
+             namespace: is another one there, `ip -d link show type ipip`?)",
+            shared.device
+        )
+    })?;
+    created.links.push(shared.device.clone());
+    info!("created shared device {} (external-mode ipip, mtu {})", shared.device, shared.mtu);
+    if let Some((addr, len)) = shared.address {
+        let index = link::get(handle, &shared.device).await?.index;
+        handle
+            .address()
+            .add(index, addr, len)
+            .execute()
+            .await
+            .with_context(|| format!("cannot add {addr}/{len} to {}", shared.device))?;
+    }
+    Ok(())
+}
+
+/// The shared device as a tunnel's "link": its local address and FoU port
+/// are where the data plane takes heartbeats and whence answers leave (the
+/// device itself reports neither: it has no fixed encapsulation).
+pub(super) async fn as_link(handle: &Handle, shared: &Shared, port: u16) -> Result<TunnelLink> {
+    let mut device = link::get(handle, &shared.device).await?;
+    device
+        .params
+        .retain(|p| !matches!(p, InfoIpTunnel::Local(_) | InfoIpTunnel::EncapSPort(_) | InfoIpTunnel::EncapDPort(_)));
+    device.params.push(InfoIpTunnel::Local(IpAddr::V4(shared.local)));
+    device.params.push(InfoIpTunnel::EncapSPort(port));
+    Ok(device)
+}
+
+/// Routes each prefix through the device (replacing a route to the same
+/// prefix elsewhere: the configuration says where it goes).
+pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Prefix]) -> Result<()> {
+    for p in prefixes {
+        let builder = match p.addr {
+            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(a, p.len),
+            IpAddr::V6(_) => bail!("{p}: shared-device mode carries IPv4 inside only so far"),
+        };
+        let message = builder.output_interface(device.index).scope(RouteScope::Link).build();
+        handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot route {p} through {}", device.name))?;
+    }
+    Ok(())
+}
+
+/// Where the data plane sends a tunnel's packets, as an ACK may claim it:
+/// the recorded endpoint, while the device is there and up (the egress
+/// program reads the very entry the heartbeat wrote). `Err`: why nothing
+/// reaches the client.
+pub(super) async fn reaches(
+    handle: &Handle,
+    device: &SharedDevice,
+    recorded: Option<&Endpoint>,
+) -> Result<LinkEndpoint> {
+    let now = link::get(handle, &device.name).await.with_context(|| format!("shared device {}", device.name))?;
+    if now.index != device.index {
+        bail!(
+            "shared device {} was re-created (ifindex {} → {}): its routes and egress program are gone; restart \
+             the broker",
+            device.name,
+            device.index,
+            now.index
+        );
+    }
+    if !now.up {
+        bail!("shared device {} is down: `ip link set {} up`", device.name, device.name);
+    }
+    Ok(match recorded.filter(|e| e.heartbeats != 0) {
+        Some(e) => LinkEndpoint { remote: Some(e.addr.into()), dport: Some(e.port) },
+        None => LinkEndpoint { remote: None, dport: None },
+    })
+}

@@ -1,0 +1,294 @@
+//! Shared-device mode under a carrier-grade NAT: 20 clients behind one
+//! public address, one broker address, one external-mode device. Each
+//! client's FoU link sends from port 40001, so the NAT maps all but one of
+//! them to other ports: the kernel's per-link receive could not tell them
+//! apart, the data plane does.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use footunnel_tests::{Netns, NsProcess, footunnel_once, require_vm, veth};
+
+use crate::e2e::sysctl;
+
+const CLIENTS: usize = 20;
+const BROKER: &str = "198.51.100.1";
+const PUBLIC: &str = "198.51.100.2";
+
+fn secret(i: usize) -> String {
+    format!("shared-device secret of client {i:02}")
+}
+
+fn inner(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 2 + i as u8)
+}
+
+fn lan(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 0, 10 + i as u8)
+}
+
+struct Lab {
+    broker: Netns,
+    nat: Netns,
+    clients: Vec<Netns>,
+    dir: String,
+    pin_dir: String,
+}
+
+impl Lab {
+    fn new() -> Self {
+        require_vm();
+        let broker = Netns::new("broker");
+        let nat = Netns::new("nat");
+        let dir = format!("/tmp/ft-shared-{}", broker.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        veth(&nat, "pub0", &format!("{PUBLIC}/24"), &broker, "up0", &format!("{BROKER}/24"));
+        nat.ip("link add br0 type bridge");
+        nat.ip("addr add 192.168.0.1/24 dev br0");
+        nat.ip("link set br0 up");
+        sysctl(&nat, "net.ipv4.ip_forward=1");
+        nat_rules(&nat, "");
+        let clients: Vec<Netns> = (0..CLIENTS).map(|i| Netns::new(&format!("c{i}"))).collect();
+        for (i, c) in clients.iter().enumerate() {
+            nat.ip(&format!("link add lan{i} type veth peer name up0 netns {}", c.name));
+            nat.ip(&format!("link set lan{i} master br0 up"));
+            c.ip(&format!("addr add {}/24 dev up0", lan(i)));
+            c.ip("link set up0 up");
+            c.ip("route add default via 192.168.0.1");
+            // Every client's tunnel sends from port 40001, as a fleet of
+            // identical routers would.
+            c.ip("fou add port 40001 ipproto 4");
+            c.ip(&format!(
+                "link add fou0 type ipip remote {BROKER} local {} ttl 64 encap fou encap-sport 40001 encap-dport 42424",
+                lan(i)
+            ));
+            c.ip(&format!("addr add {}/32 dev fou0", inner(i)));
+            c.ip("link set fou0 up");
+            c.ip("route add 10.0.0.1/32 dev fou0");
+        }
+        let lab = Lab { pin_dir: format!("/sys/fs/bpf/ft-{}", broker.name), broker, nat, clients, dir };
+        let mut toml = format!(
+            "pin_dir = \"{}\"\nstate_dir = \"{}/broker\"\nmode = \"shared\"\n\n[shared]\nlocal = \"{BROKER}\"\naddress = \"10.0.0.1/32\"\n",
+            lab.pin_dir, lab.dir
+        );
+        for i in 0..CLIENTS {
+            toml += &format!(
+                "\n[[tunnel]]\nname = \"c{i:02}\"\nsecret = \"{}\"\npeer_prefixes = [\"{}/32\"]\n",
+                secret(i),
+                inner(i)
+            );
+        }
+        std::fs::write(format!("{}/broker.toml", lab.dir), toml).unwrap();
+        lab
+    }
+
+    fn start_broker(&self) -> NsProcess {
+        let config = format!("{}/broker.toml", self.dir);
+        let mut p = NsProcess::footunnel(&self.broker, &["broker", "-v", "--config", &config]);
+        p.wait_for("broker running", Duration::from_secs(30));
+        p
+    }
+
+    fn start_client(&self, i: usize) -> NsProcess {
+        let state = format!("{}/client{i}", self.dir);
+        NsProcess::footunnel(
+            &self.clients[i],
+            &["client", "-v", "--interval", "2", "--state-dir", &state, BROKER, &secret(i)],
+        )
+    }
+
+    fn show(&self) -> String {
+        let (ok, show) = footunnel_once(&self.broker, &["show", "--state-dir", &format!("{}/broker", self.dir)]);
+        assert!(ok, "{show}");
+        show
+    }
+
+    /// Each tunnel's endpoint as `show` reports it.
+    fn endpoints(&self) -> HashMap<String, String> {
+        let show = self.show();
+        let mut tunnel = None;
+        let mut out = HashMap::new();
+        for line in show.lines() {
+            if let Some(name) = line.strip_prefix("tunnel: ") {
+                tunnel = Some(name.to_owned());
+            } else if let (Some(t), Some(e)) = (&tunnel, line.trim().strip_prefix("endpoint: ")) {
+                out.insert(t.clone(), e.to_owned());
+            }
+        }
+        out
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let show = self.show();
+        let counters = show.lines().find_map(|l| l.strip_prefix("counters: ")).unwrap_or("");
+        counters.split(", ").find_map(|c| c.strip_prefix(&format!("{name} "))).map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// One ping from the broker to client `i`'s inner address, answered
+    /// within 200 ms: out through the egress program, back through the
+    /// strict source check.
+    fn ping(&self, i: usize) -> bool {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.broker.name, "ping", "-n", "-c", "1", "-W", "0.2"])
+            .arg(inner(i).to_string())
+            .output()
+            .expect("run ping");
+        out.status.success()
+    }
+
+    fn device_rx_packets(&self) -> u64 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.broker.name, "cat", "/sys/class/net/footunnel0/statistics/rx_packets"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+/// The NAT's ruleset: `first` (a rule of its own), then masquerade for
+/// everything else leaving by the public side.
+fn nat_rules(nat: &Netns, first: &str) {
+    let ruleset = format!(
+        "flush ruleset\ntable ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  {first}\n  oifname \"pub0\" masquerade\n }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("{}.nft", nat.name));
+    std::fs::write(&file, ruleset).unwrap();
+    footunnel_tests::sh("ip", &["netns", "exec", &nat.name, "nft", "-f", file.to_str().unwrap()]);
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        footunnel_tests::unload(&self.pin_dir, &format!("{}/broker", self.dir));
+    }
+}
+
+/// What the kernel says about the path, for a failure message.
+fn debug_paths(lab: &Lab) -> String {
+    let run = |ns: &Netns, cmd: &str| {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", cmd]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    format!(
+        "broker:\n{}\nnat:\n{}\nclient 0:\n{}",
+        run(
+            &lab.broker,
+            "ip -s -d link show footunnel0; ip -s link show up0; ip route; ip neigh; tc filter show dev footunnel0 egress; nstat -az | grep -iE 'udp|ip(in|out)|noroute|discard' "
+        ),
+        run(
+            &lab.nat,
+            "conntrack -L 2>/dev/null | head -5; ip -s link show pub0; nstat -az | grep -iE 'udp|ip(in|out)|noroute|discard'"
+        ),
+        run(
+            &lab.clients[0],
+            "ip -s -d link show fou0; ip -s link show up0; nstat -az | grep -iE 'udp|ip(in|out)|noroute|discard'"
+        )
+    )
+}
+
+/// An ICMP echo request from `src` to 10.0.0.1, as an inner IPv4 packet.
+fn echo_request(src: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&[10, 0, 0, 1]);
+    let sum = footunnel_tests::frame::checksum(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let sum = footunnel_tests::frame::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&icmp);
+    p
+}
+
+#[test]
+fn twenty_clients_behind_one_nat_address_share_one_device_and_move_one_at_a_time() {
+    let lab = Lab::new();
+    let broker = lab.start_broker();
+    let mut clients: Vec<NsProcess> = (0..CLIENTS).map(|i| lab.start_client(i)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let start = Instant::now();
+        while !c.log().contains(&format!("the broker sees this end at {PUBLIC}:")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "client {i}: no ACK:\n{}\nbroker:\n{}\nclient:\n{}",
+                lab.show(),
+                broker.log(),
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            lab.ping(i) || lab.ping(i),
+            "client {i}: no reply:\n{}\n{}\nbroker:\n{}\nclient:\n{}",
+            lab.show().lines().last().unwrap_or(""),
+            debug_paths(&lab),
+            broker.log(),
+            c.log()
+        );
+    }
+    let before = lab.endpoints();
+    let ports: std::collections::HashSet<&str> = before.values().map(|e| e.rsplit(':').next().unwrap()).collect();
+    assert_eq!(before.len(), CLIENTS, "{before:?}");
+    assert!(before.values().all(|e| e.starts_with(&format!("{PUBLIC}:"))), "one public address: {before:?}");
+    assert_eq!(ports.len(), CLIENTS, "twenty distinct NAT ports: {before:?}");
+
+    // All at once: a ping to every client in parallel.
+    let all_at_once: Vec<bool> = std::thread::scope(|s| {
+        let lab = &lab;
+        let pings: Vec<_> = (0..CLIENTS).map(|i| s.spawn(move || lab.ping(i) || lab.ping(i))).collect();
+        pings.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert!(all_at_once.iter().all(|ok| *ok), "replies at once: {all_at_once:?}\n{}", broker.log());
+
+    // The NAT maps client 7's flow to a new port: only tunnel c07 moves.
+    let moved = 7;
+    nat_rules(&lab.nat, &format!("oifname \"pub0\" ip saddr {} udp sport 40001 masquerade to :55555", lan(moved)));
+    // Its mapping goes; the other clients' stay.
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.nat.name, "conntrack", "-D", "-s"])
+        .arg(lan(moved).to_string())
+        .output();
+    let start = Instant::now();
+    loop {
+        if lab.endpoints()[&format!("c{moved:02}")] == format!("{PUBLIC}:55555") && lab.ping(moved) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "c{moved:02} did not move:\n{:?}\n{}",
+            lab.endpoints(),
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = lab.endpoints();
+    for (name, endpoint) in &before {
+        if name != &format!("c{moved:02}") {
+            assert_eq!(&after[name], endpoint, "{name} moved with c{moved:02}");
+        }
+    }
+    for i in (0..CLIENTS).filter(|i| *i != moved) {
+        assert!(lab.ping(i) || lab.ping(i), "client {i} lost its tunnel when client {moved} moved");
+    }
+
+    // Client 3 claims client 7's inner address from its own flow: the same
+    // public address, the wrong port. It must not enter the device.
+    let spoofed_before = lab.counter("spoofed");
+    let rx_before = lab.device_rx_packets();
+    lab.clients[3].run(|| {
+        let sock = UdpSocket::bind((lan(3), 40500)).unwrap();
+        for _ in 0..5 {
+            sock.send_to(&echo_request(inner(moved)), (BROKER, 42424)).unwrap();
+        }
+    });
+    let start = Instant::now();
+    while lab.counter("spoofed") < spoofed_before + 5 {
+        assert!(start.elapsed() < Duration::from_secs(2), "spoofed packets not counted:\n{}", lab.show());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.device_rx_packets(), rx_before, "a spoofed packet entered the shared device");
+    assert!(lab.ping(moved), "client {moved} is still served");
+    drop(clients);
+}
