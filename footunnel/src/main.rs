@@ -79,7 +79,8 @@ link stay keeps its link, endpoint and counters, and its traffic flows on, also
 when its secret is rotated (next_secret, see `footunnel broker --help`).
 A configuration that fails any check changes nothing: the running one stays, and
 the error says what to fix. pin_dir, state_dir, attach, interfaces, fou_ports,
-legacy_port and metrics place the data plane or its listener and need a restart.";
+legacy_port, metrics, mode and [shared] place the data plane or its listener and
+need a restart.";
 
 const BROKER_HELP: &str = "Run the broker: keep each tunnel's link pointed at its client.
 
@@ -106,6 +107,18 @@ that source, keeping every other parameter, and answers with an ACK — only onc
 link really points there: a refused change is logged and never ACKed. Links edited
 or re-created by hand are put back at once. FoU data from any other source draws a
 rate-limited CHALLENGE, never a change.
+
+Many clients behind one NAT address (carrier-grade NAT) need shared-device mode
+(Linux >= 5.10), set in the configuration file: one external-mode device for all
+tunnels, each packet sent to its tunnel's endpoint by the data plane itself.
+
+    mode = \"shared\"
+    [shared]
+    local = \"<BROKER-IP>\"      # and optionally address = \"10.0.0.1/32\"
+    [[tunnel]]                  # no link; peer_prefixes required
+    name = \"alice\"
+    secret_file = \"alice.secret\"
+    peer_prefixes = [\"10.1.0.2/32\"]
 
 State is pinned under /sys/fs/bpf/footunnel/: stopping the broker (SIGINT/SIGTERM)
 leaves the data plane recording, and a restart continues from there. `footunnel show`
