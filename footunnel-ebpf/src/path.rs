@@ -275,7 +275,9 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>
     }
     if !for_tunnel(owner.local, udp) {
         env.count(Counter::WrongDestination);
-        return Verdict::Pass;
+        // Shared-device mode: the FoU listener takes every local address,
+        // so this would reach the shared device unchecked.
+        return unless_shared(env);
     }
     env.count(Counter::FouElsewhere);
     let settings = env.settings();

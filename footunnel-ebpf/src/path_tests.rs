@@ -445,9 +445,15 @@ fn in_shared_mode_fou_data_from_anyone_but_the_endpoint_is_dropped_and_still_ann
     let unowned = udp(CLIENT, 40001, 42424, &inner_v4([192, 168, 7, 7]));
     assert_eq!(process(&unowned[..], &env), Verdict::Drop);
     assert_eq!(count(&env, Counter::Spoofed), 3);
-    // Per-link mode passes both: the kernel's link lookup is its check.
+    // Sent to another of the broker's addresses, it would still reach the
+    // shared device (its FoU listener takes them all).
+    let elsewhere = to(udp(CLIENT, 40999, 42424, &inner_v4([10, 0, 0, 2])), [198, 51, 100, 77]);
+    assert_eq!(process(&elsewhere[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::Spoofed), 4);
+    // Per-link mode passes them all: the kernel's link lookup is its check.
     env.shared_uplink.set(0);
     assert_eq!(process(&data[..], &env), Verdict::Pass);
     assert_eq!(process(&unowned[..], &env), Verdict::Pass);
-    assert_eq!(count(&env, Counter::Spoofed), 3);
+    assert_eq!(process(&elsewhere[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::Spoofed), 4);
 }

@@ -246,15 +246,16 @@ fn attach_classifier(ebpf: &mut Ebpf, program: &str, hook: TcAttachType, pin: &P
     // itself; the previous run's is replaced.
     let _ = tc::qdisc_add_clsact(iface);
     let _ = tc::qdisc_detach_program(iface, hook, program);
-    let id = prog.attach(iface, hook).with_context(|| format!("cannot attach {program} to {iface} ({hook:?})"))?;
+    let direction = if hook == TcAttachType::Egress { "egress" } else { "ingress" };
+    let id = prog.attach(iface, hook).with_context(|| format!("cannot attach TC {direction} to {iface}"))?;
     let link = prog.take_link(id)?;
     if <&FdLink>::try_from(&link).is_ok() {
         pin_link(FdLink::try_from(link).context("TCX link")?, pin)?;
-        info!("{iface}: {program} attached (TCX link, pinned)");
+        info!("{iface}: TC {direction} attached (TCX link, pinned)");
     } else {
         // A netlink filter: dropping the link would detach it.
         std::mem::forget(link);
-        info!("{iface}: {program} attached (netlink filter)");
+        info!("{iface}: TC {direction} attached (netlink filter)");
     }
     Ok(())
 }
