@@ -407,9 +407,20 @@ impl NsProcess {
 
     /// Waits until the log contains `needle`, or fails with the log.
     pub fn wait_for(&mut self, needle: &str, timeout: std::time::Duration) {
+        self.wait_for_since(0, needle, timeout);
+    }
+
+    /// Where the log ends now: `wait_for_since` then looks only at what
+    /// comes after (a line logged earlier for another reason must not count).
+    pub fn mark(&self) -> usize {
+        self.log().len()
+    }
+
+    /// Waits until the log after `mark` contains `needle`, or fails with the log.
+    pub fn wait_for_since(&mut self, mark: usize, needle: &str, timeout: std::time::Duration) {
         let start = std::time::Instant::now();
         while start.elapsed() < timeout {
-            if self.log().contains(needle) {
+            if self.log().get(mark..).is_some_and(|after| after.contains(needle)) {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {

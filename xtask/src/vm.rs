@@ -56,7 +56,9 @@ pub fn run(opts: &Options) -> Result<i32> {
     // pipes, the guest's output is appended to ours instead.
     let mut child = Command::new("timeout")
         .arg(opts.timeout.to_string())
-        .args(["vng", "--disable-kvm", "--run"])
+        // The guest kernel's warnings and worse (an oops, the OOM killer, a
+        // panic that ends the VM) go to our output with the tests'.
+        .args(["vng", "--disable-kvm", "--verbose", "--append", "loglevel=4", "--run"])
         .arg(&kernel)
         .arg("--cwd")
         .arg(&cwd)
