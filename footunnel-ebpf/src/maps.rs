@@ -100,7 +100,11 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const PORT_SLOTS: usize = 65_536;
 /// At most this many ports are watched at once.
 pub const MAX_PORTS: usize = 16;
-pub const MAX_TUNNELS: usize = 65_536;
+/// Room for 100,000 tunnels and more. The maps keyed by tunnel are not
+/// preallocated, so a broker pays for the tunnels it has, not for this.
+pub const MAX_TUNNELS: usize = 131_072;
+/// TUNNELS has an entry per secret: two per tunnel during a key rotation.
+pub const MAX_KEYS: usize = 2 * MAX_TUNNELS;
 pub const MAX_PREFIXES: usize = 131_072;
 pub const EVENTS_BYTES: usize = 256 * 1024;
 

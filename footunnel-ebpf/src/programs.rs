@@ -5,8 +5,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_redirect_neigh, bpf_skb_change_head},
@@ -17,8 +17,8 @@ use aya_ebpf::{
 use footunnel_ebpf::{
     egress::{OUTER_LEN, outer_headers},
     maps::{
-        CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_PREFIXES,
-        MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
+        CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_KEYS,
+        MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
     },
     packet::PacketBytes,
     path::{Env, Verdict, process},
@@ -28,18 +28,22 @@ use footunnel_ebpf::{
 static FOU_PORTS: Array<PortConfig, PORT_SLOTS> = Array::new();
 #[btf_map]
 static ENDPOINT_CACHE: Array<CachedEndpoint, ENDPOINT_CACHE_SLOTS> = Array::new();
+/// Maps keyed by tunnel grow with the tunnels (entries are allocated as they
+/// are added; the controller adds each tunnel's before it serves it).
+const GROWING: usize = BPF_F_NO_PREALLOC as usize;
+
 #[btf_map]
-static TUNNELS: HashMap<u64, TunnelConfig, MAX_TUNNELS> = HashMap::new();
+static TUNNELS: HashMap<u64, TunnelConfig, MAX_KEYS, GROWING> = HashMap::new();
 #[btf_map]
-static ENDPOINTS: HashMap<u64, Endpoint, MAX_TUNNELS> = HashMap::new();
+static ENDPOINTS: HashMap<u64, Endpoint, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
 static PREFIXES_V4: LpmTrie<[u8; 4], PrefixOwner, MAX_PREFIXES> = LpmTrie::new();
 #[btf_map]
 static PREFIXES_V6: LpmTrie<[u8; 16], PrefixOwner, MAX_PREFIXES> = LpmTrie::new();
 #[btf_map]
-static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS> = HashMap::new();
+static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
-static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS> = HashMap::new();
+static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
 static SETTINGS: Array<Settings, 1> = Array::new();
 #[btf_map]

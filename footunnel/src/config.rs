@@ -407,6 +407,13 @@ impl BrokerConfig {
         if self.tunnels.is_empty() {
             bail!("no tunnels: add a [[tunnel]] section with name, link and secret_file");
         }
+        if self.tunnels.len() > footunnel_ebpf::maps::MAX_TUNNELS {
+            bail!(
+                "{} tunnels: the data plane holds at most {}; split them over two brokers",
+                self.tunnels.len(),
+                footunnel_ebpf::maps::MAX_TUNNELS
+            );
+        }
         if self.fou_ports.is_empty() || self.fou_ports.contains(&0) {
             bail!("fou_ports must list at least one non-zero UDP port (default [{DEFAULT_FOU_PORT}])");
         }

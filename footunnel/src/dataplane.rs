@@ -69,8 +69,8 @@ pub fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
 /// Refuses them, naming the fix, before anything is changed.
 pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     let expected: [(&str, usize, Option<usize>); 8] = [
-        (maps::TUNNELS, size_of::<TunnelConfig>(), None),
-        (maps::ENDPOINTS, size_of::<Endpoint>(), None),
+        (maps::TUNNELS, size_of::<TunnelConfig>(), Some(maps::MAX_KEYS)),
+        (maps::ENDPOINTS, size_of::<Endpoint>(), Some(maps::MAX_TUNNELS)),
         (maps::PREFIXES_V4, size_of::<PrefixOwner>(), None),
         (maps::PREFIXES_V6, size_of::<PrefixOwner>(), None),
         (maps::OBSERVED, size_of::<Observed>(), None),
