@@ -109,7 +109,7 @@ or re-created by hand are put back at once. FoU data from any other source draws
 rate-limited CHALLENGE, never a change.
 
 Many clients behind one NAT address (carrier-grade NAT) need shared-device mode
-(Linux >= 5.10), set in the configuration file: one external-mode device for all
+(Linux >= 5.12), set in the configuration file: one external-mode device for all
 tunnels, each packet sent to its tunnel's endpoint by the data plane itself.
 
     mode = \"shared\"

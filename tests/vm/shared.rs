@@ -234,6 +234,20 @@ fn twenty_clients_behind_one_nat_address_share_one_device_and_move_one_at_a_time
     assert!(before.values().all(|e| e.starts_with(&format!("{PUBLIC}:"))), "one public address: {before:?}");
     assert_eq!(ports.len(), CLIENTS, "twenty distinct NAT ports: {before:?}");
 
+    // Full-size packets: 1472 bytes inside (the default MTU), 1500 outside
+    // (kernels before 5.12 capped a program's growth at the device's MTU).
+    let big = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.broker.name, "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1444"])
+        .arg(inner(0).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        big.status.success(),
+        "full-size packets do not get through:\n{}\n{}",
+        String::from_utf8_lossy(&big.stdout),
+        lab.show()
+    );
+
     // All at once: a ping to every client in parallel.
     let all_at_once: Vec<bool> = std::thread::scope(|s| {
         let lab = &lab;
@@ -290,5 +304,24 @@ fn twenty_clients_behind_one_nat_address_share_one_device_and_move_one_at_a_time
     }
     assert_eq!(lab.device_rx_packets(), rx_before, "a spoofed packet entered the shared device");
     assert!(lab.ping(moved), "client {moved} is still served");
+
+    // The device set down by hand: the broker says so at once and ACKs
+    // nothing (an ACK would claim a tunnel that carries nothing), until it is up.
+    let mut broker = broker;
+    lab.broker.ip("link set footunnel0 down");
+    broker.wait_for("shared device footunnel0 is down", Duration::from_secs(2));
+    let acks = |c: &NsProcess| c.log().matches("ACK after").count();
+    let before_down = acks(&clients[0]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(acks(&clients[0]), before_down, "ACKed while the device was down:\n{}", clients[0].log());
+    lab.broker.ip("link set footunnel0 up");
+    broker.wait_for("shared device footunnel0 carries the tunnels again", Duration::from_secs(2));
+    let start = Instant::now();
+    while acks(&clients[0]) == before_down {
+        assert!(start.elapsed() < Duration::from_secs(6), "no ACK after the device came back:\n{}", clients[0].log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its routes went with the link state; they are back, and so is traffic.
+    assert!(lab.ping(0) || lab.ping(0), "no traffic after the device came back:\n{}", broker.log());
     drop(clients);
 }

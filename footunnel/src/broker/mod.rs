@@ -57,6 +57,9 @@ pub struct Broker {
     interfaces: Vec<String>,
     /// Shared-device mode's device.
     shared: Option<shared::SharedDevice>,
+    /// Why the shared device does not carry the tunnels (no ACKs meanwhile),
+    /// as last checked: at start, on its link notifications, every 10 s.
+    shared_problem: Option<String>,
     /// Links and FoU listeners footunnel created, this run or earlier ones.
     created: Created,
     last_reload: Option<ReloadOutcome>,
@@ -219,6 +222,7 @@ impl Broker {
             challenges,
             interfaces: plan.interfaces,
             shared: plan.shared,
+            shared_problem: None,
             created,
             last_reload: None,
         };
@@ -241,6 +245,27 @@ impl Broker {
             device.uplink
         );
         Ok(())
+    }
+
+    /// Re-reads the shared device; says so when it stops (or starts again)
+    /// carrying the tunnels.
+    async fn check_shared_device(&mut self) {
+        let Some(device) = self.shared.clone() else { return };
+        let mut problem = shared::check_device(&self.handle, &device).await.err().map(|e| format!("{e:#}"));
+        if problem.is_none() && self.shared_problem.is_some() {
+            // The kernel drops a device's routes when it goes down.
+            let prefixes: Vec<_> = self.table.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+            if let Err(e) = shared::route(&self.handle, &device, &prefixes).await {
+                problem = Some(format!("{e:#}"));
+            }
+        }
+        if problem != self.shared_problem {
+            match &problem {
+                Some(p) => warn!("{p}; no ACKs until it is back"),
+                None => info!("shared device {} carries the tunnels again (routes restored)", device.name),
+            }
+            self.shared_problem = problem;
+        }
     }
 
     /// What `footunnel show`, `reload` and `unload` read.
@@ -284,6 +309,12 @@ impl Broker {
 
     /// Makes every link match its recorded endpoint.
     async fn reconcile_all(&mut self) {
+        if self.shared.is_some() {
+            // One device for all, checked once; its local address is the
+            // configuration's, so the data plane has nothing to follow.
+            self.check_shared_device().await;
+            return;
+        }
         for i in 0..self.table.tunnels.len() {
             self.reconcile(i).await;
         }
@@ -293,15 +324,9 @@ impl Broker {
     /// points afterwards, as the kernel has it.
     async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
         let recorded = self.endpoint(self.table.tunnels[i].config.record_id);
-        if let Some(device) = &self.shared {
+        if self.shared.is_some() {
             // No link to change: the egress program reads the endpoint map.
-            return match shared::reaches(&self.handle, device, recorded.as_ref()).await {
-                Ok(reaches) => Some(reaches),
-                Err(e) => {
-                    warn!("tunnel {}: {e:#}", self.table.tunnels[i].config.name);
-                    None
-                }
-            };
+            return self.shared_problem.is_none().then(|| shared::reaches(recorded.as_ref()));
         }
         let after = self.table.reconcile(&self.handle, i, recorded.as_ref()).await;
         self.follow_local_address(i);
@@ -520,7 +545,12 @@ impl Broker {
                     }
                 }
                 Some((message, _)) = link_changes.next() => {
-                    if let Some(i) = self.changed_tunnel(&message) {
+                    if self.shared.is_some() {
+                        // Every tunnel's "link" is the device.
+                        if self.changed_tunnel(&message).is_some() {
+                            self.check_shared_device().await;
+                        }
+                    } else if let Some(i) = self.changed_tunnel(&message) {
                         self.reconcile(i).await;
                     }
                 }

@@ -224,9 +224,7 @@ fn attach_tc(ebpf: &mut Ebpf, pin: &Path, iface: &str) -> Result<()> {
 /// shared device's egress.
 pub(super) fn attach_egress(ebpf: &mut Ebpf, pin_dir: &Path, device: &str) -> Result<()> {
     attach_classifier(ebpf, EGRESS_PROGRAM, TcAttachType::Egress, &pin_dir.join(format!("egress-{device}")), device)
-        .with_context(|| {
-            format!("shared-device mode needs Linux ≥ {} (bpf_redirect_neigh)", super::shared::KERNEL_NEEDED)
-        })
+        .context("cannot attach shared-device mode's egress program to its device")
 }
 
 fn attach_classifier(ebpf: &mut Ebpf, program: &str, hook: TcAttachType, pin: &Path, iface: &str) -> Result<()> {

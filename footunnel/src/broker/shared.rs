@@ -24,8 +24,38 @@ use crate::{
 };
 use footunnel_ebpf::maps::Endpoint;
 
-/// The first kernel with everything this mode uses (`bpf_redirect_neigh`).
-pub const KERNEL_NEEDED: &str = "5.10";
+/// The first kernel with everything this mode uses: `bpf_redirect_neigh`
+/// (5.10), and growing a packet past its device's MTU (5.12; before, a
+/// full-size packet could not get its outer headers).
+pub const KERNEL_NEEDED: (u32, u32) = (5, 12);
+
+/// Refuses a kernel older than [`KERNEL_NEEDED`], by its release string
+/// (`uname -r`, e.g. "6.1.0-40-amd64").
+pub fn check_kernel(release: &str) -> Result<()> {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (numbers.next(), numbers.next()) else {
+        bail!("cannot read the kernel version from {release:?}");
+    };
+    let (need_major, need_minor) = KERNEL_NEEDED;
+    if (major, minor) < KERNEL_NEEDED {
+        bail!(
+            "shared-device mode needs Linux {need_major}.{need_minor} or later (this is {release}): upgrade the \
+             kernel, or use per-link mode (remove `mode` and [shared], and give each tunnel its link)"
+        );
+    }
+    Ok(())
+}
+
+/// This machine's kernel release.
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct it is given.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates the release.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy().into_owned()
+}
 
 /// The shared device as the broker runs it.
 #[derive(Clone, Debug)]
@@ -40,6 +70,7 @@ pub struct SharedDevice {
 /// up, with its MTU and address); records in `created` what it made. An
 /// existing device of that name must be an external-mode ipip device.
 pub(super) async fn bring_up(handle: &Handle, shared: &Shared, port: u16, created: &mut Created) -> Result<()> {
+    check_kernel(&kernel_release())?;
     if fou::ensure_listener(port, 4)? {
         created.fou_ports.push(port);
     }
@@ -52,6 +83,16 @@ pub(super) async fn bring_up(handle: &Handle, shared: &Shared, port: u16, create
                 shared.device
             );
         }
+        // The configuration's MTU, also on a device made by hand.
+        let mut message = LinkMessage::default();
+        message.header.index = existing.index;
+        message.attributes.push(LinkAttribute::Mtu(shared.mtu));
+        handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .with_context(|| format!("cannot set the MTU of {}", shared.device))?;
         return Ok(());
     }
     let mut message = LinkMessage::default();
@@ -117,15 +158,9 @@ pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Pr
     Ok(())
 }
 
-/// Where the data plane sends a tunnel's packets, as an ACK may claim it:
-/// the recorded endpoint, while the device is there and up (the egress
-/// program reads the very entry the heartbeat wrote). `Err`: why nothing
-/// reaches the client.
-pub(super) async fn reaches(
-    handle: &Handle,
-    device: &SharedDevice,
-    recorded: Option<&Endpoint>,
-) -> Result<LinkEndpoint> {
+/// Whether the device still carries the tunnels: there, the one the routes
+/// and the egress program were set up on, and up. `Err`: why not, and the fix.
+pub(super) async fn check_device(handle: &Handle, device: &SharedDevice) -> Result<()> {
     let now = link::get(handle, &device.name).await.with_context(|| format!("shared device {}", device.name))?;
     if now.index != device.index {
         bail!(
@@ -139,8 +174,32 @@ pub(super) async fn reaches(
     if !now.up {
         bail!("shared device {} is down: `ip link set {} up`", device.name, device.name);
     }
-    Ok(match recorded.filter(|e| e.heartbeats != 0) {
+    Ok(())
+}
+
+/// Where the data plane sends a tunnel's packets while the device is fine:
+/// the recorded endpoint (the egress program reads the very entry the
+/// heartbeat wrote).
+pub(super) fn reaches(recorded: Option<&Endpoint>) -> LinkEndpoint {
+    match recorded.filter(|e| e.heartbeats != 0) {
         Some(e) => LinkEndpoint { remote: Some(e.addr.into()), dport: Some(e.port) },
         None => LinkEndpoint { remote: None, dport: None },
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_before_5_12_are_refused_naming_what_to_do() {
+        for ok in ["5.12.0", "6.1.0-40-amd64", "6.12.117+deb12-amd64", "10.0"] {
+            check_kernel(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
+        for old in ["5.10.0-35-amd64", "5.11.22", "4.19.0-27-amd64"] {
+            let e = format!("{:#}", check_kernel(old).unwrap_err());
+            assert!(e.contains("needs Linux 5.12") && e.contains(old) && e.contains("per-link mode"), "{e}");
+        }
+        assert!(check_kernel("weird").is_err());
+    }
 }
