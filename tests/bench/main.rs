@@ -6,6 +6,7 @@ mod flood;
 mod flood_failover;
 mod per_packet;
 mod raw_bpf;
+mod shared;
 mod vm;
 
 use serde_json::Value;

@@ -1,7 +1,8 @@
 //! The benchmarks that need fou/ipip, run in the VM: one link change over
 //! rtnetlink against `ip link set` as a process; the controller at 1,000 and
-//! 10,000 tunnels (start-up, memory, time per change); the controller's CPU
-//! time during a flood of forged heartbeats.
+//! 10,000 tunnels (start-up, memory, time per change, failover and the
+//! sender's cost per packet measured as for shared-device mode in
+//! `shared.rs`); the controller's CPU time during a flood of forged heartbeats.
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
@@ -17,7 +18,7 @@ const CHANGES: u32 = 200;
 
 pub fn run() -> Vec<(&'static str, Value)> {
     require_vm();
-    vec![("link_change", link_change()), ("scale", scale())]
+    vec![("link_change", link_change()), ("scale", scale()), ("shared", crate::shared::run())]
 }
 
 /// The same change, `remote` and `encap-dport`, CHANGES times each way.
@@ -59,6 +60,11 @@ fn link_change() -> Value {
     json!({ "changes": CHANGES, "rtnetlink_ms": per(ours), "ip_process_ms": per(ip), "ratio": per(ip) / per(ours) })
 }
 
+/// The client end's inner address of tunnel `i` (in its /30).
+fn client_inner(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000u32 + 4 * i + 2)
+}
+
 /// Tunnel `i`: link, secret, peer prefix, broker local address, placeholder remote.
 fn tunnel(i: u32) -> (String, String, String, Ipv4Addr, Ipv4Addr) {
     let inner = 0x0a00_0000u32 + 4 * i;
@@ -71,7 +77,7 @@ fn tunnel(i: u32) -> (String, String, String, Ipv4Addr, Ipv4Addr) {
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -110,11 +116,16 @@ fn scale_one(size: u32) -> Value {
     }
     batch += "fou add port 42424 ipproto 4\n";
     let mut toml = format!("pin_dir = \"/sys/fs/bpf/ft-{}\"\nstate_dir = \"/tmp/ft-{}\"\n", broker.name, broker.name);
+    let samples: Vec<u32> = (0..20).map(|k| k * size / 20 + 7).collect();
     for i in 0..size {
         let (link, secret, prefix, local, remote) = tunnel(i);
         batch += &format!(
             "link add {link} type ipip remote {remote} local {local} ttl 64 encap fou encap-sport 42424 encap-dport 42424\n"
         );
+        if samples.contains(&i) {
+            // A stream to the client's inner address goes through this link.
+            batch += &format!("link set {link} up\nroute add {} dev {link}\n", client_inner(i));
+        }
         toml += &format!(
             "[[tunnel]]\nname = \"{link}\"\nlink = \"{link}\"\nsecret = \"{secret}\"\npeer_prefixes = [\"{prefix}\"]\n"
         );
@@ -127,26 +138,42 @@ fn scale_one(size: u32) -> Value {
     let config = format!("/tmp/{}.toml", broker.name);
     std::fs::write(&config, toml).unwrap();
 
+    let used_before = crate::shared::used_kib();
     let started = Instant::now();
     let mut process = NsProcess::footunnel(&broker, &["broker", "-v", "--config", &config]);
     process.wait_for("broker running", Duration::from_secs(900));
     let startup = started.elapsed();
     let pid = process.child.id();
+    let machine_kib_added = crate::shared::used_kib().saturating_sub(used_before);
 
-    // Time per change: heartbeats for a spread of tunnels, from new ports.
-    let samples: Vec<u32> = (0..20).map(|k| k * size / 20 + 7).collect();
+    // Time per change: heartbeats for a spread of tunnels, from new ports;
+    // failover and the sender's cost per packet as in shared.rs.
     let mut per_change = Vec::new();
+    let mut failover = Vec::new();
+    let mut send_ns = Vec::new();
     for (n, i) in samples.iter().enumerate() {
         let (link, secret, _, local, _) = tunnel(*i);
         let before = process.log().lines().count();
         let port = 30000 + n as u16;
         let source = Ipv4Addr::new(198, 51, 100, 201 + n as u8);
-        client.run(|| {
-            RawUdp::open()
-                .unwrap()
-                .send(source, port, local, 42424, &by_hand::heartbeat(&secret, now_ns(), [0; 8]))
-                .unwrap()
-        });
+        if n < 10 {
+            failover.push(crate::shared::first_packet(
+                &broker,
+                &client,
+                &secret,
+                local,
+                client_inner(*i),
+                (source, port),
+            ));
+            send_ns.push(crate::shared::send_cost_ns(&broker, client_inner(*i)));
+        } else {
+            client.run(|| {
+                RawUdp::open()
+                    .unwrap()
+                    .send(source, port, local, 42424, &by_hand::heartbeat(&secret, now_ns(), [0; 8]))
+                    .unwrap()
+            });
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let needle = format!("link {link} now points at {source}:{port}");
         loop {
@@ -192,10 +219,14 @@ fn scale_one(size: u32) -> Value {
     let controller_cpu_s = ticks as f64 / hz;
     drop(process);
     footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &format!("/tmp/ft-{}", broker.name));
+    send_ns.sort_by(f64::total_cmp);
     json!({
         "tunnels": size,
         "startup_s": startup.as_secs_f64(),
         "rss_kib": rss,
+        "machine_kib_added": machine_kib_added,
+        "failover_ms_median": crate::shared::median_ms(failover),
+        "send_ns_median": send_ns[send_ns.len() / 2],
         "change_ms_median": median_ms,
         "changes_measured": per_change.len(),
         "flood_packets": flood.0,
