@@ -23,6 +23,48 @@ pub fn require_vm() {
         "this test needs a kernel with fou/ipip: run it through `cargo xtask test` (which boots a VM), not directly"
     );
     require_root();
+    static HOLD: std::sync::Once = std::sync::Once::new();
+    HOLD.call_once(hold_static_keys);
+}
+
+/// Keeps the kernel's networking static keys switched on for the whole run.
+///
+/// Under QEMU TCG (no KVM here), a CPU running through a static branch while
+/// another CPU patches it can trap on the patch's int3 and panic the guest
+/// ("Oops: int3" in netif_rx_internal, seen in the shared-device test). The
+/// keys flip whenever the first user comes or the last goes: every `ping`
+/// (timestamps), the first or last XDP program in generic mode, clsact
+/// qdisc, external-mode tunnel. Holding one user of each for the run means
+/// they never flip while test traffic flows. A real machine is not affected.
+fn hold_static_keys() {
+    // Timestamps (netstamp_needed_key): a socket that asks for them, kept open.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMP,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_TIMESTAMP: {}", std::io::Error::last_os_error());
+    std::mem::forget(sock);
+    // Ingress and egress hooks (clsact), generic XDP: on a dummy device of
+    // the VM's own namespace, which no test touches.
+    ip("link add ftkeys0 type dummy");
+    ip("link set ftkeys0 up");
+    sh("tc", &["qdisc", "add", "dev", "ftkeys0", "clsact"]);
+    let mut ebpf = footunnel::dataplane::open().expect("load the eBPF object");
+    let xdp: &mut aya::programs::Xdp = ebpf.program_mut(footunnel::dataplane::XDP_PROGRAM).unwrap().try_into().unwrap();
+    xdp.load().expect("load the XDP program");
+    xdp.attach("ftkeys0", aya::programs::XdpMode::Skb).expect("generic XDP on ftkeys0");
+    std::mem::forget(ebpf);
+    // Tunnel metadata (ip_tunnel_metadata_cnt): an external-mode device, as
+    // shared-device mode creates and removes.
+    ip("link add ftkeys1 type ipip external");
 }
 
 /// Runs a command that must succeed; returns its stdout.

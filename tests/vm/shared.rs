@@ -323,5 +323,26 @@ fn twenty_clients_behind_one_nat_address_share_one_device_and_move_one_at_a_time
     }
     // Its routes went with the link state; they are back, and so is traffic.
     assert!(lab.ping(0) || lab.ping(0), "no traffic after the device came back:\n{}", broker.log());
+
+    // Killed (no goodbye) and started again: traffic flows while no
+    // controller runs, the restart leaves the device as it is, and ACKs
+    // still come from the FoU port (a client takes no other).
+    broker.kill9();
+    assert!(lab.ping(5) || lab.ping(5), "no traffic while the controller is down");
+    let before_restart = acks(&clients[0]);
+    let broker = lab.start_broker();
+    let start = Instant::now();
+    while acks(&clients[0]) == before_restart {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "no ACK after a restart:\nbroker:\n{}\nclient:\n{}",
+            broker.log(),
+            clients[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let device = lab.broker.ip("-d link show footunnel0");
+    assert!(device.contains("ipip external"), "the restart changed the device:\n{device}");
+    assert!(lab.ping(0) || lab.ping(0), "no traffic after the restart:\n{}", broker.log());
     drop(clients);
 }

@@ -98,7 +98,11 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
     let mut table = TunnelTable::new(
         plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone(), t.prefixes.clone())).collect(),
     );
-    apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
+    if config.shared.is_none() {
+        // Shared-device mode needs no catching up: its egress program reads
+        // the pinned endpoints themselves, also while no controller runs.
+        apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
+    }
     let started = match Broker::start(config, handle.clone(), plan, table, created.clone()) {
         Ok(mut broker) => broker.serve_shared_device().await.map(|()| broker),
         Err(e) => Err(e),
