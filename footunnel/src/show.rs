@@ -19,6 +19,10 @@ pub struct Report {
     pub interfaces: Vec<String>,
     pub attach: String,
     pub fou_ports: Vec<u16>,
+    /// Shared-device mode: the device.
+    pub shared_device: Option<String>,
+    /// Why the shared device carries no traffic, while it does not.
+    pub shared_problem: Option<String>,
     pub tunnels: Vec<TunnelReport>,
     pub counters: Vec<(String, u64)>,
 }
@@ -117,7 +121,15 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
         .iter()
         .map(|c| Ok((c.name().to_owned(), counters.get(&(*c as u32), 0)?.iter().sum())))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Report { interfaces: state.interfaces, attach: state.attach, fou_ports: state.fou_ports, tunnels, counters })
+    Ok(Report {
+        interfaces: state.interfaces,
+        attach: state.attach,
+        fou_ports: state.fou_ports,
+        shared_device: state.shared_device,
+        shared_problem: state.shared_problem,
+        tunnels,
+        counters,
+    })
 }
 
 /// "3 seconds ago", "2 minutes, 5 seconds ago", as `wg show` says it.
@@ -145,6 +157,12 @@ pub fn render(report: &Report, now_ns: u64) -> String {
     };
     line(format!("broker: {} ({})", report.interfaces.join(", "), report.attach));
     line(format!("  fou ports: {}", report.fou_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")));
+    if let Some(device) = &report.shared_device {
+        line(format!("  shared device: {device}"));
+    }
+    if let Some(problem) = &report.shared_problem {
+        line(format!("  DOWN: {problem}; no tunnel carries traffic and no client is ACKed until it is back"));
+    }
     for t in &report.tunnels {
         line(String::new());
         line(format!("tunnel: {}", t.name));
@@ -229,6 +247,8 @@ pub(crate) mod tests {
             interfaces: vec!["up0".into()],
             attach: "xdp".into(),
             fou_ports: vec![42424],
+            shared_device: None,
+            shared_problem: None,
             tunnels: vec![TunnelReport {
                 name: "alice".into(),
                 link: "fou0".into(),
@@ -269,6 +289,18 @@ pub(crate) mod tests {
             "client's key: next",
             "SILENT: no heartbeat for 2 minutes, 5 seconds (silence_timeout 60 s); its link is set down",
         ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn render_says_when_the_shared_device_carries_nothing() {
+        let mut report = sample_report();
+        report.shared_device = Some("footunnel0".into());
+        assert!(!render(&report, 0).contains("DOWN"), "a working device is reported down");
+        report.shared_problem = Some("shared device footunnel0 is down: `ip link set footunnel0 up`".into());
+        let text = render(&report, 0);
+        for want in ["shared device: footunnel0", "DOWN: shared device footunnel0 is down", "no client is ACKed"] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
     }

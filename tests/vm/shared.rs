@@ -310,12 +310,14 @@ fn twenty_clients_behind_one_nat_address_share_one_device_and_move_one_at_a_time
     let mut broker = broker;
     lab.broker.ip("link set footunnel0 down");
     broker.wait_for("shared device footunnel0 is down", Duration::from_secs(2));
+    assert!(lab.show().contains("DOWN: shared device footunnel0 is down"), "show looks healthy:\n{}", lab.show());
     let acks = |c: &NsProcess| c.log().matches("ACK after").count();
     let before_down = acks(&clients[0]);
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(acks(&clients[0]), before_down, "ACKed while the device was down:\n{}", clients[0].log());
     lab.broker.ip("link set footunnel0 up");
     broker.wait_for("shared device footunnel0 carries the tunnels again", Duration::from_secs(2));
+    assert!(!lab.show().contains("DOWN"), "show still says down:\n{}", lab.show());
     let start = Instant::now();
     while acks(&clients[0]) == before_down {
         assert!(start.elapsed() < Duration::from_secs(6), "no ACK after the device came back:\n{}", clients[0].log());

@@ -264,11 +264,15 @@ impl Broker {
             }
         }
         if problem != self.shared_problem {
-            match &problem {
+            self.shared_problem = problem;
+            // `footunnel show` says it too, by the time the log does.
+            if let Err(e) = self.write_state() {
+                warn!("{e:#}");
+            }
+            match &self.shared_problem {
                 Some(p) => warn!("{p}; no ACKs until it is back"),
                 None => info!("shared device {} carries the tunnels again (routes restored)", device.name),
             }
-            self.shared_problem = problem;
         }
     }
 
@@ -283,6 +287,8 @@ impl Broker {
             legacy_port: self.config.tunnels.iter().any(|t| t.legacy).then_some(self.config.legacy_port),
             created: self.created.clone(),
             reload: self.last_reload.clone(),
+            shared_device: self.shared.as_ref().map(|d| d.name.clone()),
+            shared_problem: self.shared_problem.clone(),
             tunnels: self
                 .table
                 .tunnels

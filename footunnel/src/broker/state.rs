@@ -25,6 +25,12 @@ pub struct StateFile {
     /// The latest reload's outcome.
     #[serde(default)]
     pub reload: Option<super::ReloadOutcome>,
+    /// Shared-device mode: the device.
+    #[serde(default)]
+    pub shared_device: Option<String>,
+    /// Shared-device mode: why the device carries no traffic, while it does not.
+    #[serde(default)]
+    pub shared_problem: Option<String>,
     pub tunnels: Vec<StateTunnel>,
 }
 
