@@ -7,7 +7,11 @@
 //! The endpoint is the one the heartbeat verifier wrote: the packet after an
 //! accepted heartbeat goes to the new address and port, with no userspace step.
 
-use crate::{maps::Counter, packet::PacketBytes, path::Env};
+use crate::{
+    maps::{Counter, Settings},
+    packet::PacketBytes,
+    path::Env,
+};
 
 /// Outer IPv4 header and UDP header: what FoU adds.
 pub const OUTER_LEN: usize = 28;
@@ -20,8 +24,14 @@ const DF: u16 = 0x4000;
 
 /// The outer headers for the inner IPv4 packet at the start of `pkt`
 /// (`len` bytes in all), or the counter saying why it cannot leave.
+/// `settings` is read once per packet, by the caller, which needs it too.
 #[inline(always)]
-pub fn outer_headers<P: PacketBytes + ?Sized, E: Env>(pkt: &P, len: u32, env: &E) -> Result<[u8; OUTER_LEN], Counter> {
+pub fn outer_headers<P: PacketBytes + ?Sized, E: Env>(
+    pkt: &P,
+    len: u32,
+    settings: &Settings,
+    env: &E,
+) -> Result<[u8; OUTER_LEN], Counter> {
     let Some([version_ihl]) = pkt.read::<1>(0) else { return Err(Counter::EgressNoTunnel) };
     if version_ihl >> 4 != 4 {
         return Err(Counter::EgressNoTunnel);
@@ -29,7 +39,6 @@ pub fn outer_headers<P: PacketBytes + ?Sized, E: Env>(pkt: &P, len: u32, env: &E
     let inner_dst = pkt.read::<4>(16).ok_or(Counter::EgressNoTunnel)?;
     let owner = env.tunnel_by_v4(inner_dst).ok_or(Counter::EgressNoTunnel)?;
     let endpoint = env.endpoint(owner.id()).filter(|e| e.heartbeats != 0).ok_or(Counter::EgressNoEndpoint)?;
-    let settings = env.settings();
     Ok(build(owner.local, endpoint.addr, settings.shared_port, endpoint.port, len))
 }
 

@@ -38,10 +38,14 @@ fn checksum_holds(header: &[u8]) -> bool {
 fn a_packet_leaves_for_the_endpoint_the_latest_heartbeat_recorded() {
     let env = shared_env();
     let packet = inner_to([10, 0, 0, 2], 84);
-    assert_eq!(outer_headers(&packet[..], 84, &env), Err(Counter::EgressNoEndpoint), "no heartbeat yet");
+    assert_eq!(
+        outer_headers(&packet[..], 84, &env.settings(), &env),
+        Err(Counter::EgressNoEndpoint),
+        "no heartbeat yet"
+    );
 
     process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
-    let h = outer_headers(&packet[..], 84, &env).unwrap();
+    let h = outer_headers(&packet[..], 84, &env.settings(), &env).unwrap();
     assert_eq!(h[0], 0x45);
     assert_eq!(u16::from_be_bytes([h[2], h[3]]), 84 + 28, "total length");
     assert_eq!(h[9], 17, "UDP");
@@ -53,22 +57,25 @@ fn a_packet_leaves_for_the_endpoint_the_latest_heartbeat_recorded() {
 
     // The NAT moves the client's port: the very next packet follows.
     process(&udp(CLIENT, 40777, 42424, &heartbeat(NOW + 1))[..], &env);
-    let h = outer_headers(&packet[..], 84, &env).unwrap();
+    let h = outer_headers(&packet[..], 84, &env.settings(), &env).unwrap();
     assert_eq!(u16::from_be_bytes([h[22], h[23]]), 40777);
     // A forged heartbeat from elsewhere moves nothing.
     let mut forged = heartbeat(NOW + 2);
     forged[39] ^= 1;
     process(&udp([203, 0, 113, 66], 1, 42424, &forged)[..], &env);
-    assert_eq!(outer_headers(&packet[..], 84, &env).unwrap(), h);
+    assert_eq!(outer_headers(&packet[..], 84, &env.settings(), &env).unwrap(), h);
 }
 
 #[test]
 fn packets_no_tunnel_owns_or_not_ipv4_do_not_leave() {
     let env = shared_env();
     process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
-    assert_eq!(outer_headers(&inner_to([10, 9, 9, 9], 84)[..], 84, &env), Err(Counter::EgressNoTunnel));
+    assert_eq!(
+        outer_headers(&inner_to([10, 9, 9, 9], 84)[..], 84, &env.settings(), &env),
+        Err(Counter::EgressNoTunnel)
+    );
     let mut v6 = inner_to([10, 0, 0, 2], 84);
     v6[0] = 0x60;
-    assert_eq!(outer_headers(&v6[..], 84, &env), Err(Counter::EgressNoTunnel));
-    assert_eq!(outer_headers(&[0x45u8; 10][..], 10, &env), Err(Counter::EgressNoTunnel), "truncated");
+    assert_eq!(outer_headers(&v6[..], 84, &env.settings(), &env), Err(Counter::EgressNoTunnel));
+    assert_eq!(outer_headers(&[0x45u8; 10][..], 10, &env.settings(), &env), Err(Counter::EgressNoTunnel), "truncated");
 }

@@ -245,7 +245,8 @@ pub fn footunnel_tc(ctx: TcContext) -> i32 {
 pub fn footunnel_egress(ctx: TcContext) -> i32 {
     let _ = ctx.pull_data(ctx.len().min(20));
     let pkt = Linear { start: ctx.data(), end: ctx.data_end() };
-    let headers = match outer_headers(&pkt, ctx.len(), &Maps) {
+    let settings = Maps.settings();
+    let headers = match outer_headers(&pkt, ctx.len(), &settings, &Maps) {
         Ok(h) => h,
         Err(counter) => {
             Maps.count(counter);
@@ -268,10 +269,9 @@ pub fn footunnel_egress(ctx: TcContext) -> i32 {
         Maps.count(Counter::EgressFailed);
         return TC_ACT_SHOT;
     }
-    let uplink = Maps.settings().shared_uplink;
     // SAFETY: no parameters: the kernel routes the outer destination itself
     // and fills in the uplink's link-layer header from its neighbour table.
-    let action = unsafe { bpf_redirect_neigh(uplink, core::ptr::null_mut(), 0, 0) };
+    let action = unsafe { bpf_redirect_neigh(settings.shared_uplink, core::ptr::null_mut(), 0, 0) };
     if action as i32 == TC_ACT_SHOT {
         Maps.count(Counter::EgressFailed);
     } else {

@@ -91,16 +91,16 @@ async fn create_link(handle: &Handle, spec: &LinkSpec) -> Result<()> {
         LinkInfo::Data(InfoData::IpTunnel(params)),
     ]));
     handle.link().add(message).execute().await.with_context(|| format!("cannot create link {}", spec.name))?;
-    let index = link::get(handle, &spec.name).await?.index;
     if let Some((addr, len)) = spec.address {
-        handle
-            .address()
-            .add(index, addr, len)
-            .execute()
-            .await
-            .with_context(|| format!("cannot add {addr}/{len} to {}", spec.name))?;
+        add_address(handle, &spec.name, addr, len).await?;
     }
     Ok(())
+}
+
+/// Gives link `name` the address `addr/len`.
+pub async fn add_address(handle: &Handle, name: &str, addr: IpAddr, len: u8) -> Result<()> {
+    let index = link::get(handle, name).await?.index;
+    handle.address().add(index, addr, len).execute().await.with_context(|| format!("cannot add {addr}/{len} to {name}"))
 }
 
 /// Removes what `created` lists; what footunnel did not create stays.

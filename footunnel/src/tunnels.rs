@@ -91,6 +91,11 @@ impl TunnelTable {
         TunnelTable { tunnels, by_id, by_link }
     }
 
+    /// Every tunnel's inner prefixes.
+    pub fn prefixes(&self) -> Vec<Prefix> {
+        self.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect()
+    }
+
     pub fn by_id(&self, id: u64) -> Option<usize> {
         self.by_id.get(&id).copied()
     }

@@ -238,7 +238,7 @@ impl Broker {
     /// device, and the program that addresses each packet on its egress.
     async fn serve_shared_device(&mut self) -> Result<()> {
         let Some(device) = self.shared.clone() else { return Ok(()) };
-        let prefixes: Vec<_> = self.table.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+        let prefixes = self.table.prefixes();
         shared::route(&self.handle, &device, &prefixes).await?;
         program::attach_egress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
         info!(
@@ -258,8 +258,7 @@ impl Broker {
         let mut problem = shared::check_device(&self.handle, &device).await.err().map(|e| format!("{e:#}"));
         if problem.is_none() && self.shared_problem.is_some() {
             // The kernel drops a device's routes when it goes down.
-            let prefixes: Vec<_> = self.table.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
-            if let Err(e) = shared::route(&self.handle, &device, &prefixes).await {
+            if let Err(e) = shared::route(&self.handle, &device, &self.table.prefixes()).await {
                 problem = Some(format!("{e:#}"));
             }
         }

@@ -114,13 +114,7 @@ pub(super) async fn bring_up(handle: &Handle, shared: &Shared, port: u16, create
     created.links.push(shared.device.clone());
     info!("created shared device {} (external-mode ipip, mtu {})", shared.device, shared.mtu);
     if let Some((addr, len)) = shared.address {
-        let index = link::get(handle, &shared.device).await?.index;
-        handle
-            .address()
-            .add(index, addr, len)
-            .execute()
-            .await
-            .with_context(|| format!("cannot add {addr}/{len} to {}", shared.device))?;
+        crate::manage::add_address(handle, &shared.device, addr, len).await?;
     }
     Ok(())
 }
