@@ -9,7 +9,7 @@
 
 use crate::{
     maps::{Counter, Settings},
-    packet::PacketBytes,
+    packet::{PacketBytes, as_v4},
     path::Env,
 };
 
@@ -38,8 +38,11 @@ pub fn outer_headers<P: PacketBytes + ?Sized, E: Env>(
     }
     let inner_dst = pkt.read::<4>(16).ok_or(Counter::EgressNoTunnel)?;
     let owner = env.tunnel_by_v4(inner_dst).ok_or(Counter::EgressNoTunnel)?;
+    // This mode's device and listener are IPv4 only: an IPv6 endpoint is none.
     let endpoint = env.endpoint(owner.id()).filter(|e| e.heartbeats != 0).ok_or(Counter::EgressNoEndpoint)?;
-    Ok(build(owner.local, endpoint.addr, settings.shared_port, endpoint.port, len))
+    let (addr, port) = (as_v4(&endpoint.addr).ok_or(Counter::EgressNoEndpoint)?, endpoint.port);
+    let local = as_v4(&owner.local).ok_or(Counter::EgressFailed)?;
+    Ok(build(local, addr, settings.shared_port, port, len))
 }
 
 /// IPv4 (with its checksum) + UDP (checksum 0, as FoU over IPv4 allows).

@@ -4,7 +4,7 @@
 //! bytes on the wire, times in ns since the Unix epoch (broker's clock)
 //! unless a field says otherwise.
 
-use crate::siphash::SipKey;
+use crate::{packet::Addr, siphash::SipKey};
 
 /// Array indexed by UDP port → [`PortConfig`]: the FoU port(s), and the
 /// proof of concept's heartbeat port when a tunnel has legacy enabled. An
@@ -56,11 +56,11 @@ pub struct PrefixOwner {
     pub id_hi: u32,
     pub id_lo: u32,
     pub len: u32,
-    pub local: [u8; 4],
+    pub local: Addr,
 }
 
 impl PrefixOwner {
-    pub const fn new(id: u64, len: u8, local: [u8; 4]) -> Self {
+    pub const fn new(id: u64, len: u8, local: Addr) -> Self {
         PrefixOwner { id_hi: (id >> 32) as u32, id_lo: id as u32, len: len as u32, local }
     }
     pub const fn id(&self) -> u64 {
@@ -123,11 +123,11 @@ pub struct PortConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct TunnelConfig {
     pub key: SipKey,
-    /// The broker address the tunnel's link uses (its `local`); all zero:
-    /// any. Control messages and data to another address are not this
-    /// tunnel's (transit traffic on a router, another local address).
-    pub local: [u8; 4],
-    pub _pad: u32,
+    /// The broker address the tunnel's link uses (its `local`, IPv4 mapped
+    /// into IPv6); all zero: any. Control messages and data to another
+    /// address are not this tunnel's (transit traffic on a router, another
+    /// local address).
+    pub local: Addr,
     /// The id the tunnel is recorded under (ENDPOINTS, OBSERVED, prefix
     /// owners, events), the same for each of its secrets: during a key
     /// rotation, heartbeats under either secret move one endpoint, and the
@@ -157,9 +157,10 @@ impl TunnelRef {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Endpoint {
-    pub addr: [u8; 4],
+    /// IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+    pub addr: Addr,
     pub port: u16,
-    pub _pad: u16,
+    pub _pad: [u8; 6],
     /// Timestamp of the newest accepted heartbeat (client's clock): a
     /// heartbeat must carry a larger one.
     pub last_timestamp_ns: u64,
@@ -180,9 +181,9 @@ pub struct Endpoint {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Observed {
-    pub addr: [u8; 4],
+    pub addr: Addr,
     pub port: u16,
-    pub _pad: u16,
+    pub _pad: [u8; 6],
     /// Packets from this source since it was first seen.
     pub packets: u64,
     pub last_seen_ns: u64,
@@ -257,14 +258,15 @@ pub struct Event {
     /// Heartbeat: the nonce it answers. Observed: the UDP payload length
     /// (big-endian u16), which bounds the size of a challenge.
     pub detail: [u8; 8],
-    pub addr: [u8; 4],
+    /// The packet's source (IPv4 mapped into IPv6).
+    pub addr: Addr,
+    /// The broker address the packet was sent to: answers leave from it, so
+    /// an endpoint-dependent NAT lets them through.
+    pub dst_addr: Addr,
     pub port: u16,
     /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`] or [`EVENT_LEGACY`].
     pub kind: u8,
     pub _pad: u8,
-    /// The broker address the packet was sent to: answers leave from it, so
-    /// an endpoint-dependent NAT lets them through.
-    pub dst_addr: [u8; 4],
     pub _pad2: u32,
 }
 
@@ -306,10 +308,10 @@ pub enum Counter {
     Busy,
     /// To a FoU port but not to the tunnel's broker address: passed on.
     WrongDestination,
-    /// IPv4 fragments to a watched port (first fragments; later ones carry
-    /// no port): passed to the kernel's reassembly, unchecked.
+    /// IPv4 or IPv6 fragments to a watched port (first fragments; later
+    /// ones carry no port): passed to the kernel's reassembly, unchecked.
     Fragment,
-    /// IPv4/UDP headers that contradict each other, to a watched port.
+    /// IP/UDP headers that contradict each other, to a watched port.
     IpMalformed,
     /// Control messages while the controller has not written SETTINGS:
     /// refused rather than checked against a zero clock and window.
@@ -323,14 +325,18 @@ pub enum Counter {
     /// (or not IPv4): dropped.
     EgressNoTunnel,
     /// Shared-device mode: packets for a tunnel with no endpoint yet (no
-    /// heartbeat accepted): dropped.
+    /// heartbeat accepted), or an IPv6 one, which this mode does not carry:
+    /// dropped.
     EgressNoEndpoint,
     /// Shared-device mode: the kernel refused to grow or redirect the packet.
     EgressFailed,
+    /// IPv6 datagrams with more extension headers before their transport
+    /// header than the program walks: passed unchecked, whatever their port.
+    Ipv6Unwalked,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 27] = [
         Counter::FouData,
         Counter::FouUnmatched,
         Counter::FouElsewhere,
@@ -357,6 +363,7 @@ impl Counter {
         Counter::EgressNoTunnel,
         Counter::EgressNoEndpoint,
         Counter::EgressFailed,
+        Counter::Ipv6Unwalked,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -389,6 +396,7 @@ impl Counter {
             Counter::EgressNoTunnel => "egress_no_tunnel",
             Counter::EgressNoEndpoint => "egress_no_endpoint",
             Counter::EgressFailed => "egress_failed",
+            Counter::Ipv6Unwalked => "ipv6_unwalked",
         }
     }
 }

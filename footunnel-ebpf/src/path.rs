@@ -4,11 +4,11 @@
 
 use crate::{
     maps::{
-        CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, LEGACY_SECRET_MAX,
+        CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, LEGACY_SECRET_MAX,
         LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
         inner_prefix,
     },
-    packet::{ETH_HLEN, PacketBytes, Parsed, Udp4, parse_udp4},
+    packet::{Addr, PacketBytes, Parsed, UNSPECIFIED, Udp, as_v4, parse_udp, same_addr},
     wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_new_and_signed},
 };
 
@@ -39,12 +39,20 @@ pub trait Env {
     /// By reference: a copy would cost stack, which the 6.1 verifier caps
     /// at 512 bytes over all call frames.
     fn tunnel(&self, id: u64) -> Option<&TunnelConfig>;
-    fn endpoint(&self, id: u64) -> Option<Endpoint>;
-    /// Runs `update` on tunnel `id`'s endpoint (created empty if missing)
-    /// with the entry locked against other CPUs; `update` changes the entry
-    /// only when it returns true (it may work in place). `None`: another
-    /// CPU holds the lock.
-    fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool>;
+    /// A reference to an endpoint where it lies (the map value): a copy,
+    /// like a closure's captures, would cost stack.
+    type EndpointRef<'a>: core::ops::Deref<Target = Endpoint>
+    where
+        Self: 'a;
+    fn endpoint(&self, id: u64) -> Option<Self::EndpointRef<'_>>;
+    /// Tunnel `id`'s endpoint (created empty if missing), locked against
+    /// other CPUs until the guard drops; `None`: another CPU holds it. A
+    /// guard, not a closure: LLVM may outline a closure, and its frame and
+    /// captures cost stack.
+    type LockedEndpoint<'a>: core::ops::DerefMut<Target = Endpoint>
+    where
+        Self: 'a;
+    fn lock_endpoint(&self, id: u64) -> Option<Self::LockedEndpoint<'_>>;
     /// The tunnel whose inner prefix holds `src`, and that prefix's length.
     fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<PrefixOwner>;
     fn tunnel_by_v6(&self, src: [u8; 16]) -> Option<PrefixOwner>;
@@ -55,19 +63,26 @@ pub trait Env {
     /// count is approximate when CPUs race; it is for operators only).
     fn touch_observed(&self, id: u64, now: u64);
     fn count(&self, counter: Counter);
-    /// `false` if the event could not be queued.
-    fn emit(&self, event: &Event) -> bool;
+    /// Queues an [`Event`](crate::maps::Event) of `kind` about `udp` (its source and
+    /// destination), written where it lies in the ring buffer: built on the
+    /// stack it would not fit. `false` if there was no room.
+    fn emit(&self, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool;
 }
 
 /// Every packet on the uplink comes through here.
 #[inline(always)]
 pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
     // Unrelated traffic leaves after the headers and one map lookup.
-    let udp = match parse_udp4(pkt) {
-        Parsed::Udp(udp) => udp,
+    let mut udp = Udp::default();
+    match parse_udp(pkt, &mut udp) {
+        Parsed::Udp => {}
         Parsed::Other => return Verdict::Pass,
-        Parsed::Fragment => return count_if_watched(pkt, env, Counter::Fragment),
-        Parsed::Malformed => return count_if_watched(pkt, env, Counter::IpMalformed),
+        Parsed::Fragment { port } => return count_if_watched(port, env, Counter::Fragment),
+        Parsed::Malformed { port } => return count_if_watched(port, env, Counter::IpMalformed),
+        Parsed::Unwalked => {
+            env.count(Counter::Ipv6Unwalked);
+            return Verdict::Pass;
+        }
     };
     let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
     if port.kind == PORT_LEGACY {
@@ -100,11 +115,14 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
             if version == 4 {
                 let Some(inner) = pkt.read::<4>(udp.payload_offset + 12) else { return Verdict::Pass };
                 // Nearly all traffic: data from a known endpoint with an inner
-                // source in its tunnel's prefix, after one array lookup.
-                let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
-                if env.cache_admits(slot, entry, inner) {
-                    env.count(Counter::FouData);
-                    return Verdict::Pass;
+                // source in its tunnel's prefix, after one array lookup (IPv4
+                // endpoints: an IPv6 one does not fit the cache's entry word).
+                if let Some(src) = as_v4(&udp.src_addr) {
+                    let (slot, entry) = endpoint_cache_key(src, udp.src_port);
+                    if env.cache_admits(slot, entry, inner) {
+                        env.count(Counter::FouData);
+                        return Verdict::Pass;
+                    }
                 }
                 let owner = env.tunnel_by_v4(inner);
                 fou_data(&udp, owner.map(|o| (o, Some(inner_prefix(inner, o.len)))), env)
@@ -124,14 +142,9 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
 /// the header is there to read: first fragments, contradicting lengths) is
 /// watched; passes it on either way.
 #[inline(always)]
-fn count_if_watched<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, counter: Counter) -> Verdict {
-    let Some([version_ihl]) = pkt.read::<1>(ETH_HLEN) else { return Verdict::Pass };
-    let ihl = usize::from(version_ihl & 0x0f) * 4;
-    let first = pkt.read::<2>(ETH_HLEN + 6).is_some_and(|f| u16::from_be_bytes(f) & 0x1fff == 0);
-    if ihl >= 20
-        && first
-        && let Some(port) = pkt.read_in_loop::<2>(ETH_HLEN + ihl + 2)
-        && env.port(u16::from_be_bytes(port)).is_some()
+fn count_if_watched<E: Env>(port: Option<u16>, env: &E, counter: Counter) -> Verdict {
+    if let Some(port) = port
+        && env.port(port).is_some()
     {
         env.count(counter);
     }
@@ -145,17 +158,17 @@ fn wall_clock<E: Env>(env: &E, settings: &Settings) -> u64 {
 
 /// A control message on a FoU port: only a verified HEARTBEAT changes state.
 #[inline(always)]
-fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> Result<(), Counter> {
+fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Result<(), Counter> {
     if udp.payload_len != MESSAGE_LEN {
         return Err(Counter::Malformed);
     }
     let bytes = pkt.read::<MESSAGE_LEN>(udp.payload_offset).ok_or(Counter::Malformed)?;
-    let msg = ControlMessage::from_bytes(&bytes);
-    check_header(&msg, Kind::Heartbeat)?;
+    let msg = ControlMessage::view(&bytes);
+    check_header(msg, Kind::Heartbeat)?;
     let key_id = msg.tunnel_id();
     let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
     let id = tunnel.record;
-    if !for_tunnel(tunnel.local, udp) {
+    if !for_tunnel(&tunnel.local, udp) {
         return Err(Counter::WrongDestination);
     }
     let settings = env.settings();
@@ -166,42 +179,36 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> R
     let now = wall_clock(env, &settings);
     let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
     // Cheapest first: a stale message costs no endpoint lookup, a replay no SipHash.
-    check_fresh(&msg, &rules)?;
+    check_fresh(msg, &rules)?;
     // Only the timestamp: a copy of the whole entry costs stack, which the
     // 6.1 verifier counts to 512 bytes with every call frame.
     let last_timestamp = env.endpoint(id).map_or(0, |e| e.last_timestamp_ns);
-    check_new_and_signed(&msg, tunnel.key, last_timestamp)?;
+    check_new_and_signed(msg, tunnel.key, last_timestamp)?;
 
     // Under the lock, again: a newer heartbeat may have been accepted on
     // another CPU since the read above, and must not be undone.
     let timestamp = msg.timestamp_ns();
-    let mut moved_from = None;
-    let stored = env.update_endpoint(id, |endpoint| {
-        if timestamp <= endpoint.last_timestamp_ns {
-            return false;
-        }
-        endpoint.last_timestamp_ns = timestamp;
-        endpoint.key_id = key_id;
-        moved_from = record(endpoint, udp, now);
-        true
-    });
-    match stored {
-        None => return Err(Counter::Busy),
-        Some(false) => return Err(Counter::Replay),
-        Some(true) => {}
+    let Some(mut endpoint) = env.lock_endpoint(id) else { return Err(Counter::Busy) };
+    if timestamp <= endpoint.last_timestamp_ns {
+        return Err(Counter::Replay);
     }
+    endpoint.last_timestamp_ns = timestamp;
+    endpoint.key_id = key_id;
+    let moved_from = record(&mut endpoint, udp, now);
+    drop(endpoint);
     forget_cached(env, moved_from);
     env.count(Counter::Accepted);
-    emit(env, &Event { tunnel_id: id, timestamp_ns: timestamp, detail: msg.detail, ..event(EVENT_HEARTBEAT, udp) });
+    let detail = msg.detail;
+    emit(env, EVENT_HEARTBEAT, id, timestamp, detail, udp);
     Ok(())
 }
 
 /// Makes the packet's source the endpoint; the previous endpoint if it moved.
 #[inline(always)]
-fn record(endpoint: &mut Endpoint, udp: &Udp4, now: u64) -> Option<([u8; 4], u16)> {
+fn record(endpoint: &mut Endpoint, udp: &Udp, now: u64) -> Option<(Addr, u16)> {
     let first = endpoint.heartbeats == 0;
     let mut moved_from = None;
-    if first || endpoint.addr != udp.src_addr || endpoint.port != udp.src_port {
+    if first || !is_source(udp, &endpoint.addr, endpoint.port) {
         if !first {
             moved_from = Some((endpoint.addr, endpoint.port));
         }
@@ -217,8 +224,10 @@ fn record(endpoint: &mut Endpoint, udp: &Udp4, now: u64) -> Option<([u8; 4], u16
 
 /// The old endpoint is no endpoint any more: its data must be noticed again.
 #[inline(always)]
-fn forget_cached<E: Env>(env: &E, moved_from: Option<([u8; 4], u16)>) {
-    if let Some((addr, port)) = moved_from {
+fn forget_cached<E: Env>(env: &E, moved_from: Option<(Addr, u16)>) {
+    if let Some((addr, port)) = moved_from
+        && let Some(addr) = as_v4(&addr)
+    {
         let (slot, entry) = endpoint_cache_key(addr, port);
         if env.cached_endpoint(slot).entry == entry {
             env.set_cached_endpoint(slot, CachedEndpoint::default());
@@ -228,18 +237,30 @@ fn forget_cached<E: Env>(env: &E, moved_from: Option<([u8; 4], u16)>) {
 
 /// Sent to the address the tunnel's link uses (or to any, if it has none).
 #[inline(always)]
-fn for_tunnel(local: [u8; 4], udp: &Udp4) -> bool {
-    local == [0; 4] || local == udp.dst_addr
+fn for_tunnel(local: &Addr, udp: &Udp) -> bool {
+    same_addr(local, &UNSPECIFIED) || same_addr(local, &udp.dst_addr)
 }
 
+/// Whether the packet comes from this address and port.
 #[inline(always)]
-fn event(kind: u8, udp: &Udp4) -> Event {
-    Event { kind, addr: udp.src_addr, port: udp.src_port, dst_addr: udp.dst_addr, ..Default::default() }
+fn is_source(udp: &Udp, addr: &Addr, port: u16) -> bool {
+    port == udp.src_port && same_addr(addr, &udp.src_addr)
 }
 
+/// Whether the packet comes from tunnel `id`'s endpoint (a `match`, not
+/// a closure: see [`Env::lock_endpoint`]).
 #[inline(always)]
-fn emit<E: Env>(env: &E, event: &Event) {
-    if !env.emit(event) {
+fn is_endpoint<E: Env>(env: &E, id: u64, udp: &Udp) -> bool {
+    match env.endpoint(id) {
+        Some(e) => is_source(udp, &e.addr, e.port),
+        None => false,
+    }
+}
+
+/// Tells the controller about `udp`, from its source to its destination.
+#[inline(always)]
+fn emit<E: Env>(env: &E, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) {
+    if !env.emit(kind, tunnel_id, timestamp_ns, detail, udp) {
         env.count(Counter::EventsLost);
     }
 }
@@ -247,33 +268,33 @@ fn emit<E: Env>(env: &E, event: &Event) {
 /// FoU data: never trusted, but a source other than the endpoint is noted
 /// and announced (at most once per interval per tunnel) so the controller
 /// can challenge it. `owner`: the prefix owner for the inner source, and
-/// that prefix for the cache (IPv4 only).
+/// that prefix for the cache (IPv4 inside and outside only).
 #[inline(always)]
-fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>, env: &E) -> Verdict {
+fn fou_data<E: Env>(udp: &Udp, owner: Option<(PrefixOwner, Option<(u32, u32)>)>, env: &E) -> Verdict {
     let Some((owner, prefix)) = owner else {
         env.count(Counter::FouUnmatched);
         return unless_shared(env);
     };
     let id = owner.id();
-    if env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
-        let Some((inner_net, inner_mask)) = prefix else {
+    if is_endpoint(env, id, udp) {
+        let (Some((inner_net, inner_mask)), Some(src)) = (prefix, as_v4(&udp.src_addr)) else {
             env.count(Counter::FouData);
             return Verdict::Pass;
         };
-        let (slot, entry) = endpoint_cache_key(udp.src_addr, udp.src_port);
+        let (slot, entry) = endpoint_cache_key(src, udp.src_port);
         env.set_cached_endpoint(slot, CachedEndpoint { entry, inner_net, inner_mask });
         // A heartbeat on another CPU may have moved the endpoint between the
         // read above and the store: read it again after the store (an
         // exchange, a full barrier) and take the entry back if so. Either the
         // heartbeat's own invalidation comes after our store, or this read
         // sees its new endpoint: no stale entry survives.
-        if !env.endpoint(id).is_some_and(|e| e.addr == udp.src_addr && e.port == udp.src_port) {
+        if !is_endpoint(env, id, udp) {
             env.set_cached_endpoint(slot, CachedEndpoint::default());
         }
         env.count(Counter::FouData);
         return Verdict::Pass;
     }
-    if !for_tunnel(owner.local, udp) {
+    if !for_tunnel(&owner.local, udp) {
         env.count(Counter::WrongDestination);
         // Shared-device mode: the FoU listener takes every local address,
         // so this would reach the shared device unchecked.
@@ -304,7 +325,7 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>
         return verdict;
     }
     let mut observed = previous.unwrap_or_default();
-    if observed.addr != udp.src_addr || observed.port != udp.src_port {
+    if !is_source(udp, &observed.addr, observed.port) {
         observed.addr = udp.src_addr;
         observed.port = udp.src_port;
         observed.packets = 0;
@@ -316,7 +337,7 @@ fn fou_data<E: Env>(udp: &Udp4, owner: Option<(PrefixOwner, Option<(u32, u32)>)>
     // The payload length bounds the size of the challenge it may draw.
     let len = (udp.payload_len as u16).to_be_bytes();
     let detail = [len[0], len[1], 0, 0, 0, 0, 0, 0];
-    emit(env, &Event { tunnel_id: id, timestamp_ns: now, detail, ..event(EVENT_OBSERVED, udp) });
+    emit(env, EVENT_OBSERVED, id, now, detail, udp);
     env.set_observed(id, &observed);
     verdict
 }
@@ -336,7 +357,7 @@ fn unless_shared<E: Env>(env: &E) -> Verdict {
 /// The proof of concept's heartbeat: the plaintext secret is the payload.
 /// Opt-in per tunnel (only legacy tunnels' secrets are in the map).
 #[inline(always)]
-fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &E) -> Verdict {
+fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Verdict {
     let len = udp.payload_len;
     if len == 0 || len > LEGACY_SECRET_MAX {
         env.count(Counter::LegacyUnknown);
@@ -360,20 +381,15 @@ fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp4, env: &
         return Verdict::Pass;
     };
     let now = wall_clock(env, &env.settings());
-    let mut moved_from = None;
-    if env
-        .update_endpoint(id, |endpoint| {
-            moved_from = record(endpoint, udp, now);
-            true
-        })
-        .is_none()
-    {
+    let Some(mut endpoint) = env.lock_endpoint(id) else {
         env.count(Counter::Busy);
         return Verdict::Drop;
-    }
+    };
+    let moved_from = record(&mut endpoint, udp, now);
+    drop(endpoint);
     forget_cached(env, moved_from);
     env.count(Counter::LegacyAccepted);
-    emit(env, &Event { tunnel_id: id, timestamp_ns: now, ..event(EVENT_LEGACY, udp) });
+    emit(env, EVENT_LEGACY, id, now, [0; 8], udp);
     Verdict::Drop
 }
 

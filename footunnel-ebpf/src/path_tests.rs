@@ -5,7 +5,8 @@ use std::{cell::RefCell, collections::HashMap};
 
 use super::*;
 use crate::{
-    maps::{CachedEndpoint, PORT_FOU, TunnelConfig, inner_prefix},
+    maps::{CachedEndpoint, Event, PORT_FOU, TunnelConfig, inner_prefix},
+    packet::mapped,
     siphash::SipKey,
 };
 
@@ -46,6 +47,14 @@ pub(crate) struct MemEnv {
     pub(crate) shared_uplink: std::cell::Cell<u32>,
 }
 
+impl MemEnv {
+    /// A copy, so a test can hold it while the path runs (the trait's
+    /// reference borrows the map).
+    pub(crate) fn endpoint(&self, id: u64) -> Option<Endpoint> {
+        self.endpoints.borrow().get(&id).copied()
+    }
+}
+
 impl Env for MemEnv {
     fn port(&self, port: u16) -> Option<PortConfig> {
         self.ports.get(&port).copied()
@@ -75,23 +84,20 @@ impl Env for MemEnv {
     fn tunnel(&self, id: u64) -> Option<&TunnelConfig> {
         self.tunnels.get(&id)
     }
-    fn endpoint(&self, id: u64) -> Option<Endpoint> {
+    type EndpointRef<'a> = std::cell::Ref<'a, Endpoint>;
+    fn endpoint(&self, id: u64) -> Option<std::cell::Ref<'_, Endpoint>> {
         self.endpoint_reads.set(self.endpoint_reads.get() + 1);
-        self.endpoints.borrow().get(&id).copied()
+        std::cell::Ref::filter_map(self.endpoints.borrow(), |m| m.get(&id)).ok()
     }
-    fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool> {
+    type LockedEndpoint<'a> = std::cell::RefMut<'a, Endpoint>;
+    fn lock_endpoint(&self, id: u64) -> Option<std::cell::RefMut<'_, Endpoint>> {
         if self.busy.get() {
             return None;
         }
         if let Some(ts) = self.accepted_meanwhile.take() {
             self.endpoints.borrow_mut().entry(id).or_default().last_timestamp_ns = ts;
         }
-        let mut e = self.endpoints.borrow().get(&id).copied().unwrap_or_default();
-        let store = update(&mut e);
-        if store {
-            self.endpoints.borrow_mut().insert(id, e);
-        }
-        Some(store)
+        Some(std::cell::RefMut::map(self.endpoints.borrow_mut(), |m| m.entry(id).or_default()))
     }
     fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<PrefixOwner> {
         let bits = u32::from_be_bytes(src);
@@ -100,7 +106,7 @@ impl Env for MemEnv {
             .filter(|(p, len, _)| *len == 0 || bits >> (32 - len) == u32::from_be_bytes(*p) >> (32 - len))
             .max_by_key(|(_, len, _)| *len)
             .map(|(_, len, id)| {
-                let local = self.tunnels.values().find(|t| t.record == *id).map_or([0; 4], |t| t.local);
+                let local = self.tunnels.values().find(|t| t.record == *id).map_or(UNSPECIFIED, |t| t.local);
                 PrefixOwner::new(*id, *len as u8, local)
             })
     }
@@ -127,8 +133,18 @@ impl Env for MemEnv {
     fn count(&self, c: Counter) {
         *self.counters.borrow_mut().entry(c.name()).or_default() += 1;
     }
-    fn emit(&self, e: &Event) -> bool {
-        self.events.borrow_mut().push(*e);
+    fn emit(&self, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
+        let (addr, dst_addr, port) = (udp.src_addr, udp.dst_addr, udp.src_port);
+        self.events.borrow_mut().push(Event {
+            tunnel_id,
+            timestamp_ns,
+            detail,
+            addr,
+            dst_addr,
+            port,
+            kind,
+            ..Default::default()
+        });
         true
     }
 }
@@ -136,7 +152,7 @@ impl Env for MemEnv {
 pub(crate) fn env() -> MemEnv {
     let env = MemEnv {
         ports: [(42424, PortConfig { kind: PORT_FOU }), (42425, PortConfig { kind: PORT_LEGACY })].into(),
-        tunnels: [(ID, TunnelConfig { key: KEY, local: BROKER, _pad: 0, record: ID })].into(),
+        tunnels: [(ID, TunnelConfig { key: KEY, local: mapped(BROKER), record: ID })].into(),
         v4: vec![([10, 0, 0, 0], 30, ID)],
         legacy: [(b"SECRET".to_vec(), ID)].into(),
         ..Default::default()
@@ -180,7 +196,7 @@ fn valid_heartbeat_records_the_endpoint_and_is_dropped() {
     let env = env();
     assert_eq!(process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env), Verdict::Drop);
     let ep = env.endpoint(ID).expect("endpoint recorded");
-    assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (CLIENT, 40001, NOW, 1, 1));
+    assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (mapped(CLIENT), 40001, NOW, 1, 1));
     assert_eq!(count(&env, Counter::Accepted), 1);
     let events = env.events.borrow();
     assert_eq!((events[0].kind, events[0].tunnel_id, events[0].port), (EVENT_HEARTBEAT, ID, 40001));
@@ -258,7 +274,7 @@ fn fou_data_from_elsewhere_is_observed_once_per_interval() {
     process(&elsewhere[..], &env);
     assert_eq!(count(&env, Counter::ObservedEvents), 2);
     let o = env.observed(ID).unwrap();
-    assert_eq!((o.addr, o.port, o.packets), ([192, 0, 2, 99], 5555, 4));
+    assert_eq!((o.addr, o.port, o.packets), (mapped([192, 0, 2, 99]), 5555, 4));
     assert_eq!(env.endpoint(ID).unwrap().port, 40001, "data never moves the endpoint");
     assert_eq!(process(&udp(CLIENT, 1, 42424, &inner_v4([172, 16, 0, 1]))[..], &env), Verdict::Pass);
     assert_eq!(count(&env, Counter::FouUnmatched), 1);
@@ -283,7 +299,7 @@ fn control_messages_and_data_to_another_address_are_not_the_tunnels() {
     assert_eq!(process(&data[..], &env), Verdict::Pass);
     assert_eq!((count(&env, Counter::WrongDestination), count(&env, Counter::ObservedEvents)), (2, 0));
     let events = env.events.borrow();
-    assert_eq!(events[0].dst_addr, BROKER, "answers must leave from the address the heartbeat was sent to");
+    assert_eq!(events[0].dst_addr, mapped(BROKER), "answers must leave from the address the heartbeat was sent to");
 }
 
 #[test]
@@ -345,7 +361,7 @@ fn fragments_and_malformed_datagrams_to_a_watched_port_are_counted() {
 fn legacy_secret_records_address_and_port() {
     let env = env();
     assert_eq!(process(&udp(CLIENT, 42424, 42425, b"SECRET")[..], &env), Verdict::Drop);
-    assert_eq!(env.endpoint(ID).map(|e| (e.addr, e.port)), Some((CLIENT, 42424)));
+    assert_eq!(env.endpoint(ID).map(|e| (e.addr, e.port)), Some((mapped(CLIENT), 42424)));
     assert_eq!(process(&udp(CLIENT, 42424, 42425, b"SECRETS")[..], &env), Verdict::Pass);
     assert_eq!(count(&env, Counter::LegacyUnknown), 1);
 }
@@ -392,7 +408,7 @@ fn during_a_key_rotation_either_secret_moves_one_endpoint_under_one_timestamp_ru
     const NEXT_KEY: SipKey = SipKey { k0: 0x1111, k1: 0x2222 };
     const NEXT_ID: u64 = 0xfeed_0000_0000_0002;
     let mut env = env();
-    env.tunnels.insert(NEXT_ID, TunnelConfig { key: NEXT_KEY, local: BROKER, _pad: 0, record: ID });
+    env.tunnels.insert(NEXT_ID, TunnelConfig { key: NEXT_KEY, local: mapped(BROKER), record: ID });
     let under_next = |ts| ControlMessage::new(Kind::Heartbeat, NEXT_ID, ts, [0; 8]).sign(NEXT_KEY).to_bytes();
     process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
     assert_eq!(env.endpoint(ID).unwrap().key_id, ID);
@@ -456,4 +472,122 @@ fn in_shared_mode_fou_data_from_anyone_but_the_endpoint_is_dropped_and_still_ann
     assert_eq!(process(&unowned[..], &env), Verdict::Pass);
     assert_eq!(process(&elsewhere[..], &env), Verdict::Pass);
     assert_eq!(count(&env, Counter::Spoofed), 4);
+}
+
+pub(crate) const CLIENT6: Addr = Addr([0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+pub(crate) const CLIENT6_B: Addr = Addr([0x20, 0x01, 0x0d, 0xb8, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+pub(crate) const BROKER6: Addr = Addr([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
+/// An IPv6 tunnel: its link's local address is the broker's IPv6 one.
+fn env6() -> MemEnv {
+    let mut env = env();
+    env.tunnels.insert(ID, TunnelConfig { key: KEY, local: BROKER6, record: ID });
+    env
+}
+
+/// Ethernet + IPv6 (+ `ext`: extension headers, next-header bytes filled in) + UDP.
+pub(crate) fn udp6(src: Addr, sport: u16, dport: u16, ext: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
+    let ext_len: usize = ext.iter().map(|(_, b)| b.len()).sum();
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&((ext_len + 8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[ext.first().map_or(17, |e| e.0), 64]);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&BROKER6.0);
+    for (i, (_, bytes)) in ext.iter().enumerate() {
+        f.push(ext.get(i + 1).map_or(17, |e| e.0));
+        f.extend_from_slice(&bytes[1..]);
+    }
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn dstopts() -> (u8, Vec<u8>) {
+    (60, vec![0, 0, 1, 4, 0, 0, 0, 0])
+}
+
+#[test]
+fn a_heartbeat_over_ipv6_records_the_whole_address_and_moves_between_addresses_and_ports() {
+    let env = env6();
+    assert_eq!(process(&udp6(CLIENT6, 40001, 42424, &[], &heartbeat(NOW))[..], &env), Verdict::Drop);
+    let ep = env.endpoint(ID).expect("endpoint recorded");
+    assert_eq!((ep.addr, ep.port, ep.changes), (CLIENT6, 40001, 1));
+    let e = env.events.borrow()[0];
+    assert_eq!((e.kind, e.addr, e.port, e.dst_addr), (EVENT_HEARTBEAT, CLIENT6, 40001, BROKER6));
+    // Behind a destination-options header, from another address and port.
+    assert_eq!(process(&udp6(CLIENT6_B, 40002, 42424, &[dstopts()], &heartbeat(NOW + 1))[..], &env), Verdict::Drop);
+    let ep = env.endpoint(ID).unwrap();
+    assert_eq!((ep.addr, ep.port, ep.changes, ep.heartbeats), (CLIENT6_B, 40002, 2, 2));
+    // Only the last byte differs: all 128 bits are compared.
+    let mut near = CLIENT6_B;
+    near.0[15] ^= 1;
+    process(&udp6(near, 40002, 42424, &[], &heartbeat(NOW + 2))[..], &env);
+    assert_eq!((env.endpoint(ID).unwrap().addr, env.endpoint(ID).unwrap().changes), (near, 3));
+}
+
+#[test]
+fn forged_stale_and_replayed_heartbeats_over_ipv6_change_nothing() {
+    let env = env6();
+    process(&udp6(CLIENT6, 40001, 42424, &[], &heartbeat(NOW))[..], &env);
+    let before = env.endpoint(ID).unwrap();
+    let mut forged = heartbeat(NOW + 1);
+    forged[39] ^= 1;
+    for (payload, reason) in [
+        (forged, Counter::BadTag),
+        (heartbeat(NOW - 200_000_000_000), Counter::Stale),
+        (heartbeat(NOW), Counter::Replay),
+    ] {
+        assert_eq!(process(&udp6(CLIENT6_B, 5555, 42424, &[], &payload)[..], &env), Verdict::Drop);
+        assert_eq!(count(&env, reason), 1, "{reason:?}");
+    }
+    assert_eq!(env.endpoint(ID).unwrap(), before);
+    assert_eq!(env.events.borrow().len(), 1);
+}
+
+#[test]
+fn ipv6_to_another_address_or_behind_too_many_extension_headers_is_not_checked() {
+    let env = env6();
+    let mut transit = udp6(CLIENT6, 40001, 42424, &[], &heartbeat(NOW));
+    transit[14 + 24 + 15] = 0x99;
+    assert_eq!(process(&transit[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::WrongDestination), 1);
+    let five: Vec<_> = (0..5).map(|_| dstopts()).collect();
+    assert_eq!(process(&udp6(CLIENT6, 40001, 42424, &five, &heartbeat(NOW))[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::Ipv6Unwalked), 1);
+    let fragment = (44, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+    assert_eq!(process(&udp6(CLIENT6, 40001, 42424, &[fragment], &heartbeat(NOW))[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::Fragment), 1);
+    assert!(env.endpoint(ID).is_none());
+}
+
+#[test]
+fn fou_data_over_ipv6_is_checked_against_the_endpoint_without_the_cache() {
+    let env = env6();
+    process(&udp6(CLIENT6, 40001, 42424, &[], &heartbeat(NOW))[..], &env);
+    assert_eq!(process(&udp6(CLIENT6, 40001, 42424, &[], &inner_v4([10, 0, 0, 2]))[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::FouData), 1);
+    assert!(env.cache.borrow().values().all(|c| c.entry == 0), "an IPv6 endpoint has no cache entry");
+    assert_eq!(process(&udp6(CLIENT6_B, 40001, 42424, &[], &inner_v4([10, 0, 0, 2]))[..], &env), Verdict::Pass);
+    assert_eq!((count(&env, Counter::FouElsewhere), count(&env, Counter::ObservedEvents)), (1, 1));
+    let e = env.events.borrow()[1];
+    assert_eq!((e.kind, e.addr, e.dst_addr), (EVENT_OBSERVED, CLIENT6_B, BROKER6));
+}
+
+#[test]
+fn a_client_moving_from_ipv4_to_ipv6_leaves_no_cache_entry_behind() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
+    assert!(env.cache.borrow().values().any(|c| c.entry != 0));
+    let mut env = env;
+    env.tunnels.insert(ID, TunnelConfig { key: KEY, local: UNSPECIFIED, record: ID });
+    process(&udp6(CLIENT6, 40001, 42424, &[], &heartbeat(NOW + 1))[..], &env);
+    assert_eq!(env.endpoint(ID).unwrap().addr, CLIENT6);
+    assert!(env.cache.borrow().values().all(|c| c.entry == 0), "the old IPv4 endpoint's entry survived");
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env), Verdict::Pass);
+    assert_eq!(count(&env, Counter::FouElsewhere), 1);
 }

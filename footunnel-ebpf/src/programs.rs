@@ -20,7 +20,7 @@ use footunnel_ebpf::{
         CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_KEYS,
         MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
     },
-    packet::PacketBytes,
+    packet::{PacketBytes, Udp},
     path::{Env, Verdict, process},
 };
 
@@ -90,6 +90,36 @@ impl PacketBytes for Linear {
     }
 }
 
+/// An ENDPOINTS value whose lock this CPU holds; dropping it unlocks.
+struct LockedEndpoint(*mut Endpoint);
+
+impl core::ops::Deref for LockedEndpoint {
+    type Target = Endpoint;
+    #[inline(always)]
+    fn deref(&self) -> &Endpoint {
+        // SAFETY: a live map value (see `lock_endpoint`) whose lock we hold.
+        unsafe { &*self.0 }
+    }
+}
+
+impl core::ops::DerefMut for LockedEndpoint {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Endpoint {
+        // SAFETY: as above; every writer takes the lock.
+        unsafe { &mut *self.0 }
+    }
+}
+
+impl Drop for LockedEndpoint {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // An exchange, not a plain store: a full barrier, so the fields are
+        // visible to the next holder before the lock is seen free.
+        // SAFETY: as above.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(core::ptr::addr_of_mut!((*self.0).lock), 0) };
+    }
+}
+
 /// The maps, as the packet path sees them.
 struct Maps;
 
@@ -135,13 +165,16 @@ impl Env for Maps {
         // that matters (a stale key fails the tag check).
         unsafe { TUNNELS.get(id) }
     }
+    type EndpointRef<'a> = &'a Endpoint;
     #[inline(always)]
-    fn endpoint(&self, id: u64) -> Option<Endpoint> {
-        // SAFETY: as in `port`.
-        unsafe { ENDPOINTS.get(id).copied() }
+    fn endpoint(&self, id: u64) -> Option<&Endpoint> {
+        // SAFETY: as in `port`; fields a heartbeat on another CPU updates
+        // meanwhile are re-checked by the path where that matters.
+        unsafe { ENDPOINTS.get(id) }
     }
+    type LockedEndpoint<'a> = LockedEndpoint;
     #[inline(always)]
-    fn update_endpoint<F: FnOnce(&mut Endpoint) -> bool>(&self, id: u64, update: F) -> Option<bool> {
+    fn lock_endpoint(&self, id: u64) -> Option<LockedEndpoint> {
         let entry = match ENDPOINTS.get_ptr_mut(id) {
             Some(p) => p,
             None => {
@@ -156,18 +189,9 @@ impl Env for Maps {
         // SAFETY: as above.
         let (_, taken) =
             unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(lock, 0, 1) };
-        if !taken {
-            return None;
-        }
         // In place, not on a copy: the copy's stack would not fit the 6.1
-        // verifier's 512 bytes. `update` changes nothing when it returns false.
-        // SAFETY: we hold the entry's lock; every writer takes it.
-        let store = update(unsafe { &mut *entry });
-        // An exchange, not a plain store: a full barrier, so the fields are
-        // visible to the next holder before the lock is seen free.
-        // SAFETY: as above.
-        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(lock, 0) };
-        Some(store)
+        // verifier's 512 bytes.
+        taken.then_some(LockedEndpoint(entry))
     }
     #[inline(always)]
     fn tunnel_by_v4(&self, src: [u8; 4]) -> Option<PrefixOwner> {
@@ -209,8 +233,21 @@ impl Env for Maps {
         }
     }
     #[inline(always)]
-    fn emit(&self, event: &Event) -> bool {
-        EVENTS.output(event, 0).is_ok()
+    fn emit(&self, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
+        let Some(mut entry) = EVENTS.reserve(0) else { return false };
+        entry.write(Event {
+            tunnel_id,
+            timestamp_ns,
+            detail,
+            addr: udp.src_addr,
+            dst_addr: udp.dst_addr,
+            port: udp.src_port,
+            kind,
+            _pad: 0,
+            _pad2: 0,
+        });
+        entry.submit(0);
+        true
     }
 }
 

@@ -5,6 +5,11 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{Context, Result};
 
+/// An endpoint as operators write it: `192.0.2.1:40001`, `[2001:db8::1]:40001`.
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
+}
+
 /// An IPv4 or IPv6 prefix without host bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Prefix {

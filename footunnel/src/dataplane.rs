@@ -1,9 +1,6 @@
 //! The eBPF object embedded in this binary, and typed access to its maps.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -15,6 +12,7 @@ use footunnel_ebpf::{
         self, Counter, Endpoint, LegacySecret, Observed, PORT_FOU, PORT_LEGACY, PortConfig, PrefixOwner, Settings,
         TunnelConfig, TunnelRef,
     },
+    packet::{Addr, UNSPECIFIED},
     siphash::SipKey,
 };
 
@@ -102,21 +100,21 @@ pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
 
 /// Makes tunnel `id` known, with its heartbeat key and the broker address
 /// its link uses (`None`: any), recorded under `id` itself (one secret).
-pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<Ipv4Addr>) -> Result<()> {
+pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<IpAddr>) -> Result<()> {
     add_key(ebpf, id, key, local, id)
 }
 
 /// Accepts heartbeats carrying tunnel id `key_id`, tagged with `key`, for
 /// the tunnel recorded under `record` (one entry per secret of a tunnel).
-pub fn add_key(ebpf: &mut Ebpf, key_id: u64, key: SipKey, local: Option<Ipv4Addr>, record: u64) -> Result<()> {
+pub fn add_key(ebpf: &mut Ebpf, key_id: u64, key: SipKey, local: Option<IpAddr>, record: u64) -> Result<()> {
     let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
     tunnels
         .insert(key_id, tunnel_config(key, local, record), 0)
         .with_context(|| format!("cannot add tunnel id {key_id:016x}"))
 }
 
-pub fn tunnel_config(key: SipKey, local: Option<Ipv4Addr>, record: u64) -> TunnelConfig {
-    TunnelConfig { key, local: local.map_or([0; 4], |a| a.octets()), _pad: 0, record }
+pub fn tunnel_config(key: SipKey, local: Option<IpAddr>, record: u64) -> TunnelConfig {
+    TunnelConfig { key, local: local.map_or(UNSPECIFIED, Addr::from), record }
 }
 
 /// Tunnel `id`'s configuration in the data plane, if it has one.
@@ -126,8 +124,8 @@ pub fn tunnel(ebpf: &Ebpf, id: u64) -> Result<Option<TunnelConfig>> {
 
 /// Routes FoU data whose inner source is in `addr/len` to tunnel `id`
 /// (its record id), whose link uses broker address `local` (`None`: any).
-pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64, local: Option<Ipv4Addr>) -> Result<()> {
-    let owner = PrefixOwner::new(id, len, local.map_or([0; 4], |a| a.octets()));
+pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64, local: Option<IpAddr>) -> Result<()> {
+    let owner = PrefixOwner::new(id, len, local.map_or(UNSPECIFIED, Addr::from));
     let inserted = match addr {
         IpAddr::V4(a) => LpmTrie::<_, [u8; 4], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?.insert(
             &Key::new(len.into(), a.octets()),
@@ -145,7 +143,7 @@ pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64, local: Option
 
 /// A prefix-trie entry: inner prefix and length, owner's record id, the
 /// broker address its link uses.
-pub type PrefixEntry = (IpAddr, u8, u64, Option<Ipv4Addr>);
+pub type PrefixEntry = (IpAddr, u8, u64, Option<IpAddr>);
 
 /// Leaves exactly `wanted` (prefix → tunnel) in the prefix tries: the new
 /// entries go in first, then the stale ones go, so a running program never

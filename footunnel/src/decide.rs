@@ -1,27 +1,27 @@
 //! The controller's decisions, free of effects: what to change, whom to
 //! challenge, what collides. The broker applies them.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::IpAddr};
 
 use footunnel_ebpf::{maps::Endpoint, wire::MESSAGE_LEN};
 
 /// A tunnel's endpoint as the kernel link knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkEndpoint {
-    pub remote: Option<Ipv4Addr>,
+    pub remote: Option<IpAddr>,
     pub dport: Option<u16>,
 }
 
 /// Where the link must point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repoint {
-    pub remote: Ipv4Addr,
+    pub remote: IpAddr,
     pub dport: u16,
 }
 
 /// The recorded endpoint, if it is one (a reboot seeds entries with no address).
-pub fn known_endpoint(e: &Endpoint) -> Option<(Ipv4Addr, u16)> {
-    (e.addr != [0; 4] && e.port != 0).then(|| (Ipv4Addr::from(e.addr), e.port))
+pub fn known_endpoint(e: &Endpoint) -> Option<(IpAddr, u16)> {
+    (!e.addr.is_unspecified() && e.port != 0).then(|| (e.addr.ip(), e.port))
 }
 
 /// The change that makes the link match the recorded endpoint, if any:
@@ -49,9 +49,9 @@ pub enum LinkPlan<'a> {
 /// other tunnel's link.
 pub fn plan_link<'a>(
     link: LinkEndpoint,
-    local: Option<Ipv4Addr>,
+    local: Option<IpAddr>,
     recorded: &Endpoint,
-    others: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)],
+    others: &[(&'a str, Option<IpAddr>, Option<IpAddr>)],
 ) -> LinkPlan<'a> {
     if known_endpoint(recorded).is_none() {
         return LinkPlan::NoEndpoint;
@@ -65,7 +65,7 @@ pub fn plan_link<'a>(
 
 /// An ACK means "the link now points at you": only when the link, as the
 /// kernel has it after the change, points at the heartbeat's source.
-pub fn may_ack(link_after: Option<LinkEndpoint>, source: (Ipv4Addr, u16)) -> bool {
+pub fn may_ack(link_after: Option<LinkEndpoint>, source: (IpAddr, u16)) -> bool {
     link_after.is_some_and(|l| l.remote == Some(source.0) && l.dport == Some(source.1))
 }
 
@@ -115,8 +115,8 @@ pub fn spaced(last_ns: Option<u64>, now_ns: u64, interval_ns: u64) -> bool {
 /// Tunnels the kernel cannot tell apart: FoU receive matches a tunnel by
 /// outer addresses only, so two tunnels with the same local address whose
 /// clients share a public address collide. Returns pairs of names.
-pub fn collisions<'a>(tunnels: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)]) -> Vec<(&'a str, &'a str)> {
-    let mut seen: HashMap<(Option<Ipv4Addr>, Ipv4Addr), &str> = HashMap::new();
+pub fn collisions<'a>(tunnels: &[(&'a str, Option<IpAddr>, Option<IpAddr>)]) -> Vec<(&'a str, &'a str)> {
+    let mut seen: HashMap<(Option<IpAddr>, IpAddr), &str> = HashMap::new();
     let mut out = Vec::new();
     for (name, local, remote) in tunnels {
         let Some(remote) = remote else { continue };
@@ -131,9 +131,9 @@ pub fn collisions<'a>(tunnels: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)])
 /// kernel's FoU receive would not tell the two apart, so the change must not
 /// be made. `others`: (name, local, remote) of every other tunnel.
 pub fn blocking_tunnel<'a>(
-    local: Option<Ipv4Addr>,
-    remote: Ipv4Addr,
-    others: &[(&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>)],
+    local: Option<IpAddr>,
+    remote: IpAddr,
+    others: &[(&'a str, Option<IpAddr>, Option<IpAddr>)],
 ) -> Option<&'a str> {
     others.iter().find(|(_, l, r)| *l == local && *r == Some(remote)).map(|(name, _, _)| *name)
 }
@@ -152,19 +152,23 @@ pub fn silent_for(last_heard_ns: Option<u64>, since_ns: u64, now_ns: u64, timeou
 mod tests {
     use super::*;
 
-    fn endpoint(addr: [u8; 4], port: u16) -> Endpoint {
-        Endpoint { addr, port, ..Default::default() }
+    const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
     }
 
-    const LINK: LinkEndpoint = LinkEndpoint { remote: Some(Ipv4Addr::new(203, 0, 113, 5)), dport: Some(40001) };
+    fn endpoint(addr: [u8; 4], port: u16) -> Endpoint {
+        Endpoint { addr: footunnel_ebpf::packet::mapped(addr), port, ..Default::default() }
+    }
+
+    const LINK: LinkEndpoint = LinkEndpoint { remote: Some(v4(203, 0, 113, 5)), dport: Some(40001) };
 
     #[test]
     fn repoint_only_when_address_or_port_differs() {
         assert_eq!(repoint(LINK, &endpoint([203, 0, 113, 5], 40001)), None);
         let by_port = repoint(LINK, &endpoint([203, 0, 113, 5], 40002)).unwrap();
-        assert_eq!((by_port.remote, by_port.dport), (Ipv4Addr::new(203, 0, 113, 5), 40002));
+        assert_eq!((by_port.remote, by_port.dport), (v4(203, 0, 113, 5), 40002));
         let by_addr = repoint(LINK, &endpoint([203, 0, 113, 6], 40001)).unwrap();
-        assert_eq!((by_addr.remote, by_addr.dport), (Ipv4Addr::new(203, 0, 113, 6), 40001));
+        assert_eq!((by_addr.remote, by_addr.dport), (v4(203, 0, 113, 6), 40001));
         assert_eq!(repoint(LINK, &endpoint([0; 4], 0)), None, "a seeded entry is no endpoint");
         let unset = LinkEndpoint { remote: None, dport: None };
         assert!(repoint(unset, &endpoint([203, 0, 113, 5], 40001)).is_some());
@@ -172,26 +176,26 @@ mod tests {
 
     #[test]
     fn link_plan_refuses_collisions_and_knows_when_nothing_is_recorded() {
-        let local = Some(Ipv4Addr::new(198, 51, 100, 1));
-        let others = [("a", local, Some(Ipv4Addr::new(203, 0, 113, 7)))];
+        let local = Some(v4(198, 51, 100, 1));
+        let others = [("a", local, Some(v4(203, 0, 113, 7)))];
         assert_eq!(plan_link(LINK, local, &endpoint([0; 4], 0), &others), LinkPlan::NoEndpoint);
         assert_eq!(plan_link(LINK, local, &endpoint([203, 0, 113, 5], 40001), &others), LinkPlan::AlreadyThere);
-        let change = Repoint { remote: Ipv4Addr::new(203, 0, 113, 7), dport: 1234 };
+        let change = Repoint { remote: v4(203, 0, 113, 7), dport: 1234 };
         assert_eq!(
             plan_link(LINK, local, &endpoint([203, 0, 113, 7], 1234), &others),
             LinkPlan::Collides { with: "a", change }
         );
-        let other_local = Some(Ipv4Addr::new(198, 51, 100, 2));
+        let other_local = Some(v4(198, 51, 100, 2));
         assert_eq!(plan_link(LINK, other_local, &endpoint([203, 0, 113, 7], 1234), &others), LinkPlan::Repoint(change));
     }
 
     #[test]
     fn an_ack_only_when_the_link_points_at_the_heartbeats_source() {
-        let source = (Ipv4Addr::new(203, 0, 113, 5), 40001);
+        let source = (v4(203, 0, 113, 5), 40001);
         assert!(may_ack(Some(LINK), source));
         assert!(!may_ack(None, source), "a failed or refused change is never ACKed");
-        assert!(!may_ack(Some(LINK), (Ipv4Addr::new(203, 0, 113, 5), 40002)), "port differs");
-        assert!(!may_ack(Some(LINK), (Ipv4Addr::new(203, 0, 113, 6), 40001)), "address differs");
+        assert!(!may_ack(Some(LINK), (v4(203, 0, 113, 5), 40002)), "port differs");
+        assert!(!may_ack(Some(LINK), (v4(203, 0, 113, 6), 40001)), "address differs");
         assert!(!may_ack(Some(LinkEndpoint { remote: None, dport: Some(40001) }), source));
     }
 
@@ -228,19 +232,19 @@ mod tests {
 
     #[test]
     fn a_change_onto_another_tunnels_outer_addresses_is_blocked() {
-        let local = Some(Ipv4Addr::new(198, 51, 100, 1));
-        let nat = Ipv4Addr::new(203, 0, 113, 7);
-        let others = [("a", local, Some(nat)), ("b", Some(Ipv4Addr::new(198, 51, 100, 2)), Some(nat))];
+        let local = Some(v4(198, 51, 100, 1));
+        let nat = v4(203, 0, 113, 7);
+        let others = [("a", local, Some(nat)), ("b", Some(v4(198, 51, 100, 2)), Some(nat))];
         assert_eq!(blocking_tunnel(local, nat, &others), Some("a"));
-        assert_eq!(blocking_tunnel(Some(Ipv4Addr::new(198, 51, 100, 3)), nat, &others), None);
-        assert_eq!(blocking_tunnel(local, Ipv4Addr::new(203, 0, 113, 8), &others), None);
+        assert_eq!(blocking_tunnel(Some(v4(198, 51, 100, 3)), nat, &others), None);
+        assert_eq!(blocking_tunnel(local, v4(203, 0, 113, 8), &others), None);
     }
 
     #[test]
     fn shared_public_address_on_one_local_address_collides() {
-        let local = Some(Ipv4Addr::new(198, 51, 100, 1));
-        let other_local = Some(Ipv4Addr::new(198, 51, 100, 2));
-        let nat = Some(Ipv4Addr::new(203, 0, 113, 7));
+        let local = Some(v4(198, 51, 100, 1));
+        let other_local = Some(v4(198, 51, 100, 2));
+        let nat = Some(v4(203, 0, 113, 7));
         let t = [("a", local, nat), ("b", local, nat), ("c", other_local, nat), ("d", local, None)];
         assert_eq!(collisions(&t), vec![("a", "b")]);
     }

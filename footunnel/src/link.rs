@@ -1,6 +1,7 @@
-//! Tunnel links (ipip/sit with FoU encapsulation), read over rtnetlink.
+//! Tunnel links (ipip/sit over IPv4, ip6tnl over IPv6, with FoU
+//! encapsulation), read over rtnetlink.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
@@ -59,19 +60,38 @@ impl TunnelLink {
 
     /// `remote` and `encap-dport`, as the controller compares them.
     pub fn endpoint(&self) -> crate::decide::LinkEndpoint {
-        crate::decide::LinkEndpoint {
-            remote: match self.remote() {
-                Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
-                _ => None,
+        crate::decide::LinkEndpoint { remote: self.remote().filter(|a| !a.is_unspecified()), dport: self.encap_dport() }
+    }
+
+    /// The link's `local`, unless it is "any".
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.local().filter(|a| !a.is_unspecified())
+    }
+
+    /// Whether the outer packets are IPv6 (ip6tnl) rather than IPv4 (ipip, sit).
+    pub fn outer_ipv6(&self) -> bool {
+        self.kind == InfoKind::Ip6Tnl
+    }
+
+    /// What the link carries inside, as a FoU listener's `ipproto`: 4
+    /// (IPv4) or 41 (IPv6); `None` for an ip6tnl link in mode `any`.
+    pub fn inner_protocol(&self) -> Option<u8> {
+        match self.kind {
+            InfoKind::IpIp => Some(4),
+            InfoKind::SitTun => Some(41),
+            _ => match self.find(|p| if let InfoIpTunnel::Protocol(p) = p { Some(u8::from(*p)) } else { None }) {
+                Some(0) | None => None,
+                Some(p) => Some(p),
             },
-            dport: self.encap_dport(),
         }
     }
 
-    pub fn local_v4(&self) -> Option<Ipv4Addr> {
-        match self.local() {
-            Some(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
-            _ => None,
+    /// How `ip link add … type …` names this kind of link.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            InfoKind::SitTun => "sit",
+            InfoKind::Ip6Tnl => "ip6tnl",
+            _ => "ipip",
         }
     }
 
@@ -82,24 +102,27 @@ impl TunnelLink {
             let name = &self.name;
             bail!(
                 "link {name:?} has `remote any`, and the kernel refuses to point such a link at a client \
-                 (EINVAL): recreate it with a placeholder remote, e.g. `ip link add {name} type {} remote 192.0.2.1 \
+                 (EINVAL): recreate it with a placeholder remote, e.g. `ip link add {name} type {} remote {} \
                  local … encap fou …` (any address will do: the broker replaces it with the client's)",
-                if self.kind == InfoKind::SitTun { "sit" } else { "ipip" }
+                self.kind_name(),
+                if self.outer_ipv6() { "2001:db8::1" } else { "192.0.2.1" }
             );
         }
         Ok(())
     }
 
-    /// The FoU listener on the link's port must deliver what the link carries:
-    /// protocol 4 for ipip, 41 for sit.
+    /// The FoU listener on the link's port (of the link's outer family) must
+    /// deliver what the link carries: protocol 4 for ipip, 41 for sit, the
+    /// link's protocol for ip6tnl.
     pub fn check_listener(&self, listeners: &[crate::fou::Listener]) -> Result<()> {
-        let want = if self.kind == InfoKind::SitTun { 41 } else { 4 };
+        let Some(want) = self.inner_protocol() else { return Ok(()) };
         let Some(port) = self.encap_sport() else { return Ok(()) };
-        match listeners.iter().find(|l| l.port == port && !l.ipv6) {
+        let (six, dash6) = if self.outer_ipv6() { (true, " -6") } else { (false, "") };
+        match listeners.iter().find(|l| l.port == port && l.ipv6 == six) {
             Some(l) if l.ipproto != want => bail!(
                 "link {:?} is {} (protocol {want}) but the FoU listener on port {port} delivers protocol {}: \
-                 its packets would never reach the link; run `ip fou del port {port}` and \
-                 `ip fou add port {port} ipproto {want}`",
+                 its packets would never reach the link; run `ip fou del port {port}{dash6}` and \
+                 `ip fou add port {port} ipproto {want}{dash6}`",
                 self.name,
                 self.kind,
                 l.ipproto
@@ -129,7 +152,7 @@ impl TunnelLink {
     }
 }
 
-/// Reads link `name`, which must be an ipip or sit tunnel.
+/// Reads link `name`, which must be an ipip, sit or ip6tnl tunnel.
 pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
     let message = handle
         .link()
@@ -152,10 +175,10 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
             _ => {}
         }
     }
-    let kind =
-        kind.with_context(|| format!("link {name:?} has no kind: it is a plain device, not an ipip/sit tunnel"))?;
-    if !matches!(kind, InfoKind::IpIp | InfoKind::SitTun) {
-        bail!("link {name:?} is of kind {kind}, not an ipip or sit tunnel");
+    let kind = kind
+        .with_context(|| format!("link {name:?} has no kind: it is a plain device, not an ipip/sit/ip6tnl tunnel"))?;
+    if !matches!(kind, InfoKind::IpIp | InfoKind::SitTun | InfoKind::Ip6Tnl) {
+        bail!("link {name:?} is of kind {kind}, not an ipip, sit or ip6tnl tunnel");
     }
     Ok(TunnelLink {
         name: name.to_owned(),
@@ -181,11 +204,19 @@ pub async fn set_up(handle: &Handle, index: u32, up: bool) -> Result<()> {
 }
 
 /// Points the link at `remote`:`dport` in one request that carries every
-/// other tunnel parameter unchanged: a changelink of an ipip/sit link
-/// rebuilds its parameters from the message alone (DESIGN.md §3).
-pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: Ipv4Addr, dport: u16) -> Result<TunnelLink> {
+/// other tunnel parameter unchanged: a changelink of an ipip/sit/ip6tnl
+/// link rebuilds its parameters from the message alone (DESIGN.md §3).
+pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: IpAddr, dport: u16) -> Result<TunnelLink> {
+    if remote.is_ipv6() != link.outer_ipv6() {
+        bail!(
+            "link {} is {} and cannot point at {remote}: its outer packets are IPv{}",
+            link.name,
+            link.kind_name(),
+            if link.outer_ipv6() { 6 } else { 4 }
+        );
+    }
     let mut params = link.params_but_endpoint();
-    params.push(InfoIpTunnel::Remote(IpAddr::V4(remote)));
+    params.push(InfoIpTunnel::Remote(remote));
     params.push(InfoIpTunnel::EncapDPort(dport));
     let mut message = LinkMessage::default();
     message.header.index = link.index;
@@ -198,7 +229,7 @@ pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: Ipv4Addr, dport
         .change(message)
         .execute()
         .await
-        .with_context(|| format!("cannot point link {} at {remote}:{dport}", link.name))?;
+        .with_context(|| format!("cannot point link {} at {}", link.name, crate::addr::endpoint(remote, dport)))?;
     Ok(TunnelLink { params, ..link.clone() })
 }
 

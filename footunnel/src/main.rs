@@ -143,13 +143,23 @@ change, and at once when the broker challenges (it saw our data arrive from a ne
 source); unanswered ones are retried with backoff until the broker's ACK arrives.
 Leave the link's local address unset (`local any`) so it survives address changes.
 
+Over IPv6 (a broker at an IPv6 address), the link is an ip6tnl one and the FoU
+listener an IPv6 one; the broker answers with ACK6, which carries the IPv6
+address and port it saw:
+
+    ip fou add port 42424 ipproto 4 -6
+    ip link add fou0 type ip6tnl mode ipip6 remote <BROKER> \
+        encap fou encap-sport 42424 encap-dport 42424
+
 BROKER may be a name (broker.example.net). It is resolved at start, retried until
 it resolves, and resolved again every --interval: when the broker's address
-changes, the client points its link's remote at the new address and heartbeats.";
+changes, the client points its link's remote at the new address and heartbeats.
+A name with both kinds of address is used over IPv4 unless -6 is given; -4 and -6
+force a family for literal addresses too.";
 
 #[derive(Args)]
 struct ClientArgs {
-    /// The broker's public IPv4 address, or its name (re-resolved every interval, so a broker that moves is followed).
+    /// The broker's public IPv4 or IPv6 address, or its name (re-resolved every interval, so a broker that moves is followed).
     #[arg(value_parser = parse_broker)]
     broker: client::resolve::BrokerAddress,
     /// The tunnel's shared secret. Prefer --secret-file: arguments are visible in `ps`.
@@ -157,9 +167,15 @@ struct ClientArgs {
     /// Read the secret from this file (mode 600) instead.
     #[arg(long, conflicts_with = "secret")]
     secret_file: Option<PathBuf>,
-    /// The tunnel's link (default: the ipip/sit link whose remote is BROKER).
+    /// The tunnel's link (default: the ipip/sit/ip6tnl link whose remote is BROKER).
     #[arg(long)]
     link: Option<String>,
+    /// Reach the broker over IPv4 only (a name's A records).
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// Reach the broker over IPv6 only (a name's AAAA records; an ip6tnl link).
+    #[arg(short = '6')]
+    ipv6: bool,
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 10.0)]
     interval: f64,
@@ -206,6 +222,11 @@ impl ClientArgs {
         }
         Ok(ClientConfig {
             broker: self.broker.clone(),
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(client::resolve::Family::V4),
+                (_, true) => Some(client::resolve::Family::V6),
+                _ => None,
+            },
             secret,
             link: self.link.clone(),
             interval: std::time::Duration::from_secs_f64(self.interval),

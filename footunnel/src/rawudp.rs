@@ -1,62 +1,77 @@
 //! UDP datagrams from a port the kernel's FoU socket owns. A raw socket
 //! lets broker and client send control messages from the tunnel's own port,
 //! so every NAT maps them exactly like the tunnel's data (no SNAT rule), and
-//! receive copies of what arrives there.
+//! receive copies of what arrives there. One socket per family: IPv4 with
+//! the IP header built here, IPv6 with the kernel building it.
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 pub struct RawUdp {
     fd: OwnedFd,
-    /// Type of service for the IPv4 header of what this socket sends.
+    ipv6: bool,
+    /// Type of service (IPv4) or traffic class (IPv6) of what this sends.
     tos: std::cell::Cell<u8>,
 }
 
-/// A UDP datagram as a raw socket received it.
+/// A UDP datagram as a raw socket received it. Over IPv6 the kernel does
+/// not pass the destination address up: `dst` is then unspecified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Datagram {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub payload: Vec<u8>,
 }
 
 impl RawUdp {
-    /// A socket that sends and also receives a copy of every UDP datagram
-    /// delivered to this host: only for whoever must read them.
+    /// An IPv4 socket that sends and also receives a copy of every UDP
+    /// datagram delivered to this host: only for whoever must read them.
     pub fn open() -> Result<Self> {
-        Self::with_protocol(libc::IPPROTO_UDP)
+        Self::v4(libc::IPPROTO_UDP)
     }
 
-    /// A socket that only sends: `IPPROTO_RAW` receives nothing, so the kernel
-    /// does not copy every UDP datagram (all FoU data among them) to it.
+    /// An IPv4 socket that only sends: `IPPROTO_RAW` receives nothing, so the
+    /// kernel does not copy every UDP datagram (all FoU data among them) to it.
     pub fn send_only() -> Result<Self> {
-        Self::with_protocol(libc::IPPROTO_RAW)
+        Self::v4(libc::IPPROTO_RAW)
     }
 
-    fn with_protocol(protocol: libc::c_int) -> Result<Self> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("cannot open a raw UDP socket (needs CAP_NET_RAW)");
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let on: libc::c_int = 1;
-        // SAFETY: valid option pointer and length.
-        let rc = unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, (&on as *const libc::c_int).cast(), 4)
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).context("IP_HDRINCL");
-        }
-        Ok(RawUdp { fd, tos: std::cell::Cell::new(0) })
+    /// The IPv6 socket: sends, and receives a copy of every IPv6 UDP
+    /// datagram (filter it: [`RawUdp::only_control_messages`], or
+    /// [`RawUdp::receive_nothing`] for a socket that only sends).
+    pub fn open6() -> Result<Self> {
+        let fd = socket(libc::AF_INET6, libc::IPPROTO_UDP)?;
+        let raw = RawUdp { fd, ipv6: true, tos: std::cell::Cell::new(0) };
+        // The kernel computes the UDP checksum (mandatory over IPv6) at offset 6.
+        raw.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32.to_ne_bytes(), "IPV6_CHECKSUM")?;
+        Ok(raw)
+    }
+
+    /// For the family of `addr`: [`RawUdp::open`] or [`RawUdp::open6`].
+    pub fn open_for(addr: IpAddr) -> Result<Self> {
+        if addr.is_ipv6() { Self::open6() } else { Self::open() }
+    }
+
+    fn v4(protocol: libc::c_int) -> Result<Self> {
+        let raw = RawUdp { fd: socket(libc::AF_INET, protocol)?, ipv6: false, tos: std::cell::Cell::new(0) };
+        raw.setsockopt(libc::IPPROTO_IP, libc::IP_HDRINCL, &1i32.to_ne_bytes(), "IP_HDRINCL")?;
+        Ok(raw)
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    /// Drops everything that arrives: for an IPv6 socket that only sends.
+    pub fn receive_nothing(&self) -> Result<()> {
+        self.attach_filter(&[libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }])
     }
 
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, value: &[u8], what: &str) -> Result<()> {
@@ -75,6 +90,9 @@ impl RawUdp {
         self.setsockopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes(), "SO_MARK")?;
         let ifindex = device.unwrap_or(0) as libc::c_int;
         self.setsockopt(libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, &ifindex.to_ne_bytes(), "SO_BINDTOIFINDEX")?;
+        if self.ipv6 {
+            self.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &i32::from(tos).to_ne_bytes(), "IPV6_TCLASS")?;
+        }
         self.tos.set(tos);
         Ok(())
     }
@@ -83,8 +101,18 @@ impl RawUdp {
     /// payload starts like a footunnel control message (high nibble 0xF):
     /// without a filter, a raw UDP socket gets a copy of every UDP datagram
     /// this host receives, the tunnel's data among them.
-    pub fn only_control_messages(&self, peer: Ipv4Addr, peer_port: u16, port: u16) -> Result<()> {
-        let filter = control_message_filter(peer, peer_port, port);
+    /// Over IPv6 the filter sees the packet from its UDP header on, so the
+    /// source address is checked by whoever reads (as the client does).
+    pub fn only_control_messages(&self, peer: IpAddr, peer_port: u16, port: u16) -> Result<()> {
+        let filter = match peer {
+            IpAddr::V4(peer) if !self.ipv6 => control_message_filter(Some(peer), peer_port, port),
+            IpAddr::V6(_) if self.ipv6 => control_message_filter(None, peer_port, port),
+            _ => bail!("a filter for {peer} on a socket of the other family"),
+        };
+        self.attach_filter(&filter)
+    }
+
+    fn attach_filter(&self, filter: &[libc::sock_filter]) -> Result<()> {
         let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
         // SAFETY: a valid program for the duration of the call (the kernel copies it).
         let bytes = unsafe {
@@ -107,8 +135,72 @@ impl RawUdp {
     }
 
     /// Sends `payload` from `src`:`sport` to `dst`:`dport`. An unspecified
-    /// `src` lets the kernel pick the address (and then carries no UDP checksum).
-    pub fn send(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Result<()> {
+    /// `src` lets the kernel pick the address (over IPv4 the datagram then
+    /// carries no UDP checksum).
+    pub fn send(
+        &self,
+        src: impl Into<IpAddr>,
+        sport: u16,
+        dst: impl Into<IpAddr>,
+        dport: u16,
+        payload: &[u8],
+    ) -> Result<()> {
+        match (src.into(), dst.into()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) if !self.ipv6 => self.send4(src, sport, dst, dport, payload),
+            (IpAddr::V6(src), IpAddr::V6(dst)) if self.ipv6 => self.send6(src, sport, dst, dport, payload),
+            (IpAddr::V4(src), IpAddr::V6(dst)) if self.ipv6 && src.is_unspecified() => {
+                self.send6(Ipv6Addr::UNSPECIFIED, sport, dst, dport, payload)
+            }
+            (src, dst) => bail!("cannot send from {src} to {dst} over an IPv{} socket", if self.ipv6 { 6 } else { 4 }),
+        }
+    }
+
+    /// The kernel builds the IPv6 header; the source, when given, travels
+    /// as IPV6_PKTINFO.
+    fn send6(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Result<()> {
+        let mut udp = Vec::with_capacity(8 + payload.len());
+        udp.extend_from_slice(&sport.to_be_bytes());
+        udp.extend_from_slice(&dport.to_be_bytes());
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        // SAFETY: an all-zero sockaddr_in6 is valid.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as u16;
+        addr.sin6_addr.s6_addr = dst.octets();
+        let mut iov = libc::iovec { iov_base: udp.as_mut_ptr().cast(), iov_len: udp.len() };
+        // Room for one in6_pktinfo control message, 8-aligned.
+        let mut control = [0u64; 8];
+        // SAFETY: an all-zero msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_in6).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !src.is_unspecified() {
+            let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: 0 };
+            // SAFETY: CMSG_SPACE of a small struct.
+            let space = unsafe { libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) } as usize;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            // SAFETY: the control buffer holds `space` bytes (checked below).
+            unsafe {
+                assert!(space <= size_of_val(&control));
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
+            }
+        }
+        // SAFETY: every pointer in `msg` is valid for the call.
+        if unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) } < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("cannot send to [{dst}]:{dport}"));
+        }
+        Ok(())
+    }
+
+    fn send4(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Result<()> {
         let mut packet = build(src, sport, dst, dport, payload);
         packet[1] = self.tos.get();
         let addr = libc::sockaddr_in {
@@ -137,8 +229,20 @@ impl RawUdp {
     /// The next datagram, or `None` if none is waiting (non-blocking socket).
     pub fn recv(&self) -> Result<Option<Datagram>> {
         let mut buf = [0u8; 2048];
-        // SAFETY: valid buffer.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // SAFETY: an all-zero sockaddr_in6 is valid; it is large enough for either family.
+        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut from_len = size_of::<libc::sockaddr_in6>() as u32;
+        // SAFETY: valid buffer and address storage.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_in6).cast(),
+                &mut from_len,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::WouldBlock {
@@ -146,7 +250,8 @@ impl RawUdp {
             }
             return Err(e).context("raw UDP receive");
         }
-        Ok(parse(&buf[..n as usize]))
+        let packet = &buf[..n as usize];
+        Ok(if self.ipv6 { parse_udp(Ipv6Addr::from(from.sin6_addr.s6_addr).into(), packet) } else { parse(packet) })
     }
 }
 
@@ -157,8 +262,9 @@ impl AsRawFd for RawUdp {
 }
 
 /// A classic BPF socket filter for [`RawUdp::only_control_messages`]. Raw
-/// sockets see the packet from its IPv4 header on.
-fn control_message_filter(peer: Ipv4Addr, peer_port: u16, port: u16) -> Vec<libc::sock_filter> {
+/// IPv4 sockets see the packet from its IPv4 header on (`peer`: checked);
+/// raw IPv6 sockets from the UDP header on (no `peer`).
+fn control_message_filter(peer: Option<Ipv4Addr>, peer_port: u16, port: u16) -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const LDX_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH: X = 4 * (P[k] & 0xf)
     const LD_H_IND: u16 = 0x48; // BPF_LD | BPF_H | BPF_IND
@@ -167,20 +273,41 @@ fn control_message_filter(peer: Ipv4Addr, peer_port: u16, port: u16) -> Vec<libc
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06;
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    vec![
-        op(LD_W_ABS, 0, 0, 12),           // source address
-        op(JEQ_K, 0, 8, u32::from(peer)), // else → drop
-        op(LDX_MSH, 0, 0, 0),             // X = IPv4 header length
-        op(LD_H_IND, 0, 0, 0),            // UDP source port
-        op(JEQ_K, 0, 5, u32::from(peer_port)),
-        op(LD_H_IND, 0, 0, 2), // UDP destination port
-        op(JEQ_K, 0, 3, u32::from(port)),
-        op(LD_B_IND, 0, 0, 8), // first payload byte
-        op(AND_K, 0, 0, 0xf0),
-        op(JEQ_K, 1, 0, 0xf0),
-        op(RET_K, 0, 0, 0),      // drop
-        op(RET_K, 0, 0, 0xffff), // accept
-    ]
+    const LDX_IMM: u16 = 0x01; // BPF_LDX | BPF_W | BPF_IMM: X = k
+    let header = match peer {
+        Some(peer) => vec![
+            op(LD_W_ABS, 0, 0, 12),           // source address
+            op(JEQ_K, 0, 8, u32::from(peer)), // else → drop
+            op(LDX_MSH, 0, 0, 0),             // X = IPv4 header length
+        ],
+        None => vec![op(LDX_IMM, 0, 0, 0)], // the UDP header is first
+    };
+    header
+        .into_iter()
+        .chain([
+            op(LD_H_IND, 0, 0, 0), // UDP source port
+            op(JEQ_K, 0, 5, u32::from(peer_port)),
+            op(LD_H_IND, 0, 0, 2), // UDP destination port
+            op(JEQ_K, 0, 3, u32::from(port)),
+            op(LD_B_IND, 0, 0, 8), // first payload byte
+            op(AND_K, 0, 0, 0xf0),
+            op(JEQ_K, 1, 0, 0xf0),
+            op(RET_K, 0, 0, 0),      // drop
+            op(RET_K, 0, 0, 0xffff), // accept
+        ])
+        .collect()
+}
+
+fn socket(family: libc::c_int, protocol: libc::c_int) -> Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        let which = if family == libc::AF_INET6 { "IPv6" } else { "IPv4" };
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("cannot open a raw {which} UDP socket (needs CAP_NET_RAW)"));
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// IPv4 header (the kernel fills ID and header checksum) + UDP header + payload.
@@ -224,6 +351,18 @@ fn udp_checksum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
     }
 }
 
+/// A UDP datagram as raw IPv6 sockets deliver it (from the UDP header on).
+fn parse_udp(src: IpAddr, udp: &[u8]) -> Option<Datagram> {
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    Some(Datagram {
+        src,
+        dst: Ipv6Addr::UNSPECIFIED.into(),
+        sport: u16::from_be_bytes([udp[0], udp[1]]),
+        dport: u16::from_be_bytes([udp[2], udp[3]]),
+        payload: udp.get(8..len.max(8))?.to_vec(),
+    })
+}
+
 /// An IPv4 packet as raw sockets deliver it, if it is a whole UDP datagram.
 pub fn parse(packet: &[u8]) -> Option<Datagram> {
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
@@ -233,8 +372,8 @@ pub fn parse(packet: &[u8]) -> Option<Datagram> {
     let udp = packet.get(ihl..)?;
     let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
     Some(Datagram {
-        src: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
-        dst: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
+        src: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]).into(),
+        dst: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]).into(),
         sport: u16::from_be_bytes([udp[0], udp[1]]),
         dport: u16::from_be_bytes([udp[2], udp[3]]),
         payload: udp.get(8..len.max(8))?.to_vec(),
@@ -250,7 +389,10 @@ mod tests {
         let (src, dst) = (Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(203, 0, 113, 5));
         let p = build(src, 42424, dst, 40001, b"hello");
         let d = parse(&p).unwrap();
-        assert_eq!((d.src, d.dst, d.sport, d.dport, d.payload.as_slice()), (src, dst, 42424, 40001, &b"hello"[..]));
+        assert_eq!(
+            (d.src, d.dst, d.sport, d.dport, d.payload.as_slice()),
+            (src.into(), dst.into(), 42424, 40001, &b"hello"[..])
+        );
         // Verifying a correct checksum over the pseudo-header yields 0 (RFC 768).
         let mut check = p.clone();
         let stored = u16::from_be_bytes([check[26], check[27]]);

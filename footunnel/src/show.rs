@@ -1,7 +1,7 @@
 //! `footunnel show`: the broker's state from its pinned maps, in the spirit
 //! of `wg show`.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
@@ -85,7 +85,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
             let known = e.as_ref().and_then(known_endpoint);
             // Sources seen since the latest endpoint change; older ones were answered by it.
             let o = observed.get(&t.record_id, 0).ok().filter(|o| {
-                known != Some((Ipv4Addr::from(o.addr), o.port)) && e.is_none_or(|e| o.last_seen_ns > e.last_change_ns)
+                known != Some((o.addr.ip(), o.port)) && e.is_none_or(|e| o.last_seen_ns > e.last_change_ns)
             });
             TunnelReport {
                 name: t.name.clone(),
@@ -99,7 +99,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                     _ => None,
                 }),
                 peer_prefixes: t.peer_prefixes.clone(),
-                endpoint: known.map(|(a, p)| format!("{a}:{p}")),
+                endpoint: known.map(|(a, p)| crate::addr::endpoint(a, p)),
                 last_heartbeat_ns: known.and(e.map(|e| e.last_seen_ns)),
                 silence_timeout_ns: t.silence_timeout_ns,
                 silent_for_ns: t.silence_timeout_ns.and_then(|timeout| {
@@ -110,7 +110,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                 changes: known.and(e.map(|e| e.changes)).unwrap_or(0),
                 last_change_ns: known.and(e.map(|e| e.last_change_ns)),
                 unexpected_source: o.map(|o| UnexpectedSource {
-                    source: format!("{}:{}", Ipv4Addr::from(o.addr), o.port),
+                    source: crate::addr::endpoint(o.addr.ip(), o.port),
                     packets: o.packets,
                     last_seen_ns: o.last_seen_ns,
                 }),

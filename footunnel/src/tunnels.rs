@@ -4,7 +4,7 @@
 //! module applies it over rtnetlink and reports what the link is afterwards,
 //! so that an ACK is sent only for a link that really points at its client.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::IpAddr};
 
 use footunnel_ebpf::maps::Endpoint;
 use rtnetlink::Handle;
@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// (tunnel name, link local address, link remote), as `decide` compares them.
-type OuterAddresses<'a> = (&'a str, Option<Ipv4Addr>, Option<Ipv4Addr>);
+type OuterAddresses<'a> = (&'a str, Option<IpAddr>, Option<IpAddr>);
 
 /// A configured tunnel and what the broker knows of it.
 pub struct Running {
@@ -64,7 +64,7 @@ impl Running {
 
     /// What the kernel's FoU receive tells this tunnel's link apart by.
     fn outer_addresses(&self) -> OuterAddresses<'_> {
-        (self.config.name.as_str(), self.link.local_v4(), self.link.endpoint().remote)
+        (self.config.name.as_str(), self.link.local_ip(), self.link.endpoint().remote)
     }
 
     /// Logs `problem` once, until it changes or clears.
@@ -133,7 +133,7 @@ impl TunnelTable {
         // 10,000 links that need none must not build 10,000 lists of 10,000.
         let others = if decide::repoint(t.link.endpoint(), recorded).is_some() { self.others(i) } else { Vec::new() };
         let plan =
-            decide::plan_link(self.tunnels[i].link.endpoint(), self.tunnels[i].link.local_v4(), recorded, &others);
+            decide::plan_link(self.tunnels[i].link.endpoint(), self.tunnels[i].link.local_ip(), recorded, &others);
         match plan {
             LinkPlan::NoEndpoint | LinkPlan::AlreadyThere => {
                 let t = &mut self.tunnels[i];
@@ -143,12 +143,12 @@ impl TunnelTable {
             LinkPlan::Collides { with, change } => {
                 let with = with.to_owned();
                 let t = &mut self.tunnels[i];
-                let local = t.link.local_v4().map_or("any".to_owned(), |a| a.to_string());
+                let local = t.link.local_ip().map_or("any".to_owned(), |a| a.to_string());
                 let problem = format!(
-                    "its client is now at {}:{}, the same public address as tunnel {with}'s, and both links have \
+                    "its client is now at {}, the same public address as tunnel {with}'s, and both links have \
                      local address {local}: the kernel's FoU receive cannot tell them apart, so link {name} stays as \
                      it is and the client gets no ACK; give the two tunnels distinct broker local addresses",
-                    change.remote, change.dport
+                    crate::addr::endpoint(change.remote, change.dport)
                 );
                 t.report(problem);
                 Some(t.link.endpoint())
@@ -158,10 +158,9 @@ impl TunnelTable {
                 match link::repoint(handle, &t.link, change.remote, change.dport).await {
                     Ok(updated) => {
                         info!(
-                            "tunnel {}: link {name} now points at {}:{} (was {})",
+                            "tunnel {}: link {name} now points at {} (was {})",
                             t.config.name,
-                            change.remote,
-                            change.dport,
+                            crate::addr::endpoint(change.remote, change.dport),
                             describe(t.link.endpoint())
                         );
                         t.link = updated;
@@ -209,7 +208,7 @@ fn outside_change(before: &TunnelLink, now: &TunnelLink) -> Option<String> {
 
 pub fn describe(e: LinkEndpoint) -> String {
     match (e.remote, e.dport) {
-        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), Some(p)) => crate::addr::endpoint(a, p),
         (Some(a), None) => format!("{a}"),
         _ => "nowhere".into(),
     }

@@ -1,7 +1,10 @@
 //! A table of crafted packets through BPF_PROG_TEST_RUN: verdict, endpoint,
 //! counters, events.
 
-use footunnel_ebpf::maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED};
+use footunnel_ebpf::{
+    maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED},
+    packet::mapped,
+};
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, LEGACY_PORT, TC_ACT_OK, TC_ACT_SHOT, WINDOW_NS, XDP_DROP, XDP_PASS, now_ns},
     frame::Udp4,
@@ -48,12 +51,12 @@ fn control_messages_are_verified_by_every_rule() {
 
     expect(&broker, "valid heartbeat", &valid.build(), XDP_DROP, Some(Counter::Accepted));
     let ep = broker.endpoint().expect("endpoint recorded");
-    assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (CLIENT, 40001, t0, 1, 1));
+    assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (mapped(CLIENT), 40001, t0, 1, 1));
     let events = broker.events();
     assert_eq!(events.len(), 1);
     assert_eq!(
         (events[0].kind, events[0].tunnel_id, events[0].addr, events[0].port),
-        (EVENT_HEARTBEAT, broker.tunnel.id, CLIENT, 40001)
+        (EVENT_HEARTBEAT, broker.tunnel.id, mapped(CLIENT), 40001)
     );
 
     let mut rejected: Vec<(&str, Vec<u8>, u32, Counter)> = Vec::new();
@@ -165,16 +168,16 @@ fn fou_data_passes_and_a_new_source_is_observed_within_the_rate_limit() {
     assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
     let events = broker.events();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].kind, events[0].addr, events[0].port), (EVENT_OBSERVED, [192, 0, 2, 77], 5555));
+    assert_eq!((events[0].kind, events[0].addr, events[0].port), (EVENT_OBSERVED, mapped([192, 0, 2, 77]), 5555));
     for _ in 0..20 {
         assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
     }
     assert!(broker.events().is_empty(), "at most one event per tunnel per second");
     assert_eq!((broker.count(Counter::FouElsewhere), broker.count(Counter::ObservedEvents)), (21, 1));
     let observed = footunnel::dataplane::observed(&broker.ebpf, broker.tunnel.id).unwrap().expect("observed entry");
-    assert_eq!((observed.addr, observed.port, observed.packets), ([192, 0, 2, 77], 5555, 21));
+    assert_eq!((observed.addr, observed.port, observed.packets), (mapped([192, 0, 2, 77]), 5555, 21));
     let ep = broker.endpoint().unwrap();
-    assert_eq!((ep.addr, ep.port), (CLIENT, 40001), "data never moves the endpoint");
+    assert_eq!((ep.addr, ep.port), (mapped(CLIENT), 40001), "data never moves the endpoint");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(broker.xdp(&elsewhere), XDP_PASS);
     assert_eq!(broker.events().len(), 1, "a second later, the next event");
@@ -198,7 +201,7 @@ fn legacy_heartbeats_record_address_and_port_only_when_enabled() {
     let legacy = Udp4::new(CLIENT, 42424, BROKER, LEGACY_PORT, footunnel_tests::broker::SECRET.as_bytes());
     expect(&broker, "legacy heartbeat", &legacy.build(), XDP_DROP, Some(Counter::LegacyAccepted));
     let ep = broker.endpoint().unwrap();
-    assert_eq!((ep.addr, ep.port), (CLIENT, 42424));
+    assert_eq!((ep.addr, ep.port), (mapped(CLIENT), 42424));
     assert_eq!(broker.events()[0].kind, EVENT_LEGACY);
     let wrong = Udp4 { payload: b"not the secret".to_vec(), ..legacy.clone() };
     expect(&broker, "wrong legacy secret", &wrong.build(), XDP_PASS, Some(Counter::LegacyUnknown));
@@ -215,7 +218,7 @@ fn the_tc_entry_point_shares_the_path() {
     let broker = Broker::new(false);
     let t0 = now_ns();
     assert_eq!(broker.tc(&to_fou(CLIENT, 40009, &broker.heartbeat(t0)).build()), TC_ACT_SHOT);
-    assert_eq!(broker.endpoint().map(|e| (e.addr, e.port)), Some((CLIENT, 40009)));
+    assert_eq!(broker.endpoint().map(|e| (e.addr, e.port)), Some((mapped(CLIENT), 40009)));
     let mut forged = broker.heartbeat(t0 + 1);
     forged[33] ^= 1;
     assert_eq!(broker.tc(&to_fou(CLIENT, 40010, &forged).build()), TC_ACT_SHOT);
@@ -242,7 +245,7 @@ fn packets_to_another_address_than_the_links_are_not_the_tunnels() {
         XDP_DROP,
         Some(Counter::Accepted),
     );
-    assert_eq!(broker.events()[0].dst_addr, BROKER, "the event names the address to answer from");
+    assert_eq!(broker.events()[0].dst_addr, mapped(BROKER), "the event names the address to answer from");
     let data = Udp4::new([192, 0, 2, 99], 5555, [192, 0, 2, 200], FOU_PORT, &inner([10, 0, 0, 2]));
     expect(&broker, "data to another address", &data.build(), XDP_PASS, Some(Counter::WrongDestination));
 }

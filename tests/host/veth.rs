@@ -55,7 +55,10 @@ fn heartbeats_over_veth(hook: Hook) {
     });
     assert!(settled, "all four datagrams reached the program");
     let ep = broker.endpoint().expect("endpoint recorded");
-    assert_eq!((ep.addr, ep.port, ep.heartbeats, ep.changes), ([192, 0, 2, 1], 40002, 2, 2));
+    assert_eq!(
+        (ep.addr, ep.port, ep.heartbeats, ep.changes),
+        (footunnel_ebpf::packet::mapped([192, 0, 2, 1]), 40002, 2, 2)
+    );
     assert_eq!(ep.last_timestamp_ns, t0 + 1);
     assert_eq!((broker.count(Counter::BadTag), broker.count(Counter::Replay)), (1, 1));
     assert_eq!(broker.events().len(), 2, "one event per accepted heartbeat");

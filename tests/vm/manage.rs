@@ -95,7 +95,7 @@ fn a_managed_client_brings_its_link_up_and_down() {
     c.wait_for("the broker sees this end at 198.51.100.2:40001", Duration::from_secs(20));
     let link = read_link(&client, "fou0").expect("the client created fou0");
     assert_eq!((link.encap_sport(), link.encap_dport()), (Some(40001), Some(42424)));
-    assert!(link.local_v4().is_none(), "local any, so address changes keep it working");
+    assert!(link.local_ip().is_none(), "local any, so address changes keep it working");
     let ping = Command::new("ip")
         .args(["netns", "exec", &client.name, "ping", "-c", "1", "-W", "2", "10.0.0.1"])
         .output()

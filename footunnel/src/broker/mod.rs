@@ -10,6 +10,7 @@ mod silence;
 mod state;
 
 use crate::{
+    addr::endpoint,
     config::BrokerConfig,
     dataplane::{self},
     decide::{self, RateLimit},
@@ -25,7 +26,7 @@ use aya::{
 };
 use footunnel_ebpf::{
     maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, Settings},
-    wire::{ControlMessage, Kind},
+    wire::{Ack6, ControlMessage, Kind},
 };
 use futures::StreamExt;
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute};
@@ -33,7 +34,7 @@ use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::{Handle, MulticastGroup};
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -47,12 +48,23 @@ pub use reload::{ReloadOutcome, request as request_reload};
 use state::write_state;
 pub use state::{STATE_FILE, StateFile, StateTunnel, read_state};
 
+/// What the broker sends a client.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// ACK, or ACK6 for a client at an IPv6 address.
+    Ack,
+    /// CHALLENGE with this nonce.
+    Challenge([u8; 8]),
+}
+
 pub struct Broker {
     config: BrokerConfig,
     ebpf: Ebpf,
     handle: Handle,
     table: TunnelTable,
     sender: RawUdp,
+    /// For clients at IPv6 addresses; the reason if this host has no IPv6.
+    sender6: std::result::Result<RawUdp, String>,
     challenges: RateLimit,
     interfaces: Vec<String>,
     /// Shared-device mode's device.
@@ -223,6 +235,7 @@ impl Broker {
             handle,
             table,
             sender: RawUdp::send_only()?,
+            sender6: RawUdp::open6().and_then(|s| s.receive_nothing().map(|()| s)).map_err(|e| format!("{e:#}")),
             challenges,
             interfaces: plan.interfaces,
             shared: plan.shared,
@@ -346,7 +359,7 @@ impl Broker {
     /// address: when someone changes that, the data plane follows.
     fn follow_local_address(&mut self, i: usize) {
         let t = &self.table.tunnels[i];
-        let local = t.link.local_v4();
+        let local = t.link.local_ip();
         let wanted = program::key_entries(&t.config, local);
         let current =
             wanted.iter().all(|(id, config)| dataplane::tunnel(&self.ebpf, *id).ok().flatten() == Some(*config));
@@ -378,11 +391,11 @@ impl Broker {
             debug!("event for unknown tunnel {:016x}", event.tunnel_id);
             return;
         };
-        let source = (Ipv4Addr::from(event.addr), event.port);
+        let source = (event.addr.ip(), event.port);
         let name = self.table.tunnels[i].config.name.clone();
         match event.kind {
             EVENT_HEARTBEAT | EVENT_LEGACY => {
-                debug!("tunnel {name}: heartbeat from {}:{}", source.0, source.1);
+                debug!("tunnel {name}: heartbeat from {}", endpoint(source.0, source.1));
                 self.table.tunnels[i].legacy_client = event.kind == EVENT_LEGACY;
                 self.check_silence(i).await;
                 let after = self.reconcile(i).await;
@@ -390,69 +403,84 @@ impl Broker {
                     return; // the proof of concept's client cannot read an ACK
                 }
                 if decide::may_ack(after, source) {
-                    let detail = ControlMessage::endpoint_detail(event.addr, event.port);
                     // Under the key of the heartbeat it answers, which the endpoint records.
                     let key_id = self.endpoint(event.tunnel_id).map_or(0, |e| e.key_id);
-                    self.send(i, Kind::Ack, key_id, Ipv4Addr::from(event.dst_addr), source, detail);
+                    self.send(i, Answer::Ack, key_id, event.dst_addr.ip(), source);
                 } else {
                     info!(
-                        "tunnel {name}: no ACK to {}:{}: the link does not point there (it points at {})",
-                        source.0,
-                        source.1,
+                        "tunnel {name}: no ACK to {}: the link does not point there (it points at {})",
+                        endpoint(source.0, source.1),
                         after.map_or("nothing: it is missing".to_owned(), tunnels::describe)
                     );
                 }
             }
-            EVENT_OBSERVED => self.challenge(i, Ipv4Addr::from(event.dst_addr), source, event.observed_payload_len()),
+            EVENT_OBSERVED => self.challenge(i, event.dst_addr.ip(), source, event.observed_payload_len()),
             other => debug!("unknown event kind {other}"),
         }
     }
 
-    fn challenge(&mut self, i: usize, to_local: Ipv4Addr, source: (Ipv4Addr, u16), trigger_len: u16) {
+    fn challenge(&mut self, i: usize, to_local: IpAddr, source: (IpAddr, u16), trigger_len: u16) {
+        let from = endpoint(source.0, source.1);
         let now = now_ns();
         let t = &self.table.tunnels[i];
         if t.legacy_client {
             debug!(
-                "tunnel {}: FoU data from {}:{}, but its client speaks the proof of concept's protocol and \
+                "tunnel {}: FoU data from {from}, but its client speaks the proof of concept's protocol and \
                  cannot answer a challenge",
-                t.config.name, source.0, source.1
+                t.config.name
             );
             return;
         }
         if !decide::may_challenge(trigger_len) {
-            debug!(
-                "tunnel {}: {}:{} sent {trigger_len} bytes, too few to answer with a challenge",
-                t.config.name, source.0, source.1
-            );
+            debug!("tunnel {}: {from} sent {trigger_len} bytes, too few to answer with a challenge", t.config.name);
             return;
         }
         if !decide::spaced(t.last_challenge_ns, now, self.config.challenge_interval_ns) || !self.challenges.allow(now) {
-            debug!("tunnel {}: challenge to {}:{} rate-limited", t.config.name, source.0, source.1);
+            debug!("tunnel {}: challenge to {from} rate-limited", t.config.name);
             return;
         }
-        info!("tunnel {}: FoU data from {}:{}, not its endpoint: challenging", t.config.name, source.0, source.1);
+        info!("tunnel {}: FoU data from {from}, not its endpoint: challenging", t.config.name);
         self.table.tunnels[i].last_challenge_ns = Some(now);
         self.table.tunnels[i].challenges_sent += 1;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce);
         // Under the key the client used last: during a rotation, the one it has.
         let key_id = self.endpoint(self.table.tunnels[i].config.record_id).map_or(0, |e| e.key_id);
-        self.send(i, Kind::Challenge, key_id, to_local, source, nonce);
+        self.send(i, Answer::Challenge(nonce), key_id, to_local, source);
     }
 
     /// Sends a control message from the tunnel's FoU port and `from`: the
     /// address the packet it answers was sent to, so an endpoint-dependent
     /// NAT lets it through (the link's local address if that is unknown).
-    fn send(&mut self, i: usize, kind: Kind, key_id: u64, from: Ipv4Addr, to: (Ipv4Addr, u16), detail: [u8; 8]) {
+    /// An ACK to a client seen at an IPv6 address is an ACK6.
+    fn send(&mut self, i: usize, answer: Answer, key_id: u64, from: IpAddr, to: (IpAddr, u16)) {
         let t = &mut self.table.tunnels[i];
         let ts = decide::next_timestamp(now_ns(), t.last_sent_ns);
         t.last_sent_ns = ts;
         // Answers use the key of the heartbeat they answer (the current one if unknown).
         let identity = t.config.identity_for(key_id).map_or(t.config.identity, |(_, identity)| identity);
-        let msg = ControlMessage::new(kind, identity.id, ts, detail).sign(identity.sip_key());
-        let from = if from.is_unspecified() { t.link.local_v4().unwrap_or(Ipv4Addr::UNSPECIFIED) } else { from };
+        let key = identity.sip_key();
+        let bytes = match (answer, to.0) {
+            (Answer::Ack, IpAddr::V6(a)) => Ack6::new(identity.id, ts, a.octets(), to.1).sign(key).to_bytes().to_vec(),
+            (Answer::Ack, IpAddr::V4(a)) => {
+                let detail = ControlMessage::endpoint_detail(a.octets(), to.1);
+                ControlMessage::new(Kind::Ack, identity.id, ts, detail).sign(key).to_bytes().to_vec()
+            }
+            (Answer::Challenge(nonce), _) => {
+                ControlMessage::new(Kind::Challenge, identity.id, ts, nonce).sign(key).to_bytes().to_vec()
+            }
+        };
+        let from = match t.link.local_ip() {
+            Some(local) if from.is_unspecified() => local,
+            _ => from,
+        };
         let sport = t.link.encap_sport().unwrap_or(self.config.fou_ports[0]);
-        if let Err(e) = self.sender.send(from, sport, to.0, to.1, &msg.to_bytes()) {
+        let sent = match (to.0, &self.sender6) {
+            (IpAddr::V4(_), _) => self.sender.send(from, sport, to.0, to.1, &bytes),
+            (IpAddr::V6(_), Ok(sender6)) => sender6.send(from, sport, to.0, to.1, &bytes),
+            (IpAddr::V6(_), Err(e)) => Err(anyhow::anyhow!("cannot answer {}: {e}", endpoint(to.0, to.1))),
+        };
+        if let Err(e) = sent {
             warn!("tunnel {}: {e:#}", t.config.name);
         }
     }

@@ -66,13 +66,13 @@ pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan>
     if interfaces.is_empty() {
         let mut seen = std::collections::HashSet::new();
         for t in &tunnels {
-            let local = t.link.local_v4().with_context(|| {
+            let local = t.link.local_ip().with_context(|| {
                 format!("link {} has no local address, so its uplink is unknown: name it with --interface", t.link.name)
             })?;
             if !seen.insert(local) {
                 continue;
             }
-            let name = link::interface_with_address(handle, IpAddr::V4(local)).await?;
+            let name = link::interface_with_address(handle, local).await?;
             if !interfaces.contains(&name) {
                 interfaces.push(name);
             }

@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use footunnel_ebpf::maps::{self, Endpoint, LegacySecret, Observed, TunnelConfig, TunnelRef};
-use std::{collections::HashMap, net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 use tracing::{debug, info, warn};
 
 use super::{Plan, STATE_FILE, read_state, settings};
@@ -87,7 +87,7 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
 
     let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.record_id).collect();
     let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
-    sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_v4())).collect())?;
+    sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_ip())).collect())?;
 
     remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
@@ -118,13 +118,13 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     let prefixes: Vec<dataplane::PrefixEntry> = plan
         .tunnels
         .iter()
-        .flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, t.link.local_v4())))
+        .flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, t.link.local_ip())))
         .collect();
     dataplane::sync_prefixes(ebpf, &prefixes)
 }
 
 /// TUNNELS entries of `tunnel`: one per secret, all recorded under its record id.
-pub(super) fn key_entries(tunnel: &Tunnel, local: Option<Ipv4Addr>) -> Vec<(u64, TunnelConfig)> {
+pub(super) fn key_entries(tunnel: &Tunnel, local: Option<IpAddr>) -> Vec<(u64, TunnelConfig)> {
     let mut entries =
         vec![(tunnel.identity.id, dataplane::tunnel_config(tunnel.identity.sip_key(), local, tunnel.record_id))];
     if let Some(next) = &tunnel.next {

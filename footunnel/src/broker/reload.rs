@@ -102,7 +102,16 @@ impl Broker {
     pub(super) async fn reload(&mut self, new: BrokerConfig) -> Result<String> {
         check_reloadable(&self.config, &new)?;
         let diff = diff(&self.config.tunnels, &new.tunnels);
-        let in_use: HashSet<Ipv4Addr> = self.table.tunnels.iter().filter_map(|t| t.link.endpoint().remote).collect();
+        // Placeholder remotes of managed (ipip) links are IPv4.
+        let in_use: HashSet<Ipv4Addr> = self
+            .table
+            .tunnels
+            .iter()
+            .filter_map(|t| match t.link.endpoint().remote {
+                Some(std::net::IpAddr::V4(a)) => Some(a),
+                _ => None,
+            })
+            .collect();
         let created_now = bring_up_managed(&new, &self.handle, &in_use).await?;
         let plan = match plan(&new, &self.handle).await {
             Ok(plan) => plan,

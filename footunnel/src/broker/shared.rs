@@ -176,7 +176,7 @@ pub(super) async fn check_device(handle: &Handle, device: &SharedDevice) -> Resu
 /// heartbeat wrote).
 pub(super) fn reaches(recorded: Option<&Endpoint>) -> LinkEndpoint {
     match recorded.filter(|e| e.heartbeats != 0) {
-        Some(e) => LinkEndpoint { remote: Some(e.addr.into()), dport: Some(e.port) },
+        Some(e) => LinkEndpoint { remote: Some(e.addr.ip()), dport: Some(e.port) },
         None => LinkEndpoint { remote: None, dport: None },
     }
 }

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use crate::addr::endpoint;
+
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo};
@@ -20,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
-use footunnel_ebpf::wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, Reject, check_header, check_tunnel};
+use footunnel_ebpf::wire::{
+    ACK6_LEN, Acceptance, Ack6, ControlMessage, Kind, MESSAGE_LEN, Reject, check_ack6, check_header, check_tunnel,
+};
 
 use crate::{
     decide::next_timestamp,
@@ -35,8 +39,10 @@ use schedule::Schedule;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The broker: an IPv4 address, or a name re-resolved every interval.
+    /// The broker: an IP address, or a name re-resolved every interval.
     pub broker: BrokerAddress,
+    /// `-4`/`-6`: the family to reach the broker over (`None`: see [`BrokerAddress::resolve`]).
+    pub family: Option<resolve::Family>,
     pub secret: String,
     /// The tunnel's link; default: the ipip/sit link whose remote is the broker.
     pub link: Option<String>,
@@ -79,15 +85,48 @@ pub const STATE_FILE: &str = "client.json";
 /// After this many heartbeats without an ACK the client says so.
 pub const UNANSWERED_WARNING: u32 = 4;
 
-/// Checks a message from the broker: an ACK or CHALLENGE for our tunnel,
-/// correctly tagged, newer than the last one accepted, fresh.
+/// A verified message from the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FromBroker {
+    /// ACK or ACK6: where the broker saw this end.
+    Ack {
+        timestamp_ns: u64,
+        seen: std::net::SocketAddr,
+    },
+    Challenge {
+        timestamp_ns: u64,
+        nonce: [u8; 8],
+    },
+}
+
+impl FromBroker {
+    pub fn timestamp_ns(&self) -> u64 {
+        match self {
+            FromBroker::Ack { timestamp_ns, .. } | FromBroker::Challenge { timestamp_ns, .. } => *timestamp_ns,
+        }
+    }
+}
+
+/// Checks a message from the broker: an ACK (40 bytes), ACK6 (56) or
+/// CHALLENGE (40) for our tunnel, correctly tagged, newer than the last one
+/// accepted, fresh.
 pub fn verify_from_broker(
     payload: &[u8],
     identity: &TunnelIdentity,
     last_timestamp_ns: u64,
     now_ns: u64,
     window_ns: u64,
-) -> Result<ControlMessage, Reject> {
+) -> Result<FromBroker, Reject> {
+    if let Ok(bytes) = <&[u8; ACK6_LEN]>::try_from(payload) {
+        let msg = Ack6::from_bytes(bytes);
+        let rules = Acceptance { expected: Kind::Ack6, now_ns, window_ns };
+        if msg.tunnel_id() != identity.id && msg.kind == Kind::Ack6 as u8 {
+            return Err(Reject::UnknownTunnel);
+        }
+        check_ack6(&msg, identity.sip_key(), last_timestamp_ns, &rules)?;
+        let seen = std::net::SocketAddr::new(std::net::Ipv6Addr::from(msg.addr).into(), msg.port());
+        return Ok(FromBroker::Ack { timestamp_ns: msg.timestamp_ns(), seen });
+    }
     let bytes: &[u8; MESSAGE_LEN] = payload.try_into().map_err(|_| Reject::Malformed)?;
     let msg = ControlMessage::from_bytes(bytes);
     let kind = match Kind::from_u8(msg.kind) {
@@ -99,11 +138,21 @@ pub fn verify_from_broker(
         return Err(Reject::UnknownTunnel);
     }
     check_tunnel(&msg, identity.sip_key(), last_timestamp_ns, &Acceptance { expected: kind, now_ns, window_ns })?;
-    Ok(msg)
+    let d = msg.detail;
+    Ok(match kind {
+        Kind::Challenge => FromBroker::Challenge { timestamp_ns: msg.timestamp_ns(), nonce: d },
+        _ => FromBroker::Ack {
+            timestamp_ns: msg.timestamp_ns(),
+            seen: std::net::SocketAddr::new(
+                Ipv4Addr::new(d[0], d[1], d[2], d[3]).into(),
+                u16::from_be_bytes([d[4], d[5]]),
+            ),
+        },
+    })
 }
 
-/// The ipip/sit link named `name`, or the one whose remote is `broker`.
-async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Result<TunnelLink> {
+/// The ipip/sit/ip6tnl link named `name`, or the one whose remote is `broker`.
+async fn find_link(handle: &Handle, broker: IpAddr, name: Option<&str>) -> Result<TunnelLink> {
     if let Some(name) = name {
         return link::get(handle, name).await;
     }
@@ -111,7 +160,7 @@ async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Res
     let mut links = handle.link().get().execute();
     while let Some(msg) = links.try_next().await.context("cannot list links")? {
         let tunnel = msg.attributes.iter().any(|a| {
-            matches!(a, LinkAttribute::LinkInfo(info) if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::IpIp | InfoKind::SitTun)))
+            matches!(a, LinkAttribute::LinkInfo(info) if info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::IpIp | InfoKind::SitTun | InfoKind::Ip6Tnl)))
                 && info.iter().any(|i| matches!(i, LinkInfo::Data(InfoData::IpTunnel(_)))))
         });
         if let (true, Some(n)) = (
@@ -123,13 +172,14 @@ async fn find_link(handle: &Handle, broker: Ipv4Addr, name: Option<&str>) -> Res
     }
     for n in names {
         let l = link::get(handle, &n).await?;
-        if l.remote() == Some(IpAddr::V4(broker)) {
+        if l.remote() == Some(broker) {
             return Ok(l);
         }
     }
+    let kind = if broker.is_ipv6() { "ip6tnl mode ipip6" } else { "ipip" };
     bail!(
-        "no ipip/sit link has remote {broker}: create the tunnel's link \
-         (`ip link add fou0 type ipip remote {broker} encap fou encap-sport 42424 encap-dport 42424`) or name it with --link"
+        "no ipip/sit/ip6tnl link has remote {broker}: create the tunnel's link \
+         (`ip link add fou0 type {kind} remote {broker} encap fou encap-sport 42424 encap-dport 42424`) or name it with --link"
     )
 }
 
@@ -141,12 +191,18 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
     tokio::pin!(shutdown);
-    let Some(broker) = first_resolution(&config.broker, config.interval, shutdown.as_mut()).await else {
+    let Some(broker) = first_resolution(&config.broker, config.family, config.interval, shutdown.as_mut()).await else {
         info!("client stopped before the broker's name resolved");
         return Ok(());
     };
     let mut created = Created::default();
     if let Some(m) = &config.manage {
+        let IpAddr::V4(broker) = broker else {
+            bail!(
+                "--manage creates an ipip link over IPv4, and the broker is at {broker}: create the ip6tnl link and \
+                 its IPv6 FoU listener yourself (`footunnel client --help` shows how)"
+            );
+        };
         let spec = LinkSpec {
             name: config.link.clone().unwrap_or_else(|| "fou0".into()),
             // `local any`: the link keeps working when this host's address changes.
@@ -177,12 +233,13 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
 /// `shutdown` comes first.
 async fn first_resolution(
     broker: &BrokerAddress,
+    family: Option<resolve::Family>,
     interval: Duration,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Option<Ipv4Addr> {
+) -> Option<IpAddr> {
     let retry = interval.min(Duration::from_secs(5));
     loop {
-        match broker.resolve().await {
+        match broker.resolve(family).await {
             Ok(a) => {
                 if broker.is_name() {
                     info!("broker {broker} resolves to {a}");
@@ -200,14 +257,18 @@ async fn first_resolution(
 
 /// Re-resolves the broker's name every interval in the background; each
 /// answer arrives on the channel (nothing arrives for a literal address).
-fn re_resolve(broker: &BrokerAddress, interval: Duration) -> tokio::sync::mpsc::Receiver<Result<Ipv4Addr>> {
+fn re_resolve(
+    broker: &BrokerAddress,
+    family: Option<resolve::Family>,
+    interval: Duration,
+) -> tokio::sync::mpsc::Receiver<Result<IpAddr>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     if broker.is_name() {
         let broker = broker.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                if tx.send(broker.resolve().await).await.is_err() {
+                if tx.send(broker.resolve(family).await).await.is_err() {
                     return;
                 }
             }
@@ -219,7 +280,7 @@ fn re_resolve(broker: &BrokerAddress, interval: Duration) -> tokio::sync::mpsc::
 async fn serve(
     config: &ClientConfig,
     handle: &Handle,
-    mut broker: Ipv4Addr,
+    mut broker: IpAddr,
     metrics: Option<tokio::net::TcpListener>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
@@ -243,8 +304,17 @@ async fn serve(
     ])
     .context("cannot watch for network changes")?;
     tokio::spawn(monitor_conn);
+    if link.outer_ipv6() != broker.is_ipv6() {
+        bail!(
+            "link {} is {} and cannot reach the broker at {broker}: use an {} link{}",
+            link.name,
+            link.kind_name(),
+            if broker.is_ipv6() { "ip6tnl" } else { "ipip or sit" },
+            if config.broker.is_name() { " or force the family with -4/-6" } else { "" }
+        );
+    }
     let tunnel_path = path::TunnelPath::of(&link);
-    let socket = RawUdp::open()?;
+    let socket = RawUdp::open_for(broker)?;
     socket.set_nonblocking()?;
     socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
     socket.only_control_messages(broker, dport, sport)?;
@@ -252,7 +322,7 @@ async fn serve(
     // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
     let socket =
         unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
-    let mut resolved = re_resolve(&config.broker, config.interval);
+    let mut resolved = re_resolve(&config.broker, config.family, config.interval);
 
     let mut state =
         ClientState { broker: describe_broker(&config.broker, broker), link: link.name.clone(), ..Default::default() };
@@ -262,8 +332,10 @@ async fn serve(
     let mut last_sent_ts = 0u64;
     let mut last_broker_ts = 0u64;
     info!(
-        "client for broker {}:{dport} on link {}, heartbeats from port {sport} every {:?}",
-        state.broker, link.name, config.interval
+        "client for broker {} on link {}, heartbeats from port {sport} every {:?}",
+        endpoint(broker, dport),
+        link.name,
+        config.interval
     );
     let mut shutdown = shutdown;
     loop {
@@ -281,10 +353,10 @@ async fn serve(
                 last_sent_ts = next_timestamp(now_ns(), last_sent_ts);
                 let msg = ControlMessage::new(Kind::Heartbeat, identity.id, last_sent_ts, schedule.nonce()).sign(identity.sip_key());
                 route = path::route_to(handle, broker, &tunnel_path).await.or(route);
-                let src = path::source(route.as_ref());
+                let src = path::source(route.as_ref(), broker);
                 match socket.get_ref().send(src, sport, broker, dport, &msg.to_bytes()) {
                     Ok(()) => {
-                        debug!("heartbeat from {src}:{sport}");
+                        debug!("heartbeat from {}", endpoint(src, sport));
                         state.heartbeats += 1;
                     }
                     Err(e) => warn!("{e:#}"),
@@ -293,9 +365,10 @@ async fn serve(
                 if schedule.unanswered() == UNANSWERED_WARNING {
                     warn!(
                         "no ACK for the last {UNANSWERED_WARNING} heartbeats: the tunnel may be down. Check that the \
-                         broker runs and has this secret, that {broker}:{dport} is reachable, and this host's clock \
+                         broker runs and has this secret, that {} is reachable, and this host's clock \
                          (the broker refuses heartbeats outside its freshness window; `footunnel show` on the \
-                         broker counts them as stale)"
+                         broker counts them as stale)",
+                        endpoint(broker, dport)
                     );
                 }
             }
@@ -361,24 +434,23 @@ async fn serve(
 }
 
 /// "198.51.100.1", or "broker.example.net (198.51.100.1)".
-fn describe_broker(broker: &BrokerAddress, at: Ipv4Addr) -> String {
+fn describe_broker(broker: &BrokerAddress, at: IpAddr) -> String {
     if broker.is_name() { format!("{broker} ({at})") } else { at.to_string() }
 }
 
-fn from_broker(d: &Datagram, broker: Ipv4Addr, sport: u16, dport: u16) -> Option<&[u8]> {
+fn from_broker(d: &Datagram, broker: IpAddr, sport: u16, dport: u16) -> Option<&[u8]> {
     (d.src == broker && d.sport == dport && d.dport == sport && d.payload.first().is_some_and(|b| b >> 4 == 0xF))
         .then_some(d.payload.as_slice())
 }
 
 /// `now`: wall time (for `show`); `mono`: the schedule's clock.
-fn handle_message(msg: &ControlMessage, now: u64, mono: u64, schedule: &mut Schedule, state: &mut ClientState) {
-    match Kind::from_u8(msg.kind) {
-        Some(Kind::Ack) => {
+fn handle_message(msg: &FromBroker, now: u64, mono: u64, schedule: &mut Schedule, state: &mut ClientState) {
+    match *msg {
+        FromBroker::Ack { seen, .. } => {
             if schedule.unanswered() >= UNANSWERED_WARNING {
                 info!("the broker answers again (after {} unanswered heartbeats)", schedule.unanswered());
             }
-            let d = msg.detail;
-            let seen = format!("{}:{}", Ipv4Addr::new(d[0], d[1], d[2], d[3]), u16::from_be_bytes([d[4], d[5]]));
+            let seen = seen.to_string();
             let rtt = schedule.acked(mono);
             if state.public_endpoint.as_deref() != Some(seen.as_str()) {
                 info!("the broker sees this end at {seen}");
@@ -391,12 +463,11 @@ fn handle_message(msg: &ControlMessage, now: u64, mono: u64, schedule: &mut Sche
             state.last_ack_ns = Some(now);
             state.acks += 1;
         }
-        Some(Kind::Challenge) => {
+        FromBroker::Challenge { nonce, .. } => {
             info!("challenged by the broker (our traffic arrives from a new source): answering");
-            schedule.challenged(mono, msg.detail);
+            schedule.challenged(mono, nonce);
             state.challenges += 1;
         }
-        _ => {}
     }
 }
 
@@ -447,6 +518,25 @@ mod tests {
     }
 
     #[test]
+    fn an_ack6_carries_the_ipv6_endpoint_and_is_verified_like_an_ack() {
+        let id = identity();
+        let addr: std::net::Ipv6Addr = "2001:db8:10::5".parse().unwrap();
+        let ack6 = Ack6::new(id.id, NOW, addr.octets(), 40001).sign(id.sip_key()).to_bytes();
+        let msg = verify_from_broker(&ack6, &id, 0, NOW, 120_000_000_000).unwrap();
+        assert_eq!(msg, FromBroker::Ack { timestamp_ns: NOW, seen: "[2001:db8:10::5]:40001".parse().unwrap() });
+        let mut state = ClientState::default();
+        handle_message(&msg, NOW, 1, &mut Schedule::new(Duration::from_secs(10), 0), &mut state);
+        assert_eq!(state.public_endpoint.as_deref(), Some("[2001:db8:10::5]:40001"));
+        assert_eq!(verify_from_broker(&ack6, &id, NOW, NOW, 120_000_000_000).unwrap_err(), Reject::Replay);
+        let mut forged = ack6;
+        forged[30] ^= 1;
+        assert_eq!(verify_from_broker(&forged, &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::BadTag);
+        let other = TunnelIdentity::derive("some other tunnel's secret");
+        assert_eq!(verify_from_broker(&ack6, &other, 0, NOW, 120_000_000_000).unwrap_err(), Reject::UnknownTunnel);
+        assert_eq!(verify_from_broker(&ack6[..55], &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::Malformed);
+    }
+
+    #[test]
     fn an_ack_records_the_public_endpoint_and_a_challenge_its_nonce() {
         let id = identity();
         // The schedule's clock (monotonic) is far from the wall clock: the
@@ -455,13 +545,13 @@ mod tests {
         let mut schedule = Schedule::new(Duration::from_secs(10), 0);
         schedule.sent(MONO - 5_000_000);
         let mut state = ClientState::default();
-        let ack = ControlMessage::from_bytes(
-            &from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]).try_into().unwrap(),
-        );
+        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
+        let ack = verify_from_broker(&ack, &id, 0, NOW, 0).unwrap();
         handle_message(&ack, NOW, MONO, &mut schedule, &mut state);
         assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
         assert_eq!(state.rtt_us, Some(5_000));
-        let ch = ControlMessage::new(Kind::Challenge, id.id, NOW + 1, [7; 8]);
+        let ch = from_broker(Kind::Challenge, NOW + 1, [7; 8]);
+        let ch = verify_from_broker(&ch, &id, NOW, NOW, 0).unwrap();
         handle_message(&ch, NOW + 1, MONO + 1, &mut schedule, &mut state);
         assert_eq!((schedule.nonce(), schedule.due(MONO + 1), state.challenges), ([7; 8], true, 1));
         assert_eq!(state.last_ack_ns, Some(NOW), "show reports wall time");

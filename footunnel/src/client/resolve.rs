@@ -1,26 +1,30 @@
-//! The broker's address: a literal IPv4 address, or a name that is resolved
-//! at start and again every interval (as wireguard-tools' reresolve-dns), so
-//! a broker whose address changes is followed.
+//! The broker's address: a literal IPv4 or IPv6 address, or a name that is
+//! resolved at start and again every interval (as wireguard-tools'
+//! reresolve-dns), so a broker whose address changes is followed.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use anyhow::{Result, bail};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerAddress {
-    Fixed(Ipv4Addr),
+    Fixed(IpAddr),
     Name(String),
+}
+
+/// Which family the client talks to the broker over (`-4`, `-6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
 
 impl FromStr for BrokerAddress {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if let Ok(a) = s.parse::<Ipv4Addr>() {
+        if let Ok(a) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(BrokerAddress::Fixed(a));
-        }
-        if s.parse::<std::net::Ipv6Addr>().is_ok() {
-            return Err(format!("{s} is an IPv6 address: footunnel's heartbeats and ACKs carry IPv4 endpoints only"));
         }
         let valid = !s.is_empty()
             && s.len() <= 253
@@ -32,7 +36,7 @@ impl FromStr for BrokerAddress {
                     && !label.ends_with('-')
             });
         if !valid {
-            return Err(format!("{s:?} is neither an IPv4 address nor a host name"));
+            return Err(format!("{s:?} is neither an IP address nor a host name"));
         }
         Ok(BrokerAddress::Name(s.to_owned()))
     }
@@ -52,10 +56,17 @@ impl BrokerAddress {
         matches!(self, BrokerAddress::Name(_))
     }
 
-    /// The broker's IPv4 address now (the system resolver: /etc/hosts, DNS).
-    pub async fn resolve(&self) -> Result<Ipv4Addr> {
+    /// The broker's address now (the system resolver: /etc/hosts, DNS), of
+    /// `family` if one is forced, else IPv4 if the name has one, else IPv6.
+    pub async fn resolve(&self, family: Option<Family>) -> Result<IpAddr> {
         let name = match self {
-            BrokerAddress::Fixed(a) => return Ok(*a),
+            BrokerAddress::Fixed(a) => {
+                return match family {
+                    Some(Family::V4) if a.is_ipv6() => bail!("-4 was given, but the broker's address {a} is IPv6"),
+                    Some(Family::V6) if a.is_ipv4() => bail!("-6 was given, but the broker's address {a} is IPv4"),
+                    _ => Ok(*a),
+                };
+            }
             BrokerAddress::Name(n) => n,
         };
         let lookup = tokio::net::lookup_host((name.as_str(), 0));
@@ -64,49 +75,68 @@ impl BrokerAddress {
             Ok(Err(e)) => bail!("cannot resolve broker name {name}: {e}"),
             Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
         };
-        first_v4(name, addrs.iter().map(|a| a.ip()))
+        choose(name, addrs.iter().map(|a| a.ip()), family)
     }
 }
 
-/// The first IPv4 address among what a name resolved to.
-fn first_v4(name: &str, addrs: impl Iterator<Item = std::net::IpAddr>) -> Result<Ipv4Addr> {
+/// The address to use among what a name resolved to: the first of the
+/// forced family, else the first IPv4 one (a link made for IPv4 keeps
+/// working when the name gains an AAAA record), else the first IPv6 one.
+fn choose(name: &str, addrs: impl Iterator<Item = IpAddr>, family: Option<Family>) -> Result<IpAddr> {
     let all: Vec<_> = addrs.collect();
-    match all.iter().find_map(|a| if let std::net::IpAddr::V4(v4) = a { Some(*v4) } else { None }) {
+    let first = |v6: bool| all.iter().copied().find(|a| a.is_ipv6() == v6);
+    let chosen = match family {
+        Some(Family::V4) => first(false),
+        Some(Family::V6) => first(true),
+        None => first(false).or_else(|| first(true)),
+    };
+    match chosen {
         Some(a) => Ok(a),
         None if all.is_empty() => bail!("broker name {name} resolves to no address"),
-        None => bail!("broker name {name} resolves to IPv6 addresses only; footunnel needs the broker's IPv4 address"),
+        None => bail!(
+            "broker name {name} resolves to no IPv{} address (only {}): drop -{0} or fix the name",
+            if family == Some(Family::V6) { 6 } else { 4 },
+            all.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn addresses_names_and_nonsense_are_told_apart() {
-        assert_eq!("198.51.100.1".parse(), Ok(BrokerAddress::Fixed(Ipv4Addr::new(198, 51, 100, 1))));
+        assert_eq!("198.51.100.1".parse(), Ok(BrokerAddress::Fixed(Ipv4Addr::new(198, 51, 100, 1).into())));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!("2001:db8::1".parse(), Ok(BrokerAddress::Fixed(v6)));
+        assert_eq!("[2001:db8::1]".parse(), Ok(BrokerAddress::Fixed(v6)));
         assert_eq!("broker.example.net".parse(), Ok(BrokerAddress::Name("broker.example.net".into())));
-        assert!("2001:db8::1".parse::<BrokerAddress>().unwrap_err().contains("IPv6"));
         assert!("bad name!".parse::<BrokerAddress>().unwrap_err().contains("neither"));
         assert!("-x.example".parse::<BrokerAddress>().is_err());
         assert!("a..b".parse::<BrokerAddress>().is_err());
     }
 
     #[test]
-    fn the_first_ipv4_address_wins_and_ipv6_only_is_explained() {
+    fn ipv4_is_preferred_unless_a_family_is_forced() {
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(first_v4("b", [v6, v4].into_iter()).unwrap(), Ipv4Addr::new(192, 0, 2, 7));
-        assert!(first_v4("b", [v6].into_iter()).unwrap_err().to_string().contains("IPv6 addresses only"));
-        assert!(first_v4("b", std::iter::empty()).unwrap_err().to_string().contains("no address"));
+        assert_eq!(choose("b", [v6, v4].into_iter(), None).unwrap(), v4);
+        assert_eq!(choose("b", [v6].into_iter(), None).unwrap(), v6, "IPv6 only: IPv6");
+        assert_eq!(choose("b", [v4, v6].into_iter(), Some(Family::V6)).unwrap(), v6);
+        let e = choose("b", [v4].into_iter(), Some(Family::V6)).unwrap_err().to_string();
+        assert!(e.contains("no IPv6 address") && e.contains("192.0.2.7"), "{e}");
+        assert!(choose("b", [v6].into_iter(), Some(Family::V4)).unwrap_err().to_string().contains("no IPv4"));
+        assert!(choose("b", std::iter::empty(), None).unwrap_err().to_string().contains("no address"));
     }
 
     #[tokio::test]
-    async fn a_literal_address_needs_no_resolver_and_localhost_resolves() {
-        let fixed = BrokerAddress::Fixed(Ipv4Addr::new(203, 0, 113, 9));
-        assert_eq!(fixed.resolve().await.unwrap(), Ipv4Addr::new(203, 0, 113, 9));
+    async fn a_literal_address_needs_no_resolver_and_must_match_a_forced_family() {
+        let fixed = BrokerAddress::Fixed(Ipv4Addr::new(203, 0, 113, 9).into());
+        assert_eq!(fixed.resolve(None).await.unwrap(), IpAddr::from(Ipv4Addr::new(203, 0, 113, 9)));
+        assert!(fixed.resolve(Some(Family::V6)).await.unwrap_err().to_string().contains("-6"));
         let name: BrokerAddress = "localhost".parse().unwrap();
-        assert_eq!(name.resolve().await.unwrap(), Ipv4Addr::LOCALHOST);
+        assert_eq!(name.resolve(None).await.unwrap(), IpAddr::from(Ipv4Addr::LOCALHOST));
     }
 }
