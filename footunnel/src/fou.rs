@@ -88,13 +88,16 @@ pub fn remove_listener(port: u16) -> Result<()> {
     Ok(())
 }
 
-/// Fails unless every port in `ports` has an IPv4 FoU listener; returns
-/// the listeners.
+/// Fails unless every port in `ports` has a FoU listener (IPv4 or IPv6:
+/// each link checks for the one of its family); returns the listeners.
 pub fn require_listeners(ports: &[u16]) -> Result<Vec<Listener>> {
     let have = listeners()?;
     for port in ports {
-        if !have.iter().any(|l| l.port == *port && !l.ipv6) {
-            bail!("UDP port {port} has no FoU listener: run `ip fou add port {port} ipproto 4` (or 41 for sit)");
+        if !have.iter().any(|l| l.port == *port) {
+            bail!(
+                "UDP port {port} has no FoU listener: run `ip fou add port {port} ipproto 4` (41 for sit; add `-6` \
+                 for ip6tnl links, whose FoU packets arrive over IPv6)"
+            );
         }
     }
     Ok(have)

@@ -115,17 +115,26 @@ impl TunnelLink {
     /// deliver what the link carries: protocol 4 for ipip, 41 for sit, the
     /// link's protocol for ip6tnl.
     pub fn check_listener(&self, listeners: &[crate::fou::Listener]) -> Result<()> {
-        let Some(want) = self.inner_protocol() else { return Ok(()) };
         let Some(port) = self.encap_sport() else { return Ok(()) };
         let (six, dash6) = if self.outer_ipv6() { (true, " -6") } else { (false, "") };
+        let want = self.inner_protocol();
         match listeners.iter().find(|l| l.port == port && l.ipv6 == six) {
-            Some(l) if l.ipproto != want => bail!(
-                "link {:?} is {} (protocol {want}) but the FoU listener on port {port} delivers protocol {}: \
+            None => bail!(
+                "link {:?} is {}: its FoU packets arrive over IPv{}, and UDP port {port} has no IPv{2} FoU listener: \
+                 run `ip fou add port {port} ipproto {}{dash6}`",
+                self.name,
+                self.kind_name(),
+                if six { 6 } else { 4 },
+                want.unwrap_or(4)
+            ),
+            Some(l) if want.is_some_and(|want| l.ipproto != want) => bail!(
+                "link {:?} is {} (protocol {2}) but the FoU listener on port {port} delivers protocol {3}: \
                  its packets would never reach the link; run `ip fou del port {port}{dash6}` and \
-                 `ip fou add port {port} ipproto {want}{dash6}`",
+                 `ip fou add port {port} ipproto {2}{dash6}`",
                 self.name,
                 self.kind,
-                l.ipproto
+                want.unwrap_or(4),
+                l.ipproto,
             ),
             _ => Ok(()),
         }
@@ -275,4 +284,40 @@ async fn name_of(handle: &Handle, index: u32) -> Result<String> {
         .iter()
         .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
         .with_context(|| format!("link {index} has no name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::{IpProtocol, link::TunnelEncapType};
+
+    use super::*;
+    use crate::fou::Listener;
+
+    fn link(kind: InfoKind, protocol: Option<IpProtocol>) -> TunnelLink {
+        let mut params = vec![InfoIpTunnel::EncapType(TunnelEncapType::Fou), InfoIpTunnel::EncapSPort(42424)];
+        params.extend(protocol.map(InfoIpTunnel::Protocol));
+        TunnelLink { name: "fou0".into(), index: 7, kind, params, up: true }
+    }
+
+    fn listener(ipproto: u8, ipv6: bool) -> Listener {
+        Listener { port: 42424, ipproto, ipv6 }
+    }
+
+    #[test]
+    fn each_link_needs_the_listener_of_its_outer_family_and_inner_protocol() {
+        let ipip6 = link(InfoKind::Ip6Tnl, Some(IpProtocol::Ipip));
+        assert!(ipip6.outer_ipv6() && ipip6.inner_protocol() == Some(4));
+        assert!(ipip6.check_listener(&[listener(4, true)]).is_ok());
+        let e = ipip6.check_listener(&[listener(4, false)]).unwrap_err().to_string();
+        assert!(e.contains("no IPv6 FoU listener") && e.contains("ip fou add port 42424 ipproto 4 -6"), "{e}");
+        let e = ipip6.check_listener(&[listener(41, true), listener(4, false)]).unwrap_err().to_string();
+        assert!(e.contains("delivers protocol 41") && e.contains("ipproto 4 -6"), "{e}");
+        // ip6tnl in mode any takes both.
+        assert!(link(InfoKind::Ip6Tnl, Some(IpProtocol::from(0))).check_listener(&[listener(41, true)]).is_ok());
+        let ipip = link(InfoKind::IpIp, None);
+        assert!(!ipip.outer_ipv6());
+        assert!(ipip.check_listener(&[listener(4, true)]).unwrap_err().to_string().contains("no IPv4 FoU listener"));
+        assert!(link(InfoKind::SitTun, None).check_listener(&[listener(4, false)]).is_err());
+        assert!(link(InfoKind::SitTun, None).check_listener(&[listener(41, false)]).is_ok());
+    }
 }

@@ -5,6 +5,7 @@ mod broker;
 mod broker_config;
 mod client;
 mod e2e;
+mod ipv6;
 mod manage;
 mod metrics;
 mod package;

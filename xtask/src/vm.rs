@@ -34,7 +34,7 @@ pub struct Options {
 }
 
 /// Modules the FoU tests need; loaded before CMD so a missing one is named.
-const MODULES: &[&str] = &["fou", "ipip", "sit", "veth", "nf_conntrack"];
+const MODULES: &[&str] = &["fou", "fou6", "ipip", "sit", "ip6_tunnel", "veth", "nf_conntrack"];
 
 /// Exit status of the guest command (or of a failed boot).
 pub fn run(opts: &Options) -> Result<i32> {
