@@ -107,10 +107,8 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     );
     broker_p.wait_for("broker running", Duration::from_secs(30));
     let start = Instant::now();
-    let mut client_p = NsProcess::footunnel(
-        &client,
-        &["client", "-v", "--state-dir", &format!("{state_dir}-client"), BROKER, SECRET],
-    );
+    let mut client_p =
+        NsProcess::footunnel(&client, &["client", "-v", "--state-dir", &format!("{state_dir}-client"), BROKER, SECRET]);
     // ACK6: the client learns its public IPv6 endpoint, the NAT66's address.
     client_p.wait_for("the broker sees this end at [2001:db8:100::1]:", Duration::from_secs(20));
     println!("ipv6: first reply after {:?}", ping_within(&client, start, "first contact", &[&broker_p, &client_p]));
@@ -157,8 +155,14 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     client.run(|| {
         let sock = RawUdp::open6().unwrap();
         for payload in [&forged, &stale, &replayed] {
-            sock.send(std::net::Ipv6Addr::UNSPECIFIED, 5555, BROKER.parse::<std::net::Ipv6Addr>().unwrap(), 42424, payload)
-                .unwrap();
+            sock.send(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                5555,
+                BROKER.parse::<std::net::Ipv6Addr>().unwrap(),
+                42424,
+                payload,
+            )
+            .unwrap();
         }
     });
     std::thread::sleep(Duration::from_millis(500));

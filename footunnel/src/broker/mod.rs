@@ -406,6 +406,12 @@ impl Broker {
                     // Under the key of the heartbeat it answers, which the endpoint records.
                     let key_id = self.endpoint(event.tunnel_id).map_or(0, |e| e.key_id);
                     self.send(i, Answer::Ack, key_id, event.dst_addr.ip(), source);
+                } else if self.shared.is_some() && source.0.is_ipv6() {
+                    info!(
+                        "tunnel {name}: no ACK to {}: shared-device mode carries IPv4 endpoints only; \
+                         use per-link mode with an ip6tnl link for IPv6 clients",
+                        endpoint(source.0, source.1)
+                    );
                 } else {
                     info!(
                         "tunnel {name}: no ACK to {}: the link does not point there (it points at {})",

@@ -174,8 +174,11 @@ pub(super) async fn check_device(handle: &Handle, device: &SharedDevice) -> Resu
 /// Where the data plane sends a tunnel's packets while the device is fine:
 /// the recorded endpoint (the egress program reads the very entry the
 /// heartbeat wrote).
+/// IPv4 endpoints only: the device and its FoU listener are IPv4, and the
+/// egress program drops what it cannot encapsulate, so an IPv6 client must
+/// not be told (ACKed) that it is served.
 pub(super) fn reaches(recorded: Option<&Endpoint>) -> LinkEndpoint {
-    match recorded.filter(|e| e.heartbeats != 0) {
+    match recorded.filter(|e| e.heartbeats != 0 && e.addr.as_v4().is_some()) {
         Some(e) => LinkEndpoint { remote: Some(e.addr.ip()), dport: Some(e.port) },
         None => LinkEndpoint { remote: None, dport: None },
     }
@@ -184,6 +187,23 @@ pub(super) fn reaches(recorded: Option<&Endpoint>) -> LinkEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ipv4_endpoints_are_reached() {
+        let v4 = Endpoint {
+            addr: footunnel_ebpf::packet::mapped([203, 0, 113, 5]),
+            port: 40001,
+            heartbeats: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            reaches(Some(&v4)),
+            LinkEndpoint { remote: Some("203.0.113.5".parse().unwrap()), dport: Some(40001) }
+        );
+        let v6 = Endpoint { addr: "2001:db8::5".parse::<std::net::IpAddr>().unwrap().into(), ..v4 };
+        assert_eq!(reaches(Some(&v6)), LinkEndpoint { remote: None, dport: None }, "no ACK6 from shared mode");
+        assert_eq!(reaches(Some(&Endpoint { heartbeats: 0, ..v4 })).remote, None);
+    }
 
     #[test]
     fn kernels_before_5_12_are_refused_naming_what_to_do() {
