@@ -5,8 +5,11 @@ use aya::maps::{HashMap, MapData};
 use footunnel_ebpf::maps::{Counter, ENDPOINTS, Endpoint};
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS, now_ns},
-    frame::Udp4,
+    frame::{Udp4, Udp6},
 };
+
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const BROKER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 const PACKETS: usize = 120_000;
 
@@ -65,6 +68,22 @@ fn mutated_packets_never_move_an_endpoint() {
             &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1],
         )
         .build(),
+        // IPv6: a heartbeat (a replay of the accepted one, from elsewhere)
+        // bare and behind extension headers, and data.
+        Udp6::new(CLIENT6, 40001, BROKER6, FOU_PORT, &broker.heartbeat(t0)).build(),
+        Udp6 {
+            extensions: vec![Udp6::destination_options(); 3],
+            ..Udp6::new(CLIENT6, 7, BROKER6, FOU_PORT, &broker.heartbeat(t0))
+        }
+        .build(),
+        Udp6::new(
+            CLIENT6,
+            40001,
+            BROKER6,
+            FOU_PORT,
+            &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1],
+        )
+        .build(),
     ];
     let seed = now_ns() | 1;
     let mut rng = Rng(seed);
@@ -85,8 +104,15 @@ fn mutated_packets_never_move_an_endpoint() {
             if packet.payload == signed {
                 packet.payload[39] ^= 1; // two changes undid each other
             }
-            let frame = packet.build();
-            assert_eq!(frame.len(), payload_at + 40);
+            // Every third one over IPv6, behind a destination-options header.
+            let frame = if n % 3 == 0 {
+                let mut six = Udp6::new(CLIENT6, 40001, BROKER6, FOU_PORT, &packet.payload);
+                six.extensions.push(Udp6::destination_options());
+                six.build()
+            } else {
+                packet.build()
+            };
+            assert_eq!(frame.len() - 40, if n % 3 == 0 { 14 + 40 + 8 + 8 } else { payload_at });
             let verdict = if n % 2 == 0 {
                 broker.xdp(&frame)
             } else {
@@ -123,6 +149,7 @@ fn mutated_packets_never_move_an_endpoint() {
             XDP_DROP => dropped += 1,
             other => panic!("packet {n} (seed {seed}): verdict {other}"),
         }
+        // Long enough to carry a heartbeat (over IPv4; IPv6 is longer).
         if n % 1000 == 999 || packet.len() >= 14 + 20 + 8 + 40 {
             assert_eq!(
                 endpoint_entries(&broker),

@@ -7,7 +7,7 @@ use footunnel_ebpf::{
 };
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, LEGACY_PORT, TC_ACT_OK, TC_ACT_SHOT, WINDOW_NS, XDP_DROP, XDP_PASS, now_ns},
-    frame::Udp4,
+    frame::{Udp4, Udp6},
 };
 
 const CLIENT: [u8; 4] = [203, 0, 113, 5];
@@ -345,4 +345,93 @@ fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
     );
     let events = broker.events();
     assert_eq!(events.iter().map(|e| e.tunnel_id).collect::<Vec<_>>(), [record, record], "events carry the record");
+}
+
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const BROKER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+fn to_fou6(src: [u8; 16], sport: u16, payload: &[u8]) -> Udp6 {
+    Udp6::new(src, sport, BROKER6, FOU_PORT, payload)
+}
+
+/// The same acceptance rules over IPv6, through XDP and TC, with extension
+/// headers walked up to the limit and the rest counted.
+#[test]
+fn ipv6_control_messages_are_verified_by_every_rule_and_extension_headers_are_walked() {
+    let mut broker = Broker::new(false);
+    let t0 = now_ns();
+    let behind = |n: usize, payload: &[u8]| Udp6 {
+        extensions: vec![Udp6::destination_options(); n],
+        ..to_fou6(CLIENT6, 40001, payload)
+    };
+    expect(
+        &broker,
+        "valid heartbeat over IPv6",
+        &to_fou6(CLIENT6, 40001, &broker.heartbeat(t0)).build(),
+        XDP_DROP,
+        Some(Counter::Accepted),
+    );
+    let ep = broker.endpoint().unwrap();
+    assert_eq!((ep.addr.0, ep.port, ep.changes), (CLIENT6, 40001, 1));
+    let e = broker.events();
+    assert_eq!((e[0].kind, e[0].addr.0, e[0].port, e[0].dst_addr.0), (EVENT_HEARTBEAT, CLIENT6, 40001, BROKER6));
+
+    let mut forged = broker.heartbeat(t0 + 1);
+    forged[39] ^= 0x40;
+    for (what, frame, counter) in [
+        ("wrong tag", to_fou6(CLIENT6, 5555, &forged).build(), Counter::BadTag),
+        ("replayed", to_fou6(CLIENT6, 5555, &broker.heartbeat(t0)).build(), Counter::Replay),
+        ("stale", to_fou6(CLIENT6, 5555, &broker.heartbeat(t0 - WINDOW_NS - 1_000_000_000)).build(), Counter::Stale),
+        ("39 bytes", to_fou6(CLIENT6, 5555, &broker.heartbeat(t0 + 2)[..39]).build(), Counter::Malformed),
+    ] {
+        expect(&broker, what, &frame, XDP_DROP, Some(counter));
+    }
+    assert_eq!(broker.endpoint().unwrap(), ep, "a rejected heartbeat moved the endpoint");
+
+    // Four extension headers are walked; a fifth is not, and is counted.
+    expect(
+        &broker,
+        "4 extension headers",
+        &behind(4, &broker.heartbeat(t0 + 3)).build(),
+        XDP_DROP,
+        Some(Counter::Accepted),
+    );
+    expect(
+        &broker,
+        "5 extension headers",
+        &behind(5, &broker.heartbeat(t0 + 4)).build(),
+        XDP_PASS,
+        Some(Counter::Ipv6Unwalked),
+    );
+    let fragment =
+        Udp6 { extensions: vec![(44, vec![0, 0, 0, 1, 0, 0, 0, 9])], ..to_fou6(CLIENT6, 1, &broker.heartbeat(t0 + 5)) };
+    expect(&broker, "first fragment", &fragment.build(), XDP_PASS, Some(Counter::Fragment));
+    let mut long = to_fou6(CLIENT6, 1, &broker.heartbeat(t0 + 6)).build();
+    long[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&900u16.to_be_bytes());
+    expect(&broker, "UDP longer than the IPv6 payload", &long, XDP_PASS, Some(Counter::IpMalformed));
+
+    // Data from the endpoint passes; from elsewhere it is observed, with
+    // the 128-bit source, and announced.
+    broker.events();
+    expect(
+        &broker,
+        "data from the endpoint",
+        &behind(1, &inner([10, 0, 0, 2])).build(),
+        XDP_PASS,
+        Some(Counter::FouData),
+    );
+    let mut elsewhere = CLIENT6;
+    elsewhere[15] = 6;
+    let before = broker.count(Counter::FouElsewhere);
+    assert_eq!(broker.xdp(&to_fou6(elsewhere, 40001, &inner([10, 0, 0, 2])).build()), XDP_PASS);
+    assert_eq!(broker.count(Counter::FouElsewhere), before + 1);
+    let e = broker.events();
+    assert_eq!((e[0].kind, e[0].addr.0, e[0].port), (EVENT_OBSERVED, elsewhere, 40001));
+
+    // The TC entry point takes the same path.
+    assert_eq!(broker.tc(&behind(2, &broker.heartbeat(t0 + 7)).build()), TC_ACT_SHOT);
+    let mut moved = CLIENT6;
+    moved[0] = 0x3f;
+    assert_eq!(broker.tc(&to_fou6(moved, 40002, &broker.heartbeat(t0 + 8)).build()), TC_ACT_SHOT);
+    assert_eq!(broker.endpoint().map(|e| (e.addr.0, e.port)), Some((moved, 40002)), "all 128 bits recorded");
 }
