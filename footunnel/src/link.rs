@@ -212,6 +212,29 @@ pub async fn set_up(handle: &Handle, index: u32, up: bool) -> Result<()> {
         .with_context(|| format!("cannot set link {index} {}", if up { "up" } else { "down" }))
 }
 
+/// Sets the link's `local` address, every other parameter unchanged (as
+/// [`repoint`] does).
+pub async fn set_local(handle: &Handle, link: &TunnelLink, local: IpAddr) -> Result<TunnelLink> {
+    let mut params: Vec<InfoIpTunnel> =
+        link.params.iter().filter(|p| !matches!(p, InfoIpTunnel::Local(_))).cloned().collect();
+    params.push(InfoIpTunnel::Local(local));
+    change(handle, link, params)
+        .await
+        .with_context(|| format!("cannot set link {}'s local address to {local}", link.name))
+}
+
+/// Sends `params` whole as the link's tunnel parameters.
+async fn change(handle: &Handle, link: &TunnelLink, params: Vec<InfoIpTunnel>) -> Result<TunnelLink> {
+    let mut message = LinkMessage::default();
+    message.header.index = link.index;
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(link.kind.clone()),
+        LinkInfo::Data(InfoData::IpTunnel(params.clone())),
+    ]));
+    handle.link().change(message).execute().await?;
+    Ok(TunnelLink { params, ..link.clone() })
+}
+
 /// Points the link at `remote`:`dport` in one request that carries every
 /// other tunnel parameter unchanged: a changelink of an ipip/sit/ip6tnl
 /// link rebuilds its parameters from the message alone (DESIGN.md §3).
@@ -227,19 +250,9 @@ pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: IpAddr, dport: 
     let mut params = link.params_but_endpoint();
     params.push(InfoIpTunnel::Remote(remote));
     params.push(InfoIpTunnel::EncapDPort(dport));
-    let mut message = LinkMessage::default();
-    message.header.index = link.index;
-    message.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(link.kind.clone()),
-        LinkInfo::Data(InfoData::IpTunnel(params.clone())),
-    ]));
-    handle
-        .link()
-        .change(message)
-        .execute()
+    change(handle, link, params)
         .await
-        .with_context(|| format!("cannot point link {} at {}", link.name, crate::addr::endpoint(remote, dport)))?;
-    Ok(TunnelLink { params, ..link.clone() })
+        .with_context(|| format!("cannot point link {} at {}", link.name, crate::addr::endpoint(remote, dport)))
 }
 
 /// The addresses (with prefix lengths) assigned to link `index`.

@@ -61,7 +61,14 @@ fn rounds(gen_ns: &Netns, recorded: &(dyn Fn() -> Option<u16> + Sync)) -> Outcom
             let port = FIRST_PORT + k;
             let hb = by_hand::heartbeat(SECRET, now_ns(), [0; 8]);
             let sent = Instant::now();
-            sock.send([192, 0, 2, 1].into(), port, [192, 0, 2, 2].into(), FOU_PORT, &hb).unwrap();
+            sock.send(
+                std::net::Ipv4Addr::new(192, 0, 2, 1),
+                port,
+                std::net::Ipv4Addr::new(192, 0, 2, 2),
+                FOU_PORT,
+                &hb,
+            )
+            .unwrap();
             loop {
                 if recorded() == Some(port) {
                     outcome.ms.push(sent.elapsed().as_secs_f64() * 1e3);

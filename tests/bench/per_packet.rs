@@ -6,7 +6,7 @@ use aya::programs::Xdp;
 use footunnel::dataplane::XDP_PROGRAM;
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, XDP_DROP, XDP_PASS, now_ns},
-    frame::Udp4,
+    frame::{Udp4, Udp6},
 };
 use serde_json::{Value, json};
 
@@ -15,6 +15,8 @@ use crate::raw_bpf::{empty_xdp, test_run};
 pub const REPEAT: u32 = 1_000_000;
 const CLIENT: [u8; 4] = [203, 0, 113, 5];
 const BROKER: [u8; 4] = [198, 51, 100, 1];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const BROKER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 fn inner(src: [u8; 4]) -> Vec<u8> {
     let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0];
@@ -89,6 +91,34 @@ pub fn run() -> Value {
         3,
         row("valid heartbeat", ours_total as f64 / n as f64, empty_total as f64 / n as f64, n, "single runs"),
     );
+
+    // The same client over IPv6 (its endpoint moves there first); its data
+    // carries ip6tnl's destination-options header, as the kernel sends it.
+    let six = |src: [u8; 16], sport: u16, dport: u16, payload: &[u8], dstopts: bool| {
+        let mut f = Udp6::new(src, sport, BROKER6, dport, payload);
+        if dstopts {
+            f.extensions.push(Udp6::destination_options());
+        }
+        f.build()
+    };
+    let moved = six(CLIENT6, 40001, FOU_PORT, &broker.heartbeat(t0 + n + 1), false);
+    assert_eq!(test_run(ours, &moved, 1).0, XDP_DROP, "the IPv6 endpoint is recorded");
+    let mut forged6 = broker.heartbeat(t0 + 3_600_000_000_000 / 30);
+    forged6[39] ^= 1;
+    let mut elsewhere = CLIENT6;
+    elsewhere[15] = 9;
+    let cases6: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("IPv6: unrelated UDP", six(CLIENT6, 40001, 53, b"dns-ish payload of some length", false), XDP_PASS),
+        ("IPv6: FoU data from the endpoint", six(CLIENT6, 40001, FOU_PORT, &inner([10, 0, 0, 2]), true), XDP_PASS),
+        ("IPv6: FoU data from elsewhere", six(elsewhere, 5555, FOU_PORT, &inner([10, 0, 0, 2]), true), XDP_PASS),
+        ("IPv6: forged heartbeat", six(CLIENT6, 40001, FOU_PORT, &forged6, false), XDP_DROP),
+    ];
+    for (name, frame, verdict) in &cases6 {
+        let (rv, ours_ns) = test_run(ours, frame, REPEAT);
+        assert_eq!(rv, *verdict, "{name}");
+        let (_, empty_ns) = test_run(empty.as_raw_fd(), frame, REPEAT);
+        rows.push(row(name, ours_ns as f64, empty_ns as f64, REPEAT as u64, "repeat"));
+    }
     json!({ "repeat": REPEAT, "rows": rows })
 }
 

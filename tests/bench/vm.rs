@@ -40,7 +40,7 @@ fn link_change() -> Value {
                 footunnel::link::repoint(
                     &handle,
                     &link,
-                    Ipv4Addr::new(203, 0, 113, (i % 200) as u8 + 1),
+                    Ipv4Addr::new(203, 0, 113, (i % 200) as u8 + 1).into(),
                     40000 + i as u16,
                 )
                 .await

@@ -91,10 +91,10 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     broker.ip("link set fou6 up");
     let before = crate::broker::read_link(&broker, "fou6").unwrap();
     client.ip("fou add port 42424 ipproto 4 -6");
-    // ip6tnl sends only with a local address (the kernel checks it per packet).
+    // No local address: ip6tnl sends only with one (the kernel checks each
+    // packet), and the client sets it, and follows this host's address.
     client.ip(&format!(
-        "link add fou6 type ip6tnl mode ipip6 remote {BROKER} local 2001:db8:200::2 ttl 64 \
-         encap fou encap-sport 42424 encap-dport 42424"
+        "link add fou6 type ip6tnl mode ipip6 remote {BROKER} ttl 64 encap fou encap-sport 42424 encap-dport 42424"
     ));
     client.ip("addr add 10.6.0.2/30 dev fou6");
     client.ip("link set fou6 up");
@@ -112,9 +112,20 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     // ACK6: the client learns its public IPv6 endpoint, the NAT66's address.
     client_p.wait_for("the broker sees this end at [2001:db8:100::1]:", Duration::from_secs(20));
     println!("ipv6: first reply after {:?}", ping_within(&client, start, "first contact", &[&broker_p, &client_p]));
+    client_p.wait_for("link fou6: local address 2001:db8:200::2 (was none)", Duration::from_secs(1));
     let first = show(&broker, &state_dir);
     assert!(endpoint_line(&first).starts_with("endpoint: [2001:db8:100::1]:"), "show prints [addr]:port:\n{first}");
     assert!(counter(&first, "fou_data") > 0, "tunnel data (behind its destination-options header) seen:\n{first}");
+
+    // The client's own address changes: it moves its link's local address
+    // there and heartbeats at once.
+    let cf = client_p.mark();
+    let t = Instant::now();
+    client.ip("addr add 2001:db8:200::3/64 dev up0 nodad");
+    client.ip("addr del 2001:db8:200::2/64 dev up0");
+    let took = ping_within(&client, t, "client address change", &[&broker_p, &client_p]);
+    println!("ipv6: client address change, traffic again after {took:?}");
+    client_p.wait_for_since(cf, "link fou6: local address 2001:db8:200::3 (was 2001:db8:200::2)", Duration::from_secs(1));
 
     // The NAT's public address changes: only the data says so; a CHALLENGE
     // (sent over IPv6) finds it.

@@ -154,7 +154,7 @@ pub fn render(r: &Value) -> String {
     for row in r["per_packet"]["rows"].as_array().into_iter().flatten() {
         let case = row["case"].as_str().unwrap_or("?");
         let target = match case {
-            "unrelated UDP" | "FoU data from the endpoint" => verdict(f(&row["ratio"]) <= 1.5),
+            "unrelated UDP" | "FoU data from the endpoint" | "IPv6: unrelated UDP" => verdict(f(&row["ratio"]) <= 1.5),
             _ => "—",
         };
         md += &format!(

@@ -77,9 +77,12 @@ pub fn cargo() -> Command {
 }
 
 /// Tests that need no privileges: the libraries (the eBPF crate's included,
-/// compiled for the host) and the userspace binaries.
+/// compiled for the host) and the userspace binaries; and a build of the
+/// benchmarks.
 fn unit() -> Result<()> {
-    cmd::run(cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))
+    cmd::run(cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))?;
+    // The benchmarks run only under `cargo xtask bench`; they must still build.
+    cmd::run(cargo().args(["bench", "--package", "footunnel-tests", "--bench", "bench", "--no-run"]))
 }
 
 pub fn require_root(stage: &str) -> Result<()> {

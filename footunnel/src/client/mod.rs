@@ -301,6 +301,8 @@ async fn serve(
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv6Route,
     ])
     .context("cannot watch for network changes")?;
     tokio::spawn(monitor_conn);
@@ -313,7 +315,8 @@ async fn serve(
             if config.broker.is_name() { " or force the family with -4/-6" } else { "" }
         );
     }
-    let tunnel_path = path::TunnelPath::of(&link);
+    let mut tunnel_path = path::TunnelPath::of(&link);
+    follow_local_address(handle, &mut link, broker, &mut tunnel_path).await;
     let socket = RawUdp::open_for(broker)?;
     socket.set_nonblocking()?;
     socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
@@ -398,6 +401,9 @@ async fn serve(
                 }
             }
             Some(_) = changes.next() => {
+                if follow_local_address(handle, &mut link, broker, &mut tunnel_path).await {
+                    schedule.network_changed(mono_ns());
+                }
                 // Container churn and the like change links and addresses all
                 // the time; only a new path to the broker needs a heartbeat.
                 let now_route = path::route_to(handle, broker, &tunnel_path).await;
@@ -431,6 +437,46 @@ async fn serve(
     let _ = std::fs::remove_file(config.state_dir.join(STATE_FILE));
     info!("client stopped");
     Ok(())
+}
+
+/// An ip6tnl link sends only from a `local` address this host has (the
+/// kernel checks each packet), so for such a link the client keeps `local`
+/// at the address its route to the broker uses: at start, and when the
+/// address it had is gone (a new SLAAC or DHCPv6 address, another network).
+/// ipip and sit links leave `local` unset and need none of this. True if
+/// the link changed.
+async fn follow_local_address(
+    handle: &Handle,
+    link: &mut TunnelLink,
+    broker: IpAddr,
+    tunnel_path: &mut path::TunnelPath,
+) -> bool {
+    if !link.outer_ipv6() {
+        return false;
+    }
+    if let Some(local) = link.local_ip()
+        && link::interface_with_address(handle, local).await.is_ok()
+    {
+        return false;
+    }
+    let free = path::TunnelPath { local: None, ..*tunnel_path };
+    let Some(source) = path::route_to(handle, broker, &free).await.and_then(|r| r.source) else {
+        warn!("link {}: no route to the broker at {broker}, so no local address for it yet", link.name);
+        return false;
+    };
+    let was = link.local_ip().map_or("none".to_owned(), |a| a.to_string());
+    match link::set_local(handle, link, source).await {
+        Ok(updated) => {
+            info!("link {}: local address {source} (was {was}), the one the route to the broker uses", link.name);
+            *link = updated;
+            tunnel_path.local = Some(source);
+            true
+        }
+        Err(e) => {
+            warn!("{e:#}");
+            false
+        }
+    }
 }
 
 /// "198.51.100.1", or "broker.example.net (198.51.100.1)".
