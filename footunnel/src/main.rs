@@ -92,13 +92,20 @@ or every tunnel from a configuration file:
 
     footunnel broker --config /etc/footunnel/broker.toml
 
-Each link must exist already, as an ipip (or sit) link with FoU encapsulation whose
+Each link must exist already, as an ipip (or sit, or ip6tnl) link with FoU encapsulation whose
 encap-sport is the FoU port, and the port needs a FoU listener:
 
     ip fou add port 42424 ipproto 4
     ip link add fou0 type ipip remote 192.0.2.1 local <BROKER-IP> ttl 64 \\
         encap fou encap-sport 42424 encap-dport 42424
     ip link set fou0 up && ip addr add 10.0.0.1/30 dev fou0
+
+For a client at an IPv6 address, an ip6tnl link over an IPv6 listener (after
+`modprobe fou6`); the broker answers it with ACK6:
+
+    ip fou add port 42424 ipproto 4 -6
+    ip link add fou6 type ip6tnl mode ipip6 remote 2001:db8::1 local <BROKER-IPv6> \\
+        encap fou encap-sport 42424 encap-dport 42424
 
 The eBPF program attaches to the interface holding the link's local address (or
 --interface), verifies heartbeats there and records each client's address and port.
@@ -144,8 +151,10 @@ source); unanswered ones are retried with backoff until the broker's ACK arrives
 Leave the link's local address unset (`local any`) so it survives address changes.
 
 Over IPv6 (a broker at an IPv6 address), the link is an ip6tnl one and the FoU
-listener an IPv6 one; the broker answers with ACK6, which carries the IPv6
-address and port it saw:
+listener an IPv6 one (after `modprobe fou6`); the broker answers with ACK6,
+which carries the IPv6 address and port it saw. The client sets the ip6tnl
+link's local address (the kernel sends only from one) and moves it when this
+host's address changes:
 
     ip fou add port 42424 ipproto 4 -6
     ip link add fou0 type ip6tnl mode ipip6 remote <BROKER> \
