@@ -115,13 +115,17 @@ impl PacketBytes for [u8] {
     }
 }
 
-/// A UDP datagram's addressing, as seen on the wire.
+/// A UDP datagram's addressing, as seen on the wire. [`parse_udp`] fills
+/// ports and offsets; [`read_addresses`] the addresses, once the port shows
+/// the datagram is ours (unrelated traffic never pays for them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Udp {
     pub src_addr: Addr,
     pub dst_addr: Addr,
     pub src_port: u16,
     pub dst_port: u16,
+    /// The outer header is IPv6.
+    pub ipv6: bool,
     /// Offset of the UDP payload from the start of the Ethernet frame.
     pub payload_offset: usize,
     /// UDP payload length as the UDP header states it.
@@ -187,6 +191,24 @@ pub fn parse_udp<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Parsed {
     Parsed::Udp
 }
 
+/// The source and destination addresses of a datagram [`parse_udp`]
+/// located (IPv4 mapped into IPv6); false if they cannot be read.
+#[inline(always)]
+pub fn read_addresses<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> bool {
+    if udp.ipv6 {
+        let (Some(src), Some(dst)) = (pkt.read::<16>(ETH_HLEN + 8), pkt.read::<16>(ETH_HLEN + 24)) else {
+            return false;
+        };
+        udp.src_addr = Addr(src);
+        udp.dst_addr = Addr(dst);
+    } else {
+        let Some(both) = pkt.read::<8>(ETH_HLEN + 12) else { return false };
+        udp.src_addr = mapped([both[0], both[1], both[2], both[3]]);
+        udp.dst_addr = mapped([both[4], both[5], both[6], both[7]]);
+    }
+    true
+}
+
 #[inline(always)]
 fn locate_udp4<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Located, Parsed> {
     let Some(ip) = pkt.read::<20>(ETH_HLEN) else {
@@ -206,8 +228,7 @@ fn locate_udp4<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Locate
         let port = if frag & 0x1fff == 0 { pkt.read_in_loop::<2>(l4 + 2).map(be16) } else { None };
         return Err(Parsed::Fragment { port });
     }
-    udp.src_addr = mapped([ip[12], ip[13], ip[14], ip[15]]);
-    udp.dst_addr = mapped([ip[16], ip[17], ip[18], ip[19]]);
+    udp.ipv6 = false;
     Ok(Located { l4, room: (be16([ip[2], ip[3]]) as usize).saturating_sub(ihl) })
 }
 
@@ -246,10 +267,7 @@ fn locate_udp6<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Locate
             _ => return Err(Parsed::Other),
         }
     }
-    let Some(src) = pkt.read::<16>(ETH_HLEN + 8) else { return Err(Parsed::Other) };
-    udp.src_addr = Addr(src);
-    let Some(dst) = pkt.read::<16>(ETH_HLEN + 24) else { return Err(Parsed::Other) };
-    udp.dst_addr = Addr(dst);
+    udp.ipv6 = true;
     // A jumbogram (payload length 0) has no room.
     let room = (be16([ip[4], ip[5]]) as usize).saturating_sub(ext);
     Ok(Located { l4: ETH_HLEN + IPV6_HLEN + ext, room })
@@ -263,7 +281,10 @@ mod tests {
     fn parse(f: &[u8]) -> Result<Udp, Parsed> {
         let mut udp = Udp::default();
         match parse_udp(f, &mut udp) {
-            Parsed::Udp => Ok(udp),
+            Parsed::Udp => {
+                assert!(read_addresses(f, &mut udp), "a located datagram's addresses are in the frame");
+                Ok(udp)
+            }
             other => Err(other),
         }
     }

@@ -8,7 +8,7 @@ use crate::{
         LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
         inner_prefix,
     },
-    packet::{Addr, PacketBytes, Parsed, UNSPECIFIED, Udp, as_v4, parse_udp, same_addr},
+    packet::{Addr, PacketBytes, Parsed, UNSPECIFIED, Udp, as_v4, parse_udp, read_addresses, same_addr},
     wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_new_and_signed},
 };
 
@@ -85,6 +85,9 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         }
     };
     let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
+    if !read_addresses(pkt, &mut udp) {
+        return Verdict::Pass;
+    }
     if port.kind == PORT_LEGACY {
         return legacy_heartbeat(pkt, &udp, env);
     }

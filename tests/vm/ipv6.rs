@@ -125,7 +125,11 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     client.ip("addr del 2001:db8:200::2/64 dev up0");
     let took = ping_within(&client, t, "client address change", &[&broker_p, &client_p]);
     println!("ipv6: client address change, traffic again after {took:?}");
-    client_p.wait_for_since(cf, "link fou6: local address 2001:db8:200::3 (was 2001:db8:200::2)", Duration::from_secs(1));
+    client_p.wait_for_since(
+        cf,
+        "link fou6: local address 2001:db8:200::3 (was 2001:db8:200::2)",
+        Duration::from_secs(1),
+    );
 
     // The NAT's public address changes: only the data says so; a CHALLENGE
     // (sent over IPv6) finds it.
