@@ -35,7 +35,7 @@ fn invalid_configurations_are_refused_with_their_fix_and_change_nothing() {
     let header = format!("pin_dir = \"{pin_dir}\"\nstate_dir = \"{dir}/state\"\n");
     let cases = [
         ("missing link", tunnel("a", "nosuch0", "secret number one, long"), "no link named \"nosuch0\""),
-        ("not a tunnel", tunnel("a", "up0", "secret number one, long"), "not an ipip or sit tunnel"),
+        ("not a tunnel", tunnel("a", "up0", "secret number one, long"), "not an ipip, sit or ip6tnl tunnel"),
         ("no FoU encapsulation", tunnel("a", "plain0", "secret number one, long"), "has no FoU encapsulation"),
         (
             "duplicate ids",

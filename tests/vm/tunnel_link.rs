@@ -35,5 +35,5 @@ fn reading_a_missing_or_non_tunnel_link_names_the_problem() {
     let missing = read_link(&broker, "fou9").unwrap_err();
     assert!(format!("{missing:#}").contains("no link named \"fou9\""), "{missing:#}");
     let wrong = read_link(&broker, "up0").unwrap_err();
-    assert!(format!("{wrong:#}").contains("not an ipip or sit tunnel"), "{wrong:#}");
+    assert!(format!("{wrong:#}").contains("not an ipip, sit or ip6tnl tunnel"), "{wrong:#}");
 }

@@ -150,15 +150,19 @@ pub fn render(r: &Value) -> String {
         f(&r["minutes"])
     );
     md += "## 1. Per-packet cost (BPF_PROG_TEST_RUN), next to an empty XDP program\n\n";
-    md += "| packet | footunnel ns | empty ns | ratio | runs | target |\n|---|---:|---:|---:|---:|---|\n";
+    md += "| packet | footunnel ns | empty ns | ratio | rounds' ratios | runs | target |\n|---|---:|---:|---:|---:|---:|---|\n";
     for row in r["per_packet"]["rows"].as_array().into_iter().flatten() {
         let case = row["case"].as_str().unwrap_or("?");
         let target = match case {
             "unrelated UDP" | "FoU data from the endpoint" | "IPv6: unrelated UDP" => verdict(f(&row["ratio"]) <= 1.5),
             _ => "—",
         };
+        let spread = match (row["ratio_min"].as_f64(), row["ratio_max"].as_f64()) {
+            (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}×"),
+            _ => "—".to_owned(),
+        };
         md += &format!(
-            "| {case} | {:.1} | {:.1} | {:.2}× | {} ({}) | {target} |\n",
+            "| {case} | {:.1} | {:.1} | {:.2}× | {spread} | {} ({}) | {target} |\n",
             f(&row["footunnel_ns"]),
             f(&row["empty_ns"]),
             f(&row["ratio"]),
