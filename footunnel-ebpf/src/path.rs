@@ -8,7 +8,7 @@ use crate::{
         LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
         inner_prefix,
     },
-    packet::{Addr, PacketBytes, Parsed, UNSPECIFIED, Udp, as_v4, parse_udp, read_addresses, same_addr},
+    packet::{Addr, ETH_HLEN, PacketBytes, Parsed, UNSPECIFIED, Udp, as_v4, parse_udp, read_addresses, same_addr},
     wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_new_and_signed},
 };
 
@@ -85,16 +85,21 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         }
     };
     let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
-    if !read_addresses(pkt, &mut udp) {
-        return Verdict::Pass;
-    }
     if port.kind == PORT_LEGACY {
+        if !read_addresses(pkt, &mut udp) {
+            return Verdict::Pass;
+        }
         return legacy_heartbeat(pkt, &udp, env);
     }
     let Some([first]) = pkt.read::<1>(udp.payload_offset) else {
         env.count(Counter::NotFou);
         return Verdict::Pass;
     };
+    // The addresses are read where they are needed: the endpoint cache's
+    // hit (nearly all traffic) needs only the IPv4 source, read as is.
+    if first >> 4 != 4 && !read_addresses(pkt, &mut udp) {
+        return Verdict::Pass;
+    }
     match first >> 4 {
         0xF => match heartbeat(pkt, &udp, env) {
             Ok(()) => Verdict::Drop,
@@ -116,16 +121,21 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
                 return Verdict::Pass;
             }
             if version == 4 {
-                let Some(inner) = pkt.read::<4>(udp.payload_offset + 12) else { return Verdict::Pass };
+                let Some(inner) = pkt.bytes4_at(udp.payload_offset + 12) else { return Verdict::Pass };
                 // Nearly all traffic: data from a known endpoint with an inner
                 // source in its tunnel's prefix, after one array lookup (IPv4
                 // endpoints: an IPv6 one does not fit the cache's entry word).
-                if let Some(src) = as_v4(&udp.src_addr) {
+                if !udp.ipv6
+                    && let Some(src) = pkt.bytes4_at(ETH_HLEN + 12)
+                {
                     let (slot, entry) = endpoint_cache_key(src, udp.src_port);
                     if env.cache_admits(slot, entry, inner) {
                         env.count(Counter::FouData);
                         return Verdict::Pass;
                     }
+                }
+                if !read_addresses(pkt, &mut udp) {
+                    return Verdict::Pass;
                 }
                 let owner = env.tunnel_by_v4(inner);
                 fou_data(&udp, owner.map(|o| (o, Some(inner_prefix(inner, o.len)))), env)

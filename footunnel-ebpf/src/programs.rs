@@ -75,6 +75,49 @@ impl PacketBytes for Linear {
     }
 
     #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        let at = self.start + offset;
+        if at + 2 > self.end {
+            return None;
+        }
+        // SAFETY: two bytes inside the packet (checked just above).
+        Some(unsafe { load_be16(at) })
+    }
+
+    #[inline(always)]
+    fn bytes4_at(&self, offset: usize) -> Option<[u8; 4]> {
+        // As `read_in_loop`: the bound is checked on the register loaded from.
+        let mut at = self.start + offset;
+        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
+        if at + 4 > self.end {
+            return None;
+        }
+        let value: u64;
+        // SAFETY: four bytes inside the packet (checked just above); one
+        // 32-bit load, as in `load_be16`. Its bytes in memory order.
+        unsafe { core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) value, in(reg) at) };
+        Some((value as u32).to_ne_bytes())
+    }
+
+    #[inline(always)]
+    fn be16s<const N: usize>(&self, offset: usize) -> Option<[u16; N]> {
+        // As `read_in_loop`: the bound is checked on the register loaded from.
+        let mut at = self.start + offset;
+        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
+        if at + 2 * N > self.end {
+            return None;
+        }
+        let mut out = [0u16; N];
+        for (i, v) in out.iter_mut().enumerate() {
+            // SAFETY: inside the 2N bytes checked just above.
+            *v = unsafe { load_be16(at + 2 * i) };
+        }
+        Some(out)
+    }
+
+    #[inline(always)]
     fn read_in_loop<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         // Opaque to LLVM, so the bound is checked on the very register that
         // is dereferenced; otherwise the check is rewritten into a form the
@@ -118,6 +161,20 @@ impl Drop for LockedEndpoint {
         // SAFETY: as above.
         unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(core::ptr::addr_of_mut!((*self.0).lock), 0) };
     }
+}
+
+/// One 16-bit load: LLVM's BPF backend would assemble an unaligned read
+/// from single bytes. Packet data may be unaligned, which the verifier
+/// allows for packet pointers where the CPU handles it (x86, arm64).
+///
+/// # Safety
+/// `at` and `at + 1` are inside the packet, as the verifier sees it.
+#[inline(always)]
+unsafe fn load_be16(at: usize) -> u16 {
+    let value: u64;
+    // SAFETY: the caller's.
+    unsafe { core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) value, in(reg) at) };
+    u16::from_be(value as u16)
 }
 
 /// The maps, as the packet path sees them.
