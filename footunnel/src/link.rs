@@ -170,39 +170,10 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
         .execute()
         .try_next()
         .await
-        .with_context(|| missing(name))?
-        .ok_or_else(|| anyhow::anyhow!(missing(name)))?;
-    from_message(name, &message)
-}
-
-/// Every link of this namespace, by name, in one dump: a sweep over many
-/// tunnels reads them all at once rather than with a request each. Look a
-/// tunnel's link up with [`from_dump`].
-pub async fn dump(handle: &Handle) -> Result<std::collections::HashMap<String, LinkMessage>> {
-    let mut links = std::collections::HashMap::new();
-    let mut stream = handle.link().get().execute();
-    while let Some(message) = stream.try_next().await.context("cannot list links")? {
-        let name = message
-            .attributes
-            .iter()
-            .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None });
-        if let Some(name) = name {
-            links.insert(name, message);
-        }
-    }
-    Ok(links)
-}
-
-/// Link `name` from a [`dump`], as [`get`] would read it.
-pub fn from_dump(links: &std::collections::HashMap<String, LinkMessage>, name: &str) -> Result<TunnelLink> {
-    from_message(name, links.get(name).ok_or_else(|| anyhow::anyhow!(missing(name)))?)
-}
-
-fn missing(name: &str) -> String {
-    format!("no link named {name:?}: create it (`ip link add {name} type ipip … encap fou …`) or fix the name")
-}
-
-fn from_message(name: &str, message: &LinkMessage) -> Result<TunnelLink> {
+        .with_context(|| {
+            format!("no link named {name:?}: create it (`ip link add {name} type ipip … encap fou …`) or fix the name")
+        })?
+        .with_context(|| format!("no link named {name:?}"))?;
     let info = message.attributes.iter().find_map(|a| if let LinkAttribute::LinkInfo(i) = a { Some(i) } else { None });
     let mut kind = None;
     let mut params = None;

@@ -115,21 +115,8 @@ impl TunnelTable {
     /// Returns where the link points afterwards, as the kernel has it; `None`
     /// if the link cannot be read.
     pub async fn reconcile(&mut self, handle: &Handle, i: usize, recorded: Option<&Endpoint>) -> Option<LinkEndpoint> {
-        let current = link::get(handle, &self.tunnels[i].link.name).await;
-        self.reconcile_with(handle, i, recorded, current).await
-    }
-
-    /// [`TunnelTable::reconcile`] with the link as already read (a sweep
-    /// reads them all in one dump).
-    pub async fn reconcile_with(
-        &mut self,
-        handle: &Handle,
-        i: usize,
-        recorded: Option<&Endpoint>,
-        current: anyhow::Result<TunnelLink>,
-    ) -> Option<LinkEndpoint> {
         let name = self.tunnels[i].link.name.clone();
-        let current = match current {
+        let current = match link::get(handle, &name).await {
             Ok(l) => l,
             Err(e) => {
                 self.tunnels[i].report(format!("{e:#}; the tunnel is down until the link is back"));

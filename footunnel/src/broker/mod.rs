@@ -14,7 +14,6 @@ use crate::{
     config::BrokerConfig,
     dataplane::{self},
     decide::{self, RateLimit},
-    link,
     manage::{self, Created, LinkSpec},
     now_ns,
     rawudp::RawUdp,
@@ -338,20 +337,8 @@ impl Broker {
             self.check_shared_device().await;
             return;
         }
-        // One dump for all links, not a request per link: at 10,000 tunnels
-        // the sweep every 10 s took seconds of CPU the other way.
-        let links = match link::dump(&self.handle).await {
-            Ok(links) => links,
-            Err(e) => {
-                warn!("{e:#}; the links are checked again at the next sweep");
-                return;
-            }
-        };
         for i in 0..self.table.tunnels.len() {
-            let recorded = self.endpoint(self.table.tunnels[i].config.record_id);
-            let current = link::from_dump(&links, &self.table.tunnels[i].link.name);
-            self.table.reconcile_with(&self.handle, i, recorded.as_ref(), current).await;
-            self.follow_local_address(i);
+            self.reconcile(i).await;
         }
     }
 
