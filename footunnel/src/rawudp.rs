@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 pub struct RawUdp {
     fd: OwnedFd,
     ipv6: bool,
+    /// IPv6 with the header built here (`IPPROTO_RAW`: receives nothing).
+    header_included: bool,
     /// Type of service (IPv4) or traffic class (IPv6) of what this sends.
     tos: std::cell::Cell<u8>,
 }
@@ -44,11 +46,10 @@ impl RawUdp {
     }
 
     /// The IPv6 socket: sends, and receives a copy of every IPv6 UDP
-    /// datagram (filter it: [`RawUdp::only_control_messages`], or
-    /// [`RawUdp::receive_nothing`] for a socket that only sends).
+    /// datagram (filter it: [`RawUdp::only_control_messages`]).
     pub fn open6() -> Result<Self> {
         let fd = socket(libc::AF_INET6, libc::IPPROTO_UDP)?;
-        let raw = RawUdp { fd, ipv6: true, tos: std::cell::Cell::new(0) };
+        let raw = RawUdp { fd, ipv6: true, header_included: false, tos: std::cell::Cell::new(0) };
         // The kernel computes the UDP checksum (mandatory over IPv6) at offset 6.
         raw.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32.to_ne_bytes(), "IPV6_CHECKSUM")?;
         Ok(raw)
@@ -59,19 +60,24 @@ impl RawUdp {
         if addr.is_ipv6() { Self::open6() } else { Self::open() }
     }
 
+    /// An IPv6 socket that only sends, from a given source address: as
+    /// `send_only`, `IPPROTO_RAW` receives nothing (an `IPPROTO_UDP` one
+    /// would be handed a clone of every IPv6 UDP datagram, the tunnels'
+    /// data among them), and the IPv6 header is built here.
+    pub fn send_only6() -> Result<Self> {
+        let fd = socket(libc::AF_INET6, libc::IPPROTO_RAW)?;
+        Ok(RawUdp { fd, ipv6: true, header_included: true, tos: std::cell::Cell::new(0) })
+    }
+
     fn v4(protocol: libc::c_int) -> Result<Self> {
-        let raw = RawUdp { fd: socket(libc::AF_INET, protocol)?, ipv6: false, tos: std::cell::Cell::new(0) };
+        let raw = RawUdp {
+            fd: socket(libc::AF_INET, protocol)?,
+            ipv6: false,
+            header_included: true,
+            tos: std::cell::Cell::new(0),
+        };
         raw.setsockopt(libc::IPPROTO_IP, libc::IP_HDRINCL, &1i32.to_ne_bytes(), "IP_HDRINCL")?;
         Ok(raw)
-    }
-
-    pub fn is_ipv6(&self) -> bool {
-        self.ipv6
-    }
-
-    /// Drops everything that arrives: for an IPv6 socket that only sends.
-    pub fn receive_nothing(&self) -> Result<()> {
-        self.attach_filter(&[libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }])
     }
 
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, value: &[u8], what: &str) -> Result<()> {
@@ -158,6 +164,9 @@ impl RawUdp {
     /// The kernel builds the IPv6 header; the source, when given, travels
     /// as IPV6_PKTINFO.
     fn send6(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Result<()> {
+        if self.header_included {
+            return self.send6_built(src, sport, dst, dport, payload);
+        }
         let mut udp = Vec::with_capacity(8 + payload.len());
         udp.extend_from_slice(&sport.to_be_bytes());
         udp.extend_from_slice(&dport.to_be_bytes());
@@ -195,6 +204,32 @@ impl RawUdp {
         }
         // SAFETY: every pointer in `msg` is valid for the call.
         if unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) } < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("cannot send to [{dst}]:{dport}"));
+        }
+        Ok(())
+    }
+
+    fn send6_built(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Result<()> {
+        if src.is_unspecified() {
+            bail!("cannot answer [{dst}]:{dport}: no source address to send from");
+        }
+        let packet = build6(self.tos.get(), src, sport, dst, dport, payload);
+        // SAFETY: an all-zero sockaddr_in6 is valid.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as u16;
+        addr.sin6_addr.s6_addr = dst.octets();
+        // SAFETY: valid buffer and address.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as u32,
+            )
+        };
+        if n < 0 {
             return Err(io::Error::last_os_error()).with_context(|| format!("cannot send to [{dst}]:{dport}"));
         }
         Ok(())
@@ -324,21 +359,42 @@ pub fn build(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8
     p.extend_from_slice(&[0, 0]);
     p.extend_from_slice(payload);
     if !src.is_unspecified() {
-        let checksum = udp_checksum(src, dst, &p[20..]);
+        let checksum = udp_checksum(&src.octets(), &dst.octets(), &p[20..]);
         p[26..28].copy_from_slice(&checksum.to_be_bytes());
     }
     p
 }
 
-fn udp_checksum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
+/// IPv6 header (traffic class `tclass`, hop limit 64) + UDP header, with
+/// its checksum (mandatory over IPv6), + payload.
+pub fn build6(tclass: u8, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut p = vec![0x60 | tclass >> 4, tclass << 4, 0, 0];
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    let checksum = udp_checksum(&src.octets(), &dst.octets(), &p[40..]);
+    p[46..48].copy_from_slice(&checksum.to_be_bytes());
+    p
+}
+
+/// The UDP checksum over the pseudo-header of either family (RFC 768,
+/// RFC 8200 §8.1): the same sum with 4- or 16-byte addresses.
+fn udp_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         for c in bytes.chunks(2) {
             sum += u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
         }
     };
-    add(&src.octets());
-    add(&dst.octets());
+    add(src);
+    add(dst);
     add(&[0, libc::IPPROTO_UDP as u8]);
     add(&(udp.len() as u16).to_be_bytes());
     add(udp);
@@ -397,7 +453,27 @@ mod tests {
         let mut check = p.clone();
         let stored = u16::from_be_bytes([check[26], check[27]]);
         check[26..28].copy_from_slice(&[0, 0]);
-        assert_eq!(udp_checksum(src, dst, &check[20..]), stored);
+        assert_eq!(udp_checksum(&src.octets(), &dst.octets(), &check[20..]), stored);
         assert_ne!(stored, 0);
+    }
+
+    #[test]
+    fn built_ipv6_datagrams_carry_their_lengths_and_a_checksum_that_verifies() {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = ("2001:db8::1".parse().unwrap(), "2001:db8:10::5".parse().unwrap());
+        let p = build6(0xb8, src, 42424, dst, 40001, b"hello");
+        assert_eq!((p[0], p[1] & 0xf0), (0x6b, 0x80), "version 6, traffic class 0xb8");
+        assert_eq!((u16::from_be_bytes([p[4], p[5]]), p[6], p[7]), (13, 17, 64));
+        assert_eq!((&p[8..24], &p[24..40]), (&src.octets()[..], &dst.octets()[..]));
+        assert_eq!(parse_udp(src.into(), &p[40..]).unwrap().payload, b"hello");
+        // Summing a datagram with its checksum in place gives all ones (RFC 1071).
+        let mut sum: u32 = [&src.octets()[..], &dst.octets()[..], &[0, 17], &13u16.to_be_bytes(), &p[40..]]
+            .iter()
+            .flat_map(|b| b.chunks(2))
+            .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
     }
 }

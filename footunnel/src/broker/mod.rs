@@ -235,7 +235,7 @@ impl Broker {
             handle,
             table,
             sender: RawUdp::send_only()?,
-            sender6: RawUdp::open6().and_then(|s| s.receive_nothing().map(|()| s)).map_err(|e| format!("{e:#}")),
+            sender6: RawUdp::send_only6().map_err(|e| format!("{e:#}")),
             challenges,
             interfaces: plan.interfaces,
             shared: plan.shared,
