@@ -218,21 +218,23 @@ impl RawUdp {
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         addr.sin6_family = libc::AF_INET6 as u16;
         addr.sin6_addr.s6_addr = dst.octets();
-        // SAFETY: valid buffer and address.
+        self.send_to(&packet, &addr).with_context(|| format!("cannot send to [{dst}]:{dport}"))
+    }
+
+    /// One packet, whole headers included, to the socket address `addr`.
+    fn send_to<A>(&self, packet: &[u8], addr: &A) -> io::Result<()> {
+        // SAFETY: valid buffer; `addr` is a sockaddr of its own size.
         let n = unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),
                 packet.as_ptr().cast(),
                 packet.len(),
                 0,
-                (&addr as *const libc::sockaddr_in6).cast(),
-                size_of::<libc::sockaddr_in6>() as u32,
+                (addr as *const A).cast(),
+                size_of::<A>() as u32,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("cannot send to [{dst}]:{dport}"));
-        }
-        Ok(())
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     fn send4(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Result<()> {
@@ -244,21 +246,7 @@ impl RawUdp {
             sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() },
             sin_zero: [0; 8],
         };
-        // SAFETY: valid buffer and address.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("cannot send to {dst}:{dport}"));
-        }
-        Ok(())
+        self.send_to(&packet, &addr).with_context(|| format!("cannot send to {dst}:{dport}"))
     }
 
     /// The next datagram, or `None` if none is waiting (non-blocking socket).

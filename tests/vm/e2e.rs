@@ -183,6 +183,32 @@ pub fn nft(nat: &Netns, how: &str) {
     sh("ip", &["netns", "exec", &nat.name, "nft", "-f", file.to_str().unwrap()]);
 }
 
+/// Pings `target` (IPv4 or IPv6) from `client` until one answers; the time
+/// since `since`, at most half the 10 s heartbeat interval, else a panic
+/// with the logs of `logs`.
+pub fn ping_within(
+    client: &Netns,
+    target: &str,
+    since: std::time::Instant,
+    what: &str,
+    logs: &[&footunnel_tests::NsProcess],
+) -> Duration {
+    let family = if target.contains(':') { "-6" } else { "-4" };
+    while since.elapsed() < Duration::from_secs(5) {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &client.name, "ping", family, "-n", "-c", "1", "-W", "0.2", target])
+            .output()
+            .expect("run ping")
+            .status
+            .success();
+        if ok {
+            return since.elapsed();
+        }
+    }
+    let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
+    panic!("{what}: no reply from {target} through the tunnel within 5 s\n{}", logs.join("\n----\n"));
+}
+
 pub fn flush_conntrack(nat: &Netns) {
     // `conntrack -F` exits 0 also when the table was empty.
     sh("ip", &["netns", "exec", &nat.name, "conntrack", "-F"]);

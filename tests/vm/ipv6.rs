@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use footunnel::rawudp::RawUdp;
 use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_once, require_vm, sh, veth};
 
-use crate::e2e::{flush_conntrack, sysctl};
+use crate::e2e::{flush_conntrack, ping_within, sysctl};
 
 const SECRET: &str = "the ip6tnl tunnel's secret, long enough";
 const BROKER: &str = "2001:db8:100::100";
@@ -24,24 +24,6 @@ fn nft6(nat: &Netns, how: &str) {
     let file = std::env::temp_dir().join(format!("{}.nft6", nat.name));
     std::fs::write(&file, ruleset).unwrap();
     sh("ip", &["netns", "exec", &nat.name, "nft", "-f", file.to_str().unwrap()]);
-}
-
-/// Pings the broker's inner address from the client until one answers;
-/// the time since `since`, at most half the 10 s heartbeat interval.
-fn ping_within(client: &Netns, since: Instant, what: &str, logs: &[&NsProcess]) -> Duration {
-    while since.elapsed() < Duration::from_secs(5) {
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "exec", &client.name, "ping", "-n", "-c", "1", "-W", "0.2", "10.6.0.1"])
-            .output()
-            .expect("run ping")
-            .status
-            .success();
-        if ok {
-            return since.elapsed();
-        }
-    }
-    let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
-    panic!("{what}: no traffic through the ip6tnl tunnel within 5 s\n{}", logs.join("\n----\n"));
 }
 
 fn show(broker: &Netns, state_dir: &str) -> String {
@@ -111,7 +93,10 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
         NsProcess::footunnel(&client, &["client", "-v", "--state-dir", &format!("{state_dir}-client"), BROKER, SECRET]);
     // ACK6: the client learns its public IPv6 endpoint, the NAT66's address.
     client_p.wait_for("the broker sees this end at [2001:db8:100::1]:", Duration::from_secs(20));
-    println!("ipv6: first reply after {:?}", ping_within(&client, start, "first contact", &[&broker_p, &client_p]));
+    println!(
+        "ipv6: first reply after {:?}",
+        ping_within(&client, "10.6.0.1", start, "first contact", &[&broker_p, &client_p])
+    );
     client_p.wait_for("link fou6: local address 2001:db8:200::2 (was none)", Duration::from_secs(1));
     let first = show(&broker, &state_dir);
     assert!(endpoint_line(&first).starts_with("endpoint: [2001:db8:100::1]:"), "show prints [addr]:port:\n{first}");
@@ -123,7 +108,7 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     let t = Instant::now();
     client.ip("addr add 2001:db8:200::3/64 dev up0 nodad");
     client.ip("addr del 2001:db8:200::2/64 dev up0");
-    let took = ping_within(&client, t, "client address change", &[&broker_p, &client_p]);
+    let took = ping_within(&client, "10.6.0.1", t, "client address change", &[&broker_p, &client_p]);
     println!("ipv6: client address change, traffic again after {took:?}");
     client_p.wait_for_since(
         cf,
@@ -138,7 +123,7 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     nat.ip("addr add 2001:db8:100::2/64 dev pub0 nodad");
     nat.ip("addr del 2001:db8:100::1/64 dev pub0");
     flush_conntrack(&nat);
-    let took = ping_within(&client, t, "NAT66 address change", &[&broker_p, &client_p]);
+    let took = ping_within(&client, "10.6.0.1", t, "NAT66 address change", &[&broker_p, &client_p]);
     println!("ipv6: NAT66 address change, traffic again after {took:?}");
     broker_p.wait_for_since(bf, "challenging", Duration::from_secs(5));
     client_p.wait_for_since(cf, "challenged by the broker", Duration::from_secs(5));
@@ -148,7 +133,7 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
     let t = Instant::now();
     nft6(&nat, "meta l4proto udp masquerade to :50000-50999");
     flush_conntrack(&nat);
-    let took = ping_within(&client, t, "NAT66 port change", &[&broker_p, &client_p]);
+    let took = ping_within(&client, "10.6.0.1", t, "NAT66 port change", &[&broker_p, &client_p]);
     println!("ipv6: NAT66 port change, traffic again after {took:?}");
     let moved = show(&broker, &state_dir);
     assert!(endpoint_line(&moved).starts_with("endpoint: [2001:db8:100::2]:50"), "follows the new port:\n{moved}");
@@ -189,7 +174,7 @@ fn an_ipv6_only_client_roams_through_nat66_address_and_port_changes_and_forgerie
         "each forgery is dropped and counted by its reason:\n{after}"
     );
     assert_eq!(crate::broker::read_link(&broker, "fou6").unwrap().remote(), link.remote());
-    ping_within(&client, Instant::now(), "after the forgeries", &[&broker_p, &client_p]);
+    ping_within(&client, "10.6.0.1", Instant::now(), "after the forgeries", &[&broker_p, &client_p]);
     drop(client_p);
     footunnel_tests::unload(&pin_dir, &state_dir);
 }

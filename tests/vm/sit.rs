@@ -7,27 +7,9 @@ use std::time::{Duration, Instant};
 
 use footunnel_tests::{Netns, NsProcess, footunnel_once, require_vm, veth};
 
-use crate::e2e::{flush_conntrack, nft, sysctl};
+use crate::e2e::{flush_conntrack, nft, ping_within, sysctl};
 
 const SECRET: &str = "the sit tunnel's secret, long enough";
-
-/// Pings the broker's inner IPv6 address from the client until one answers;
-/// the time since `since`, at most half the 10 s heartbeat interval.
-fn ping6_within(client: &Netns, since: Instant, what: &str, logs: &[&NsProcess]) -> Duration {
-    while since.elapsed() < Duration::from_secs(5) {
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "exec", &client.name, "ping", "-6", "-n", "-c", "1", "-W", "0.2", "2001:db8:6::1"])
-            .output()
-            .expect("run ping")
-            .status
-            .success();
-        if ok {
-            return since.elapsed();
-        }
-    }
-    let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
-    panic!("{what}: no IPv6 traffic through the sit tunnel within 5 s\n{}", logs.join("\n----\n"));
-}
 
 #[test]
 fn a_sit_tunnel_carries_ipv6_under_nat_through_address_and_port_changes() {
@@ -72,7 +54,7 @@ fn a_sit_tunnel_carries_ipv6_under_nat_through_address_and_port_changes() {
     client_p.wait_for("the broker sees this end at 203.0.113.1:", Duration::from_secs(20));
     println!(
         "sit: first IPv6 reply after {:?}",
-        ping6_within(&client, start, "first contact", &[&broker_p, &client_p])
+        ping_within(&client, "2001:db8:6::1", start, "first contact", &[&broker_p, &client_p])
     );
 
     // The client's own address changes: it notices and heartbeats at once.
@@ -80,7 +62,7 @@ fn a_sit_tunnel_carries_ipv6_under_nat_through_address_and_port_changes() {
     client.ip("addr add 192.0.2.3/29 dev up0");
     client.ip("addr del 192.0.2.2/29 dev up0");
     client.ip("route replace default via 192.0.2.1");
-    let took = ping6_within(&client, t, "client address change", &[&broker_p, &client_p]);
+    let took = ping_within(&client, "2001:db8:6::1", t, "client address change", &[&broker_p, &client_p]);
     println!("sit: client address change, IPv6 through the tunnel again after {took:?}");
 
     // The NAT's public address changes: only the data says so; a CHALLENGE finds it.
@@ -89,7 +71,7 @@ fn a_sit_tunnel_carries_ipv6_under_nat_through_address_and_port_changes() {
     nat.ip("addr add 203.0.113.2/24 dev pub0");
     nat.ip("addr del 203.0.113.1/24 dev pub0");
     flush_conntrack(&nat);
-    let took = ping6_within(&client, t, "NAT address change", &[&broker_p, &client_p]);
+    let took = ping_within(&client, "2001:db8:6::1", t, "NAT address change", &[&broker_p, &client_p]);
     println!("sit: NAT address change, IPv6 through the tunnel again after {took:?}");
     assert!(broker_p.log().lines().skip(bf).any(|l| l.contains("challenging")), "{}", broker_p.log());
     assert!(client_p.log().lines().skip(cf).any(|l| l.contains("challenged by the broker")), "{}", client_p.log());
@@ -98,7 +80,7 @@ fn a_sit_tunnel_carries_ipv6_under_nat_through_address_and_port_changes() {
     let t = Instant::now();
     nft(&nat, "meta l4proto udp masquerade to :50000-50999");
     flush_conntrack(&nat);
-    let took = ping6_within(&client, t, "NAT port change", &[&broker_p, &client_p]);
+    let took = ping_within(&client, "2001:db8:6::1", t, "NAT port change", &[&broker_p, &client_p]);
     println!("sit: NAT port change, IPv6 through the tunnel again after {took:?}");
     let (_, show) = footunnel_once(&broker, &["show", "--state-dir", &state_dir]);
     assert!(show.contains("endpoint: 203.0.113.2:50"), "the sit link follows the new port:\n{show}");
