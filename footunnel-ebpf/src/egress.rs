@@ -9,7 +9,7 @@
 
 use crate::{
     maps::{Counter, Settings},
-    packet::{PacketBytes, as_v4},
+    packet::PacketBytes,
     path::Env,
 };
 
@@ -40,8 +40,8 @@ pub fn outer_headers<P: PacketBytes + ?Sized, E: Env>(
     let owner = env.tunnel_by_v4(inner_dst).ok_or(Counter::EgressNoTunnel)?;
     // This mode's device and listener are IPv4 only: an IPv6 endpoint is none.
     let endpoint = env.endpoint(owner.id()).filter(|e| e.heartbeats != 0).ok_or(Counter::EgressNoEndpoint)?;
-    let (addr, port) = (as_v4(&endpoint.addr).ok_or(Counter::EgressNoEndpoint)?, endpoint.port);
-    let local = as_v4(&owner.local).ok_or(Counter::EgressFailed)?;
+    let (addr, port) = (endpoint.addr.as_v4().ok_or(Counter::EgressNoEndpoint)?, endpoint.port);
+    let local = owner.local.as_v4().ok_or(Counter::EgressFailed)?;
     Ok(build(local, addr, settings.shared_port, port, len))
 }
 

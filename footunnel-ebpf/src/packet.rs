@@ -81,12 +81,6 @@ impl From<core::net::Ipv4Addr> for Addr {
     }
 }
 
-/// The IPv4 address inside a mapped one.
-#[inline(always)]
-pub fn as_v4(a: &Addr) -> Option<[u8; 4]> {
-    a.as_v4()
-}
-
 /// Address equality, word by word.
 #[inline(always)]
 pub fn same_addr(a: &Addr, b: &Addr) -> bool {
@@ -354,7 +348,7 @@ mod tests {
         let f = frame(&[], IPPROTO_UDP, 0, 40000, 42424, b"hello");
         let u = parse(&f).unwrap();
         assert_eq!(u.src_addr, mapped([192, 0, 2, 7]));
-        assert_eq!(as_v4(&u.src_addr), Some([192, 0, 2, 7]));
+        assert_eq!(u.src_addr.as_v4(), Some([192, 0, 2, 7]));
         assert_eq!(u.dst_addr, mapped([198, 51, 100, 1]));
         assert_eq!((u.src_port, u.dst_port), (40000, 42424));
         assert_eq!(&f[u.payload_offset..u.payload_offset + u.payload_len], b"hello");
@@ -454,7 +448,7 @@ mod tests {
         let f = frame6(&[], 40000, 42424, b"hello");
         let u = parse(&f).unwrap();
         assert_eq!((u.src_addr, u.dst_addr), (SRC6, DST6));
-        assert_eq!(as_v4(&u.src_addr), None);
+        assert_eq!(u.src_addr.as_v4(), None);
         assert_eq!((u.src_port, u.dst_port), (40000, 42424));
         assert_eq!(&f[u.payload_offset..u.payload_offset + u.payload_len], b"hello");
     }
@@ -501,8 +495,8 @@ mod tests {
 
     #[test]
     fn mapped_addresses_round_trip_and_compare() {
-        assert_eq!(as_v4(&mapped([192, 0, 2, 1])), Some([192, 0, 2, 1]));
-        assert_eq!(as_v4(&UNSPECIFIED), None);
+        assert_eq!(mapped([192, 0, 2, 1]).as_v4(), Some([192, 0, 2, 1]));
+        assert_eq!(UNSPECIFIED.as_v4(), None);
         assert!(same_addr(&SRC6, &SRC6));
         assert!(!same_addr(&SRC6, &DST6));
         let mut low = SRC6;

@@ -8,7 +8,7 @@ use crate::{
         LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
         inner_prefix,
     },
-    packet::{Addr, ETH_HLEN, PacketBytes, Parsed, UNSPECIFIED, Udp, as_v4, parse_udp, read_addresses, same_addr},
+    packet::{Addr, ETH_HLEN, PacketBytes, Parsed, UNSPECIFIED, Udp, parse_udp, read_addresses, same_addr},
     wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_new_and_signed},
 };
 
@@ -239,7 +239,7 @@ fn record(endpoint: &mut Endpoint, udp: &Udp, now: u64) -> Option<(Addr, u16)> {
 #[inline(always)]
 fn forget_cached<E: Env>(env: &E, moved_from: Option<(Addr, u16)>) {
     if let Some((addr, port)) = moved_from
-        && let Some(addr) = as_v4(&addr)
+        && let Some(addr) = addr.as_v4()
     {
         let (slot, entry) = endpoint_cache_key(addr, port);
         if env.cached_endpoint(slot).entry == entry {
@@ -290,7 +290,7 @@ fn fou_data<E: Env>(udp: &Udp, owner: Option<(PrefixOwner, Option<(u32, u32)>)>,
     };
     let id = owner.id();
     if is_endpoint(env, id, udp) {
-        let (Some((inner_net, inner_mask)), Some(src)) = (prefix, as_v4(&udp.src_addr)) else {
+        let (Some((inner_net, inner_mask)), Some(src)) = (prefix, udp.src_addr.as_v4()) else {
             env.count(Counter::FouData);
             return Verdict::Pass;
         };

@@ -96,7 +96,9 @@ impl PacketBytes for Linear {
         let value: u64;
         // SAFETY: four bytes inside the packet (checked just above); one
         // 32-bit load, as in `load_be16`. Its bytes in memory order.
-        unsafe { core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) value, in(reg) at) };
+        unsafe {
+            core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) value, in(reg) at, options(pure, readonly, nostack))
+        };
         Some((value as u32).to_ne_bytes())
     }
 
@@ -173,7 +175,9 @@ impl Drop for LockedEndpoint {
 unsafe fn load_be16(at: usize) -> u16 {
     let value: u64;
     // SAFETY: the caller's.
-    unsafe { core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) value, in(reg) at) };
+    unsafe {
+        core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) value, in(reg) at, options(pure, readonly, nostack))
+    };
     u16::from_be(value as u16)
 }
 

@@ -167,12 +167,7 @@ impl RawUdp {
         if self.header_included {
             return self.send6_built(src, sport, dst, dport, payload);
         }
-        let mut udp = Vec::with_capacity(8 + payload.len());
-        udp.extend_from_slice(&sport.to_be_bytes());
-        udp.extend_from_slice(&dport.to_be_bytes());
-        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(payload);
+        let mut udp = udp_datagram(sport, dport, payload);
         // SAFETY: an all-zero sockaddr_in6 is valid.
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         addr.sin6_family = libc::AF_INET6 as u16;
@@ -333,6 +328,17 @@ fn socket(family: libc::c_int, protocol: libc::c_int) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// UDP header (checksum 0, for the caller to fill) + payload.
+fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    udp
+}
+
 /// IPv4 header (the kernel fills ID and header checksum) + UDP header + payload.
 pub fn build(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
     let udp_len = 8 + payload.len();
@@ -341,11 +347,7 @@ pub fn build(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8
     p.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&sport.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
+    p.extend_from_slice(&udp_datagram(sport, dport, payload));
     if !src.is_unspecified() {
         let checksum = udp_checksum(&src.octets(), &dst.octets(), &p[20..]);
         p[26..28].copy_from_slice(&checksum.to_be_bytes());
@@ -362,11 +364,7 @@ pub fn build6(tclass: u8, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, 
     p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&sport.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
+    p.extend_from_slice(&udp_datagram(sport, dport, payload));
     let checksum = udp_checksum(&src.octets(), &dst.octets(), &p[40..]);
     p[46..48].copy_from_slice(&checksum.to_be_bytes());
     p
