@@ -4,7 +4,7 @@
 //! bytes on the wire, times in ns since the Unix epoch (broker's clock)
 //! unless a field says otherwise.
 
-use crate::{packet::Addr, siphash::SipKey};
+use crate::{packet::Addr, siphash::SipKey, wire::HeartbeatKey};
 
 /// Array indexed by UDP port → [`PortConfig`]: the FoU port(s), and the
 /// proof of concept's heartbeat port when a tunnel has legacy enabled. An
@@ -122,7 +122,8 @@ pub struct PortConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct TunnelConfig {
-    pub key: SipKey,
+    /// The secret's key for the id this entry is under.
+    pub key: HeartbeatKey,
     /// The broker address the tunnel's link uses (its `local`, IPv4 mapped
     /// into IPv6); all zero: any. Control messages and data to another
     /// address are not this tunnel's (transit traffic on a router, another
@@ -133,6 +134,13 @@ pub struct TunnelConfig {
     /// rotation, heartbeats under either secret move one endpoint, and the
     /// strictly increasing timestamp rule holds across both.
     pub record: u64,
+}
+
+impl TunnelConfig {
+    /// The entry for heartbeats under `key_id`, signed with `key`.
+    pub fn new(key_id: u64, key: SipKey, local: Addr, record: u64) -> Self {
+        TunnelConfig { key: HeartbeatKey::new(key, key_id), local, record }
+    }
 }
 
 /// A tunnel id in a value slot that must stay 4-byte aligned (LPM tries

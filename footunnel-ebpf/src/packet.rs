@@ -117,6 +117,17 @@ pub trait PacketBytes {
         self.read_in_loop::<4>(offset)
     }
 
+    /// `N` little-endian u64s from `offset` on (a control message: one
+    /// bound check and one load a word on the eBPF side).
+    #[inline(always)]
+    fn le64s<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
+        let mut out = [0u64; N];
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = u64::from_le_bytes(self.read::<8>(offset + 8 * i)?);
+        }
+        Some(out)
+    }
+
     /// `N` big-endian u16s from `offset` on, which may vary (one bound
     /// check on the eBPF side, as [`PacketBytes::read_in_loop`]).
     #[inline(always)]

@@ -9,7 +9,7 @@ use crate::{
         inner_prefix,
     },
     packet::{Addr, ETH_HLEN, PacketBytes, Parsed, UNSPECIFIED, Udp, parse_udp, read_addresses, same_addr},
-    wire::{Acceptance, ControlMessage, Kind, MESSAGE_LEN, check_fresh, check_header, check_new_and_signed},
+    wire::{Acceptance, Kind, MESSAGE_LEN, Message, MessageWords, check_fresh, check_header, check_new_and_signed},
 };
 
 /// What happens to the packet.
@@ -175,8 +175,8 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     if udp.payload_len != MESSAGE_LEN {
         return Err(Counter::Malformed);
     }
-    let bytes = pkt.read::<MESSAGE_LEN>(udp.payload_offset).ok_or(Counter::Malformed)?;
-    let msg = ControlMessage::view(&bytes);
+    let msg = MessageWords(pkt.le64s::<{ MESSAGE_LEN / 8 }>(udp.payload_offset).ok_or(Counter::Malformed)?);
+    let msg = &msg;
     check_header(msg, Kind::Heartbeat)?;
     let key_id = msg.tunnel_id();
     let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
@@ -196,7 +196,7 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     // Only the timestamp: a copy of the whole entry costs stack, which the
     // 6.1 verifier counts to 512 bytes with every call frame.
     let last_timestamp = env.endpoint(id).map_or(0, |e| e.last_timestamp_ns);
-    check_new_and_signed(msg, tunnel.key, last_timestamp)?;
+    check_new_and_signed(msg, &tunnel.key, last_timestamp)?;
 
     // Under the lock, again: a newer heartbeat may have been accepted on
     // another CPU since the read above, and must not be undone.
@@ -211,7 +211,7 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     drop(endpoint);
     forget_cached(env, moved_from);
     env.count(Counter::Accepted);
-    let detail = msg.detail;
+    let detail = msg.detail();
     emit(env, EVENT_HEARTBEAT, id, timestamp, detail, udp);
     Ok(())
 }

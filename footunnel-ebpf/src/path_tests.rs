@@ -8,6 +8,7 @@ use crate::{
     maps::{CachedEndpoint, Event, PORT_FOU, TunnelConfig, inner_prefix},
     packet::mapped,
     siphash::SipKey,
+    wire::ControlMessage,
 };
 
 pub(crate) const KEY: SipKey = SipKey { k0: 0x0706050403020100, k1: 0x0f0e0d0c0b0a0908 };
@@ -152,7 +153,7 @@ impl Env for MemEnv {
 pub(crate) fn env() -> MemEnv {
     let env = MemEnv {
         ports: [(42424, PortConfig { kind: PORT_FOU }), (42425, PortConfig { kind: PORT_LEGACY })].into(),
-        tunnels: [(ID, TunnelConfig { key: KEY, local: mapped(BROKER), record: ID })].into(),
+        tunnels: [(ID, TunnelConfig::new(ID, KEY, mapped(BROKER), ID))].into(),
         v4: vec![([10, 0, 0, 0], 30, ID)],
         legacy: [(b"SECRET".to_vec(), ID)].into(),
         ..Default::default()
@@ -408,7 +409,7 @@ fn during_a_key_rotation_either_secret_moves_one_endpoint_under_one_timestamp_ru
     const NEXT_KEY: SipKey = SipKey { k0: 0x1111, k1: 0x2222 };
     const NEXT_ID: u64 = 0xfeed_0000_0000_0002;
     let mut env = env();
-    env.tunnels.insert(NEXT_ID, TunnelConfig { key: NEXT_KEY, local: mapped(BROKER), record: ID });
+    env.tunnels.insert(NEXT_ID, TunnelConfig::new(NEXT_ID, NEXT_KEY, mapped(BROKER), ID));
     let under_next = |ts| ControlMessage::new(Kind::Heartbeat, NEXT_ID, ts, [0; 8]).sign(NEXT_KEY).to_bytes();
     process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
     assert_eq!(env.endpoint(ID).unwrap().key_id, ID);
@@ -481,7 +482,7 @@ pub(crate) const BROKER6: Addr = Addr([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0,
 /// An IPv6 tunnel: its link's local address is the broker's IPv6 one.
 fn env6() -> MemEnv {
     let mut env = env();
-    env.tunnels.insert(ID, TunnelConfig { key: KEY, local: BROKER6, record: ID });
+    env.tunnels.insert(ID, TunnelConfig::new(ID, KEY, BROKER6, ID));
     env
 }
 
@@ -584,7 +585,7 @@ fn a_client_moving_from_ipv4_to_ipv6_leaves_no_cache_entry_behind() {
     process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
     assert!(env.cache.borrow().values().any(|c| c.entry != 0));
     let mut env = env;
-    env.tunnels.insert(ID, TunnelConfig { key: KEY, local: UNSPECIFIED, record: ID });
+    env.tunnels.insert(ID, TunnelConfig::new(ID, KEY, UNSPECIFIED, ID));
     process(&udp6(CLIENT6, 40001, 42424, &[], &heartbeat(NOW + 1))[..], &env);
     assert_eq!(env.endpoint(ID).unwrap().addr, CLIENT6);
     assert!(env.cache.borrow().values().all(|c| c.entry == 0), "the old IPv4 endpoint's entry survived");

@@ -120,6 +120,28 @@ impl PacketBytes for Linear {
     }
 
     #[inline(always)]
+    fn le64s<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
+        // As `read_in_loop`: the bound is checked on the register loaded from.
+        let mut at = self.start + offset;
+        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
+        if at + 8 * N > self.end {
+            return None;
+        }
+        let mut out = [0u64; N];
+        for (i, v) in out.iter_mut().enumerate() {
+            // SAFETY: inside the 8N bytes checked just above; one 64-bit
+            // load (the BPF target is little-endian).
+            unsafe {
+                core::arch::asm!(
+                    "{0} = *(u64 *)({1} + 0)", out(reg) *v, in(reg) at + 8 * i, options(pure, readonly, nostack)
+                )
+            };
+        }
+        Some(out)
+    }
+
+    #[inline(always)]
     fn read_in_loop<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         // Opaque to LLVM, so the bound is checked on the very register that
         // is dereferenced; otherwise the check is rewritten into a form the

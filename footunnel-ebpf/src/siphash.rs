@@ -25,6 +25,53 @@ impl SipKey {
     }
 }
 
+/// SipHash-2-4's state: a key's, before any input, or one partway through a
+/// message (a tunnel's heartbeats all begin with the same 16 bytes, so the
+/// broker hashes those once per tunnel: see `wire::HeartbeatKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SipState {
+    pub v: [u64; 4],
+}
+
+impl SipState {
+    #[inline(always)]
+    pub const fn new(key: SipKey) -> Self {
+        SipState {
+            v: [
+                key.k0 ^ 0x736f_6d65_7073_6575,
+                key.k1 ^ 0x646f_7261_6e64_6f6d,
+                key.k0 ^ 0x6c79_6765_6e65_7261,
+                key.k1 ^ 0x7465_6462_7974_6573,
+            ],
+        }
+    }
+
+    /// Takes in the next 8 bytes of the message, as a little-endian word.
+    #[inline(always)]
+    pub fn compress(&mut self, m: u64) {
+        let v = &mut self.v;
+        v[3] ^= m;
+        round(v);
+        round(v);
+        v[0] ^= m;
+    }
+
+    /// The hash of a `len`-byte message whose last `len % 8` bytes (none
+    /// when `len` is a multiple of 8) are `tail`'s low bytes, little-endian.
+    #[inline(always)]
+    pub fn finish(mut self, len: usize, tail: u64) -> u64 {
+        self.compress(tail | (len as u64) << 56);
+        let v = &mut self.v;
+        v[2] ^= 0xff;
+        round(v);
+        round(v);
+        round(v);
+        round(v);
+        v[0] ^ v[1] ^ v[2] ^ v[3]
+    }
+}
+
 #[inline(always)]
 fn round(v: &mut [u64; 4]) {
     v[0] = v[0].wrapping_add(v[1]);
@@ -39,40 +86,20 @@ fn round(v: &mut [u64; 4]) {
     v[2] = v[2].rotate_left(32);
 }
 
-#[inline(always)]
-fn compress(v: &mut [u64; 4], m: u64) {
-    v[3] ^= m;
-    round(v);
-    round(v);
-    v[0] ^= m;
-}
-
 /// SipHash-2-4 of `data` under `key`.
 #[inline(always)]
 pub fn siphash24(key: SipKey, data: &[u8]) -> u64 {
-    let mut v = [
-        key.k0 ^ 0x736f_6d65_7073_6575,
-        key.k1 ^ 0x646f_7261_6e64_6f6d,
-        key.k0 ^ 0x6c79_6765_6e65_7261,
-        key.k1 ^ 0x7465_6462_7974_6573,
-    ];
+    let mut state = SipState::new(key);
     let mut blocks = data.chunks_exact(8);
     for block in &mut blocks {
         let mut word = [0u8; 8];
         word.copy_from_slice(block);
-        compress(&mut v, u64::from_le_bytes(word));
+        state.compress(u64::from_le_bytes(word));
     }
-    let mut last = [0u8; 8];
+    let mut tail = [0u8; 8];
     let rest = blocks.remainder();
-    last[..rest.len()].copy_from_slice(rest);
-    last[7] = data.len() as u8;
-    compress(&mut v, u64::from_le_bytes(last));
-    v[2] ^= 0xff;
-    round(&mut v);
-    round(&mut v);
-    round(&mut v);
-    round(&mut v);
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    tail[..rest.len()].copy_from_slice(rest);
+    state.finish(data.len(), u64::from_le_bytes(tail))
 }
 
 #[cfg(test)]

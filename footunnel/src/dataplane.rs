@@ -109,12 +109,12 @@ pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<IpAddr>) 
 pub fn add_key(ebpf: &mut Ebpf, key_id: u64, key: SipKey, local: Option<IpAddr>, record: u64) -> Result<()> {
     let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
     tunnels
-        .insert(key_id, tunnel_config(key, local, record), 0)
+        .insert(key_id, tunnel_config(key_id, key, local, record), 0)
         .with_context(|| format!("cannot add tunnel id {key_id:016x}"))
 }
 
-pub fn tunnel_config(key: SipKey, local: Option<IpAddr>, record: u64) -> TunnelConfig {
-    TunnelConfig { key, local: local.map_or(UNSPECIFIED, Addr::from), record }
+pub fn tunnel_config(key_id: u64, key: SipKey, local: Option<IpAddr>, record: u64) -> TunnelConfig {
+    TunnelConfig::new(key_id, key, local.map_or(UNSPECIFIED, Addr::from), record)
 }
 
 /// Tunnel `id`'s configuration in the data plane, if it has one.

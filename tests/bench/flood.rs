@@ -13,8 +13,7 @@ use aya::programs::{Xdp, XdpMode};
 use footunnel::{dataplane::XDP_PROGRAM, secret::TunnelIdentity};
 use footunnel_ebpf::{
     maps::Counter,
-    siphash::SipKey,
-    wire::{Acceptance, ControlMessage, Kind, Reject, check_header, check_tunnel},
+    wire::{Acceptance, HeartbeatKey, Kind, Message, MessageWords, Reject, check_header, check_tunnel},
 };
 use footunnel_tests::{
     Netns,
@@ -71,18 +70,20 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// A userspace broker's checks of one datagram, in the data plane's order;
-/// an accepted heartbeat's timestamp becomes its tunnel's last.
+/// A userspace broker's checks of one datagram, in the data plane's order
+/// and form (the message as words, each tunnel's SipHash state after its
+/// heartbeats' first 16 bytes worked out beforehand); an accepted
+/// heartbeat's timestamp becomes its tunnel's last.
 pub fn userspace_check(
     payload: &[u8],
-    tunnels: &HashMap<u64, SipKey>,
+    tunnels: &HashMap<u64, HeartbeatKey>,
     last_ts: &mut HashMap<u64, u64>,
     now: u64,
 ) -> Result<(), Reject> {
     let bytes: &[u8; 40] = payload.try_into().map_err(|_| Reject::Malformed)?;
-    let msg = ControlMessage::from_bytes(bytes);
+    let msg = MessageWords::from_bytes(bytes);
     check_header(&msg, Kind::Heartbeat)?;
-    let key = *tunnels.get(&msg.tunnel_id()).ok_or(Reject::UnknownTunnel)?;
+    let key = tunnels.get(&msg.tunnel_id()).ok_or(Reject::UnknownTunnel)?;
     let last = last_ts.get(&msg.tunnel_id()).copied().unwrap_or(0);
     check_tunnel(&msg, key, last, &Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: WINDOW_NS })?;
     last_ts.insert(msg.tunnel_id(), msg.timestamp_ns());
@@ -93,7 +94,7 @@ pub fn userspace_check(
 /// the same checks in the same order.
 fn userspace_broker(stop_after_idle: Duration) -> (u64, u64, Duration, Duration) {
     let id = TunnelIdentity::derive(SECRET);
-    let tunnels: HashMap<u64, SipKey> = [(id.id, id.sip_key())].into();
+    let tunnels: HashMap<u64, HeartbeatKey> = [(id.id, HeartbeatKey::new(id.sip_key(), id.id))].into();
     let mut last_ts: HashMap<u64, u64> = HashMap::new();
     let sock = UdpSocket::bind(("192.0.2.2", FOU_PORT)).unwrap();
     let size: libc::c_int = 8 << 20;

@@ -18,7 +18,7 @@ use std::{
 
 use aya::programs::{Xdp, XdpMode};
 use footunnel::{dataplane::XDP_PROGRAM, rawudp::RawUdp, secret::TunnelIdentity};
-use footunnel_ebpf::siphash::SipKey;
+use footunnel_ebpf::wire::HeartbeatKey;
 use footunnel_tests::{
     Netns,
     broker::{Broker, FOU_PORT, SECRET, now_ns},
@@ -141,7 +141,7 @@ fn measured(gen_ns: &Netns, recorded: &(dyn Fn() -> Option<u16> + Sync), flooded
 /// of the latest accepted heartbeat goes to `recorded`.
 fn userspace_broker(ready: &AtomicBool, stop: &AtomicBool, recorded: &AtomicU32) {
     let id = TunnelIdentity::derive(SECRET);
-    let tunnels: HashMap<u64, SipKey> = [(id.id, id.sip_key())].into();
+    let tunnels: HashMap<u64, HeartbeatKey> = [(id.id, HeartbeatKey::new(id.sip_key(), id.id))].into();
     let mut last_ts: HashMap<u64, u64> = HashMap::new();
     let sock = UdpSocket::bind(("192.0.2.2", FOU_PORT)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();

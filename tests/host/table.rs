@@ -4,6 +4,7 @@
 use footunnel_ebpf::{
     maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED},
     packet::mapped,
+    wire::ControlMessage,
 };
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, LEGACY_PORT, TC_ACT_OK, TC_ACT_SHOT, WINDOW_NS, XDP_DROP, XDP_PASS, now_ns},
@@ -125,6 +126,20 @@ fn control_messages_are_verified_by_every_rule() {
     expect(&broker, "heartbeat with IPv4 options", &with_options.build(), XDP_DROP, Some(Counter::Accepted));
     let moved = broker.endpoint().unwrap();
     assert_eq!((moved.port, moved.changes, moved.heartbeats, moved.last_timestamp_ns), (40003, 2, 2, t0 + 3));
+
+    // Flags set: receivers ignore them, but the tag covers them, and it is
+    // computed from the key (the per-tunnel state covers plain headers only).
+    let flagged = |ts, tag_flip: u8| {
+        let mut m = ControlMessage::from_bytes(&broker.heartbeat(ts).try_into().unwrap());
+        m.flags = 0x80;
+        let mut m = m.sign(broker.tunnel.sip_key()).to_bytes();
+        m[39] ^= tag_flip;
+        to_fou(CLIENT, 40004, &m).build()
+    };
+    expect(&broker, "heartbeat with flags, forged", &flagged(t0 + 4, 1), XDP_DROP, Some(Counter::BadTag));
+    assert_eq!(broker.endpoint(), Some(moved), "a forged flagged heartbeat changes nothing");
+    expect(&broker, "heartbeat with flags", &flagged(t0 + 4, 0), XDP_DROP, Some(Counter::Accepted));
+    assert_eq!(broker.endpoint().map(|e| (e.port, e.last_timestamp_ns)), Some((40004, t0 + 4)));
 }
 
 #[test]

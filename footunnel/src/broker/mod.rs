@@ -375,7 +375,7 @@ impl Broker {
         let name = t.config.name.clone();
         let result = wanted
             .iter()
-            .try_for_each(|(id, c)| dataplane::add_key(&mut self.ebpf, *id, c.key, local, c.record))
+            .try_for_each(|(id, c)| dataplane::add_key(&mut self.ebpf, *id, c.key.key, local, c.record))
             .and_then(|()| {
                 prefixes
                     .iter()

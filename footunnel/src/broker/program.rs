@@ -125,10 +125,15 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
 
 /// TUNNELS entries of `tunnel`: one per secret, all recorded under its record id.
 pub(super) fn key_entries(tunnel: &Tunnel, local: Option<IpAddr>) -> Vec<(u64, TunnelConfig)> {
-    let mut entries =
-        vec![(tunnel.identity.id, dataplane::tunnel_config(tunnel.identity.sip_key(), local, tunnel.record_id))];
+    let mut entries = vec![(
+        tunnel.identity.id,
+        dataplane::tunnel_config(tunnel.identity.id, tunnel.identity.sip_key(), local, tunnel.record_id),
+    )];
     if let Some(next) = &tunnel.next {
-        entries.push((next.identity.id, dataplane::tunnel_config(next.identity.sip_key(), local, tunnel.record_id)));
+        entries.push((
+            next.identity.id,
+            dataplane::tunnel_config(next.identity.id, next.identity.sip_key(), local, tunnel.record_id),
+        ));
     }
     entries
 }

@@ -137,7 +137,7 @@ pub fn verify_from_broker(
     if msg.tunnel_id() != identity.id {
         return Err(Reject::UnknownTunnel);
     }
-    check_tunnel(&msg, identity.sip_key(), last_timestamp_ns, &Acceptance { expected: kind, now_ns, window_ns })?;
+    check_tunnel(&msg, &identity.sip_key(), last_timestamp_ns, &Acceptance { expected: kind, now_ns, window_ns })?;
     let d = msg.detail;
     Ok(match kind {
         Kind::Challenge => FromBroker::Challenge { timestamp_ns: msg.timestamp_ns(), nonce: d },
