@@ -148,9 +148,37 @@ pub fn silent_for(last_heard_ns: Option<u64>, since_ns: u64, now_ns: u64, timeou
     (quiet >= timeout_ns).then_some(quiet)
 }
 
+/// Ticks (one a second) over which the broker's sweep reads every link once.
+pub const SWEEP_TICKS: u64 = 10;
+
+/// The tunnels the sweep reads at `tick`: every tenth, so that each is read
+/// once every ten ticks and no tick holds up the event loop with all of
+/// them (at 10,000 links a whole sweep takes seconds in a slow VM, and
+/// heartbeats waited behind it).
+pub fn sweep_share(tunnels: usize, tick: u64) -> impl Iterator<Item = usize> {
+    ((tick % SWEEP_TICKS) as usize..tunnels).step_by(SWEEP_TICKS as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_reads_each_tunnel_once_every_ten_ticks() {
+        for tunnels in [0, 1, 9, 10, 11, 10_007] {
+            for start in [0, 3, 10, 1_000_001] {
+                let mut seen = vec![0u32; tunnels];
+                let mut largest_share = 0;
+                for tick in start..start + SWEEP_TICKS {
+                    let share: Vec<usize> = sweep_share(tunnels, tick).collect();
+                    largest_share = largest_share.max(share.len());
+                    share.into_iter().for_each(|i| seen[i] += 1);
+                }
+                assert!(seen.iter().all(|&n| n == 1), "{tunnels} tunnels from tick {start}: {seen:?}");
+                assert_eq!(largest_share, tunnels.div_ceil(SWEEP_TICKS as usize), "{tunnels} tunnels");
+            }
+        }
+    }
 
     const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))

@@ -6,8 +6,12 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
 use netlink_packet_route::{
+    AddressFamily,
     address::AddressAttribute,
-    link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, TunnelEncapType},
+    link::{
+        InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+        TunnelEncapType,
+    },
 };
 use rtnetlink::Handle;
 
@@ -167,6 +171,9 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
         .link()
         .get()
         .match_name(name.to_owned())
+        // Counters are not read here, and the sweep reads every link every
+        // 10 s: the kernel leaves them out of the reply.
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
         .execute()
         .try_next()
         .await

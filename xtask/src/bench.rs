@@ -197,11 +197,14 @@ pub fn render(r: &Value) -> String {
     );
     for row in r["scale"]["rows"].as_array().into_iter().flatten() {
         md += &format!(
-            "Controller CPU during {:.0} s of forged heartbeats ({} packets, {} tunnels): {:.2} s.\n",
+            "Controller CPU at {} tunnels: {:.2} s during {:.0} s of forged heartbeats ({} packets), {:.2} s during \
+             {:.0} s just before without them (its sweep reads a tenth of the links each second).\n",
+            row["tunnels"],
+            f(&row["controller_cpu_s_during_flood"]),
             f(&row["flood_s"]),
             row["flood_packets"],
-            row["tunnels"],
-            f(&row["controller_cpu_s_during_flood"])
+            f(&row["controller_cpu_s_quiet"]),
+            f(&row["quiet_s"]),
         );
     }
     md += &flood_failover(&r["flood_failover"]);

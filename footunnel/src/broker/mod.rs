@@ -342,6 +342,19 @@ impl Broker {
         }
     }
 
+    /// The sweep's share at `tick` (see [`decide::sweep_share`]).
+    async fn reconcile_share(&mut self, tick: u64) {
+        if self.shared.is_some() {
+            if tick.is_multiple_of(decide::SWEEP_TICKS) {
+                self.check_shared_device().await;
+            }
+            return;
+        }
+        for i in decide::sweep_share(self.table.tunnels.len(), tick) {
+            self.reconcile(i).await;
+        }
+    }
+
     /// Makes tunnel `i`'s link match its recorded endpoint; where the link
     /// points afterwards, as the kernel has it.
     async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
@@ -563,6 +576,8 @@ impl Broker {
             .context("cannot watch for link changes over rtnetlink")?;
         tokio::spawn(monitor);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        // A tick that came late (a slow sweep) is not made up in a burst.
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
         let mut lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(0);
         tokio::pin!(shutdown);
@@ -599,19 +614,24 @@ impl Broker {
                 }
                 _ = sweep.tick() => {
                     self.check_silence_all().await;
-                    // Every 10 s, or at once when the ring buffer overflowed: catch what
-                    // events missed (and links changed by hand), follow clock steps.
+                    // A share of the links each second, each read every 10 s:
+                    // catches what events missed and links changed by hand. All
+                    // at once when the ring buffer overflowed.
                     ticks += 1;
                     let now_lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(lost);
-                    if !ticks.is_multiple_of(10) && now_lost == lost {
-                        continue;
+                    if now_lost != lost {
+                        lost = now_lost;
+                        self.reconcile_all().await;
+                    } else {
+                        self.reconcile_share(ticks).await;
                     }
-                    lost = now_lost;
-                    self.reconcile_all().await;
-                    let mut settings = self.settings();
-                    settings.realtime_offset_ns = dataplane::realtime_offset_ns();
-                    if let Err(e) = dataplane::set_settings(&mut self.ebpf, settings) {
-                        warn!("{e:#}");
+                    if ticks.is_multiple_of(decide::SWEEP_TICKS) {
+                        // Follows clock steps.
+                        let mut settings = self.settings();
+                        settings.realtime_offset_ns = dataplane::realtime_offset_ns();
+                        if let Err(e) = dataplane::set_settings(&mut self.ebpf, settings) {
+                            warn!("{e:#}");
+                        }
                     }
                 }
             }
