@@ -179,8 +179,8 @@ impl Ack6 {
     }
 }
 
-/// The receiver's checks of an ACK6, in the order and with the reasons of
-/// the 40-byte messages: header, freshness, replay, tag.
+/// The receiver's checks of an ACK6: those of the 40-byte messages, in
+/// their order and with their reasons.
 pub fn check_ack6(msg: &Ack6, key: SipKey, last_timestamp_ns: u64, rules: &Acceptance) -> Result<(), Reject> {
     check_header(msg, Kind::Ack6)?;
     check_tunnel(msg, &key, last_timestamp_ns, rules)
@@ -199,43 +199,30 @@ pub trait Message {
     fn tag_is_valid(&self, key: &Self::Key) -> bool;
 }
 
-impl Message for Ack6 {
-    type Key = SipKey;
-    fn marker(&self) -> u8 {
-        self.marker
-    }
-    fn version(&self) -> u8 {
-        self.version
-    }
-    fn kind(&self) -> u8 {
-        self.kind
-    }
-    fn timestamp_ns(&self) -> u64 {
-        Ack6::timestamp_ns(self)
-    }
-    fn tag_is_valid(&self, key: &SipKey) -> bool {
-        self.tag == self.expected_tag(*key)
-    }
+/// The message types kept as their wire bytes, tagged under the plain key.
+macro_rules! message_as_bytes {
+    ($($ty:ty),*) => {$(
+        impl Message for $ty {
+            type Key = SipKey;
+            fn marker(&self) -> u8 {
+                self.marker
+            }
+            fn version(&self) -> u8 {
+                self.version
+            }
+            fn kind(&self) -> u8 {
+                self.kind
+            }
+            fn timestamp_ns(&self) -> u64 {
+                u64::from_be_bytes(self.timestamp)
+            }
+            fn tag_is_valid(&self, key: &SipKey) -> bool {
+                self.tag == self.expected_tag(*key)
+            }
+        }
+    )*};
 }
-
-impl Message for ControlMessage {
-    type Key = SipKey;
-    fn marker(&self) -> u8 {
-        self.marker
-    }
-    fn version(&self) -> u8 {
-        self.version
-    }
-    fn kind(&self) -> u8 {
-        self.kind
-    }
-    fn timestamp_ns(&self) -> u64 {
-        ControlMessage::timestamp_ns(self)
-    }
-    fn tag_is_valid(&self, key: &SipKey) -> bool {
-        self.tag == self.expected_tag(*key)
-    }
-}
+message_as_bytes!(ControlMessage, Ack6);
 
 /// A 40-byte control message as five little-endian 64-bit words, the way
 /// the eBPF program reads a heartbeat: five loads, where field by field its

@@ -30,7 +30,7 @@ enum Task {
     /// Run a command in a VM booted from Debian's kernel (which has fou/ipip) over this root filesystem.
     Vm(vm::Options),
     /// Measure the claims (per-packet cost, flood, failover, scale); write bench/results.{md,json}.
-    Bench,
+    Bench(bench::Options),
     /// Build the Debian package: binary, systemd units, example configuration, manual pages (target/debian/).
     Deb,
     /// Show a tunnel following its client through an address change and a NAT port change.
@@ -48,7 +48,7 @@ fn main() -> Result<()> {
         Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
         Task::Deb => deb::run(),
         Task::Demo => demo::run(),
-        Task::Bench => bench::run(),
+        Task::Bench(opts) => bench::run(&opts),
         Task::DemoInside => demo::inside(),
     }
 }
