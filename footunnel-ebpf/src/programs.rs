@@ -58,6 +58,23 @@ struct Linear {
     end: usize,
 }
 
+impl Linear {
+    /// The address of `len` bytes at `offset`, if they are in the packet.
+    /// The address is opaque to LLVM, so the bound is checked on the very
+    /// register that is dereferenced; otherwise the check is rewritten into
+    /// a form the verifier cannot follow.
+    #[inline(always)]
+    fn bounded(&self, offset: usize, len: usize) -> Option<usize> {
+        let mut at = self.start + offset;
+        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
+        if at + len > self.end {
+            return None;
+        }
+        Some(at)
+    }
+}
+
 impl PacketBytes for Linear {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
@@ -86,13 +103,7 @@ impl PacketBytes for Linear {
 
     #[inline(always)]
     fn bytes4_at(&self, offset: usize) -> Option<[u8; 4]> {
-        // As `read_in_loop`: the bound is checked on the register loaded from.
-        let mut at = self.start + offset;
-        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
-        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
-        if at + 4 > self.end {
-            return None;
-        }
+        let at = self.bounded(offset, 4)?;
         let value: u64;
         // SAFETY: four bytes inside the packet (checked just above); one
         // 32-bit load, as in `load_be16`. Its bytes in memory order.
@@ -104,13 +115,7 @@ impl PacketBytes for Linear {
 
     #[inline(always)]
     fn be16s<const N: usize>(&self, offset: usize) -> Option<[u16; N]> {
-        // As `read_in_loop`: the bound is checked on the register loaded from.
-        let mut at = self.start + offset;
-        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
-        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
-        if at + 2 * N > self.end {
-            return None;
-        }
+        let at = self.bounded(offset, 2 * N)?;
         let mut out = [0u16; N];
         for (i, v) in out.iter_mut().enumerate() {
             // SAFETY: inside the 2N bytes checked just above.
@@ -121,13 +126,7 @@ impl PacketBytes for Linear {
 
     #[inline(always)]
     fn le64s<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
-        // As `read_in_loop`: the bound is checked on the register loaded from.
-        let mut at = self.start + offset;
-        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
-        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
-        if at + 8 * N > self.end {
-            return None;
-        }
+        let at = self.bounded(offset, 8 * N)?;
         let mut out = [0u64; N];
         for (i, v) in out.iter_mut().enumerate() {
             // SAFETY: inside the 8N bytes checked just above; one 64-bit
@@ -143,15 +142,7 @@ impl PacketBytes for Linear {
 
     #[inline(always)]
     fn read_in_loop<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        // Opaque to LLVM, so the bound is checked on the very register that
-        // is dereferenced; otherwise the check is rewritten into a form the
-        // verifier cannot follow.
-        let mut at = self.start + offset;
-        // SAFETY: a register move onto itself; it only hides `at`'s provenance.
-        unsafe { core::arch::asm!("{0} = {0}", inout(reg) at) };
-        if at + N > self.end {
-            return None;
-        }
+        let at = self.bounded(offset, N)?;
         // SAFETY: bounds checked against the packet end just above.
         Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
     }
