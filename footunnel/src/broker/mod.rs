@@ -569,18 +569,13 @@ impl Broker {
         let mut lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(0);
         tokio::pin!(shutdown);
         info!("broker running: {} tunnel(s) on {}", self.table.tunnels.len(), self.interfaces.join(", "));
-        // Links the sweep has still to read, by table index.
-        let mut to_sweep = std::collections::VecDeque::new();
+        let mut sweep_pacer = decide::SweepPacer::default();
         loop {
             tokio::select! {
                 // In this order: the sweep only when nothing else is ready.
                 biased;
                 _ = &mut shutdown => break,
-                Some(()) = hangups.recv() => {
-                    self.on_hangup(&reread).await;
-                    // The table's indices may have changed.
-                    to_sweep.clear();
-                }
+                Some(()) = hangups.recv() => self.on_hangup(&reread).await,
                 Ok((stream, _)) = crate::metrics::accept(metrics.as_ref()) => {
                     crate::metrics::respond(stream, self.metrics_text());
                 }
@@ -609,7 +604,7 @@ impl Broker {
                 }
                 _ = sweep.tick() => {
                     self.check_silence_all().await;
-                    // A share of the links each second, each read every 10 s:
+                    // A tenth of the links due each second, each read every 10 s:
                     // catches what events missed and links changed by hand. All
                     // of them when the ring buffer overflowed.
                     ticks += 1;
@@ -623,9 +618,9 @@ impl Broker {
                             self.check_shared_device().await;
                         }
                     } else if everything {
-                        to_sweep = (0..self.table.tunnels.len()).collect();
+                        sweep_pacer.all(self.table.tunnels.len());
                     } else {
-                        to_sweep.extend(decide::sweep_share(self.table.tunnels.len(), ticks));
+                        sweep_pacer.tick(self.table.tunnels.len());
                     }
                     if ticks.is_multiple_of(decide::SWEEP_TICKS) {
                         // Follows clock steps.
@@ -637,10 +632,9 @@ impl Broker {
                     }
                 }
                 // Last, and one link a turn: events and link changes never
-                // wait behind the sweep (at 10,000 links its share of a second
-                // took half a second in a slow VM).
-                _ = std::future::ready(()), if !to_sweep.is_empty() => {
-                    if let Some(i) = to_sweep.pop_front().filter(|&i| i < self.table.tunnels.len()) {
+                // wait behind the sweep.
+                _ = std::future::ready(()), if sweep_pacer.is_due() => {
+                    if let Some(i) = sweep_pacer.next(self.table.tunnels.len()) {
                         self.reconcile(i).await;
                     }
                 }
