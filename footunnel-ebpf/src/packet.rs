@@ -246,14 +246,9 @@ pub fn read_addresses<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> bool {
 
 #[inline(always)]
 fn locate_udp4<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Located, Parsed> {
-    // The whole fixed header must be there; then only the fields needed
-    // are read, 16 bits at a time: no copy of the header.
-    if pkt.be16_at(ETH_HLEN + 18).is_none() {
-        return Err(Parsed::Other);
-    }
-    let (Some(version_tos), Some(total_len), Some(frag), Some(ttl_protocol)) =
-        (pkt.be16_at(ETH_HLEN), pkt.be16_at(ETH_HLEN + 2), pkt.be16_at(ETH_HLEN + 6), pkt.be16_at(ETH_HLEN + 8))
-    else {
+    // The whole fixed header must be there; only the fields used are loaded,
+    // 16 bits at a time: no copy of the header.
+    let Some([version_tos, total_len, _, frag, ttl_protocol, ..]) = pkt.be16s::<10>(ETH_HLEN) else {
         return Err(Parsed::Other);
     };
     let version_ihl = (version_tos >> 8) as u8;
@@ -276,9 +271,7 @@ fn locate_udp4<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Locate
 
 #[inline(always)]
 fn locate_udp6<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Located, Parsed> {
-    let (Some(version_class), Some(payload_len), Some(next_hop_limit)) =
-        (pkt.be16_at(ETH_HLEN), pkt.be16_at(ETH_HLEN + 4), pkt.be16_at(ETH_HLEN + 6))
-    else {
+    let Some([version_class, _, payload_len, next_hop_limit]) = pkt.be16s::<4>(ETH_HLEN) else {
         return Err(Parsed::Other);
     };
     if version_class >> 12 != 6 {

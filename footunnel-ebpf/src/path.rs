@@ -175,8 +175,7 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     if udp.payload_len != MESSAGE_LEN {
         return Err(Counter::Malformed);
     }
-    let msg = MessageWords(pkt.le64s::<{ MESSAGE_LEN / 8 }>(udp.payload_offset).ok_or(Counter::Malformed)?);
-    let msg = &msg;
+    let msg = &MessageWords(pkt.le64s::<{ MESSAGE_LEN / 8 }>(udp.payload_offset).ok_or(Counter::Malformed)?);
     check_header(msg, Kind::Heartbeat)?;
     let key_id = msg.tunnel_id();
     let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;

@@ -20,10 +20,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.render {
         let out = cmd::workspace_root().join("bench");
         let json = out.join("results.json");
-        let results: Value =
-            serde_json::from_slice(&std::fs::read(&json).with_context(|| format!("missing {}", json.display()))?)
-                .with_context(|| format!("cannot parse {}", json.display()))?;
-        std::fs::write(out.join("results.md"), render(&results))?;
+        std::fs::write(out.join("results.md"), render(&read_json(&json)?))?;
         println!("rendered {} from {}", out.join("results.md").display(), json.display());
         return Ok(());
     }
@@ -74,11 +71,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "seven_scenarios".into(),
     ])?;
 
-    let read = |name: &str| -> Result<Value> {
-        let path = raw.join(format!("{name}.json"));
-        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("missing {}", path.display()))?)
-            .with_context(|| format!("cannot parse {}", path.display()))
-    };
+    let read = |name: &str| -> Result<Value> { read_json(&raw.join(format!("{name}.json"))) };
     let results = json!({
         "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
         "machine": machine()?,
@@ -99,6 +92,11 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("\n{markdown}");
     println!("written to {} and {}", out.join("results.md").display(), out.join("results.json").display());
     Ok(())
+}
+
+fn read_json(path: &std::path::Path) -> Result<Value> {
+    serde_json::from_slice(&std::fs::read(path).with_context(|| format!("missing {}", path.display()))?)
+        .with_context(|| format!("cannot parse {}", path.display()))
 }
 
 fn machine() -> Result<String> {
