@@ -229,15 +229,16 @@ pub fn parse_udp<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Parsed {
 #[inline(always)]
 pub fn read_addresses<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> bool {
     if udp.ipv6 {
-        let (Some(src), Some(dst)) = (pkt.read::<16>(ETH_HLEN + 8), pkt.read::<16>(ETH_HLEN + 24)) else {
-            return false;
-        };
+        // One read after the other, each with its own exit: read together,
+        // LLVM may carry a failed read's undefined value into the other's
+        // path, which the verifier refuses.
+        let Some(src) = pkt.read::<16>(ETH_HLEN + 8) else { return false };
+        let Some(dst) = pkt.read::<16>(ETH_HLEN + 24) else { return false };
         udp.src_addr = Addr(src);
         udp.dst_addr = Addr(dst);
     } else {
-        let (Some(src), Some(dst)) = (pkt.bytes4_at(ETH_HLEN + 12), pkt.bytes4_at(ETH_HLEN + 16)) else {
-            return false;
-        };
+        let Some(src) = pkt.bytes4_at(ETH_HLEN + 12) else { return false };
+        let Some(dst) = pkt.bytes4_at(ETH_HLEN + 16) else { return false };
         udp.src_addr = mapped(src);
         udp.dst_addr = mapped(dst);
     }

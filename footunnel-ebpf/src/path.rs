@@ -8,7 +8,10 @@ use crate::{
         LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
         inner_prefix,
     },
-    packet::{Addr, ETH_HLEN, PacketBytes, Parsed, UNSPECIFIED, Udp, parse_udp, read_addresses, same_addr},
+    packet::{
+        Addr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, PacketBytes, Parsed, UDP_HLEN, UNSPECIFIED, Udp, parse_udp,
+        read_addresses, same_addr,
+    },
     wire::{Acceptance, Kind, MESSAGE_LEN, Message, MessageWords, check_fresh, check_header, check_new, check_signed},
 };
 
@@ -72,19 +75,25 @@ pub trait Env {
 /// Every packet on the uplink comes through here.
 #[inline(always)]
 pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
-    // Unrelated traffic leaves after the headers and one map lookup.
     let mut udp = Udp::default();
-    match parse_udp(pkt, &mut udp) {
-        Parsed::Udp => {}
-        Parsed::Other => return Verdict::Pass,
-        Parsed::Fragment { port } => return count_if_watched(port, env, Counter::Fragment),
-        Parsed::Malformed { port } => return count_if_watched(port, env, Counter::IpMalformed),
-        Parsed::Unwalked => {
-            env.count(Counter::Ipv6Unwalked);
-            return Verdict::Pass;
+    let port = match plain_ipv4(pkt, env, &mut udp) {
+        Plain::Done(verdict) => return verdict,
+        Plain::Watched(port) => port,
+        Plain::Other => {
+            match parse_udp(pkt, &mut udp) {
+                Parsed::Udp => {}
+                Parsed::Other => return Verdict::Pass,
+                Parsed::Fragment { port } => return count_if_watched(port, env, Counter::Fragment),
+                Parsed::Malformed { port } => return count_if_watched(port, env, Counter::IpMalformed),
+                Parsed::Unwalked => {
+                    env.count(Counter::Ipv6Unwalked);
+                    return Verdict::Pass;
+                }
+            };
+            let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
+            port
         }
     };
-    let Some(port) = env.port(udp.dst_port) else { return Verdict::Pass };
     if port.kind == PORT_LEGACY {
         if !read_addresses(pkt, &mut udp) {
             return Verdict::Pass;
@@ -95,9 +104,7 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         env.count(Counter::NotFou);
         return Verdict::Pass;
     };
-    // The addresses are read where they are needed: the endpoint cache's
-    // hit (nearly all traffic) needs only the IPv4 source, read as is.
-    if first >> 4 != 4 && !read_addresses(pkt, &mut udp) {
+    if !read_addresses(pkt, &mut udp) {
         return Verdict::Pass;
     }
     match first >> 4 {
@@ -122,21 +129,6 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
             }
             if version == 4 {
                 let Some(inner) = pkt.bytes4_at(udp.payload_offset + 12) else { return Verdict::Pass };
-                // Nearly all traffic: data from a known endpoint with an inner
-                // source in its tunnel's prefix, after one array lookup (IPv4
-                // endpoints: an IPv6 one does not fit the cache's entry word).
-                if !udp.ipv6
-                    && let Some(src) = pkt.bytes4_at(ETH_HLEN + 12)
-                {
-                    let (slot, entry) = endpoint_cache_key(src, udp.src_port);
-                    if env.cache_admits(slot, entry, inner) {
-                        env.count(Counter::FouData);
-                        return Verdict::Pass;
-                    }
-                }
-                if !read_addresses(pkt, &mut udp) {
-                    return Verdict::Pass;
-                }
                 let owner = env.tunnel_by_v4(inner);
                 fou_data(&udp, owner.map(|o| (o, Some(inner_prefix(inner, o.len)))), env)
             } else {
@@ -149,6 +141,86 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
             Verdict::Pass
         }
     }
+}
+
+/// What [`plain_ipv4`] made of a frame.
+enum Plain {
+    /// Decided: unrelated UDP, or data from a cached endpoint.
+    Done(Verdict),
+    /// A datagram to this watched port, its addressing in the caller's
+    /// [`Udp`] (addresses still unread).
+    Watched(PortConfig),
+    /// Not plain IPv4 and UDP: the general parse takes it from the start.
+    Other,
+}
+
+/// Nearly all traffic, decided after one bounded read of the headers: UDP
+/// in IPv4 without options (no fragment, lengths consistent) to a port that
+/// is not watched, and FoU data from a known endpoint with an inner source
+/// in its tunnel's prefix, after one array lookup (IPv4 endpoints only: an
+/// IPv6 one does not fit the cache's entry word). Everything else gets the
+/// same verdict and counters from the general path, which this only spares
+/// the parse of the common case.
+#[inline(always)]
+fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) -> Plain {
+    const L4: usize = ETH_HLEN + 20;
+    let Some(
+        [
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            ethertype,
+            version_tos,
+            total_len,
+            _,
+            frag,
+            ttl_protocol,
+            _,
+            src_hi,
+            src_lo,
+            _,
+            _,
+            src_port,
+            dst_port,
+            udp_len,
+            _,
+        ],
+    ) = pkt.be16s::<{ (L4 + UDP_HLEN) / 2 }>(0)
+    else {
+        return Plain::Other;
+    };
+    if ethertype != ETH_P_IP
+        || version_tos >> 8 != 0x45
+        || ttl_protocol as u8 != IPPROTO_UDP
+        || frag & 0x3fff != 0
+        || udp_len < UDP_HLEN as u16
+        || udp_len > total_len.saturating_sub(20)
+    {
+        return Plain::Other;
+    }
+    let Some(port) = env.port(dst_port) else { return Plain::Done(Verdict::Pass) };
+    let payload_len = usize::from(udp_len) - UDP_HLEN;
+    if port.kind != PORT_LEGACY
+        && payload_len >= 20
+        && let Some([first, _, _, _, _, _, inner_hi, inner_lo]) = pkt.be16s::<8>(L4 + UDP_HLEN)
+        && first >> 12 == 4
+    {
+        let src = (u32::from(src_hi) << 16 | u32::from(src_lo)).to_be_bytes();
+        let inner = (u32::from(inner_hi) << 16 | u32::from(inner_lo)).to_be_bytes();
+        let (slot, entry) = endpoint_cache_key(src, src_port);
+        if env.cache_admits(slot, entry, inner) {
+            env.count(Counter::FouData);
+            return Plain::Done(Verdict::Pass);
+        }
+    }
+    udp.src_port = src_port;
+    udp.dst_port = dst_port;
+    udp.payload_offset = L4 + UDP_HLEN;
+    udp.payload_len = payload_len;
+    Plain::Watched(port)
 }
 
 /// Counts a fragment or malformed datagram whose UDP destination port (when

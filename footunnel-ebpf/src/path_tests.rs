@@ -354,7 +354,16 @@ fn fragments_and_malformed_datagrams_to_a_watched_port_are_counted() {
     let mut malformed = udp(CLIENT, 40001, 42424, &heartbeat(NOW));
     malformed[38..40].copy_from_slice(&500u16.to_be_bytes()); // UDP length beyond the IP packet
     assert_eq!(process(&malformed[..], &env), Verdict::Pass);
-    assert_eq!(count(&env, Counter::IpMalformed), 1);
+    let mut one_beyond = udp(CLIENT, 40001, 42424, &heartbeat(NOW));
+    one_beyond[38..40].copy_from_slice(&49u16.to_be_bytes()); // one byte beyond the IP packet
+    process(&one_beyond[..], &env);
+    let mut short = malformed.clone();
+    short[38..40].copy_from_slice(&4u16.to_be_bytes()); // shorter than its own header
+    process(&short[..], &env);
+    let mut no_room = udp(CLIENT, 40001, 42424, &heartbeat(NOW));
+    no_room[16..18].copy_from_slice(&16u16.to_be_bytes()); // IP total length below its header's
+    process(&no_room[..], &env);
+    assert_eq!(count(&env, Counter::IpMalformed), 4);
     assert!(env.endpoint(ID).is_none());
 }
 
@@ -391,6 +400,52 @@ fn the_endpoint_cache_serves_data_from_the_endpoint_and_forgets_a_moved_one() {
     process(&udp(CLIENT, 40002, 42424, &heartbeat(NOW + 1))[..], &env);
     process(&data[..], &env);
     assert_eq!(count(&env, Counter::FouElsewhere), 1);
+}
+
+/// `frame` (from [`udp`]) with four bytes of IPv4 options.
+fn with_ip_options(mut frame: Vec<u8>, options: [u8; 4]) -> Vec<u8> {
+    frame.splice(34..34, options);
+    frame[14] = 0x46;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame
+}
+
+#[test]
+fn a_cache_hit_reads_no_endpoint_and_an_outer_header_with_options_takes_the_general_path() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
+    let reads = env.endpoint_reads.get();
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 3]))[..], &env), Verdict::Pass);
+    assert_eq!(env.endpoint_reads.get(), reads, "served by the cache");
+    let optioned = with_ip_options(udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 3])), [1; 4]);
+    assert_eq!(process(&optioned[..], &env), Verdict::Pass);
+    assert!(env.endpoint_reads.get() > reads, "checked against the endpoint itself");
+    assert_eq!(count(&env, Counter::FouData), 3, "the same counter either way");
+    // Options that would pass for a UDP header to the FoU port, in front of
+    // a real one from port 48: the heartbeat is read from the real one.
+    let decoy = [0x9c, 0x41, 0xa5, 0xb8]; // 40001 → 42424
+    let heartbeat_behind = with_ip_options(udp(CLIENT, 48, 42424, &heartbeat(NOW + 1)), decoy);
+    let mut forged = heartbeat_behind.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert_eq!(process(&forged[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::BadTag), 1);
+    assert_eq!(process(&heartbeat_behind[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::Accepted), 2, "a heartbeat behind IPv4 options is accepted too");
+    assert_eq!(env.endpoint(ID).unwrap().port, 48);
+}
+
+#[test]
+fn a_legacy_secret_that_looks_like_fou_data_from_the_endpoint_is_still_a_legacy_heartbeat() {
+    let mut env = env();
+    let secret = inner_v4([10, 0, 0, 2]);
+    env.legacy.insert(secret.clone(), ID);
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
+    assert!(env.cache.borrow().values().any(|e| e.entry != 0), "the endpoint is cached");
+    assert_eq!(process(&udp(CLIENT, 40001, 42425, &secret)[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::LegacyAccepted), 1);
 }
 
 #[test]

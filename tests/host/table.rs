@@ -324,6 +324,25 @@ fn a_cache_hit_still_needs_the_inner_source_in_the_tunnels_prefix() {
 }
 
 #[test]
+fn the_kernel_finds_a_cache_entry_where_userspace_puts_it() {
+    use footunnel_ebpf::maps::{CachedEndpoint, endpoint_cache_key, inner_prefix};
+    let mut broker = Broker::new(false);
+    // An entry for a source that is not the endpoint: only a hit on it, at
+    // the slot and entry userspace computes, passes its data as the tunnel's.
+    let (stranger, port) = ([192, 0, 2, 9], 5555);
+    let data = to_fou(stranger, port, &inner([10, 0, 0, 2])).build();
+    assert_eq!(broker.xdp(&data), XDP_PASS);
+    assert_eq!(broker.count(Counter::FouElsewhere), 1, "before the entry: data from elsewhere");
+    let (slot, entry) = endpoint_cache_key(stranger, port);
+    let (inner_net, inner_mask) = inner_prefix([10, 0, 0, 2], 30);
+    let mut cache: aya::maps::Array<_, CachedEndpoint> =
+        aya::maps::Array::try_from(broker.ebpf.map_mut(footunnel_ebpf::maps::ENDPOINT_CACHE).unwrap()).unwrap();
+    cache.set(slot, CachedEndpoint { entry, inner_net, inner_mask }, 0).unwrap();
+    expect(&broker, "a hit", &data, XDP_PASS, Some(Counter::FouData));
+    assert_eq!(broker.tc(&data), TC_ACT_OK);
+}
+
+#[test]
 fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
     let mut broker = Broker::new(false);
     let (current, record) = (broker.tunnel, broker.tunnel.id);
