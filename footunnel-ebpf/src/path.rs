@@ -164,36 +164,16 @@ enum Plain {
 #[inline(always)]
 fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) -> Plain {
     const L4: usize = ETH_HLEN + 20;
-    let Some(
-        [
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            ethertype,
-            version_tos,
-            total_len,
-            _,
-            frag,
-            ttl_protocol,
-            _,
-            src_hi,
-            src_lo,
-            _,
-            _,
-            src_port,
-            dst_port,
-            udp_len,
-            _,
-        ],
-    ) = pkt.be16s::<{ (L4 + UDP_HLEN) / 2 }>(0)
+    // The type on its own first: IPv6 must not pay for the IPv4 read.
+    if pkt.be16_at(12) != Some(ETH_P_IP) {
+        return Plain::Other;
+    }
+    let Some([version_tos, total_len, _, frag, ttl_protocol, _, src_hi, src_lo, _, _, src_port, dst_port, udp_len, _]) =
+        pkt.be16s::<{ (20 + UDP_HLEN) / 2 }>(ETH_HLEN)
     else {
         return Plain::Other;
     };
-    if ethertype != ETH_P_IP
-        || version_tos >> 8 != 0x45
+    if version_tos >> 8 != 0x45
         || ttl_protocol as u8 != IPPROTO_UDP
         || frag & 0x3fff != 0
         || udp_len < UDP_HLEN as u16
