@@ -154,13 +154,14 @@ enum Plain {
     Other,
 }
 
-/// Nearly all traffic, decided after one bounded read of the headers: UDP
-/// in IPv4 without options (no fragment, lengths consistent) to a port that
-/// is not watched, and FoU data from a known endpoint with an inner source
-/// in its tunnel's prefix, after one array lookup (IPv4 endpoints only: an
-/// IPv6 one does not fit the cache's entry word). Everything else gets the
-/// same verdict and counters from the general path, which this only spares
-/// the parse of the common case.
+/// Nearly all traffic, decided after one bounded read of the IPv4 and UDP
+/// headers: UDP in IPv4 without options (no fragment, lengths consistent)
+/// to a port that is not watched, and FoU data from a known endpoint with an
+/// inner source in its tunnel's prefix, after one more array lookup (IPv4
+/// endpoints only: an IPv6 one does not fit the cache's entry word; data
+/// behind IPv4 options is checked against the endpoint itself). Everything
+/// else gets the same verdict and counters from the general path, which
+/// this only spares the parse of the common case.
 #[inline(always)]
 fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) -> Plain {
     const L4: usize = ETH_HLEN + 20;
