@@ -128,6 +128,26 @@ pub trait PacketBytes {
         Some(out)
     }
 
+    /// `N` bytes at `offset`, bounds-checked once, to read 16 bits at a
+    /// time with [`Checked::be16`]: each field is loaded where it is used,
+    /// so a test that fails early loads none of the rest (the eBPF side
+    /// emits [`PacketBytes::be16s`]'s loads all before its first use).
+    #[inline(always)]
+    fn checked<const N: usize>(&self, offset: usize) -> Option<Checked<'_, Self, N>> {
+        self.read::<N>(offset).map(|_| Checked { pkt: self, at: offset })
+    }
+
+    /// The big-endian u16 at `at + OFFSET`, which [`PacketBytes::checked`]
+    /// has bounds-checked (for the eBPF side, `at` is its address, and
+    /// `OFFSET` the load instruction's own offset).
+    ///
+    /// # Safety
+    /// `at + OFFSET` and the byte after it lie in a region `checked` returned.
+    #[inline(always)]
+    unsafe fn be16_checked<const OFFSET: usize>(&self, at: usize) -> u16 {
+        self.be16_at(at + OFFSET).unwrap_or_default()
+    }
+
     /// `N` big-endian u16s from `offset` on, which may vary (one bound
     /// check on the eBPF side, as [`PacketBytes::read_in_loop`]).
     #[inline(always)]
@@ -137,6 +157,32 @@ pub trait PacketBytes {
             *v = u16::from_be_bytes(self.read_in_loop::<2>(offset + 2 * i)?);
         }
         Some(out)
+    }
+}
+
+/// `N` bytes of a packet that are known to be there; see
+/// [`PacketBytes::checked`].
+pub struct Checked<'a, P: ?Sized, const N: usize> {
+    pkt: &'a P,
+    /// Where the bytes start, as `pkt` addresses them.
+    at: usize,
+}
+
+impl<'a, P: PacketBytes + ?Sized, const N: usize> Checked<'a, P, N> {
+    /// # Safety
+    /// The `N` bytes at `at` are in the packet, as `pkt` addresses it.
+    #[inline(always)]
+    pub unsafe fn new(pkt: &'a P, at: usize) -> Self {
+        Checked { pkt, at }
+    }
+
+    /// The big-endian u16 at byte `OFFSET` of these `N` (checked at
+    /// compile time to lie inside them).
+    #[inline(always)]
+    pub fn be16<const OFFSET: usize>(&self) -> u16 {
+        const { assert!(OFFSET + 2 <= N) };
+        // SAFETY: inside the N bytes checked when `self` was made.
+        unsafe { self.pkt.be16_checked::<OFFSET>(self.at) }
     }
 }
 

@@ -154,9 +154,10 @@ enum Plain {
     Other,
 }
 
-/// Nearly all traffic, decided after one bounded read of the IPv4 and UDP
-/// headers: UDP in IPv4 without options (no fragment, lengths consistent)
-/// to a port that is not watched, and FoU data from a known endpoint with an
+/// Nearly all traffic, decided after one bound check of its headers, each
+/// field loaded where it is first used (IPv6 leaves after the Ethernet
+/// type): UDP in IPv4 without options (no fragment, lengths consistent) to
+/// a port that is not watched, and FoU data from a known endpoint with an
 /// inner source in its tunnel's prefix, after one more array lookup (IPv4
 /// endpoints only: an IPv6 one does not fit the cache's entry word; data
 /// behind IPv4 options is checked against the endpoint itself). Everything
@@ -165,15 +166,15 @@ enum Plain {
 #[inline(always)]
 fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) -> Plain {
     const L4: usize = ETH_HLEN + 20;
-    // The type on its own first: IPv6 must not pay for the IPv4 read.
-    if pkt.be16_at(12) != Some(ETH_P_IP) {
+    let Some(h) = pkt.checked::<{ L4 + UDP_HLEN }>(0) else { return Plain::Other };
+    if h.be16::<12>() != ETH_P_IP {
         return Plain::Other;
     }
-    let Some([version_tos, total_len, _, frag, ttl_protocol, _, src_hi, src_lo, _, _, src_port, dst_port, udp_len, _]) =
-        pkt.be16s::<{ (20 + UDP_HLEN) / 2 }>(ETH_HLEN)
-    else {
-        return Plain::Other;
-    };
+    let version_tos = h.be16::<ETH_HLEN>();
+    let total_len = h.be16::<{ ETH_HLEN + 2 }>();
+    let frag = h.be16::<{ ETH_HLEN + 6 }>();
+    let ttl_protocol = h.be16::<{ ETH_HLEN + 8 }>();
+    let udp_len = h.be16::<{ L4 + 4 }>();
     if version_tos >> 8 != 0x45
         || ttl_protocol as u8 != IPPROTO_UDP
         || frag & 0x3fff != 0
@@ -182,15 +183,17 @@ fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) 
     {
         return Plain::Other;
     }
+    let (src_port, dst_port) = (h.be16::<L4>(), h.be16::<{ L4 + 2 }>());
     let Some(port) = env.port(dst_port) else { return Plain::Done(Verdict::Pass) };
     let payload_len = usize::from(udp_len) - UDP_HLEN;
     if port.kind != PORT_LEGACY
         && payload_len >= 20
-        && let Some([first, _, _, _, _, _, inner_hi, inner_lo]) = pkt.be16s::<8>(L4 + UDP_HLEN)
-        && first >> 12 == 4
+        && let Some(payload) = pkt.checked::<16>(L4 + UDP_HLEN)
+        && payload.be16::<0>() >> 12 == 4
     {
-        let src = (u32::from(src_hi) << 16 | u32::from(src_lo)).to_be_bytes();
-        let inner = (u32::from(inner_hi) << 16 | u32::from(inner_lo)).to_be_bytes();
+        let src =
+            (u32::from(h.be16::<{ ETH_HLEN + 12 }>()) << 16 | u32::from(h.be16::<{ ETH_HLEN + 14 }>())).to_be_bytes();
+        let inner = (u32::from(payload.be16::<12>()) << 16 | u32::from(payload.be16::<14>())).to_be_bytes();
         let (slot, entry) = endpoint_cache_key(src, src_port);
         if env.cache_admits(slot, entry, inner) {
             env.count(Counter::FouData);

@@ -20,7 +20,7 @@ use footunnel_ebpf::{
         CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_KEYS,
         MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
     },
-    packet::{PacketBytes, Udp},
+    packet::{Checked, PacketBytes, Udp},
     path::{Env, Verdict, process},
 };
 
@@ -111,6 +111,26 @@ impl PacketBytes for Linear {
             core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) value, in(reg) at, options(pure, readonly, nostack))
         };
         Some((value as u32).to_ne_bytes())
+    }
+
+    #[inline(always)]
+    fn checked<const N: usize>(&self, offset: usize) -> Option<Checked<'_, Self, N>> {
+        let at = self.bounded(offset, N)?;
+        // SAFETY: `bounded` checked the N bytes at `at`.
+        Some(unsafe { Checked::new(self, at) })
+    }
+
+    #[inline(always)]
+    unsafe fn be16_checked<const OFFSET: usize>(&self, at: usize) -> u16 {
+        let value: u64;
+        // SAFETY: the caller's: `at + OFFSET` is inside what `checked`
+        // bounded. The offset goes into the load itself: one instruction.
+        unsafe {
+            core::arch::asm!(
+                "{0} = *(u16 *)({1} + {2})", out(reg) value, in(reg) at, const OFFSET, options(pure, readonly, nostack)
+            )
+        };
+        u16::from_be(value as u16)
     }
 
     #[inline(always)]
