@@ -244,12 +244,12 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
         return Err(Counter::Unconfigured);
     }
     // Checked without the lock first, so replays and forgeries never take it;
-    // cheapest reject first, as `check_tunnel` orders them: a stale message
-    // costs no lookup, a forged one no endpoint lookup.
+    // in `check_tunnel`'s order: a forged message costs neither the clock
+    // read nor the endpoint lookup.
+    check_signed(msg, &tunnel.key)?;
     let now = wall_clock(env, &settings);
     let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
     check_fresh(msg, &rules)?;
-    check_signed(msg, &tunnel.key)?;
     // Only the timestamp: a copy of the whole entry costs stack, which the
     // 6.1 verifier counts to 512 bytes with every call frame.
     check_new(msg, env.endpoint(id).map_or(0, |e| e.last_timestamp_ns))?;

@@ -44,6 +44,8 @@ pub(crate) struct MemEnv {
     accepted_meanwhile: std::cell::Cell<Option<u64>>,
     /// Lookups of ENDPOINTS.
     endpoint_reads: std::cell::Cell<u64>,
+    /// Reads of the clock.
+    clock_reads: std::cell::Cell<u64>,
     /// Shared-device mode, leaving by this uplink.
     pub(crate) shared_uplink: std::cell::Cell<u32>,
 }
@@ -80,6 +82,7 @@ impl Env for MemEnv {
         }
     }
     fn boot_ns(&self) -> u64 {
+        self.clock_reads.set(self.clock_reads.get() + 1);
         self.boot.get()
     }
     fn tunnel(&self, id: u64) -> Option<&TunnelConfig> {
@@ -481,6 +484,18 @@ fn during_a_key_rotation_either_secret_moves_one_endpoint_under_one_timestamp_ru
     assert_eq!(count(&env, Counter::BadTag), 1);
     let events = env.events.borrow();
     assert_eq!(events.last().unwrap().tunnel_id, ID, "events name the record (its endpoint names the key)");
+}
+
+#[test]
+fn a_forged_heartbeat_is_refused_before_the_clock_is_read_or_the_endpoint_looked_up() {
+    let env = env();
+    for ts in [NOW, NOW - 200_000_000_000] {
+        let mut forged = heartbeat(ts);
+        forged[39] ^= 1;
+        assert_eq!(process(&udp(CLIENT, 40001, 42424, &forged)[..], &env), Verdict::Drop);
+    }
+    assert_eq!(count(&env, Counter::BadTag), 2, "fresh or stale, a forgery is a forgery");
+    assert_eq!((env.clock_reads.get(), env.endpoint_reads.get()), (0, 0));
 }
 
 #[test]
