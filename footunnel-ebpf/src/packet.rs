@@ -145,7 +145,7 @@ pub trait PacketBytes {
     /// `at + OFFSET` and the byte after it lie in a region `checked` returned.
     #[inline(always)]
     unsafe fn be16_checked<const OFFSET: usize>(&self, at: usize) -> u16 {
-        self.be16_at(at + OFFSET).unwrap_or_default()
+        self.be16_at(at + OFFSET).expect("a read inside a checked region")
     }
 
     /// `N` big-endian u16s from `offset` on, which may vary (one bound
