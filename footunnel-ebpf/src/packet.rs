@@ -11,6 +11,8 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const IPPROTO_UDP: u8 = 17;
 pub const UDP_HLEN: usize = 8;
+/// IPv4 without options; IPv6 without extension headers.
+pub const IPV4_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
 /// IPv6 extension headers walked before the UDP header: hop-by-hop options,
 /// routing and destination options, in any order. A datagram with more is
@@ -303,7 +305,7 @@ fn locate_udp4<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Locate
         return Err(Parsed::Other);
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    if ihl < 20 {
+    if ihl < IPV4_HLEN {
         return Err(Parsed::Malformed { port: None });
     }
     let l4 = ETH_HLEN + ihl;

@@ -9,8 +9,8 @@ use crate::{
         inner_prefix,
     },
     packet::{
-        Addr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, PacketBytes, Parsed, UDP_HLEN, UNSPECIFIED, Udp, parse_udp,
-        read_addresses, same_addr,
+        Addr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, PacketBytes, Parsed, UDP_HLEN, UNSPECIFIED, Udp,
+        parse_udp, read_addresses, same_addr,
     },
     wire::{Acceptance, Kind, MESSAGE_LEN, Message, MessageWords, check_fresh, check_header, check_new, check_signed},
 };
@@ -123,7 +123,7 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         version @ (4 | 6) => {
             // The inner source is read from the payload, never past it (into
             // Ethernet padding, say).
-            if udp.payload_len < if version == 4 { 20 } else { 40 } {
+            if udp.payload_len < if version == 4 { IPV4_HLEN } else { IPV6_HLEN } {
                 env.count(Counter::NotFou);
                 return Verdict::Pass;
             }
@@ -165,7 +165,7 @@ enum Plain {
 /// this only spares the parse of the common case.
 #[inline(always)]
 fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) -> Plain {
-    const L4: usize = ETH_HLEN + 20;
+    const L4: usize = ETH_HLEN + IPV4_HLEN;
     let Some(h) = pkt.checked::<{ L4 + UDP_HLEN }>(0) else { return Plain::Other };
     if h.be16::<12>() != ETH_P_IP {
         return Plain::Other;
@@ -179,7 +179,7 @@ fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) 
         || ttl_protocol as u8 != IPPROTO_UDP
         || frag & 0x3fff != 0
         || udp_len < UDP_HLEN as u16
-        || udp_len > total_len.saturating_sub(20)
+        || usize::from(udp_len) > usize::from(total_len).saturating_sub(IPV4_HLEN)
     {
         return Plain::Other;
     }
@@ -187,7 +187,7 @@ fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) 
     let Some(port) = env.port(dst_port) else { return Plain::Done(Verdict::Pass) };
     let payload_len = usize::from(udp_len) - UDP_HLEN;
     if port.kind != PORT_LEGACY
-        && payload_len >= 20
+        && payload_len >= IPV4_HLEN
         && let Some(payload) = pkt.checked::<16>(L4 + UDP_HLEN)
         && payload.be16::<0>() >> 12 == 4
     {

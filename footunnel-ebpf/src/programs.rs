@@ -98,7 +98,7 @@ impl PacketBytes for Linear {
             return None;
         }
         // SAFETY: two bytes inside the packet (checked just above).
-        Some(unsafe { load_be16(at) })
+        Some(unsafe { load_be16::<0>(at) })
     }
 
     #[inline(always)]
@@ -122,15 +122,8 @@ impl PacketBytes for Linear {
 
     #[inline(always)]
     unsafe fn be16_checked<const OFFSET: usize>(&self, at: usize) -> u16 {
-        let value: u64;
-        // SAFETY: the caller's: `at + OFFSET` is inside what `checked`
-        // bounded. The offset goes into the load itself: one instruction.
-        unsafe {
-            core::arch::asm!(
-                "{0} = *(u16 *)({1} + {2})", out(reg) value, in(reg) at, const OFFSET, options(pure, readonly, nostack)
-            )
-        };
-        u16::from_be(value as u16)
+        // SAFETY: the caller's: `at + OFFSET` is inside what `checked` bounded.
+        unsafe { load_be16::<OFFSET>(at) }
     }
 
     #[inline(always)]
@@ -139,7 +132,7 @@ impl PacketBytes for Linear {
         let mut out = [0u16; N];
         for (i, v) in out.iter_mut().enumerate() {
             // SAFETY: inside the 2N bytes checked just above.
-            *v = unsafe { load_be16(at + 2 * i) };
+            *v = unsafe { load_be16::<0>(at + 2 * i) };
         }
         Some(out)
     }
@@ -198,18 +191,22 @@ impl Drop for LockedEndpoint {
     }
 }
 
-/// One 16-bit load: LLVM's BPF backend would assemble an unaligned read
-/// from single bytes. Packet data may be unaligned, which the verifier
-/// allows for packet pointers where the CPU handles it (x86, arm64).
+/// One 16-bit load at `at + OFFSET`, the offset in the instruction itself:
+/// LLVM's BPF backend would assemble an unaligned read from single bytes.
+/// Packet data may be unaligned, which the verifier allows for packet
+/// pointers where the CPU handles it (x86, arm64).
 ///
 /// # Safety
-/// `at` and `at + 1` are inside the packet, as the verifier sees it.
+/// `at + OFFSET` and the byte after it are inside the packet, as the
+/// verifier sees it.
 #[inline(always)]
-unsafe fn load_be16(at: usize) -> u16 {
+unsafe fn load_be16<const OFFSET: usize>(at: usize) -> u16 {
     let value: u64;
     // SAFETY: the caller's.
     unsafe {
-        core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) value, in(reg) at, options(pure, readonly, nostack))
+        core::arch::asm!(
+            "{0} = *(u16 *)({1} + {2})", out(reg) value, in(reg) at, const OFFSET, options(pure, readonly, nostack)
+        )
     };
     u16::from_be(value as u16)
 }
