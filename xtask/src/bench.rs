@@ -44,6 +44,7 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("\n===== bench: VM (link changes, 1,000 and 10,000 tunnels, controller under flood) =====");
     let in_vm = |command: Vec<String>| -> Result<()> {
         let opts = vm::Options {
+            systemd: false,
             // The kernel the published results were measured on.
             kernel: Some("6.1".into()),
             memory: "4G".into(),

@@ -28,6 +28,7 @@ pub fn run() -> Result<()> {
     }
     println!("this kernel has no fou/ipip: running the demo in a VM with Debian's kernel (about a minute)");
     let code = vm::run(&vm::Options {
+        systemd: false,
         kernel: None,
         memory: "2G".into(),
         cpus: 2,

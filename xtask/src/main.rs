@@ -6,6 +6,7 @@ mod cmd;
 mod deb;
 mod demo;
 mod setup;
+mod systemd_vm;
 mod test;
 mod vm;
 

@@ -22,6 +22,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "checking traffic through tunnels in tests"),
     ("prometheus", "promtool and a Prometheus server that scrape footunnel's metrics in VM tests"),
     ("systemd", "systemd-analyze verify on footunnel's unit files"),
+    ("mmdebstrap", "the Debian 12 root filesystem the booted-systemd tests boot"),
+    ("e2fsprogs", "mkfs.ext4 -d: that root filesystem as an image, without mounting it"),
+    ("qemu-utils", "qemu-img: a copy-on-write overlay of the image for each boot"),
+    ("lintian", "Debian's package checker, run on footunnel's .deb"),
 ];
 
 pub fn run() -> Result<()> {
@@ -30,6 +34,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     virtme_ng()?;
     vm_boots()?;
+    crate::systemd_vm::ensure_image()?;
     println!("setup: everything footunnel needs is installed");
     Ok(())
 }
@@ -171,6 +176,7 @@ fn vm_boots() -> Result<()> {
         }
         step(&format!("booting {} once in the VM (about 20 s)", kernel.display()));
         let opts = crate::vm::Options {
+            systemd: false,
             kernel: Some(kernel.display().to_string()),
             memory: "1G".into(),
             cpus: 1,

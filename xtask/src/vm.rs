@@ -28,6 +28,11 @@ pub struct Options {
     /// Host directories the guest may write (the root is read-only there).
     #[arg(long = "rwdir")]
     pub rwdirs: Vec<std::path::PathBuf>,
+    /// Boot the cached Debian 12 image with systemd as PID 1 instead (built by
+    /// `cargo xtask setup`): CMD runs in a unit once the system is up; exit
+    /// status 200 reboots and runs it again.
+    #[arg(long)]
+    pub systemd: bool,
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -38,6 +43,14 @@ const MODULES: &[&str] = &["fou", "fou6", "ipip", "sit", "ip6_tunnel", "veth", "
 
 /// Exit status of the guest command (or of a failed boot).
 pub fn run(opts: &Options) -> Result<i32> {
+    if opts.systemd {
+        let boot = crate::systemd_vm::Boot {
+            memory: opts.memory.clone(),
+            cpus: opts.cpus,
+            timeout: std::time::Duration::from_secs(opts.timeout),
+        };
+        return crate::systemd_vm::run(&boot, &opts.command);
+    }
     let kernel = match &opts.kernel {
         Some(wanted) => pick_kernel(wanted)?,
         None => fou_kernels()?.pop().map(|k| k.path).context("no kernel")?,
@@ -162,7 +175,7 @@ fn forward(mut from: impl Read + Send + 'static, mut to: impl Write + Send + 'st
     })
 }
 
-fn shell_quote(arg: &str) -> String {
+pub fn shell_quote(arg: &str) -> String {
     if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@".contains(&b)) {
         arg.to_owned()
     } else {
