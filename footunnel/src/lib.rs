@@ -14,6 +14,7 @@ pub mod manage;
 pub mod metrics;
 pub mod rawudp;
 pub mod secret;
+pub mod service;
 pub mod show;
 pub mod tunnels;
 

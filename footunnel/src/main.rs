@@ -61,6 +61,9 @@ enum Command {
     /// Write the manual pages (section 8) into DIR; packaging uses this.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
+    /// Write shell completions for bash, zsh and fish into DIR; packaging uses this.
+    #[command(hide = true)]
+    Completions { dir: PathBuf },
     /// Detach the broker's eBPF program and remove its pinned maps.
     Unload {
         #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
@@ -384,6 +387,36 @@ fn write_manpages(dir: &std::path::Path) -> Result<()> {
     write("footunnel", top)
 }
 
+/// The client state in `dir`, and in each `dir/client-NAME` (where the unit
+/// `footunnel-client@NAME` keeps it), so `footunnel show` needs no flag.
+fn client_states(dir: &std::path::Path) -> Vec<client::ClientState> {
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut units: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("client-"))
+            .map(|e| e.path())
+            .collect();
+        units.sort();
+        dirs.extend(units);
+    }
+    dirs.iter().filter_map(|d| client::read_state(d).ok()).collect()
+}
+
+/// footunnel.bash, _footunnel (zsh) and footunnel.fish, from the same
+/// definition as --help.
+fn write_completions(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let path = clap_complete::generate_to(shell, &mut Cli::command(), "footunnel", dir)
+            .with_context(|| format!("cannot write {shell} completions into {}", dir.display()))?;
+        eprintln!("footunnel: {}", path.display());
+    }
+    Ok(())
+}
+
 fn init_logging(verbose: bool) {
     let filter = if verbose { "footunnel=debug,info" } else { "info" };
     tracing_subscriber::fmt()
@@ -417,6 +450,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Broker(args) => {
+            footunnel::service::hold_hangups();
             init_logging(args.verbose);
             let config = args.config()?;
             for t in &config.tunnels {
@@ -439,16 +473,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { json, state_dir } => {
             let broker = show::collect(&state_dir);
-            let client = client::read_state(&state_dir).ok();
-            if let (Err(e), None) = (&broker, &client) {
+            let clients = client_states(&state_dir);
+            if let (Err(e), true) = (&broker, clients.is_empty()) {
                 bail!(
-                    "{e:#}; no client state there either: is footunnel running with --state-dir {}?",
+                    "{e:#}; no client state there either (nor in {}/client-*): is footunnel running with \
+                     --state-dir {}?",
+                    state_dir.display(),
                     state_dir.display()
                 );
             }
             let broker = broker.ok();
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
             if json {
+                // One client (the common case) as an object, as before; several as a list.
+                let client = match clients.as_slice() {
+                    [] => serde_json::Value::Null,
+                    [one] => serde_json::to_value(one)?,
+                    many => serde_json::to_value(many)?,
+                };
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({ "broker": broker, "client": client }))?
@@ -457,7 +499,7 @@ fn run(cli: Cli) -> Result<()> {
                 if let Some(report) = &broker {
                     print!("{}", show::render(report, now));
                 }
-                if let Some(state) = &client {
+                for state in &clients {
                     print!("{}", show::render_client(state, now));
                 }
             }
@@ -468,6 +510,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("footunnel: a new secret is in {} (mode 600)", path.display());
         }
         Command::Manpages { dir } => write_manpages(&dir)?,
+        Command::Completions { dir } => write_completions(&dir)?,
         Command::Reload { state_dir } => {
             let outcome = broker::request_reload(&state_dir, std::time::Duration::from_secs(30))?;
             if !outcome.ok {

@@ -553,6 +553,7 @@ impl Broker {
     ) -> Result<()> {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot handle SIGHUP (reload)")?;
+        crate::service::release_hangups();
         let events = self.ebpf.take_map(maps::EVENTS).context("the eBPF object has no EVENTS map")?;
         // SAFETY: the ring buffer owns its descriptor for as long as the AsyncFd holds it.
         let mut events = unsafe { AsyncFd::register(RingBuf::try_from(events)?) }
@@ -568,7 +569,9 @@ impl Broker {
         let mut ticks = 0u64;
         let mut lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(0);
         tokio::pin!(shutdown);
-        info!("broker running: {} tunnel(s) on {}", self.table.tunnels.len(), self.interfaces.join(", "));
+        let running = format!("{} tunnel(s) on {}", self.table.tunnels.len(), self.interfaces.join(", "));
+        info!("broker running: {running}");
+        crate::service::notify_ready(&running);
         let mut sweep_pacer = decide::SweepPacer::default();
         loop {
             tokio::select! {

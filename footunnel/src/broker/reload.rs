@@ -209,6 +209,13 @@ pub fn request(state_dir: &std::path::Path, timeout: std::time::Duration) -> Res
             state_dir.display()
         )
     };
+    if let Err(why) = crate::service::check_broker_process(pid) {
+        bail!(
+            "the broker state in {} names pid {pid}, but {why}: the broker is not running \
+             (start it: `systemctl start footunnel-broker`)",
+            state_dir.display()
+        );
+    }
     let generation = before.reload.map_or(0, |r| r.generation);
     // SAFETY: kill(2) with a pid and a signal number.
     if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
