@@ -15,6 +15,10 @@ pub struct Options {
     /// Unit tests only (after build-ebpf): the inner loop.
     #[arg(long)]
     quick: bool,
+    /// Only the stages whose names start with this (repeatable): `unit`,
+    /// `host`, `vm 6.1`, `vm 6.12`, `booted` (build-ebpf always runs).
+    #[arg(long = "stage", value_name = "NAME")]
+    stages: Vec<String>,
 }
 
 type Stage = (String, Box<dyn Fn() -> Result<()>>);
@@ -38,6 +42,10 @@ pub fn run(opts: Options) -> Result<()> {
         for series in REQUIRED_KERNELS {
             stages.push((format!("vm {series}"), Box::new(move || vm_tests(series))));
         }
+        stages.push(stage("booted systemd", systemd_tests));
+    }
+    if !opts.stages.is_empty() {
+        stages.retain(|(name, _)| name == "build-ebpf" || opts.stages.iter().any(|s| name.starts_with(s.as_str())));
     }
     let mut results: Vec<(&str, Option<Result<()>>, Duration)> = Vec::new();
     let mut failed = false;
@@ -81,6 +89,13 @@ pub fn cargo() -> Command {
 /// benchmarks.
 fn unit() -> Result<()> {
     cmd::run(cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))?;
+    // The alerting rules fire on the series that should raise them.
+    cmd::run(Command::new("promtool").current_dir(cmd::workspace_root().join("packaging/prometheus")).args([
+        "test",
+        "rules",
+        "footunnel.rules.test.yml",
+    ]))
+    .context("promtool test rules (promtool: Debian's prometheus package; `cargo xtask setup`)")?;
     // The benchmarks run only under `cargo xtask bench`; they must still build.
     cmd::run(cargo().args(["bench", "--package", "footunnel-tests", "--bench", "bench", "--no-run"]))
 }
@@ -112,6 +127,7 @@ fn vm_tests(series: &str) -> Result<()> {
     deb::build()?;
     let exe = test_executable("vm")?;
     let opts = vm::Options {
+        systemd: false,
         kernel: Some(kernel),
         memory: "2G".into(),
         cpus: 2,
@@ -123,6 +139,20 @@ fn vm_tests(series: &str) -> Result<()> {
     match vm::run(&opts)? {
         0 => Ok(()),
         code => bail!("the VM tests failed (exit status {code})"),
+    }
+}
+
+/// What a user does with the package, on a booted Debian 12 with systemd as
+/// PID 1 (tests/systemd): install, enable, reload, upgrade, reboot, purge.
+fn systemd_tests() -> Result<()> {
+    require_root("booted-systemd")?;
+    deb::build()?;
+    deb::build_upgrade()?;
+    let exe = test_executable("systemd")?;
+    let boot = crate::systemd_vm::Boot { memory: "2G".into(), cpus: 2, timeout: Duration::from_secs(900) };
+    match crate::systemd_vm::run(&boot, &[exe])? {
+        0 => Ok(()),
+        code => bail!("the booted-systemd tests failed (exit status {code}; the failed step is named above)"),
     }
 }
 
