@@ -146,8 +146,11 @@ fn vm_tests(series: &str) -> Result<()> {
 /// PID 1 (tests/systemd): install, enable, reload, upgrade, reboot, purge.
 fn systemd_tests() -> Result<()> {
     require_root("booted-systemd")?;
-    deb::build()?;
+    let deb = deb::build()?;
     deb::build_upgrade()?;
+    // Debian's package checker: no error and no unexplained warning.
+    cmd::run(Command::new("lintian").args(["--fail-on", "error,warning", "--allow-root"]).arg(&deb))
+        .context("lintian found problems in the package (above)")?;
     let exe = test_executable("systemd")?;
     let boot = crate::systemd_vm::Boot { memory: "2G".into(), cpus: 2, timeout: Duration::from_secs(900) };
     match crate::systemd_vm::run(&boot, &[exe])? {
