@@ -187,30 +187,22 @@ pub fn broker_text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String 
     gauge_family(&r, "tunnel_silent", "1 while the tunnel has had no heartbeat for its silence_timeout", &silent);
     // An info metric as Prometheus' own exporters write them (node_uname_info):
     // a gauge of 1 whose labels carry the information.
-    let endpoints: Vec<(Labels, f64)> = report
-        .tunnels
-        .iter()
-        .map(|t| {
-            let key = match t.key {
-                Some(crate::config::KeyRole::Current) => "current",
-                Some(crate::config::KeyRole::Next) => "next",
-                None => "",
-            };
-            let labels = vec![
-                ("tunnel", t.name.clone()),
-                ("link", t.link.clone()),
-                ("endpoint", t.endpoint.clone().unwrap_or_default()),
-                ("key", key.to_owned()),
-            ];
-            (labels, 1.0)
-        })
-        .collect();
-    gauge_family(
-        &r,
-        "tunnel_endpoint_info",
-        "The tunnel's current endpoint (its client's public address:port) and which secret (current or next) the client uses",
-        &endpoints,
-    );
+    // Labelled by tunnel, never by the client's address: that would start a
+    // new series at every NAT rebinding and put customers' addresses into
+    // the monitoring system. Where a client is belongs in `footunnel show`.
+    let mut info: Vec<(Labels, f64)> = Vec::new();
+    let mut known: Vec<(Labels, f64)> = Vec::new();
+    for t in &report.tunnels {
+        let key = match t.key {
+            Some(crate::config::KeyRole::Current) => "current",
+            Some(crate::config::KeyRole::Next) => "next",
+            None => "",
+        };
+        info.push((vec![("tunnel", t.name.clone()), ("link", t.link.clone()), ("key", key.to_owned())], 1.0));
+        known.push((vec![("tunnel", t.name.clone())], if t.endpoint.is_some() { 1.0 } else { 0.0 }));
+    }
+    gauge_family(&r, "tunnel_info", "The tunnel's link and which secret (current or next) its client uses", &info);
+    gauge_family(&r, "tunnel_endpoint_known", "1 once the tunnel's client has an endpoint on record", &known);
     let mut by_family: std::collections::BTreeMap<&str, Vec<(Labels, u64)>> = Default::default();
     for (name, value) in &report.counters {
         let (family, label) = classify(name);
@@ -269,9 +261,9 @@ pub fn client_text(state: &ClientState, now_ns: u64) -> String {
     }
     gauge_family(
         &r,
-        "public_endpoint_info",
-        "Where the broker sees this end (address:port), from its latest ACK",
-        &[(vec![("endpoint", state.public_endpoint.clone().unwrap_or_default())], 1.0)],
+        "public_endpoint_known",
+        "1 once an ACK has said where the broker sees this end (`footunnel show` says where)",
+        &[(labels.clone(), if state.public_endpoint.is_some() { 1.0 } else { 0.0 })],
     );
     text(&r)
 }
@@ -303,7 +295,8 @@ mod tests {
             "footunnel_tunnel_challenges_sent_total{tunnel=\"alice\"} 4",
             "footunnel_tunnel_heartbeat_age_seconds{tunnel=\"alice\"} 3\n",
             "footunnel_tunnel_silent{tunnel=\"alice\"} 0\n",
-            "footunnel_tunnel_endpoint_info{endpoint=\"203.0.113.5:40001\",key=\"current\",link=\"fou0\",tunnel=\"alice\"} 1\n",
+            "footunnel_tunnel_info{key=\"current\",link=\"fou0\",tunnel=\"alice\"} 1\n",
+            "footunnel_tunnel_endpoint_known{tunnel=\"alice\"} 1\n",
             "footunnel_heartbeats_rejected_total{reason=\"bad_tag\"} 3",
             "footunnel_dataplane_packets_total{outcome=\"accepted\"} 12",
             "footunnel_events_lost_total 1",
@@ -312,6 +305,7 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
+        assert!(!text.contains("203.0.113.5"), "a label carries the client's address:\n{text}");
     }
 
     #[test]
@@ -332,9 +326,10 @@ mod tests {
             "footunnel_client_acks_total{broker=\"198.51.100.1\",link=\"fou0\"} 8",
             "footunnel_client_ack_rtt_seconds{broker=\"198.51.100.1\",link=\"fou0\"} 0.0015",
             "footunnel_client_ack_age_seconds{broker=\"198.51.100.1\",link=\"fou0\"} 2\n",
-            "footunnel_client_public_endpoint_info{endpoint=\"203.0.113.5:40001\"} 1\n",
+            "footunnel_client_public_endpoint_known{broker=\"198.51.100.1\",link=\"fou0\"} 1\n",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
+        assert!(!text.contains("203.0.113.5"), "a label carries this end's public address:\n{text}");
     }
 }
