@@ -36,10 +36,15 @@ enum Command {
     #[command(long_about = CLIENT_HELP)]
     Client(ClientArgs),
     /// Show tunnels, endpoints and counters (broker: from its pinned maps; client: its last ACK).
+    #[command(long_about = SHOW_HELP)]
     Show {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Exit status 1, with the reasons, unless the broker's controller runs and every
+        /// tunnel's link points at its endpoint (for monitoring and health checks).
+        #[arg(long)]
+        check: bool,
         /// Where the broker keeps its state file.
         #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
@@ -72,6 +77,21 @@ enum Command {
         state_dir: PathBuf,
     },
 }
+
+const SHOW_HELP: &str = "Show tunnels, endpoints and counters: on a broker from its pinned maps and
+state file, on a client from its last ACK (also each footunnel-client@NAME's,
+under STATE_DIR/client-NAME).
+
+On a broker the endpoint is what the data plane recorded from the client's
+latest heartbeat; the controller applies it to the link. `link points at`
+appears when the kernel's link sends elsewhere (the controller is not
+running, stalled or could not re-point it), and `controller: NOT RUNNING`
+when the state file's process is gone.
+
+--check prints nothing but problems and exits 1 if there is one: the
+controller not running, the shared device down, a link that cannot be read
+or points elsewhere than its endpoint. Use it from monitoring, keepalived's
+track_script or a BIRD health check.";
 
 const RELOAD_HELP: &str = "Make the running broker re-read its configuration, as SIGHUP does, and
 report the outcome (exit status 1 if the new configuration was refused).
@@ -471,8 +491,24 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(client::run(config, shutdown_signal()))?;
         }
-        Command::Show { json, state_dir } => {
-            let broker = show::collect(&state_dir);
+        Command::Show { json, check, state_dir } => {
+            let mut broker = show::collect(&state_dir);
+            if let Ok(report) = &mut broker {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(show::read_links(report))?;
+            }
+            if check {
+                let report = broker?;
+                let problems = show::problems(&report);
+                if problems.is_empty() {
+                    println!("ok: the controller runs and every link points at its endpoint");
+                    return Ok(());
+                }
+                for p in &problems {
+                    println!("{p}");
+                }
+                bail!("{} problem(s) (above)", problems.len());
+            }
             let clients = client_states(&state_dir);
             if let (Err(e), true) = (&broker, clients.is_empty()) {
                 bail!(

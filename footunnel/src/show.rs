@@ -23,8 +23,17 @@ pub struct Report {
     pub shared_device: Option<String>,
     /// Why the shared device carries no traffic, while it does not.
     pub shared_problem: Option<String>,
+    /// The broker process: gone or not a broker is a problem `--check` reports.
+    pub controller: Controller,
     pub tunnels: Vec<TunnelReport>,
     pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Serialize)]
+pub struct Controller {
+    pub pid: Option<u32>,
+    /// Why no controller acts on what the data plane records, if none does.
+    pub problem: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -50,6 +59,11 @@ pub struct TunnelReport {
     pub silent_for_ns: Option<u64>,
     /// Its link is set down while silent (`on_silence = "down"`).
     pub down_when_silent: bool,
+    /// Where the kernel's link really sends (`remote:encap-dport`), per-link
+    /// mode; the endpoint above is what the data plane recorded.
+    pub link_points_at: Option<String>,
+    /// Why the link could not be read.
+    pub link_problem: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -109,6 +123,8 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                 heartbeats: e.map_or(0, |e| e.heartbeats),
                 changes: known.and(e.map(|e| e.changes)).unwrap_or(0),
                 last_change_ns: known.and(e.map(|e| e.last_change_ns)),
+                link_points_at: None,
+                link_problem: None,
                 unexpected_source: o.map(|o| UnexpectedSource {
                     source: crate::addr::endpoint(o.addr.ip(), o.port),
                     packets: o.packets,
@@ -121,7 +137,15 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
         .iter()
         .map(|c| Ok((c.name().to_owned(), counters.get(&(*c as u32), 0)?.iter().sum())))
         .collect::<Result<Vec<_>>>()?;
+    let controller = Controller {
+        pid: state.pid,
+        problem: match state.pid {
+            Some(pid) => crate::service::check_broker_process(pid).err(),
+            None => Some("the state file names no broker process".into()),
+        },
+    };
     Ok(Report {
+        controller,
         interfaces: state.interfaces,
         attach: state.attach,
         fou_ports: state.fou_ports,
@@ -130,6 +154,53 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
         tunnels,
         counters,
     })
+}
+
+/// Reads where each tunnel's link really points (per-link mode): the data
+/// plane records endpoints whether or not a controller acts on them.
+pub async fn read_links(report: &mut Report) -> Result<()> {
+    if report.shared_device.is_some() {
+        return Ok(());
+    }
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
+    tokio::spawn(connection);
+    for t in &mut report.tunnels {
+        match crate::link::get(&handle, &t.link).await {
+            Ok(link) => {
+                let e = link.endpoint();
+                t.link_points_at = e.remote.map(|r| crate::addr::endpoint(r, e.dport.unwrap_or(0)));
+            }
+            Err(e) => t.link_problem = Some(format!("{e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// What `footunnel show --check` fails on: the controller gone, the shared
+/// device down, a link that cannot be read or that points elsewhere than its
+/// tunnel's endpoint. Empty when the kernel does what the endpoints say.
+pub fn problems(report: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(why) = &report.controller.problem {
+        out.push(format!("the controller is not running ({why}): nothing re-points links; start the broker"));
+    }
+    if let Some(why) = &report.shared_problem {
+        out.push(format!("the shared device carries no traffic: {why}"));
+    }
+    for t in &report.tunnels {
+        if let Some(why) = &t.link_problem {
+            out.push(format!("tunnel {:?}: cannot read its link {}: {why}", t.name, t.link));
+        }
+        if let (Some(endpoint), Some(points)) = (&t.endpoint, &t.link_points_at)
+            && endpoint != points
+        {
+            out.push(format!(
+                "tunnel {:?}: its link {} points at {points}, but its client is at {endpoint} (see the broker's log)",
+                t.name, t.link
+            ));
+        }
+    }
+    out
 }
 
 /// "3 seconds ago", "2 minutes, 5 seconds ago", as `wg show` says it.
@@ -163,6 +234,11 @@ pub fn render(report: &Report, now_ns: u64) -> String {
     if let Some(problem) = &report.shared_problem {
         line(format!("  DOWN: {problem}; no tunnel carries traffic and no client is ACKed until it is back"));
     }
+    match (&report.controller.problem, report.controller.pid) {
+        (Some(why), _) => line(format!("  controller: NOT RUNNING ({why}); endpoints below are recorded, not applied")),
+        (None, Some(pid)) => line(format!("  controller: running (pid {pid})")),
+        (None, None) => {}
+    }
     for t in &report.tunnels {
         line(String::new());
         line(format!("tunnel: {}", t.name));
@@ -181,6 +257,14 @@ pub fn render(report: &Report, now_ns: u64) -> String {
         }
         line(format!("  peer prefixes: {}", t.peer_prefixes.join(", ")));
         line(format!("  endpoint: {}", t.endpoint.as_deref().unwrap_or("(none yet)")));
+        if let Some(points) = &t.link_points_at
+            && t.endpoint.as_deref() != Some(points.as_str())
+        {
+            line(format!("  link points at: {points} (NOT the endpoint: the kernel sends there)"));
+        }
+        if let Some(why) = &t.link_problem {
+            line(format!("  link: cannot read it: {why}"));
+        }
         if let Some(ts) = t.last_heartbeat_ns {
             line(format!("  latest heartbeat: {}", ago(ts, now_ns)));
         }
@@ -244,6 +328,7 @@ pub(crate) mod tests {
     /// One tunnel with everything set, for the renderers' tests.
     pub(crate) fn sample_report() -> Report {
         Report {
+            controller: Controller { pid: Some(4242), problem: None },
             interfaces: vec!["up0".into()],
             attach: "xdp".into(),
             fou_ports: vec![42424],
@@ -270,6 +355,8 @@ pub(crate) mod tests {
                 silence_timeout_ns: Some(60_000_000_000),
                 silent_for_ns: Some(125_000_000_000),
                 down_when_silent: true,
+                link_points_at: Some("203.0.113.5:40001".into()),
+                link_problem: None,
             }],
             counters: vec![("accepted".into(), 3), ("bad_tag".into(), 0)],
         }
@@ -303,5 +390,33 @@ pub(crate) mod tests {
         for want in ["shared device: footunnel0", "DOWN: shared device footunnel0 is down", "no client is ACKed"] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn check_passes_only_when_the_kernel_does_what_the_endpoints_say() {
+        let mut report = sample_report();
+        assert_eq!(problems(&report), Vec::<String>::new());
+        assert!(render(&report, 0).contains("controller: running (pid 4242)"));
+        assert!(!render(&report, 0).contains("link points at"), "a link that matches is reported");
+
+        // The data plane recorded a new endpoint the link does not follow.
+        report.tunnels[0].link_points_at = Some("203.0.113.5:39999".into());
+        let found = problems(&report);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("fou0 points at 203.0.113.5:39999, but its client is at 203.0.113.5:40001"));
+        assert!(render(&report, 0).contains("link points at: 203.0.113.5:39999 (NOT the endpoint"));
+
+        report.controller.problem = Some("no process has pid 4242".into());
+        report.tunnels[0].link_problem = Some("no link named \"fou0\"".into());
+        let found = problems(&report);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("the controller is not running (no process has pid 4242)"));
+        assert!(render(&report, 0).contains("controller: NOT RUNNING"));
+
+        // No endpoint yet: the placeholder the link points at is no problem.
+        let mut fresh = sample_report();
+        fresh.tunnels[0].endpoint = None;
+        fresh.tunnels[0].link_points_at = Some("192.0.2.1:42424".into());
+        assert_eq!(problems(&fresh), Vec::<String>::new());
     }
 }

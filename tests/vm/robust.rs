@@ -156,3 +156,42 @@ fn a_re_point_keeps_every_non_default_parameter() {
         assert!(show.contains(want), "{want:?} lost:\n{show}");
     }
 }
+
+/// The data plane records heartbeats whether or not a controller acts on
+/// them: with the controller gone, `show` must say where the link really
+/// points, and `show --check` must fail (issue 21, item 2).
+#[test]
+fn show_tells_where_the_link_points_and_check_fails_without_a_controller() {
+    let topo = Topology::new();
+    let mut broker = topo.start_broker(&[]);
+    topo.send(CLIENT_A, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    topo.wait_for_endpoint(CLIENT_A, 40001, Duration::from_secs(5));
+    let (ok, check) = footunnel_once(&topo.broker, &["show", "--check", "--state-dir", &topo.state_dir]);
+    assert!(ok && check.contains("ok: the controller runs"), "a healthy broker fails --check:\n{check}");
+
+    broker.kill9();
+    topo.send(CLIENT_A, 40002, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, show) = footunnel_once(&topo.broker, &["show", "--state-dir", &topo.state_dir]);
+    assert!(ok, "{show}");
+    for want in [
+        "controller: NOT RUNNING (no process has pid",
+        "endpoint: 198.51.100.2:40002",
+        "link points at: 198.51.100.2:40001 (NOT the endpoint",
+    ] {
+        assert!(show.contains(want), "{want:?} missing from show:\n{show}");
+    }
+    let (ok, check) = footunnel_once(&topo.broker, &["show", "--check", "--state-dir", &topo.state_dir]);
+    assert!(!ok, "--check passed with the controller dead and the link elsewhere:\n{check}");
+    for want in
+        ["the controller is not running", "points at 198.51.100.2:40001, but its client is at 198.51.100.2:40002"]
+    {
+        assert!(check.contains(want), "{want:?} missing from --check:\n{check}");
+    }
+
+    // A controller again: it applies the endpoint, and the check passes.
+    let _broker = topo.start_broker(&[]);
+    topo.wait_for_endpoint(CLIENT_A, 40002, Duration::from_secs(5));
+    let (ok, check) = footunnel_once(&topo.broker, &["show", "--check", "--state-dir", &topo.state_dir]);
+    assert!(ok, "--check fails once the controller has caught up:\n{check}");
+}
