@@ -107,6 +107,22 @@ fn a_link_with_remote_any_is_refused_at_start_with_the_fix() {
     assert!(out.contains("remote any") && out.contains("placeholder remote"), "{out}");
 }
 
+/// The data plane parses Ethernet frames: an uplink without them (wg0, ppp0,
+/// tun) must be refused at start, not served with nothing ever recognised.
+#[test]
+fn a_non_ethernet_uplink_is_refused_with_the_fix() {
+    let topo = Topology::new();
+    topo.broker.ip("link add wg9 type wireguard");
+    topo.broker.ip("link set wg9 up");
+    let (ok, out) = footunnel_once(
+        &topo.broker,
+        &["broker", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir, "--interface", "wg9", "fou0", SECRET],
+    );
+    assert!(!ok, "a broker on wg9 started:\n{out}");
+    assert!(out.contains("uplink interface \"wg9\" is not Ethernet") && out.contains("--interface eth0"), "{out}");
+    assert!(!std::path::Path::new(&topo.pin_dir).exists(), "the refused start changed state: {}", topo.pin_dir);
+}
+
 /// Starts a broker for `link` that must refuse to start and change nothing;
 /// its output.
 fn refused_start(topo: &Topology, link: &str) -> String {

@@ -9,6 +9,7 @@ use crate::{
 };
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
+use netlink_packet_route::link::LinkLayerType;
 use rtnetlink::Handle;
 use std::net::IpAddr;
 
@@ -121,9 +122,39 @@ fn check_overlap(tunnels: &[Planned]) -> Result<()> {
 
 async fn check_interfaces(handle: &Handle, interfaces: &[String]) -> Result<()> {
     for name in interfaces {
-        if !matches!(handle.link().get().match_name(name.clone()).execute().try_next().await, Ok(Some(_))) {
-            bail!("uplink interface {name:?} does not exist");
+        match handle.link().get().match_name(name.clone()).execute().try_next().await {
+            Ok(Some(link)) => check_link_layer(name, link.header.link_layer_type)?,
+            _ => bail!("uplink interface {name:?} does not exist"),
         }
     }
     Ok(())
+}
+
+/// The uplink program parses from an Ethernet header: on ppp0, wg0 or a tun
+/// device it would recognise nothing, silently (issue 21, item 10).
+fn check_link_layer(name: &str, kind: LinkLayerType) -> Result<()> {
+    match kind {
+        // Loopback frames carry an all-zero Ethernet header.
+        LinkLayerType::Ether | LinkLayerType::Loopback => Ok(()),
+        other => bail!(
+            "uplink interface {name:?} is not Ethernet (link type {other:?}): the data plane parses Ethernet \
+             frames and would recognise nothing there; attach to the Ethernet interface below it \
+             (`interfaces = [\"eth0\"]` or --interface eth0)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ethernet_uplinks_are_taken() {
+        assert!(check_link_layer("eth0", LinkLayerType::Ether).is_ok());
+        assert!(check_link_layer("lo", LinkLayerType::Loopback).is_ok());
+        for (name, kind) in [("ppp0", LinkLayerType::Ppp), ("wg0", LinkLayerType::None)] {
+            let e = check_link_layer(name, kind).unwrap_err().to_string();
+            assert!(e.contains("is not Ethernet") && e.contains(name) && e.contains("--interface"), "{e}");
+        }
+    }
 }
