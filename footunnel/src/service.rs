@@ -36,11 +36,6 @@ pub fn notify_ready(status: &str) {
     notify(&format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()));
 }
 
-/// A status line for `systemctl status`.
-pub fn notify_status(status: &str) {
-    notify(&format!("STATUS={status}"));
-}
-
 fn notify(message: &str) {
     use std::os::{linux::net::SocketAddrExt, unix::net::SocketAddr, unix::net::UnixDatagram};
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
@@ -58,16 +53,17 @@ fn notify(message: &str) {
 /// Why `pid` is not a running footunnel broker, if it is not: the pid in a
 /// preserved state file may be long gone, or reused by another program.
 pub fn check_broker_process(pid: u32) -> Result<(), String> {
-    check_broker_cmdline(pid, &Path::new("/proc").join(pid.to_string()).join("cmdline"))
+    let path = Path::new("/proc").join(pid.to_string()).join("cmdline");
+    match std::fs::read(&path) {
+        Ok(cmdline) => check_broker_cmdline(pid, &cmdline),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("no process has pid {pid}")),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
-fn check_broker_cmdline(pid: u32, cmdline: &Path) -> Result<(), String> {
-    let bytes = match std::fs::read(cmdline) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("no process has pid {pid}")),
-        Err(e) => return Err(format!("cannot read {}: {e}", cmdline.display())),
-    };
-    let args: Vec<String> = bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+/// `cmdline`: NUL-separated arguments, as /proc/PID/cmdline has them.
+fn check_broker_cmdline(pid: u32, cmdline: &[u8]) -> Result<(), String> {
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a)).unwrap_or_default();
     if program.starts_with("footunnel") && args.get(1).is_some_and(|a| a == "broker") {
         Ok(())
@@ -80,38 +76,20 @@ fn check_broker_cmdline(pid: u32, cmdline: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn cmdline(args: &[&str]) -> tempfile_path::Temp {
-        tempfile_path::Temp::with(&args.iter().map(|a| format!("{a}\0")).collect::<String>())
-    }
-
-    mod tempfile_path {
-        pub struct Temp(pub std::path::PathBuf);
-        impl Temp {
-            pub fn with(text: &str) -> Temp {
-                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = std::env::temp_dir().join(format!("footunnel-cmdline-{}-{n}", std::process::id()));
-                std::fs::write(&path, text).unwrap();
-                Temp(path)
-            }
-        }
-        impl Drop for Temp {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        args.iter().flat_map(|a| a.bytes().chain([0])).collect()
     }
 
     #[test]
     fn only_a_footunnel_broker_is_signalled() {
         let broker = cmdline(&["/usr/bin/footunnel", "broker", "--config", "/etc/footunnel/broker.toml"]);
-        assert_eq!(check_broker_cmdline(7, &broker.0), Ok(()));
+        assert_eq!(check_broker_cmdline(7, &broker), Ok(()));
         let client = cmdline(&["/usr/bin/footunnel", "client", "198.51.100.1"]);
-        assert!(check_broker_cmdline(7, &client.0).unwrap_err().contains("not a footunnel broker"));
+        assert!(check_broker_cmdline(7, &client).unwrap_err().contains("not a footunnel broker"));
         let other = cmdline(&["/usr/sbin/sshd", "-D"]);
-        assert!(check_broker_cmdline(7, &other.0).unwrap_err().contains("/usr/sbin/sshd -D"));
-        let gone = std::env::temp_dir().join("footunnel-no-such-cmdline");
-        assert_eq!(check_broker_cmdline(7, &gone), Err("no process has pid 7".into()));
+        assert!(check_broker_cmdline(7, &other).unwrap_err().contains("/usr/sbin/sshd -D"));
+        // Above the kernel's pid_max: never a process.
+        assert_eq!(check_broker_process(u32::MAX), Err(format!("no process has pid {}", u32::MAX)));
     }
 
     #[test]
