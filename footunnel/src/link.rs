@@ -25,6 +25,10 @@ pub struct TunnelLink {
     pub params: Vec<InfoIpTunnel>,
     /// Administratively up (`ip link set … up`).
     pub up: bool,
+    /// The MTU as read: sent back with an ip6tnl link's changes, since its
+    /// changelink recomputes the MTU from the route to the new remote and
+    /// loses one the operator set.
+    pub mtu: Option<u32>,
 }
 
 impl TunnelLink {
@@ -202,6 +206,7 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
         kind,
         params: params.with_context(|| format!("the kernel reported no tunnel parameters for link {name:?}"))?,
         up: message.header.flags.contains(LinkFlags::Up),
+        mtu: message.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }),
     })
 }
 
@@ -238,6 +243,11 @@ async fn change(handle: &Handle, link: &TunnelLink, params: Vec<InfoIpTunnel>) -
         LinkInfo::Kind(link.kind.clone()),
         LinkInfo::Data(InfoData::IpTunnel(params.clone())),
     ]));
+    // Applied after the tunnel parameters in the same request. Only where the
+    // kernel would reset it: a copy read earlier must not undo a later change.
+    if let (InfoKind::Ip6Tnl, Some(mtu)) = (&link.kind, link.mtu) {
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+    }
     handle.link().change(message).execute().await?;
     Ok(TunnelLink { params, ..link.clone() })
 }
@@ -316,7 +326,7 @@ mod tests {
     fn link(kind: InfoKind, protocol: Option<IpProtocol>) -> TunnelLink {
         let mut params = vec![InfoIpTunnel::EncapType(TunnelEncapType::Fou), InfoIpTunnel::EncapSPort(42424)];
         params.extend(protocol.map(InfoIpTunnel::Protocol));
-        TunnelLink { name: "fou0".into(), index: 7, kind, params, up: true }
+        TunnelLink { name: "fou0".into(), index: 7, kind, params, up: true, mtu: None }
     }
 
     fn listener(ipproto: u8, ipv6: bool) -> Listener {

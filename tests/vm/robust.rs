@@ -173,6 +173,34 @@ fn a_re_point_keeps_every_non_default_parameter() {
     }
 }
 
+/// An ip6tnl changelink recomputes the link's MTU: a re-point must keep the
+/// one the operator set (issue 21, item 10).
+#[test]
+fn an_ip6tnl_re_point_keeps_an_operator_set_mtu() {
+    let topo = Topology::new();
+    topo.broker.ip("addr add 2001:db8:100::100/64 dev up0 nodad");
+    // The kernel recomputes the MTU from the route to the new remote.
+    topo.broker.ip("-6 route add 2001:db8:300::/48 dev up0");
+    topo.broker.ip("link add fou6 type ip6tnl mode ipip6 remote 2001:db8::1 local 2001:db8:100::100 ttl 64 \
+         encap fou encap-sport 42424 encap-dport 42424");
+    topo.broker.ip("link set fou6 mtu 1400 up");
+    let after = topo.broker.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let link = footunnel::link::get(&handle, "fou6").await?;
+            assert_eq!(link.mtu, Some(1400), "the MTU was not read");
+            footunnel::link::repoint(&handle, &link, "2001:db8:300::7".parse().unwrap(), 40001).await?;
+            footunnel::link::get(&handle, "fou6").await
+        })
+    });
+    let after = after.unwrap();
+    assert_eq!(after.remote(), Some("2001:db8:300::7".parse().unwrap()));
+    let show = topo.broker.ip("-d link show fou6");
+    assert!(show.contains("mtu 1400"), "the re-point reset the MTU:\n{show}");
+}
+
 /// The data plane records heartbeats whether or not a controller acts on
 /// them: with the controller gone, `show` must say where the link really
 /// points, and `show --check` must fail (issue 21, item 2).

@@ -106,7 +106,7 @@ mod tests {
     use super::*;
 
     fn link(params: Vec<InfoIpTunnel>) -> TunnelLink {
-        TunnelLink { name: "fou0".into(), index: 7, kind: InfoKind::IpIp, params, up: true }
+        TunnelLink { name: "fou0".into(), index: 7, kind: InfoKind::IpIp, params, up: true, mtu: None }
     }
 
     #[test]
