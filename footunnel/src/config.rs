@@ -65,7 +65,9 @@ pub enum OnSilence {
     /// Reported (log, `show`, metrics); the link stays as it is.
     #[default]
     Report,
-    /// Reported, and the link is set down until the next accepted heartbeat.
+    /// Reported, and the link carries nothing until the next accepted
+    /// heartbeat: it is parked on a placeholder remote; it stays up, and
+    /// keeps its routes and addresses.
     Down,
 }
 

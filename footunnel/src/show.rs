@@ -57,11 +57,13 @@ pub struct TunnelReport {
     pub silence_timeout_ns: Option<u64>,
     /// How long the tunnel has been silent, if longer than its timeout.
     pub silent_for_ns: Option<u64>,
-    /// Its link is set down while silent (`on_silence = "down"`).
+    /// Its link is parked (carries nothing) while silent (`on_silence = "down"`).
     pub down_when_silent: bool,
     /// Where the kernel's link really sends (`remote:encap-dport`), per-link
     /// mode; the endpoint above is what the data plane recorded.
     pub link_points_at: Option<String>,
+    /// Whether the link is administratively up, as read.
+    pub link_up: Option<bool>,
     /// Why the link could not be read.
     pub link_problem: Option<String>,
 }
@@ -124,6 +126,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                 changes: known.and(e.map(|e| e.changes)).unwrap_or(0),
                 last_change_ns: known.and(e.map(|e| e.last_change_ns)),
                 link_points_at: None,
+                link_up: None,
                 link_problem: None,
                 unexpected_source: o.map(|o| UnexpectedSource {
                     source: crate::addr::endpoint(o.addr.ip(), o.port),
@@ -169,6 +172,7 @@ pub async fn read_links(report: &mut Report) -> Result<()> {
             Ok(link) => {
                 let e = link.endpoint();
                 t.link_points_at = e.remote.map(|r| crate::addr::endpoint(r, e.dport.unwrap_or(0)));
+                t.link_up = Some(link.up);
             }
             Err(e) => t.link_problem = Some(format!("{e:#}")),
         }
@@ -191,8 +195,17 @@ pub fn problems(report: &Report) -> Vec<String> {
         if let Some(why) = &t.link_problem {
             out.push(format!("tunnel {:?}: cannot read its link {}: {why}", t.name, t.link));
         }
+        if t.link_up == Some(false) {
+            out.push(format!(
+                "tunnel {:?}: its link {} is down, so nothing passes (footunnel never sets a link down): \
+                 `ip link set {} up`",
+                t.name, t.link, t.link
+            ));
+        }
+        let parked = t.down_when_silent && t.silent_for_ns.is_some();
         if let (Some(endpoint), Some(points)) = (&t.endpoint, &t.link_points_at)
             && endpoint != points
+            && !parked
         {
             out.push(format!(
                 "tunnel {:?}: its link {} points at {points}, but its client is at {endpoint} (see the broker's log)",
@@ -260,7 +273,14 @@ pub fn render(report: &Report, now_ns: u64) -> String {
         if let Some(points) = &t.link_points_at
             && t.endpoint.as_deref() != Some(points.as_str())
         {
-            line(format!("  link points at: {points} (NOT the endpoint: the kernel sends there)"));
+            if t.down_when_silent && t.silent_for_ns.is_some() {
+                line(format!("  link points at: {points} (parked while silent: carries nothing)"));
+            } else {
+                line(format!("  link points at: {points} (NOT the endpoint: the kernel sends there)"));
+            }
+        }
+        if t.link_up == Some(false) {
+            line(format!("  link: DOWN (nothing passes; `ip link set {} up`)", t.link));
         }
         if let Some(why) = &t.link_problem {
             line(format!("  link: cannot read it: {why}"));
@@ -274,7 +294,11 @@ pub fn render(report: &Report, now_ns: u64) -> String {
                 "  SILENT: no heartbeat for {} (silence_timeout {} s){}",
                 ago(0, quiet).trim_end_matches(" ago"),
                 t.silence_timeout_ns.unwrap_or(0) / 1_000_000_000,
-                if t.down_when_silent { "; its link is set down until the next heartbeat" } else { "" }
+                if t.down_when_silent {
+                    "; its link is parked (carries nothing; routes and addresses stay) until the next heartbeat"
+                } else {
+                    ""
+                }
             ));
         }
         if let Some(ts) = t.last_change_ns {
@@ -356,6 +380,7 @@ pub(crate) mod tests {
                 silent_for_ns: Some(125_000_000_000),
                 down_when_silent: true,
                 link_points_at: Some("203.0.113.5:40001".into()),
+                link_up: Some(true),
                 link_problem: None,
             }],
             counters: vec![("accepted".into(), 3), ("bad_tag".into(), 0)],
@@ -374,7 +399,7 @@ pub(crate) mod tests {
             "counters: accepted 3\n",
             "next id: 00000000000000aa",
             "client's key: next",
-            "SILENT: no heartbeat for 2 minutes, 5 seconds (silence_timeout 60 s); its link is set down",
+            "SILENT: no heartbeat for 2 minutes, 5 seconds (silence_timeout 60 s); its link is parked",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
@@ -395,6 +420,7 @@ pub(crate) mod tests {
     #[test]
     fn check_passes_only_when_the_kernel_does_what_the_endpoints_say() {
         let mut report = sample_report();
+        report.tunnels[0].silent_for_ns = None;
         assert_eq!(problems(&report), Vec::<String>::new());
         assert!(render(&report, 0).contains("controller: running (pid 4242)"));
         assert!(!render(&report, 0).contains("link points at"), "a link that matches is reported");
@@ -418,5 +444,21 @@ pub(crate) mod tests {
         fresh.tunnels[0].endpoint = None;
         fresh.tunnels[0].link_points_at = Some("192.0.2.1:42424".into());
         assert_eq!(problems(&fresh), Vec::<String>::new());
+
+        // Parked while silent under `on_silence = "down"`: as intended.
+        let mut parked = sample_report();
+        parked.tunnels[0].link_points_at = Some("192.0.2.1:40001".into());
+        assert_eq!(problems(&parked), Vec::<String>::new());
+        assert!(render(&parked, 0).contains("link points at: 192.0.2.1:40001 (parked while silent"));
+        parked.tunnels[0].down_when_silent = false;
+        assert_eq!(problems(&parked).len(), 1, "only \"down\" parks a link");
+
+        // A link set down (by hand, or by an older footunnel) carries nothing.
+        let mut down = sample_report();
+        down.tunnels[0].silent_for_ns = None;
+        down.tunnels[0].link_up = Some(false);
+        let found = problems(&down);
+        assert!(found.len() == 1 && found[0].contains("fou0 is down"), "{found:?}");
+        assert!(render(&down, 0).contains("link: DOWN"));
     }
 }

@@ -33,10 +33,8 @@ pub struct Running {
     pub challenges_sent: u64,
     /// When the broker began serving this tunnel (wall clock): silence counts from here at most.
     pub since_ns: u64,
-    /// Reported silent (and with `on_silence = "down"`, its link set down).
+    /// Reported silent (and with `on_silence = "down"`, its link parked).
     pub silent: bool,
-    /// Its link was set down for silence.
-    pub set_down: bool,
     /// The last accepted heartbeat was the proof of concept's plaintext one:
     /// that client cannot answer a CHALLENGE.
     pub legacy_client: bool,
@@ -53,7 +51,6 @@ impl Running {
             prefixes,
             since_ns: crate::now_ns(),
             silent: false,
-            set_down: false,
             last_sent_ns: 0,
             last_challenge_ns: None,
             challenges_sent: 0,

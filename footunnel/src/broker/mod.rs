@@ -350,7 +350,15 @@ impl Broker {
             // No link to change: the egress program reads the endpoint map.
             return self.shared_problem.is_none().then(|| shared::reaches(recorded.as_ref()));
         }
-        let after = self.table.reconcile(&self.handle, i, recorded.as_ref()).await;
+        let target = if self.parked(i) {
+            // Silent under `on_silence = "down"`: the link keeps its routes
+            // and addresses, and sends to a place no network routes.
+            let port = self.table.tunnels[i].link.encap_dport().unwrap_or(self.config.fou_ports[0]);
+            Some(Endpoint { addr: self.parking_remote(i).into(), port, ..Endpoint::default() })
+        } else {
+            recorded
+        };
+        let after = self.table.reconcile(&self.handle, i, target.as_ref()).await;
         self.follow_local_address(i);
         after
     }
@@ -402,7 +410,16 @@ impl Broker {
                 if event.kind != EVENT_HEARTBEAT {
                     return; // the proof of concept's client cannot read an ACK
                 }
-                if decide::may_ack(after, source) {
+                let link_down = self.shared.is_none() && !self.table.tunnels[i].link.up;
+                if link_down {
+                    info!(
+                        "tunnel {name}: no ACK to {}: link {} is down, so nothing passes; \
+                         `ip link set {} up` (footunnel never sets a link down)",
+                        endpoint(source.0, source.1),
+                        self.table.tunnels[i].link.name,
+                        self.table.tunnels[i].link.name
+                    );
+                } else if decide::may_ack(after, source) {
                     // Under the key of the heartbeat it answers, which the endpoint records.
                     let key_id = self.endpoint(event.tunnel_id).map_or(0, |e| e.key_id);
                     self.send(i, Answer::Ack, key_id, event.dst_addr.ip(), source);

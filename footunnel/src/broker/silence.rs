@@ -1,12 +1,20 @@
 //! Silence policy (SixXS disabled tunnels whose heartbeats stopped): a
 //! tunnel without an accepted heartbeat for its `silence_timeout` is
-//! reported silent, and with `on_silence = "down"` its link is set down
-//! until the next accepted heartbeat. Whether it is silent is decided in
-//! `decide::silent_for`, from the same map `footunnel show` reads.
+//! reported silent, and with `on_silence = "down"` its link stops carrying
+//! traffic until the next accepted heartbeat. Whether it is silent is
+//! decided in `decide::silent_for`, from the same map `footunnel show` reads.
+//!
+//! "Down" parks the link: its remote goes to a placeholder no network
+//! routes, so nothing reaches the old endpoint and nothing from it matches
+//! the link. The link stays administratively up: setting it down would make
+//! the kernel drop every route through it (and its IPv6 addresses), which
+//! setting it up again does not restore.
+
+use std::net::{IpAddr, Ipv6Addr};
 
 use tracing::{info, warn};
 
-use crate::{config::OnSilence, decide, link, now_ns};
+use crate::{config::OnSilence, decide, now_ns};
 
 use super::Broker;
 
@@ -23,19 +31,18 @@ impl Broker {
         }
     }
 
-    /// Reports tunnel `i` silent, or heard from again, when that changes,
-    /// and keeps its link down or up to match under `on_silence = "down"`.
+    /// Reports tunnel `i` silent, or heard from again, when that changes;
+    /// under `on_silence = "down"` the link is parked or put back to match.
     pub(super) async fn check_silence(&mut self, i: usize) {
         let policy = self.table.tunnels[i].config.silence;
-        let t = &self.table.tunnels[i];
-        if policy.is_none() && !t.silent && !t.set_down {
+        if policy.is_none() && !self.table.tunnels[i].silent {
             // Not watched: no map lookup (this runs every second for every tunnel).
             return;
         }
         let last_heard = self.last_heard_ns(i);
         let t = &mut self.table.tunnels[i];
         let silent = policy.and_then(|p| decide::silent_for(last_heard, t.since_ns, now_ns(), p.timeout_ns));
-        let down_when_silent = policy.is_some_and(|p| p.action == OnSilence::Down);
+        let park = policy.is_some_and(|p| p.action == OnSilence::Down);
         match (silent, t.silent) {
             (Some(quiet), false) => {
                 warn!(
@@ -43,7 +50,7 @@ impl Broker {
                     t.config.name,
                     quiet / 1_000_000_000,
                     policy.map_or(0, |p| p.timeout_ns) / 1_000_000_000,
-                    if down_when_silent { "; setting its link down until it is heard again" } else { "" }
+                    if park { "; parking its link until it is heard again (routes and addresses stay)" } else { "" }
                 );
                 t.silent = true;
             }
@@ -55,30 +62,50 @@ impl Broker {
                 );
                 t.silent = false;
             }
-            _ => {}
+            _ => return,
         }
-        // Under "down" the link's state follows silence, also after a restart
-        // (a link set down by the previous run comes back up on a heartbeat);
-        // a link set down under a policy a reload removed comes back up.
-        let want_up = if down_when_silent {
-            !t.silent
-        } else if t.set_down {
-            true
-        } else {
-            return;
-        };
-        if t.link.up != want_up {
-            match link::set_up(&self.handle, t.link.index, want_up).await {
-                Ok(()) => {
-                    t.link.up = want_up;
-                    info!("tunnel {}: link {} set {}", t.config.name, t.link.name, if want_up { "up" } else { "down" });
-                }
-                Err(e) => {
-                    warn!("tunnel {}: {e:#}", t.config.name);
-                    return;
-                }
-            }
-        }
-        t.set_down = !want_up;
+        // Parked, or back on the endpoint (also when a reload dropped the policy).
+        self.reconcile(i).await;
+    }
+
+    /// Whether tunnel `i`'s link is to be parked rather than follow its endpoint.
+    pub(super) fn parked(&self, i: usize) -> bool {
+        let t = &self.table.tunnels[i];
+        t.silent && t.config.silence.is_some_and(|p| p.action == OnSilence::Down)
+    }
+
+    /// Where a parked link points: a placeholder of its link's family that
+    /// no other tunnel's link uses (two links on one local and remote
+    /// cannot both exist).
+    pub(super) fn parking_remote(&self, i: usize) -> IpAddr {
+        let ipv6 = self.table.tunnels[i].link.outer_ipv6();
+        let taken: Vec<Option<IpAddr>> = self
+            .table
+            .tunnels
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, t)| t.link.endpoint().remote)
+            .collect();
+        (0..)
+            .map(|n| if ipv6 { IpAddr::V6(parking6(n)) } else { IpAddr::V4(super::placeholder_remote(n)) })
+            .find(|a| !taken.contains(&Some(*a)))
+            .expect("placeholders never run out")
+    }
+}
+
+/// IPv6 placeholders: the documentation prefix (RFC 3849).
+fn parking6(n: usize) -> Ipv6Addr {
+    let n = n as u32 + 1;
+    Ipv6Addr::new(0x2001, 0xdb8, 0xf007, 0, 0, 0, (n >> 16) as u16, n as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv6_parking_places_are_distinct_documentation_addresses() {
+        let all: std::collections::HashSet<_> = (0..100_000).map(super::parking6).collect();
+        assert_eq!(all.len(), 100_000);
+        assert!(all.iter().all(|a| a.segments()[..2] == [0x2001, 0xdb8]));
     }
 }
