@@ -34,8 +34,10 @@ pub trait Env {
     fn cache_admits(&self, slot: u32, entry: u64, inner: [u8; 4]) -> bool {
         self.cached_endpoint(slot).admits(entry, inner)
     }
-    /// Writes the slot; the `entry` word last, with a full barrier.
-    fn set_cached_endpoint(&self, slot: u32, cached: CachedEndpoint);
+    /// Stores a slot's entry word with a full barrier (an exchange).
+    fn store_cache_entry(&self, slot: u32, entry: u64);
+    /// Stores a slot's inner prefix (plain stores: see [`write_cache_slot`]).
+    fn store_cache_prefix(&self, slot: u32, net: u32, mask: u32);
     fn settings(&self) -> Settings;
     /// The broker's boot-time clock, ns; plus `realtime_offset_ns` gives wall time.
     fn boot_ns(&self) -> u64;
@@ -299,9 +301,20 @@ fn forget_cached<E: Env>(env: &E, moved_from: Option<(Addr, u16)>) {
     {
         let (slot, entry) = endpoint_cache_key(addr, port);
         if env.cached_endpoint(slot).entry == entry {
-            env.set_cached_endpoint(slot, CachedEndpoint::default());
+            env.store_cache_entry(slot, 0);
         }
     }
+}
+
+/// Fills a cache slot so that no reader on another CPU ever sees the new
+/// prefix under the old entry (admitting the old endpoint's data from the
+/// new prefix) or the reverse: the slot is emptied first, then takes the
+/// prefix, then the entry.
+#[inline(always)]
+fn write_cache_slot<E: Env>(env: &E, slot: u32, cached: CachedEndpoint) {
+    env.store_cache_entry(slot, 0);
+    env.store_cache_prefix(slot, cached.inner_net, cached.inner_mask);
+    env.store_cache_entry(slot, cached.entry);
 }
 
 /// Sent to the address the tunnel's link uses (or to any, if it has none).
@@ -351,14 +364,14 @@ fn fou_data<E: Env>(udp: &Udp, owner: Option<(PrefixOwner, Option<(u32, u32)>)>,
             return Verdict::Pass;
         };
         let (slot, entry) = endpoint_cache_key(src, udp.src_port);
-        env.set_cached_endpoint(slot, CachedEndpoint { entry, inner_net, inner_mask });
+        write_cache_slot(env, slot, CachedEndpoint { entry, inner_net, inner_mask });
         // A heartbeat on another CPU may have moved the endpoint between the
         // read above and the store: read it again after the store (an
         // exchange, a full barrier) and take the entry back if so. Either the
         // heartbeat's own invalidation comes after our store, or this read
         // sees its new endpoint: no stale entry survives.
         if !is_endpoint(env, id, udp) {
-            env.set_cached_endpoint(slot, CachedEndpoint::default());
+            env.store_cache_entry(slot, 0);
         }
         env.count(Counter::FouData);
         return Verdict::Pass;

@@ -31,6 +31,8 @@ pub(crate) struct MemEnv {
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
     cache: RefCell<HashMap<u32, CachedEndpoint>>,
+    /// Every state a cache slot passed through, as another CPU could read it.
+    cache_states: RefCell<Vec<CachedEndpoint>>,
     /// SETTINGS as nobody has written it: all zero.
     unconfigured: std::cell::Cell<bool>,
     /// In-place observed updates (no hash update).
@@ -65,8 +67,17 @@ impl Env for MemEnv {
     fn cached_endpoint(&self, slot: u32) -> CachedEndpoint {
         self.cache.borrow().get(&slot).copied().unwrap_or_default()
     }
-    fn set_cached_endpoint(&self, slot: u32, cached: CachedEndpoint) {
-        self.cache.borrow_mut().insert(slot, cached);
+    fn store_cache_entry(&self, slot: u32, entry: u64) {
+        let mut cache = self.cache.borrow_mut();
+        let c = cache.entry(slot).or_default();
+        c.entry = entry;
+        self.cache_states.borrow_mut().push(*c);
+    }
+    fn store_cache_prefix(&self, slot: u32, net: u32, mask: u32) {
+        let mut cache = self.cache.borrow_mut();
+        let c = cache.entry(slot).or_default();
+        (c.inner_net, c.inner_mask) = (net, mask);
+        self.cache_states.borrow_mut().push(*c);
     }
     fn settings(&self) -> Settings {
         if self.unconfigured.get() {
@@ -449,6 +460,23 @@ fn a_legacy_secret_that_looks_like_fou_data_from_the_endpoint_is_still_a_legacy_
     assert!(env.cache.borrow().values().any(|e| e.entry != 0), "the endpoint is cached");
     assert_eq!(process(&udp(CLIENT, 40001, 42425, &secret)[..], &env), Verdict::Drop);
     assert_eq!(count(&env, Counter::LegacyAccepted), 1);
+}
+
+#[test]
+fn a_cache_slot_taken_over_never_admits_the_old_endpoint_from_the_new_prefix() {
+    let env = env();
+    let old = CachedEndpoint { entry: 7, inner_net: u32::from_ne_bytes([10, 0, 0, 0]), inner_mask: u32::MAX };
+    let (inner_net, inner_mask) = inner_prefix([10, 9, 0, 0], 16);
+    let new = CachedEndpoint { entry: 8, inner_net, inner_mask };
+    write_cache_slot(&env, 3, old);
+    env.cache_states.borrow_mut().clear();
+    write_cache_slot(&env, 3, new);
+    let states = env.cache_states.borrow();
+    assert_eq!(states.last(), Some(&new));
+    for s in states.iter() {
+        assert!(!s.admits(old.entry, [10, 9, 0, 1]), "the old endpoint admitted from the new prefix: {s:?}");
+        assert!(!s.admits(new.entry, [10, 0, 0, 0]), "the new endpoint admitted from the old prefix: {s:?}");
+    }
 }
 
 #[test]

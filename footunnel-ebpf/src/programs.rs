@@ -228,15 +228,23 @@ impl Env for Maps {
         ENDPOINT_CACHE.get(slot).is_some_and(|c| c.admits(entry, inner))
     }
     #[inline(always)]
-    fn set_cached_endpoint(&self, slot: u32, cached: CachedEndpoint) {
+    fn store_cache_entry(&self, slot: u32, entry: u64) {
         if let Some(p) = ENDPOINT_CACHE.get_ptr_mut(slot) {
-            // SAFETY: an aligned slot of an array map. The prefix first, the
-            // entry word last with an exchange: a full barrier, which the
-            // path's re-check relies on.
+            // SAFETY: an aligned slot of an array map. An exchange: a full
+            // barrier, which the path's ordered writes and re-check rely on.
             unsafe {
-                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).inner_net), cached.inner_net);
-                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).inner_mask), cached.inner_mask);
-                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(core::ptr::addr_of_mut!((*p).entry), cached.entry);
+                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(core::ptr::addr_of_mut!((*p).entry), entry);
+            }
+        }
+    }
+    #[inline(always)]
+    fn store_cache_prefix(&self, slot: u32, net: u32, mask: u32) {
+        if let Some(p) = ENDPOINT_CACHE.get_ptr_mut(slot) {
+            // SAFETY: an aligned slot of an array map; volatile, so the
+            // compiler keeps these stores between the two exchanges.
+            unsafe {
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).inner_net), net);
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).inner_mask), mask);
             }
         }
     }
