@@ -62,6 +62,35 @@ pub fn set_port(ebpf: &mut Ebpf, port: u16, kind: u32) -> Result<()> {
     ports.set(u32::from(port), PortConfig { kind }, 0).with_context(|| format!("cannot set UDP port {port}"))
 }
 
+/// The IPv4 prefixes among `prefixes` as the endpoint cache holds them.
+pub fn inner_prefixes_v4(prefixes: &[crate::addr::Prefix]) -> Vec<(u32, u32)> {
+    prefixes
+        .iter()
+        .filter_map(|p| match p.addr {
+            IpAddr::V4(a) => Some(maps::inner_prefix(a.octets(), u32::from(p.len))),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Empties the endpoint cache's slot for `endpoint` if it holds that
+/// endpoint under a prefix not in `allowed` (empty: whatever prefix).
+pub fn forget_cached(ebpf: &mut Ebpf, endpoint: &Endpoint, allowed: &[(u32, u32)]) -> Result<()> {
+    let Some(addr) = endpoint.addr.as_v4().filter(|_| endpoint.port != 0) else { return Ok(()) };
+    let (slot, entry) = maps::endpoint_cache_key(addr, endpoint.port);
+    let mut cache: Array<_, maps::CachedEndpoint> = Array::try_from(map_mut(ebpf, maps::ENDPOINT_CACHE)?)?;
+    let cached = cache.get(&slot, 0).context("cannot read the endpoint cache")?;
+    if cached.entry == entry && !allowed.contains(&(cached.inner_net, cached.inner_mask)) {
+        // The entry word alone, the prefix as it is: the update is a copy,
+        // and a reader between its words must never see the entry under
+        // another prefix (an all-zero one admits everything).
+        cache
+            .set(slot, maps::CachedEndpoint { entry: 0, ..cached }, 0)
+            .context("cannot clear a slot of the endpoint cache")?;
+    }
+    Ok(())
+}
+
 /// Maps pinned by another footunnel version are reused as they are: with
 /// another layout the program would read garbage or lose counters, quietly.
 /// Refuses them, naming the fix, before anything is changed.

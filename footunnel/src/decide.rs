@@ -24,6 +24,14 @@ pub fn known_endpoint(e: &Endpoint) -> Option<(IpAddr, u16)> {
     (!e.addr.is_unspecified() && e.port != 0).then(|| (e.addr.ip(), e.port))
 }
 
+/// An endpoint recorded under a secret the tunnel no longer has (one
+/// replaced without a rotation: compromised, revoked): whoever holds the old
+/// secret must not keep the tunnel. `key_ids`: the tunnel's secrets now.
+/// Entries from before key ids were recorded (0) cannot tell, and stay.
+pub fn recorded_under_old_key(e: &Endpoint, key_ids: &[u64]) -> bool {
+    known_endpoint(e).is_some() && e.key_id != 0 && !key_ids.contains(&e.key_id)
+}
+
 /// The change that makes the link match the recorded endpoint, if any:
 /// address and port together, never one without the other.
 pub fn repoint(link: LinkEndpoint, recorded: &Endpoint) -> Option<Repoint> {
@@ -196,6 +204,22 @@ impl SweepPacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_under_a_secret_the_tunnel_no_longer_has_is_stale() {
+        let e = Endpoint {
+            addr: footunnel_ebpf::packet::mapped([203, 0, 113, 5]),
+            port: 40001,
+            key_id: 0xaa,
+            heartbeats: 1,
+            ..Default::default()
+        };
+        assert!(!recorded_under_old_key(&e, &[0xaa]));
+        assert!(!recorded_under_old_key(&e, &[0xbb, 0xaa]), "the next secret of a rotation");
+        assert!(recorded_under_old_key(&e, &[0xbb]), "a replaced secret keeps its holder");
+        assert!(!recorded_under_old_key(&Endpoint { key_id: 0, ..e }, &[0xbb]), "no key recorded: cannot tell");
+        assert!(!recorded_under_old_key(&Endpoint { port: 0, ..Endpoint::default() }, &[0xbb]), "no endpoint");
+    }
 
     fn drain(pacer: &mut SweepPacer, links: usize) -> Vec<usize> {
         std::iter::from_fn(|| pacer.next(links)).collect()

@@ -35,6 +35,9 @@ pub struct Running {
     pub since_ns: u64,
     /// Reported silent (and with `on_silence = "down"`, its link parked).
     pub silent: bool,
+    /// Its endpoint was recorded under a secret it no longer has: the link
+    /// is parked until a heartbeat under its secret now.
+    pub evicted: bool,
     /// The last accepted heartbeat was the proof of concept's plaintext one:
     /// that client cannot answer a CHALLENGE.
     pub legacy_client: bool,
@@ -51,6 +54,7 @@ impl Running {
             prefixes,
             since_ns: crate::now_ns(),
             silent: false,
+            evicted: false,
             last_sent_ns: 0,
             last_challenge_ns: None,
             challenges_sent: 0,

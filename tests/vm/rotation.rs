@@ -92,3 +92,77 @@ fn a_secret_is_rotated_broker_first_then_client_with_no_ping_lost() {
     assert_eq!(topo.link().index, index);
     new_client.kill9();
 }
+
+/// Waits until the broker's link no longer points at the client.
+fn wait_parked(topo: &Topology, log: &NsProcess, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let link = topo.link();
+        if link.remote() != Some(CLIENT_B.into()) {
+            let remote = link.remote().map(|r| r.to_string()).unwrap_or_default();
+            assert!(remote.starts_with("192.0.2."), "{what}: parked on {remote}, not on a placeholder");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{what}: the link still serves the holder of the replaced secret:\n{}",
+            log.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_replaced_secret_stops_serving_its_holder_on_reload_and_on_restart() {
+    const THIRD: &str = "the tunnel's third secret, long enough";
+    let topo = Topology::new();
+    std::fs::create_dir_all(&topo.state_dir).unwrap();
+    let config = format!("{}/broker.toml", topo.state_dir);
+    let header = format!(
+        "pin_dir = \"{}\"\nstate_dir = \"{}\"\n[[tunnel]]\nname = \"a\"\nlink = \"fou0\"\n",
+        topo.pin_dir, topo.state_dir
+    );
+    let write = |secret: &str| std::fs::write(&config, format!("{header}secret = \"{secret}\"\n")).unwrap();
+    write(OLD);
+    let mut broker = NsProcess::footunnel(&topo.broker, &["broker", "-v", "--config", &config]);
+    broker.wait_for("broker running", Duration::from_secs(20));
+    let client_state = format!("{}-client", topo.state_dir);
+    let client = |secret: &str| {
+        NsProcess::footunnel(
+            &topo.client,
+            &["client", "--interval", "1", "--state-dir", &client_state, "198.51.100.1", secret],
+        )
+    };
+    let holder = client(OLD);
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(10));
+    assert!(topo.ping(), "no traffic before the secret is replaced:\n{}", holder.log());
+
+    // Compromised: replaced outright, no rotation. The old secret's holder
+    // keeps sending heartbeats under it.
+    write(NEW);
+    let (ok, out) = footunnel_once(&topo.broker, &["reload", "--state-dir", &topo.state_dir]);
+    assert!(ok, "{out}");
+    wait_parked(&topo, &broker, "after the reload");
+    assert!(broker.log().contains("recorded under a secret the tunnel no longer has"), "{}", broker.log());
+    assert!(show(&topo)["endpoint"].is_null(), "show still names the old holder: {}", show(&topo));
+    std::thread::sleep(Duration::from_secs(2));
+    wait_parked(&topo, &broker, "two heartbeats of the holder later");
+    assert!(!topo.ping(), "the holder of the replaced secret still has the tunnel");
+    drop(holder);
+
+    let rightful = client(NEW);
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(5));
+    assert!(topo.ping(), "the new secret's client gets no traffic:\n{}", rightful.log());
+
+    // Replaced while the broker is stopped: the start forgets the holder.
+    broker.kill9();
+    write(THIRD);
+    let mut broker = NsProcess::footunnel(&topo.broker, &["broker", "-v", "--config", &config]);
+    broker.wait_for("broker running", Duration::from_secs(20));
+    wait_parked(&topo, &broker, "after a restart with a replaced secret");
+    assert!(show(&topo)["endpoint"].is_null(), "{}", show(&topo));
+    drop(rightful);
+    let third = client(THIRD);
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(5));
+    assert!(topo.ping(), "no traffic under the third secret:\n{}", third.log());
+}

@@ -40,6 +40,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Self {
+        Lab::with(CLIENTS)
+    }
+
+    /// `n` clients behind the NAT, each with its tunnel.
+    fn with(n: usize) -> Self {
         require_vm();
         let broker = Netns::new("broker");
         let nat = Netns::new("nat");
@@ -51,7 +56,7 @@ impl Lab {
         nat.ip("link set br0 up");
         sysctl(&nat, "net.ipv4.ip_forward=1");
         nat_rules(&nat, "");
-        let clients: Vec<Netns> = (0..CLIENTS).map(|i| Netns::new(&format!("c{i}"))).collect();
+        let clients: Vec<Netns> = (0..n).map(|i| Netns::new(&format!("c{i}"))).collect();
         for (i, c) in clients.iter().enumerate() {
             nat.ip(&format!("link add lan{i} type veth peer name up0 netns {}", c.name));
             nat.ip(&format!("link set lan{i} master br0 up"));
@@ -74,7 +79,7 @@ impl Lab {
             "pin_dir = \"{}\"\nstate_dir = \"{}/broker\"\nmode = \"shared\"\n\n[shared]\nlocal = \"{BROKER}\"\naddress = \"10.0.0.1/32\"\n",
             lab.pin_dir, lab.dir
         );
-        for i in 0..CLIENTS {
+        for i in 0..n {
             toml += &format!(
                 "\n[[tunnel]]\nname = \"c{i:02}\"\nsecret = \"{}\"\npeer_prefixes = [\"{}/32\"]\n",
                 secret(i),
@@ -347,4 +352,62 @@ fn twenty_clients_behind_one_nat_address_share_one_device_and_move_one_at_a_time
     assert!(device.contains("ipip external"), "the restart changed the device:\n{device}");
     assert!(lab.ping(0) || lab.ping(0), "no traffic after the restart:\n{}", broker.log());
     drop(clients);
+}
+
+/// Client 1's inner flow, a ping from its inner address through its own
+/// tunnel, sent `n` times; the broker's counters say where it went.
+fn client_pings(lab: &Lab, i: usize, n: usize) {
+    for _ in 0..n {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.clients[i].name, "ping", "-n", "-c", "1", "-W", "0.2", "-I"])
+            .arg(inner(i).to_string())
+            .arg("10.0.0.1")
+            .output()
+            .expect("run ping");
+    }
+}
+
+#[test]
+fn a_tunnel_removed_by_a_reload_loses_its_flow_and_its_route_at_once() {
+    let lab = Lab::with(2);
+    let broker = lab.start_broker();
+    let clients: Vec<NsProcess> = (0..2).map(|i| lab.start_client(i)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        let start = Instant::now();
+        while !(c.log().contains("the broker sees this end at") && lab.ping(i)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "client {i}: no traffic:\n{}\n{}",
+                broker.log(),
+                c.log()
+            );
+        }
+    }
+    // Client 1's flow is served from the endpoint cache.
+    let (data, rx) = (lab.counter("fou_data"), lab.device_rx_packets());
+    client_pings(&lab, 1, 5);
+    assert!(lab.counter("fou_data") >= data + 5 && lab.device_rx_packets() >= rx + 5, "client 1's flow did not pass");
+
+    // Revoked: the tunnel leaves the configuration. Its client keeps sending.
+    let config = format!("{}/broker.toml", lab.dir);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (kept, _) = text.split_once("\n[[tunnel]]\nname = \"c01\"").expect("c01 in the configuration");
+    std::fs::write(&config, format!("{kept}\n")).unwrap();
+    let (ok, out) = footunnel_once(&lab.broker, &["reload", "--state-dir", &format!("{}/broker", lab.dir)]);
+    assert!(ok && out.contains("removed: c01"), "{out}");
+
+    let (spoofed, data, rx) = (lab.counter("spoofed"), lab.counter("fou_data"), lab.device_rx_packets());
+    client_pings(&lab, 1, 5);
+    let (spoofed_after, data_after, rx_after) =
+        (lab.counter("spoofed"), lab.counter("fou_data"), lab.device_rx_packets());
+    assert!(
+        spoofed_after >= spoofed + 5,
+        "the removed tunnel's flow was not dropped as spoofed ({spoofed} → {spoofed_after}; fou_data {data} → \
+         {data_after}; device rx {rx} → {rx_after})"
+    );
+    assert!(rx_after < rx + 5, "the removed tunnel's flow reached the device ({rx} → {rx_after})");
+    let routes = lab.broker.ip("route show dev footunnel0");
+    assert!(!routes.contains(&inner(1).to_string()), "the removed tunnel's route stays:\n{routes}");
+    assert!(routes.contains(&inner(0).to_string()), "the kept tunnel's route went:\n{routes}");
+    assert!(lab.ping(0) || lab.ping(0), "the kept tunnel lost its traffic:\n{}", broker.log());
 }

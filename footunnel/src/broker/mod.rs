@@ -217,7 +217,11 @@ impl Broker {
         let mut ebpf = loader.load(dataplane::OBJECT).context("loading the eBPF object with pinned maps failed")?;
         debug!("eBPF object loaded, maps open");
         let started = now_ns();
-        fill_maps(&mut ebpf, &config, &plan, started)?;
+        let evicted = fill_maps(&mut ebpf, &config, &plan, started)?;
+        let mut table = table;
+        for t in &mut table.tunnels {
+            t.evicted = evicted.contains(&t.config.record_id);
+        }
         if fresh {
             info!(
                 "fresh data plane state: only heartbeats newer than now are accepted (replays of older ones stay out)"
@@ -405,6 +409,8 @@ impl Broker {
             EVENT_HEARTBEAT | EVENT_LEGACY => {
                 debug!("tunnel {name}: heartbeat from {}", endpoint(source.0, source.1));
                 self.table.tunnels[i].legacy_client = event.kind == EVENT_LEGACY;
+                // Accepted, so under a secret the tunnel has now.
+                self.table.tunnels[i].evicted = false;
                 self.check_silence(i).await;
                 let after = self.reconcile(i).await;
                 if event.kind != EVENT_HEARTBEAT {
@@ -691,7 +697,12 @@ async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, table: &mut Tun
     let Ok(data) = MapData::from_pin(pin_dir.join(maps::ENDPOINTS)) else { return };
     let Ok(endpoints) = BpfHashMap::<MapData, u64, Endpoint>::try_from(aya::maps::Map::HashMap(data)) else { return };
     for i in 0..table.tunnels.len() {
-        if let Ok(endpoint) = endpoints.get(&table.tunnels[i].config.record_id, 0) {
+        let config = &table.tunnels[i].config;
+        let key_ids: Vec<u64> = config.key_ids().map(|(_, k)| k).collect();
+        if let Ok(endpoint) = endpoints.get(&config.record_id, 0)
+            // Forgotten once the maps are filled, and the link parked.
+            && !decide::recorded_under_old_key(&endpoint, &key_ids)
+        {
             table.reconcile(handle, i, Some(&endpoint)).await;
         }
     }

@@ -65,8 +65,10 @@ pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
 /// tunnels no longer configured go. A tunnel without an endpoint entry
 /// (fresh maps after a reboot, or a tunnel new since the last start or
 /// reload) accepts only heartbeats newer than `seed_ns`: replays of older
-/// ones stay out.
-pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: u64) -> Result<()> {
+/// ones stay out. An endpoint recorded under a secret its tunnel no longer
+/// has is forgotten (its timestamp rule stays); returns those tunnels'
+/// record ids, whose links are to be parked.
+pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: u64) -> Result<Vec<u64>> {
     dataplane::set_settings(ebpf, settings(config, plan.shared.as_ref()))?;
 
     // Ports are an array: unwatch what the previous run watched, then watch ours.
@@ -89,13 +91,33 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
     sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_ip())).collect())?;
 
-    remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
+    // Endpoints that stop being any tunnel's: their cache slots go below.
+    let mut forget: Vec<Endpoint> = remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
     let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
-    for id in &ids {
-        if endpoints.get(id, 0).is_err() {
-            // BPF_NOEXIST: a heartbeat recorded meanwhile is not overwritten.
-            let _ = endpoints.insert(id, Endpoint { last_timestamp_ns: seed_ns, ..Default::default() }, 1);
+    let mut evicted = Vec::new();
+    for t in &plan.tunnels {
+        let id = t.config.record_id;
+        match endpoints.get(&id, 0) {
+            Err(_) => {
+                // BPF_NOEXIST: a heartbeat recorded meanwhile is not overwritten.
+                let _ = endpoints.insert(id, Endpoint { last_timestamp_ns: seed_ns, ..Default::default() }, 1);
+            }
+            Ok(e) => {
+                let key_ids: Vec<u64> = t.config.key_ids().map(|(_, k)| k).collect();
+                if crate::decide::recorded_under_old_key(&e, &key_ids) {
+                    warn!(
+                        "tunnel {:?}: its endpoint {} was recorded under a secret the tunnel no longer has: \
+                         forgotten, and its link parked, until a heartbeat under its secret now",
+                        t.config.name,
+                        crate::addr::endpoint(e.addr.ip(), e.port)
+                    );
+                    let cleared = Endpoint { last_timestamp_ns: e.last_timestamp_ns, ..Default::default() };
+                    endpoints.insert(id, cleared, 0).with_context(|| format!("tunnel {:?}", t.config.name))?;
+                    forget.push(e);
+                    evicted.push(id);
+                }
+            }
         }
     }
 
@@ -120,7 +142,25 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
         .iter()
         .flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, t.link.local_ip())))
         .collect();
-    dataplane::sync_prefixes(ebpf, &prefixes)
+    dataplane::sync_prefixes(ebpf, &prefixes)?;
+
+    // The cache admits a source's data from the prefix it was filled under:
+    // once the maps no longer say so, that slot must go, or the removed,
+    // evicted or re-prefixed tunnel's old flow keeps passing the strict check.
+    let mut forget: Vec<(Endpoint, Vec<(u32, u32)>)> = forget.into_iter().map(|e| (e, Vec::new())).collect();
+    {
+        let endpoints: BpfHashMap<&MapData, u64, Endpoint> =
+            BpfHashMap::try_from(ebpf.map(maps::ENDPOINTS).context("no ENDPOINTS map")?)?;
+        for t in &plan.tunnels {
+            if let Ok(e) = endpoints.get(&t.config.record_id, 0) {
+                forget.push((e, dataplane::inner_prefixes_v4(&t.prefixes)));
+            }
+        }
+    }
+    for (e, allowed) in forget {
+        dataplane::forget_cached(ebpf, &e, &allowed)?;
+    }
+    Ok(evicted)
 }
 
 /// TUNNELS entries of `tunnel`: one per secret, all recorded under its record id.
@@ -142,15 +182,19 @@ pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::map
     ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
 }
 
-/// Drops the entries of tunnels that are no longer configured.
-pub(super) fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<()> {
+/// Drops the entries of tunnels that are no longer configured; returns them.
+pub(super) fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<Vec<V>> {
     let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
     let mut m: BpfHashMap<&mut MapData, u64, V> = BpfHashMap::try_from(map(ebpf, name)?)?;
     let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
+    let mut removed = Vec::new();
     for k in stale {
+        if let Ok(v) = m.get(&k, 0) {
+            removed.push(v);
+        }
         let _ = m.remove(&k);
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Leaves exactly `wanted` in `m`: new entries first, then the stale ones

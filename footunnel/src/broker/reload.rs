@@ -133,14 +133,24 @@ impl Broker {
             let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
             super::shared::route(&self.handle, device, &prefixes).await?;
         }
-        if let Err(e) = fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
-            let _ = manage::down(&self.handle, &created_now).await;
-            // The maps may hold part of the new configuration: say so plainly.
-            return Err(e.context(
-                "the data plane could not take the new configuration and may hold part of it: fix the cause, \
-                 then reload again or restart the broker",
-            ));
-        }
+        let dropped_routes: Vec<_> = match &self.shared {
+            Some(_) => {
+                let kept: HashSet<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+                self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect()
+            }
+            None => Vec::new(),
+        };
+        let evicted = match fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                let _ = manage::down(&self.handle, &created_now).await;
+                // The maps may hold part of the new configuration: say so plainly.
+                return Err(e.context(
+                    "the data plane could not take the new configuration and may hold part of it: fix the cause, \
+                     then reload again or restart the broker",
+                ));
+            }
+        };
 
         let mut old = std::mem::take(&mut self.table).tunnels;
         let running = plan
@@ -157,6 +167,9 @@ impl Broker {
             })
             .collect();
         self.table = TunnelTable::new(running);
+        for t in &mut self.table.tunnels {
+            t.evicted |= evicted.contains(&t.config.record_id);
+        }
 
         // Stopped tunnels: links footunnel created go, as `unload` would
         // remove them; links made by hand stay as they are.
@@ -184,6 +197,15 @@ impl Broker {
         for p in created_now.fou_ports {
             if !self.created.fou_ports.contains(&p) {
                 self.created.fou_ports.push(p);
+            }
+        }
+        if let Some(device) = &self.shared
+            && !dropped_routes.is_empty()
+        {
+            // After the maps: no packet to these prefixes finds an endpoint now.
+            match super::shared::unroute(&self.handle, device, &dropped_routes).await {
+                Ok(()) => info!("removed the routes of {dropped_routes:?} through {}", device.name),
+                Err(e) => warn!("{e:#}"),
             }
         }
         if new.challenge_rate != self.config.challenge_rate {

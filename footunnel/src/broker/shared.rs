@@ -152,6 +152,25 @@ pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Pr
     Ok(())
 }
 
+/// Removes the routes of prefixes no tunnel has any more (a reload); one
+/// already gone (by hand, or with the device) is no error.
+pub(super) async fn unroute(handle: &Handle, device: &SharedDevice, prefixes: &[Prefix]) -> Result<()> {
+    for p in prefixes {
+        let IpAddr::V4(a) = p.addr else { continue };
+        let message = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, p.len)
+            .output_interface(device.index)
+            .scope(RouteScope::Link)
+            .build();
+        match handle.route().del(message).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove the route of {p} through {}", device.name)),
+        }
+    }
+    Ok(())
+}
+
 /// Whether the device still carries the tunnels: there, the one the routes
 /// and the egress program were set up on, and up. `Err`: why not, and the fix.
 pub(super) async fn check_device(handle: &Handle, device: &SharedDevice) -> Result<()> {

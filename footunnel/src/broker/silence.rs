@@ -68,10 +68,12 @@ impl Broker {
         self.reconcile(i).await;
     }
 
-    /// Whether tunnel `i`'s link is to be parked rather than follow its endpoint.
+    /// Whether tunnel `i`'s link is to be parked rather than follow its
+    /// endpoint: silent under `on_silence = "down"`, or its endpoint
+    /// forgotten with a replaced secret.
     pub(super) fn parked(&self, i: usize) -> bool {
         let t = &self.table.tunnels[i];
-        t.silent && t.config.silence.is_some_and(|p| p.action == OnSilence::Down)
+        t.evicted || (t.silent && t.config.silence.is_some_and(|p| p.action == OnSilence::Down))
     }
 
     /// Where a parked link points: a placeholder of its link's family that
