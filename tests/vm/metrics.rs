@@ -193,3 +193,99 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Connections to `addr` from inside `ns` as fast as `threads` threads can
+/// make them (each sends a scrape's request and closes), until `stop`; at
+/// most `limit` in all. Returns how many were made.
+fn connect_flood(ns: &Netns, addr: &str, threads: usize, limit: usize, stop: &std::sync::atomic::AtomicBool) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let made = AtomicUsize::new(0);
+    ns.run(|| {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) && made.fetch_add(1, Ordering::Relaxed) < limit {
+                        if let Ok(mut c) = std::net::TcpStream::connect(addr) {
+                            let _ = write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+                        }
+                    }
+                });
+            }
+        })
+    });
+    made.into_inner().min(limit)
+}
+
+/// Tunnels besides the topology's own, so that a page costs what it costs
+/// on a real broker (the review reproduced the stall with 500).
+const EXTRA_TUNNELS: usize = 499;
+
+#[test]
+fn a_connect_flood_on_the_metrics_port_does_not_hold_up_re_pointing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let topo = Topology::new();
+    let mut batch = String::new();
+    let mut config =
+        format!("pin_dir = \"{}\"\nstate_dir = \"{}\"\nmetrics = \"127.0.0.1:9588\"\n", topo.pin_dir, topo.state_dir);
+    config += &format!("[[tunnel]]\nname = \"fou0\"\nlink = \"fou0\"\nsecret = \"{SECRET}\"\n");
+    for i in 1..=EXTRA_TUNNELS {
+        batch += &format!(
+            "link add fou{i} type ipip remote 10.200.{}.{} local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424\n",
+            i / 250,
+            i % 250 + 1
+        );
+        config += &format!(
+            "[[tunnel]]\nname = \"t{i}\"\nlink = \"fou{i}\"\nsecret = \"metrics flood tunnel {i}, long enough\"\n\
+             peer_prefixes = [\"10.201.{}.{}/32\"]\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    std::fs::create_dir_all(&topo.state_dir).unwrap();
+    let batch_file = format!("{}/links.batch", topo.state_dir);
+    std::fs::write(&batch_file, batch).unwrap();
+    let status = Command::new("ip").args(["-n", &topo.broker.name, "-batch", &batch_file]).status().unwrap();
+    assert!(status.success(), "ip -batch failed");
+    let config_file = format!("{}/broker.toml", topo.state_dir);
+    std::fs::write(&config_file, config).unwrap();
+    let mut broker = NsProcess::footunnel(&topo.broker, &["broker", "--config", &config_file]);
+    broker.wait_for("broker running", Duration::from_secs(60));
+    let t0 = footunnel::now_ns();
+    topo.send(CLIENT_B, 40001, &footunnel_tests::by_hand::heartbeat(SECRET, t0, [0; 8]));
+    let quiet = topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    // Idle connections that never send a request, beyond any sane cap.
+    let idle: Vec<_> =
+        topo.broker.run(|| (0..200).filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9588").ok()).collect());
+    assert!(idle.len() >= 100, "only {} idle connections", idle.len());
+
+    let stop = AtomicBool::new(false);
+    let (made, took) = std::thread::scope(|s| {
+        let flood = s.spawn(|| connect_flood(&topo.broker, "127.0.0.1:9588", 4, 100_000, &stop));
+        std::thread::sleep(Duration::from_secs(1));
+        // A NAT rebinding in the middle of the flood.
+        topo.send(CLIENT_B, 40002, &footunnel_tests::by_hand::heartbeat(SECRET, t0 + 1_000_000, [0; 8]));
+        let start = Instant::now();
+        let mut took = None;
+        while start.elapsed() < Duration::from_secs(5) {
+            if topo.link().encap_dport() == Some(40002) {
+                took = Some(start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (flood.join().unwrap(), took)
+    });
+    drop(idle);
+    println!("metrics flood: {made} connections; link followed after {took:?} (without the flood: {quiet:?})");
+    let took = took.unwrap_or_else(|| panic!("the link did not follow within 5 s of flood:\n{}", broker.log()));
+    assert!(made >= 100, "the flood made only {made} connections: it tests nothing");
+    assert!(took < Duration::from_secs(1), "the flood held up re-pointing for {took:?}");
+    // The listener serves again once the flood is over.
+    let start = Instant::now();
+    while try_http_get(&topo.broker, "127.0.0.1:9588", "/metrics").is_none_or(|(status, _)| !status.contains("200")) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no scrape answered after the flood");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -571,7 +571,7 @@ impl Broker {
     async fn serve(
         mut self,
         reread: Reread,
-        metrics: Option<tokio::net::TcpListener>,
+        mut metrics: Option<crate::metrics::Server>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -602,9 +602,6 @@ impl Broker {
                 biased;
                 _ = &mut shutdown => break,
                 Some(()) = hangups.recv() => self.on_hangup(&reread).await,
-                Ok((stream, _)) = crate::metrics::accept(metrics.as_ref()) => {
-                    crate::metrics::respond(stream, self.metrics_text());
-                }
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     let mut batch = Vec::new();
@@ -626,6 +623,13 @@ impl Broker {
                         }
                     } else if let Some(i) = self.changed_tunnel(&message) {
                         self.reconcile(i).await;
+                    }
+                }
+                // After events and link changes: local connections never hold
+                // up re-pointing (the page is rendered at most once a second).
+                work = crate::metrics::next(metrics.as_mut()) => {
+                    if let Some(server) = metrics.as_mut() {
+                        server.handle(work, || self.metrics_text());
                     }
                 }
                 _ = sweep.tick() => {

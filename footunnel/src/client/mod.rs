@@ -281,7 +281,7 @@ async fn serve(
     config: &ClientConfig,
     handle: &Handle,
     mut broker: IpAddr,
-    metrics: Option<tokio::net::TcpListener>,
+    mut metrics: Option<crate::metrics::Server>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
     let mut link = find_link(handle, broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
@@ -345,8 +345,10 @@ async fn serve(
         let wait = Duration::from_nanos(schedule.next_ns().saturating_sub(mono_ns()));
         tokio::select! {
             _ = &mut shutdown => break,
-            Ok((stream, _)) = crate::metrics::accept(metrics.as_ref()) => {
-                crate::metrics::respond(stream, crate::metrics::client_text(&state, now_ns()));
+            work = crate::metrics::next(metrics.as_mut()) => {
+                if let Some(server) = metrics.as_mut() {
+                    server.handle(work, || crate::metrics::client_text(&state, now_ns()));
+                }
             }
             _ = tokio::time::sleep(wait) => {
                 let now = mono_ns();
