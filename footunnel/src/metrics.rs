@@ -227,6 +227,8 @@ fn classify(counter: &str) -> (&'static str, &'static str) {
 pub struct BrokerExtra {
     /// (tunnel, CHALLENGEs sent by this process).
     pub challenges_sent: Vec<(String, u64)>,
+    /// (tunnel, `remote:encap-dport` of its link as last read), per-link mode.
+    pub links: Vec<(String, String)>,
     /// (program, runs, seconds running), when the kernel's BPF stats are on.
     pub programs: Vec<(String, u64, f64)>,
 }
@@ -286,6 +288,26 @@ pub fn broker_text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String 
     }
     gauge_family(&r, "tunnel_info", "The tunnel's link and which secret (current or next) its client uses", &info);
     gauge_family(&r, "tunnel_endpoint_known", "1 once the tunnel's client has an endpoint on record", &known);
+    let errors: Vec<(Labels, f64)> =
+        report.tunnels.iter().map(|t| (tunnel(&t.name), if t.problem.is_some() { 1.0 } else { 0.0 })).collect();
+    gauge_family(&r, "tunnel_error", "1 while the controller reports a problem for the tunnel (see show)", &errors);
+    // Parked links (silent under on_silence = "down") point elsewhere on purpose.
+    let at_endpoint: Vec<(Labels, f64)> = report
+        .tunnels
+        .iter()
+        .filter(|t| !(t.down_when_silent && t.silent_for_ns.is_some()))
+        .filter_map(|t| {
+            let endpoint = t.endpoint.as_ref()?;
+            let link = extra.links.iter().find(|(n, _)| *n == t.name).map(|(_, l)| l)?;
+            Some((tunnel(&t.name), if link == endpoint { 1.0 } else { 0.0 }))
+        })
+        .collect();
+    gauge_family(
+        &r,
+        "tunnel_link_at_endpoint",
+        "1 while the tunnel's link points at its client's endpoint (per-link mode, tunnels with an endpoint)",
+        &at_endpoint,
+    );
     let mut by_family: std::collections::BTreeMap<&str, Vec<(Labels, u64)>> = Default::default();
     for (name, value) in &report.counters {
         let (family, label) = classify(name);
@@ -385,9 +407,16 @@ mod tests {
     fn broker_metrics_follow_prometheus_conventions() {
         let extra = BrokerExtra {
             challenges_sent: vec![("alice".into(), 4)],
+            links: vec![("alice".into(), "203.0.113.5:40001".into())],
             programs: vec![("footunnel_xdp".into(), 1000, 0.25)],
         };
         let text = broker_text(&report(), &extra, 10_000_000_000);
+        let mut stuck = report();
+        stuck.tunnels[0].problem = Some("cannot change link fou0".into());
+        let stuck_extra = BrokerExtra { links: vec![("alice".into(), "192.0.2.1:42424".into())], ..Default::default() };
+        let stuck_text = broker_text(&stuck, &stuck_extra, 10_000_000_000);
+        assert!(stuck_text.contains("footunnel_tunnel_error{tunnel=\"alice\"} 1\n"), "{stuck_text}");
+        assert!(stuck_text.contains("footunnel_tunnel_link_at_endpoint{tunnel=\"alice\"} 0\n"), "{stuck_text}");
         for want in [
             "# TYPE footunnel_tunnel_heartbeats_total counter",
             "footunnel_tunnel_heartbeats_total{tunnel=\"alice\"} 12",
@@ -397,6 +426,8 @@ mod tests {
             "footunnel_tunnel_silent{tunnel=\"alice\"} 0\n",
             "footunnel_tunnel_info{key=\"current\",link=\"fou0\",tunnel=\"alice\"} 1\n",
             "footunnel_tunnel_endpoint_known{tunnel=\"alice\"} 1\n",
+            "footunnel_tunnel_error{tunnel=\"alice\"} 0\n",
+            "footunnel_tunnel_link_at_endpoint{tunnel=\"alice\"} 1\n",
             "footunnel_heartbeats_rejected_total{reason=\"bad_tag\"} 3",
             "footunnel_dataplane_packets_total{outcome=\"accepted\"} 12",
             "footunnel_events_lost_total 1",

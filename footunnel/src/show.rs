@@ -62,6 +62,8 @@ pub struct TunnelReport {
     /// Where the kernel's link really sends (`remote:encap-dport`), per-link
     /// mode; the endpoint above is what the data plane recorded.
     pub link_points_at: Option<String>,
+    /// What keeps the tunnel from working, as the controller last found it.
+    pub problem: Option<String>,
     /// Whether the link is administratively up, as read.
     pub link_up: Option<bool>,
     /// Why the link could not be read.
@@ -126,6 +128,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                 changes: known.and(e.map(|e| e.changes)).unwrap_or(0),
                 last_change_ns: known.and(e.map(|e| e.last_change_ns)),
                 link_points_at: None,
+                problem: t.problem.clone(),
                 link_up: None,
                 link_problem: None,
                 unexpected_source: o.map(|o| UnexpectedSource {
@@ -194,6 +197,9 @@ pub fn problems(report: &Report) -> Vec<String> {
     for t in &report.tunnels {
         if let Some(why) = &t.link_problem {
             out.push(format!("tunnel {:?}: cannot read its link {}: {why}", t.name, t.link));
+        }
+        if let Some(why) = &t.problem {
+            out.push(format!("tunnel {:?}: {why}", t.name));
         }
         if t.link_up == Some(false) {
             out.push(format!(
@@ -284,6 +290,9 @@ pub fn render(report: &Report, now_ns: u64) -> String {
         }
         if let Some(why) = &t.link_problem {
             line(format!("  link: cannot read it: {why}"));
+        }
+        if let Some(why) = &t.problem {
+            line(format!("  ERROR: {why}"));
         }
         if let Some(ts) = t.last_heartbeat_ns {
             line(format!("  latest heartbeat: {}", ago(ts, now_ns)));
@@ -380,6 +389,7 @@ pub(crate) mod tests {
                 silent_for_ns: Some(125_000_000_000),
                 down_when_silent: true,
                 link_points_at: Some("203.0.113.5:40001".into()),
+                problem: None,
                 link_up: Some(true),
                 link_problem: None,
             }],
@@ -460,5 +470,13 @@ pub(crate) mod tests {
         let found = problems(&down);
         assert!(found.len() == 1 && found[0].contains("fou0 is down"), "{found:?}");
         assert!(render(&down, 0).contains("link: DOWN"));
+
+        // The controller's last error for the tunnel.
+        let mut refused = sample_report();
+        refused.tunnels[0].silent_for_ns = None;
+        refused.tunnels[0].problem = Some("its client is now at …, the same public address as tunnel bob's".into());
+        let found = problems(&refused);
+        assert!(found.len() == 1 && found[0].contains("tunnel bob's"), "{found:?}");
+        assert!(render(&refused, 0).contains("ERROR: its client is now at"));
     }
 }

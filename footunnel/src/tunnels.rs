@@ -44,6 +44,8 @@ pub struct Running {
     /// The last problem reported for this tunnel, so that a sweep that finds
     /// it again does not repeat it every ten seconds.
     last_problem: Option<String>,
+    /// `last_problem` changed since the broker last wrote its state file.
+    pub problem_changed: bool,
 }
 
 impl Running {
@@ -60,6 +62,7 @@ impl Running {
             challenges_sent: 0,
             legacy_client: false,
             last_problem: None,
+            problem_changed: false,
         }
     }
 
@@ -73,7 +76,19 @@ impl Running {
         if self.last_problem.as_ref() != Some(&problem) {
             warn!("tunnel {}: {problem}", self.config.name);
             self.last_problem = Some(problem);
+            self.problem_changed = true;
         }
+    }
+
+    fn clear_problem(&mut self) {
+        if self.last_problem.take().is_some() {
+            self.problem_changed = true;
+        }
+    }
+
+    /// What keeps the tunnel from working now, as last reported.
+    pub fn problem(&self) -> Option<&str> {
+        self.last_problem.as_deref()
     }
 }
 
@@ -138,7 +153,7 @@ impl TunnelTable {
         match plan {
             LinkPlan::NoEndpoint | LinkPlan::AlreadyThere => {
                 let t = &mut self.tunnels[i];
-                t.last_problem = None;
+                t.clear_problem();
                 Some(t.link.endpoint())
             }
             LinkPlan::Collides { with, change } => {
@@ -165,7 +180,7 @@ impl TunnelTable {
                             describe(t.link.endpoint())
                         );
                         t.link = updated;
-                        t.last_problem = None;
+                        t.clear_problem();
                         Some(t.link.endpoint())
                     }
                     Err(e) => {

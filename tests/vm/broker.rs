@@ -313,6 +313,7 @@ fn two_clients_behind_one_address_on_one_local_address_are_reported_not_merged()
             "link add {link} type ipip remote 192.0.2.{} local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424",
             10 + i
         ));
+        broker.ip(&format!("link set {link} up"));
     }
     let dir = format!("/tmp/ft-{}", broker.name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -352,6 +353,23 @@ fn two_clients_behind_one_address_on_one_local_address_are_reported_not_merged()
     );
     let a = read_link(&broker, "fou0").unwrap();
     assert_eq!(a.encap_dport(), Some(40001), "fou0 still serves tunnel a");
+    // Where an operator looks: show names the refusal, --check fails on it,
+    // and the metric says so (written by the next sweep tick, within 1 s).
+    let state_dir = format!("{dir}/state");
+    let start = std::time::Instant::now();
+    let show = loop {
+        let (_, show) = footunnel_once(&broker, &["show", "--state-dir", &state_dir]);
+        if show.contains("ERROR: its client is now at") || start.elapsed() > Duration::from_secs(3) {
+            break show;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(show.contains("ERROR: its client is now at 198.51.100.2:40002"), "show hides the refusal:\n{show}");
+    let (healthy, check) = footunnel_once(&broker, &["show", "--check", "--state-dir", &state_dir]);
+    assert!(
+        !healthy && check.contains("tunnel \"b\": its client is now at"),
+        "--check passes a refused tunnel:\n{check}"
+    );
     drop(process);
     footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &format!("{dir}/state"));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -75,6 +75,8 @@ pub struct Broker {
     /// Links and FoU listeners footunnel created, this run or earlier ones.
     created: Created,
     last_reload: Option<ReloadOutcome>,
+    /// A tunnel's problem changed since the state file was written.
+    state_dirty: bool,
 }
 
 /// Reads the configuration again (SIGHUP): the file, with the command line's overrides.
@@ -246,6 +248,7 @@ impl Broker {
             shared_problem: None,
             created,
             last_reload: None,
+            state_dirty: false,
         };
         broker.write_state()?;
         Ok(broker)
@@ -320,6 +323,7 @@ impl Broker {
                     since_ns: t.since_ns,
                     silence_timeout_ns: t.config.silence.map(|s| s.timeout_ns),
                     on_silence: t.config.silence.map(|s| s.action),
+                    problem: t.problem().map(str::to_owned),
                 })
                 .collect(),
         };
@@ -364,6 +368,12 @@ impl Broker {
         };
         let after = self.table.reconcile(&self.handle, i, target.as_ref()).await;
         self.follow_local_address(i);
+        let t = &mut self.table.tunnels[i];
+        if t.problem_changed {
+            // Written by the next sweep tick: a burst of problems is one write.
+            t.problem_changed = false;
+            self.state_dirty = true;
+        }
         after
     }
 
@@ -547,6 +557,16 @@ impl Broker {
         };
         let extra = crate::metrics::BrokerExtra {
             challenges_sent: self.table.tunnels.iter().map(|t| (t.config.name.clone(), t.challenges_sent)).collect(),
+            // Per-link mode: where each link points as the controller last read it.
+            links: match self.shared {
+                Some(_) => Vec::new(),
+                None => self
+                    .table
+                    .tunnels
+                    .iter()
+                    .map(|t| (t.config.name.clone(), tunnels::describe(t.link.endpoint())))
+                    .collect(),
+            },
             programs: self.program_stats(),
         };
         crate::metrics::broker_text(&report, &extra, now_ns())
@@ -634,6 +654,11 @@ impl Broker {
                 }
                 _ = sweep.tick() => {
                     self.check_silence_all().await;
+                    if std::mem::take(&mut self.state_dirty)
+                        && let Err(e) = self.write_state()
+                    {
+                        warn!("{e:#}");
+                    }
                     // A tenth of the links due each second, each read every 10 s:
                     // catches what events missed and links changed by hand. All
                     // of them when the ring buffer overflowed.

@@ -56,6 +56,10 @@ pub struct StateTunnel {
     pub silence_timeout_ns: Option<u64>,
     #[serde(default)]
     pub on_silence: Option<crate::config::OnSilence>,
+    /// What keeps the tunnel from working, as the controller last found it
+    /// (a refused re-point, a link that cannot be read or changed).
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 pub const STATE_FILE: &str = "broker.json";
