@@ -370,7 +370,10 @@ fn client_pings(lab: &Lab, i: usize, n: usize) {
 #[test]
 fn a_tunnel_removed_by_a_reload_loses_its_flow_and_its_route_at_once() {
     let lab = Lab::with(2);
-    let broker = lab.start_broker();
+    // The device made by hand, as an operator may: unload leaves it.
+    lab.broker.ip("link add footunnel0 type ipip external");
+    lab.broker.ip("link set footunnel0 up");
+    let mut broker = lab.start_broker();
     let clients: Vec<NsProcess> = (0..2).map(|i| lab.start_client(i)).collect();
     for (i, c) in clients.iter().enumerate() {
         let start = Instant::now();
@@ -410,4 +413,20 @@ fn a_tunnel_removed_by_a_reload_loses_its_flow_and_its_route_at_once() {
     assert!(!routes.contains(&inner(1).to_string()), "the removed tunnel's route stays:\n{routes}");
     assert!(routes.contains(&inner(0).to_string()), "the kept tunnel's route went:\n{routes}");
     assert!(lab.ping(0) || lab.ping(0), "the kept tunnel lost its traffic:\n{}", broker.log());
+
+    // Unload takes the egress program off the device it leaves, also where
+    // it is a netlink filter (kernels before 6.6).
+    broker.kill9();
+    let (ok, out) = footunnel_once(
+        &lab.broker,
+        &["unload", "--pin-dir", &lab.pin_dir, "--state-dir", &format!("{}/broker", lab.dir)],
+    );
+    assert!(ok, "{out}");
+    let filters = lab.broker.ip("-d link show footunnel0")
+        + &footunnel_tests::sh(
+            "ip",
+            &["netns", "exec", &lab.broker.name, "tc", "filter", "show", "dev", "footunnel0", "egress"],
+        );
+    assert!(filters.contains("footunnel0"), "unload removed a device made by hand:\n{filters}");
+    assert!(!filters.contains("footunnel_egress"), "unload left the egress program attached:\n{filters}");
 }

@@ -317,6 +317,11 @@ pub async fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
             let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
         }
     }
+    // Before 6.6 the egress program is a netlink filter, which outlives its
+    // pin: on a device made by hand (which unload leaves) it would stay.
+    if let Some(device) = state.as_ref().and_then(|s| s.shared_device.as_ref()) {
+        let _ = tc::qdisc_detach_program(device, TcAttachType::Egress, EGRESS_PROGRAM);
+    }
     let entries = match std::fs::read_dir(pin_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
