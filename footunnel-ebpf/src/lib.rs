@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod egress;
+pub mod ingress;
 pub mod maps;
 pub mod packet;
 pub mod path;

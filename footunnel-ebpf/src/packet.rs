@@ -10,6 +10,8 @@ pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const IPPROTO_UDP: u8 = 17;
+/// Plain IP-in-IP (no UDP): what an external-mode ipip device also takes.
+pub const IPPROTO_IPIP: u8 = 4;
 pub const UDP_HLEN: usize = 8;
 /// IPv4 without options; IPv6 without extension headers.
 pub const IPV4_HLEN: usize = 20;
@@ -225,6 +227,8 @@ pub enum Parsed {
     Malformed { port: Option<u16> },
     /// IPv6 with more extension headers than are walked: passed unchecked.
     Unwalked,
+    /// Plain IP-in-IP over IPv4 (protocol 4, no UDP).
+    IpInIp,
     /// A whole UDP datagram: its addressing is in the caller's [`Udp`].
     Udp,
 }
@@ -301,8 +305,11 @@ fn locate_udp4<P: PacketBytes + ?Sized>(pkt: &P, udp: &mut Udp) -> Result<Locate
         return Err(Parsed::Other);
     };
     let version_ihl = (version_tos >> 8) as u8;
-    if version_ihl >> 4 != 4 || ttl_protocol as u8 != IPPROTO_UDP {
+    if version_ihl >> 4 != 4 {
         return Err(Parsed::Other);
+    }
+    if ttl_protocol as u8 != IPPROTO_UDP {
+        return Err(if ttl_protocol as u8 == IPPROTO_IPIP { Parsed::IpInIp } else { Parsed::Other });
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if ihl < IPV4_HLEN {

@@ -85,7 +85,15 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
             match parse_udp(pkt, &mut udp) {
                 Parsed::Udp => {}
                 Parsed::Other => return Verdict::Pass,
-                Parsed::Fragment { port } => return count_if_watched(port, env, Counter::Fragment),
+                // Shared-device mode: the external-mode device would take
+                // these whole, or reassembled, past the source check.
+                Parsed::IpInIp => return unless_shared(env),
+                Parsed::Fragment { port } => {
+                    let verdict = count_if_watched(port, env, Counter::Fragment);
+                    // Only the first fragment has the port: without it
+                    // nothing is reassembled.
+                    return if port.is_some_and(|p| env.port(p).is_some()) { unless_shared(env) } else { verdict };
+                }
                 Parsed::Malformed { port } => return count_if_watched(port, env, Counter::IpMalformed),
                 Parsed::Unwalked => {
                     env.count(Counter::Ipv6Unwalked);

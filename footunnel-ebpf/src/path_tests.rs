@@ -538,6 +538,29 @@ fn a_stale_heartbeat_is_refused_before_any_endpoint_lookup() {
 }
 
 #[test]
+fn in_shared_mode_plain_ip_in_ip_and_fou_first_fragments_are_dropped() {
+    let env = env();
+    // Plain IP-in-IP: the external-mode device takes it as well as FoU.
+    let mut ipip = udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]));
+    ipip[23] = 4;
+    let mut first = udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]));
+    first[20] = 0x20; // more fragments, offset 0
+    let mut later = first.clone();
+    later[21] = 0x10; // no UDP header: nothing is reassembled without the first
+    let mut unwatched = first.clone();
+    unwatched[36..38].copy_from_slice(&9999u16.to_be_bytes());
+    for f in [&ipip, &first, &later, &unwatched] {
+        assert_eq!(process(&f[..], &env), Verdict::Pass, "per-link mode passes them");
+    }
+    env.shared_uplink.set(2);
+    assert_eq!(process(&ipip[..], &env), Verdict::Drop);
+    assert_eq!(process(&first[..], &env), Verdict::Drop);
+    assert_eq!(process(&later[..], &env), Verdict::Pass);
+    assert_eq!(process(&unwatched[..], &env), Verdict::Pass, "a fragment to another port is transit");
+    assert_eq!(count(&env, Counter::Spoofed), 2);
+}
+
+#[test]
 fn in_shared_mode_fou_data_from_anyone_but_the_endpoint_is_dropped_and_still_announced() {
     let env = env();
     env.shared_uplink.set(2);

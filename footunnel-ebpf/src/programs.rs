@@ -9,13 +9,14 @@ use aya_ebpf::{
         TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_get_tunnel_key},
     macros::{btf_map, classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use footunnel_ebpf::{
     egress::{OUTER_LEN, outer_headers},
+    ingress::admit,
     maps::{
         CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_KEYS,
         MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
@@ -370,6 +371,33 @@ pub fn footunnel_tc(ctx: TcContext) -> i32 {
     match process(&pkt, &Maps) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// Shared-device mode: TC ingress on the shared device, where every packet
+/// it decapsulated arrives, by whatever way it came in.
+#[classifier]
+pub fn footunnel_device_ingress(ctx: TcContext) -> i32 {
+    let _ = ctx.pull_data(ctx.len().min(20));
+    // SAFETY: zeroed plain data, written by the helper.
+    let mut key: aya_ebpf::bindings::bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // The compat size (up to tunnel_label): every kernel takes it, and the
+    // outer source is all this needs.
+    const KEY_LEN: u32 = 24;
+    // SAFETY: the program's own skb and a key of at least KEY_LEN bytes.
+    if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, KEY_LEN, 0) } != 0 {
+        Maps.count(Counter::Spoofed);
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: an IPv4 device's key holds an IPv4 source, in host order.
+    let outer_src = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
+    let pkt = Linear { start: ctx.data(), end: ctx.data_end() };
+    match admit(&pkt, outer_src, &Maps) {
+        Ok(()) => TC_ACT_OK,
+        Err(counter) => {
+            Maps.count(counter);
+            TC_ACT_SHOT
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub const XDP_PROGRAM: &str = "footunnel_xdp";
 pub const TC_PROGRAM: &str = "footunnel_tc";
 /// Shared-device mode's egress program.
 pub const EGRESS_PROGRAM: &str = "footunnel_egress";
+/// Shared-device mode's receive check, on the device's ingress.
+pub const DEVICE_INGRESS_PROGRAM: &str = "footunnel_device_ingress";
 
 /// Parses the embedded object and creates its maps (programs are loaded
 /// into the kernel separately, by whoever attaches them).

@@ -430,3 +430,134 @@ fn a_tunnel_removed_by_a_reload_loses_its_flow_and_its_route_at_once() {
     assert!(filters.contains("footunnel0"), "unload removed a device made by hand:\n{filters}");
     assert!(!filters.contains("footunnel_egress"), "unload left the egress program attached:\n{filters}");
 }
+
+/// Echo requests the broker's kernel answered (`Icmp: InEchos`).
+fn in_echos(ns: &Netns) -> u64 {
+    let snmp = footunnel_tests::sh("ip", &["netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);
+    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == "InEchos").unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Sends `bytes` on a raw IPv4 socket of `protocol` to `to`, from inside `ns`;
+/// with IPPROTO_RAW, `bytes` is the whole IP packet.
+fn raw_send(ns: &Netns, protocol: i32, to: Ipv4Addr, bytes: &[u8]) {
+    ns.run(|| {
+        // SAFETY: plain socket calls on a descriptor this closure owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, protocol);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
+                sin_zero: [0; 8],
+            };
+            let n = libc::sendto(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(n, bytes.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    });
+}
+
+/// A FoU datagram carrying `inner`, split into two IPv4 fragments (the
+/// first with the UDP header and 16 bytes), as raw IP packets from `src`.
+fn fou_fragments(src: Ipv4Addr, inner: &[u8]) -> [Vec<u8>; 2] {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40001u16.to_be_bytes());
+    udp.extend_from_slice(&42424u16.to_be_bytes());
+    udp.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(inner);
+    let ip = |frag: u16, payload: &[u8]| {
+        let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34];
+        h.extend_from_slice(&frag.to_be_bytes());
+        h.extend_from_slice(&[64, 17, 0, 0]);
+        h.extend_from_slice(&src.octets());
+        h.extend_from_slice(&BROKER.parse::<Ipv4Addr>().unwrap().octets());
+        let total = (20 + payload.len()) as u16;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    };
+    [ip(0x2000, &udp[..24]), ip(3, &udp[24..])]
+}
+
+#[test]
+fn no_way_into_the_shared_device_skips_the_source_check() {
+    let lab = Lab::with(1);
+    let broker = lab.start_broker();
+    let client = lab.start_client(0);
+    let start = Instant::now();
+    while !(client.log().contains("the broker sees this end at") && lab.ping(0)) {
+        assert!(start.elapsed() < Duration::from_secs(30), "no traffic:\n{}\n{}", broker.log(), client.log());
+    }
+    // A host on another interface of the broker.
+    let side = Netns::new("side");
+    veth(&lab.broker, "side0", "192.0.2.1/24", &side, "eth0", "192.0.2.2/24");
+    side.ip("route add default via 192.0.2.1");
+    // Each carries an echo request from client 0's inner address: let in,
+    // the broker's kernel would answer it.
+    let forged = echo_request(inner(0));
+    let ways: [(&str, Box<dyn Fn()>); 4] = [
+        // From the NAT's public address, client 0's own: the strongest case.
+        ("plain IP-in-IP", Box::new(|| raw_send(&lab.nat, libc::IPPROTO_IPIP, BROKER.parse().unwrap(), &forged))),
+        (
+            "FoU in two IPv4 fragments",
+            Box::new(|| {
+                for f in fou_fragments(PUBLIC.parse().unwrap(), &forged) {
+                    raw_send(&lab.nat, libc::IPPROTO_RAW, BROKER.parse().unwrap(), &f);
+                }
+            }),
+        ),
+        (
+            "FoU from a local process over loopback",
+            Box::new(|| {
+                lab.broker.run(|| {
+                    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    s.send_to(&forged, format!("{BROKER}:42424")).unwrap();
+                })
+            }),
+        ),
+        (
+            "FoU arriving on another interface",
+            Box::new(|| {
+                side.run(|| {
+                    let s = UdpSocket::bind("0.0.0.0:40001").unwrap();
+                    s.send_to(&forged, format!("{BROKER}:42424")).unwrap();
+                })
+            }),
+        ),
+    ];
+    let mut got_in = Vec::new();
+    for (what, send) in &ways {
+        let (echos, spoofed) = (in_echos(&lab.broker), lab.counter("spoofed"));
+        for _ in 0..3 {
+            send();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (echos_after, spoofed_after) = (in_echos(&lab.broker), lab.counter("spoofed"));
+        if echos_after != echos || spoofed_after < spoofed + 3 {
+            got_in.push(format!("{what}: {} of 3 answered, spoofed {spoofed} → {spoofed_after}", echos_after - echos));
+        }
+    }
+    assert!(got_in.is_empty(), "forged packets got into the shared device:\n{}", got_in.join("\n"));
+    assert!(lab.ping(0) || lab.ping(0), "the client's own traffic stopped:\n{}", broker.log());
+    // Proof that the test's packets would be answered: the same echo
+    // request through the real tunnel is (the client's own inner address).
+    let answered = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.clients[0].name, "ping", "-n", "-c", "1", "-W", "1", "-I"])
+        .arg(inner(0).to_string())
+        .arg("10.0.0.1")
+        .output()
+        .unwrap();
+    assert!(answered.status.success(), "the real client's echo request is not answered either");
+}

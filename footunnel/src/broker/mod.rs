@@ -259,6 +259,8 @@ impl Broker {
     async fn serve_shared_device(&mut self) -> Result<()> {
         let Some(device) = self.shared.clone() else { return Ok(()) };
         let prefixes = self.table.prefixes();
+        // The check first: nothing enters through the device unchecked.
+        program::attach_device_ingress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
         shared::route(&self.handle, &device, &prefixes).await?;
         program::attach_egress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
         info!(

@@ -4,7 +4,7 @@
 
 use crate::{
     config::{Attach, BrokerConfig, Tunnel},
-    dataplane::{self, EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
+    dataplane::{self, DEVICE_INGRESS_PROGRAM, EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     manage::{self},
 };
 use anyhow::{Context, Result, bail};
@@ -276,6 +276,14 @@ pub(super) fn attach_egress(ebpf: &mut Ebpf, pin_dir: &Path, device: &str) -> Re
         .context("cannot attach shared-device mode's egress program to its device")
 }
 
+/// Shared-device mode: the source check of everything the device takes in,
+/// on the device's ingress (the uplink's program sees only the uplink).
+pub(super) fn attach_device_ingress(ebpf: &mut Ebpf, pin_dir: &Path, device: &str) -> Result<()> {
+    let pin = pin_dir.join(format!("ingress-{device}"));
+    attach_classifier(ebpf, DEVICE_INGRESS_PROGRAM, TcAttachType::Ingress, &pin, device)
+        .context("cannot attach shared-device mode's receive check to its device")
+}
+
 fn attach_classifier(ebpf: &mut Ebpf, program: &str, hook: TcAttachType, pin: &Path, iface: &str) -> Result<()> {
     let prog: &mut SchedClassifier = ebpf.program_mut(program).context("no TC program")?.try_into()?;
     if prog.fd().is_err() {
@@ -321,6 +329,7 @@ pub async fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     // pin: on a device made by hand (which unload leaves) it would stay.
     if let Some(device) = state.as_ref().and_then(|s| s.shared_device.as_ref()) {
         let _ = tc::qdisc_detach_program(device, TcAttachType::Egress, EGRESS_PROGRAM);
+        let _ = tc::qdisc_detach_program(device, TcAttachType::Ingress, DEVICE_INGRESS_PROGRAM);
     }
     let entries = match std::fs::read_dir(pin_dir) {
         Ok(e) => e,
