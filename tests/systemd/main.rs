@@ -28,13 +28,16 @@ const NAT_PUBLIC: &str = "198.51.100.2";
 /// within one interval of a boot.
 const INTERVAL: Duration = Duration::from_secs(10);
 
+/// A step and what it shows, as the log names it.
+type NamedStep = (&'static str, fn() -> Step);
+
 fn main() {
     let boot: u32 = std::env::var("FOOTUNNEL_SYSTEMD_BOOT").ok().and_then(|b| b.parse().ok()).unwrap_or(0);
     if std::env::var_os("FOOTUNNEL_IN_SYSTEMD_VM").is_none() {
         eprintln!("systemd suite: run me in the booted-systemd VM: `cargo xtask vm --systemd -- {}`", exe());
         std::process::exit(2);
     }
-    let steps: &[(&str, fn() -> Step)] = match boot {
+    let steps: &[NamedStep] = match boot {
         1 => &[
             ("nothing loads fou before the package", fou_is_not_loaded),
             ("dpkg -i installs the package and loads its modules", install),

@@ -507,7 +507,8 @@ fn no_way_into_the_shared_device_skips_the_source_check() {
     // Each carries an echo request from client 0's inner address: let in,
     // the broker's kernel would answer it.
     let forged = echo_request(inner(0));
-    let ways: [(&str, Box<dyn Fn()>); 4] = [
+    type Way<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let ways: [Way; 4] = [
         // From the NAT's public address, client 0's own: the strongest case.
         ("plain IP-in-IP", Box::new(|| raw_send(&lab.nat, libc::IPPROTO_IPIP, BROKER.parse().unwrap(), &forged))),
         (
