@@ -10,7 +10,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use footunnel::now_ns;
-use footunnel_tests::{by_hand, footunnel_once};
+use footunnel_tests::{by_hand, footunnel_once, veth};
 
 use crate::broker::{CLIENT_A, CLIENT_B, SECRET, Topology, read_link, receive_from_broker};
 
@@ -238,4 +238,34 @@ fn show_tells_where_the_link_points_and_check_fails_without_a_controller() {
     topo.wait_for_endpoint(CLIENT_A, 40002, Duration::from_secs(5));
     let (ok, check) = footunnel_once(&topo.broker, &["show", "--check", "--state-dir", &topo.state_dir]);
     assert!(ok, "--check fails once the controller has caught up:\n{check}");
+}
+
+#[test]
+fn an_uplink_deleted_and_re_created_gets_its_program_back() {
+    for attach in ["xdp", "tc"] {
+        let topo = Topology::new();
+        let broker = topo.start_broker(&["--attach", attach]);
+        let t0 = now_ns();
+        topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, t0, [0; 8]));
+        topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+        // ifdown/ifup of a VLAN or bond: the interface goes, and one of the
+        // same name and addresses comes back with a new ifindex.
+        topo.broker.ip("link del up0");
+        veth(&topo.broker, "up0", "198.51.100.1/24", &topo.client, "up0", "198.51.100.2/24");
+        topo.client.ip("addr add 198.51.100.3/24 dev up0");
+        // The client's NAT mapping moved meanwhile: only the data plane on
+        // the new interface can see it.
+        std::thread::sleep(Duration::from_millis(300));
+        topo.send(CLIENT_B, 40005, &by_hand::heartbeat(SECRET, t0 + 1_000_000, [0; 8]));
+        let start = Instant::now();
+        while topo.link().encap_dport() != Some(40005) {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{attach}: a heartbeat on the re-created uplink changed nothing:\n{}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(broker.log().contains("uplink up0 was re-created"), "{}", broker.log());
+    }
 }

@@ -67,6 +67,10 @@ pub struct Broker {
     sender6: std::result::Result<RawUdp, String>,
     challenges: RateLimit,
     interfaces: Vec<String>,
+    /// Each interface's ifindex when its program was attached: one deleted
+    /// and re-created (ifdown/ifup of a VLAN or bond) has a new one, and no
+    /// program until it is attached again.
+    uplink_index: std::collections::HashMap<String, u32>,
     /// Shared-device mode's device.
     shared: Option<shared::SharedDevice>,
     /// Why the shared device does not carry the tunnels (no ACKs meanwhile),
@@ -231,8 +235,10 @@ impl Broker {
         } else {
             info!("continuing from the pinned state in {}", config.pin_dir.display());
         }
+        let mut uplink_index = std::collections::HashMap::new();
         for iface in &plan.interfaces {
             attach(&mut ebpf, &config, iface)?;
+            uplink_index.insert(iface.clone(), ifindex(iface));
         }
         let challenges = RateLimit::new(config.challenge_rate, now_ns());
         let broker = Broker {
@@ -244,6 +250,7 @@ impl Broker {
             sender6: RawUdp::send_only6().map_err(|e| format!("{e:#}")),
             challenges,
             interfaces: plan.interfaces,
+            uplink_index,
             shared: plan.shared,
             shared_problem: None,
             created,
@@ -638,6 +645,7 @@ impl Broker {
                     }
                 }
                 Some((message, _)) = link_changes.next() => {
+                    self.follow_uplink(&message);
                     if self.shared.is_some() {
                         // Every tunnel's "link" is the device.
                         if self.changed_tunnel(&message).is_some() {
@@ -708,6 +716,56 @@ impl Broker {
         settings(&self.config, self.shared.as_ref())
     }
 
+    /// An uplink deleted and created again under its name gets the program
+    /// back (and, in shared-device mode, becomes the way out again).
+    fn follow_uplink(&mut self, message: &NetlinkMessage<RouteNetlinkMessage>) {
+        let (link, deleted) = match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, false),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, true),
+            _ => return,
+        };
+        let Some(name) =
+            link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None })
+        else {
+            return;
+        };
+        let Some(&before) = self.uplink_index.get(name) else { return };
+        let now = link.header.index;
+        if deleted {
+            if now == before {
+                warn!(
+                    "uplink {name} was deleted: no heartbeat is seen until it is back (the program is attached again then)"
+                );
+            }
+            return;
+        }
+        if now == before {
+            return;
+        }
+        let name = name.clone();
+        match program::reattach(&mut self.ebpf, &self.config, &name) {
+            Ok(()) => {
+                self.uplink_index.insert(name.clone(), now);
+                info!("uplink {name} was re-created (ifindex {before} → {now}): its program is attached again");
+            }
+            Err(e) => {
+                warn!(
+                    "uplink {name} was re-created (ifindex {before} → {now}) and its program cannot be attached again: {e:#}; restart the broker"
+                );
+                return;
+            }
+        }
+        if let Some(device) = &mut self.shared
+            && device.uplink == before
+        {
+            device.uplink = now;
+            if let Err(e) = dataplane::set_settings(&mut self.ebpf, settings(&self.config, Some(device))) {
+                warn!("{e:#}");
+            }
+            info!("shared device {}: packets leave by ifindex {now} again", device.name);
+        }
+    }
+
     /// The tunnel whose link a link notification is about, by name (a
     /// re-created link has a new index) or by index (a renamed one).
     fn changed_tunnel(&self, message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<usize> {
@@ -748,6 +806,13 @@ pub(super) fn settings(config: &BrokerConfig, shared: Option<&shared::SharedDevi
         shared_port: config.fou_ports[0],
         _pad: 0,
     }
+}
+
+/// The interface's index now; 0 if there is none of that name.
+fn ifindex(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    // SAFETY: a valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
 fn getrandom(buf: &mut [u8]) {

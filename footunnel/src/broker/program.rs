@@ -223,6 +223,22 @@ pub(super) fn attach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Res
     }
 }
 
+/// Attaches the program to `iface` afresh: the interface was deleted and
+/// created again, and the pinned attachment belongs to the one that went.
+pub(super) fn reattach(ebpf: &mut Ebpf, config: &BrokerConfig, iface: &str) -> Result<()> {
+    let kind = match config.attach {
+        Attach::Xdp => "xdp",
+        Attach::Tc => "tc",
+    };
+    let pin = config.pin_dir.join(format!("{kind}-{iface}"));
+    match std::fs::remove_file(&pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove the stale attachment {}", pin.display())),
+    }
+    attach(ebpf, config, iface)
+}
+
 /// The previous run's attachment, if it pinned one: a restart swaps the
 /// program inside it, so the interface is never without one.
 fn pinned_link(pin: &Path) -> Option<FdLink> {

@@ -127,6 +127,7 @@ impl Broker {
                 let _ = manage::down(&self.handle, &created_now).await;
                 return Err(e);
             }
+            self.uplink_index.insert(iface.clone(), super::ifindex(&iface));
             self.interfaces.push(iface);
         }
         if let Some(device) = &self.shared {
