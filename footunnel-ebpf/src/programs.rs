@@ -5,8 +5,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK,
-        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_NO_PREALLOC,
+        BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_get_tunnel_key},
@@ -360,6 +360,8 @@ pub fn footunnel_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+const IPPROTO_TCP: u8 = 6;
+
 /// Headers plus a control message, the most the path reads, made linear.
 const TC_PULL_LEN: u32 = 14 + 60 + 8 + 64;
 
@@ -419,7 +421,16 @@ pub fn footunnel_egress(ctx: TcContext) -> i32 {
     };
     // ENCAP flags: the kernel marks the packet as UDP-encapsulated, so a
     // GSO packet (forwarded TCP, say) is segmented with its outer headers.
-    let flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP);
+    let mut flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP);
+    // The kernel grows only TCP GSO packets by shrinking their segments;
+    // any other (UDP GSO: QUIC, WireGuard, a UDP_SEGMENT sender) it refuses
+    // unless their segment size stays. It may: the device's MTU leaves room
+    // for the outer headers in every segment.
+    // SAFETY: the program's own skb, read-only.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size != 0 && pkt.read::<1>(9) != Some([IPPROTO_TCP]) {
+        flags |= u64::from(BPF_F_ADJ_ROOM_FIXED_GSO);
+    }
     if ctx.adjust_room(OUTER_LEN as i32, BPF_ADJ_ROOM_MAC, flags).is_err() || ctx.store(0, &headers, 0).is_err() {
         Maps.count(Counter::EgressFailed);
         return TC_ACT_SHOT;

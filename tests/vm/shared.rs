@@ -562,3 +562,56 @@ fn no_way_into_the_shared_device_skips_the_source_check() {
         .unwrap();
     assert!(answered.status.success(), "the real client's echo request is not answered either");
 }
+
+#[test]
+fn udp_gso_leaves_whole_and_an_mtu_the_uplink_cannot_carry_is_refused() {
+    let lab = Lab::with(1);
+    let config = format!("{}/broker.toml", lab.dir);
+    // PPPoE-sized uplink with the default shared.mtu (1472): refused, the fix named.
+    lab.broker.ip("link set up0 mtu 1400");
+    let mut refused = NsProcess::footunnel(&lab.broker, &["broker", "--config", &config]);
+    let start = Instant::now();
+    while refused.child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "started with a device MTU the uplink cannot carry");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = refused.log();
+    assert!(log.contains("set shared.mtu = 1372"), "{log}");
+    assert!(!lab.broker.ip("link show").contains("footunnel0"), "the refused start left its device behind");
+    lab.broker.ip("link set up0 mtu 1500");
+
+    let broker = lab.start_broker();
+    let client = lab.start_client(0);
+    let start = Instant::now();
+    while !(client.log().contains("the broker sees this end at") && lab.ping(0)) {
+        assert!(start.elapsed() < Duration::from_secs(30), "no traffic:\n{}\n{}", broker.log(), client.log());
+    }
+    // One send of four 1000-byte segments (UDP_SEGMENT, as QUIC stacks do).
+    let receiver = lab.clients[0].run(|| UdpSocket::bind("0.0.0.0:5000").unwrap());
+    receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let failed = lab.counter("egress_failed");
+    lab.broker.run(|| {
+        use std::os::fd::AsRawFd;
+        let s = UdpSocket::bind("10.0.0.1:0").unwrap();
+        let segment: libc::c_int = 1000;
+        // SAFETY: setsockopt on a socket this closure owns, with an int value.
+        let rc =
+            unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_UDP, 103, (&segment as *const libc::c_int).cast(), 4) };
+        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        s.send_to(&[7u8; 4000], (inner(0), 5000)).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2000];
+    while let Ok(n) = receiver.recv(&mut buf) {
+        got.push(n);
+        if got.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        [1000; 4],
+        "a UDP GSO send did not arrive whole (egress_failed {failed} → {})",
+        lab.counter("egress_failed")
+    );
+}

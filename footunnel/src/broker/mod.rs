@@ -28,7 +28,7 @@ use footunnel_ebpf::{
     maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, Settings},
     wire::{Ack6, ControlMessage, Kind},
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::{Handle, MulticastGroup};
@@ -76,6 +76,9 @@ pub struct Broker {
     /// Why the shared device does not carry the tunnels (no ACKs meanwhile),
     /// as last checked: at start, on its link notifications, every 10 s.
     shared_problem: Option<String>,
+    /// Shared-device mode: why the uplink's MTU no longer fits the device's
+    /// (changed since the start, which refuses a misfit), as last checked.
+    shared_mtu_problem: Option<String>,
     /// Links and FoU listeners footunnel created, this run or earlier ones.
     created: Created,
     last_reload: Option<ReloadOutcome>,
@@ -253,6 +256,7 @@ impl Broker {
             uplink_index,
             shared: plan.shared,
             shared_problem: None,
+            shared_mtu_problem: None,
             created,
             last_reload: None,
             state_dirty: false,
@@ -291,6 +295,14 @@ impl Broker {
                 problem = Some(format!("{e:#}"));
             }
         }
+        let mtu = self.uplink_mtu_problem(&device).await;
+        if mtu != self.shared_mtu_problem {
+            match &mtu {
+                Some(p) => warn!("{p}"),
+                None => info!("the uplink's MTU fits shared device {} again", device.name),
+            }
+            self.shared_mtu_problem = mtu;
+        }
         if problem != self.shared_problem {
             self.shared_problem = problem;
             // `footunnel show` says it too, by the time the log does.
@@ -302,6 +314,18 @@ impl Broker {
                 None => info!("shared device {} carries the tunnels again (routes restored)", device.name),
             }
         }
+    }
+
+    /// Why the uplink's MTU (as it is now) does not fit the shared device's.
+    async fn uplink_mtu_problem(&self, device: &shared::SharedDevice) -> Option<String> {
+        let mtu = self.config.shared.as_ref()?.mtu;
+        let link = self.handle.link().get().match_index(device.uplink).execute().try_next().await.ok()??;
+        let name = link
+            .attributes
+            .iter()
+            .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+            .unwrap_or_else(|| format!("ifindex {}", device.uplink));
+        shared::mtu_problem(mtu, &name, shared::mtu_of(&link)?)
     }
 
     /// What `footunnel show`, `reload` and `unload` read.

@@ -103,10 +103,13 @@ async fn plan_shared(config: &BrokerConfig, shared: &Shared, handle: &Handle) ->
         interfaces.push(uplink.clone());
     }
     check_interfaces(handle, &interfaces).await?;
-    let uplink_index = match handle.link().get().match_name(uplink.clone()).execute().try_next().await {
-        Ok(Some(l)) => l.header.index,
+    let (uplink_index, uplink_mtu) = match handle.link().get().match_name(uplink.clone()).execute().try_next().await {
+        Ok(Some(l)) => (l.header.index, super::shared::mtu_of(&l)),
         _ => bail!("uplink interface {uplink:?} does not exist"),
     };
+    if let Some(problem) = uplink_mtu.and_then(|m| super::shared::mtu_problem(shared.mtu, &uplink, m)) {
+        bail!(problem);
+    }
     let shared = super::shared::SharedDevice { name: device.name.clone(), index: device.index, uplink: uplink_index };
     Ok(Plan { tunnels, interfaces, shared: Some(shared) })
 }

@@ -152,6 +152,25 @@ pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Pr
     Ok(())
 }
 
+/// The MTU a link message states.
+pub(super) fn mtu_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+}
+
+/// Why the device's MTU does not fit the uplink, if it does not: the egress
+/// program adds 28 bytes of outer headers and sets don't-fragment, so a
+/// full-size packet would be dropped, without an ICMP error to say so.
+pub(super) fn mtu_problem(device_mtu: u32, uplink: &str, uplink_mtu: u32) -> Option<String> {
+    let needed = device_mtu + footunnel_ebpf::egress::OUTER_LEN as u32;
+    (needed > uplink_mtu).then(|| {
+        format!(
+            "shared.mtu = {device_mtu} needs an uplink MTU of {needed}, and {uplink} has {uplink_mtu}: full-size packets \
+             would be dropped; set shared.mtu = {} (or raise {uplink}'s MTU)",
+            uplink_mtu.saturating_sub(footunnel_ebpf::egress::OUTER_LEN as u32)
+        )
+    })
+}
+
 /// Removes the routes of prefixes no tunnel has any more (a reload); one
 /// already gone (by hand, or with the device) is no error.
 pub(super) async fn unroute(handle: &Handle, device: &SharedDevice, prefixes: &[Prefix]) -> Result<()> {
@@ -206,6 +225,17 @@ pub(super) fn reaches(recorded: Option<&Endpoint>) -> LinkEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_mtu_must_leave_room_for_the_outer_headers() {
+        assert_eq!(mtu_problem(1472, "up0", 1500), None);
+        assert_eq!(mtu_problem(1464, "ppp0", 1492), None);
+        let e = mtu_problem(1472, "ppp0", 1492).unwrap();
+        assert!(
+            e.contains("needs an uplink MTU of 1500, and ppp0 has 1492") && e.contains("set shared.mtu = 1464"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn only_ipv4_endpoints_are_reached() {
