@@ -19,6 +19,9 @@ pub struct RawUdp {
     header_included: bool,
     /// Type of service (IPv4) or traffic class (IPv6) of what this sends.
     tos: std::cell::Cell<u8>,
+    /// Routes each packet by its source address (IP_PKTINFO/IPV6_PKTINFO),
+    /// which must then be one of this host's.
+    by_source: bool,
 }
 
 /// A UDP datagram as a raw socket received it. Over IPv6 the kernel does
@@ -49,7 +52,7 @@ impl RawUdp {
     /// datagram (filter it: [`RawUdp::only_control_messages`]).
     pub fn open6() -> Result<Self> {
         let fd = socket(libc::AF_INET6, libc::IPPROTO_UDP)?;
-        let raw = RawUdp { fd, ipv6: true, header_included: false, tos: std::cell::Cell::new(0) };
+        let raw = RawUdp { fd, ipv6: true, header_included: false, tos: std::cell::Cell::new(0), by_source: false };
         // The kernel computes the UDP checksum (mandatory over IPv6) at offset 6.
         raw.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32.to_ne_bytes(), "IPV6_CHECKSUM")?;
         Ok(raw)
@@ -66,7 +69,7 @@ impl RawUdp {
     /// data among them), and the IPv6 header is built here.
     pub fn send_only6() -> Result<Self> {
         let fd = socket(libc::AF_INET6, libc::IPPROTO_RAW)?;
-        Ok(RawUdp { fd, ipv6: true, header_included: true, tos: std::cell::Cell::new(0) })
+        Ok(RawUdp { fd, ipv6: true, header_included: true, tos: std::cell::Cell::new(0), by_source: false })
     }
 
     fn v4(protocol: libc::c_int) -> Result<Self> {
@@ -75,9 +78,18 @@ impl RawUdp {
             ipv6: false,
             header_included: true,
             tos: std::cell::Cell::new(0),
+            by_source: false,
         };
         raw.setsockopt(libc::IPPROTO_IP, libc::IP_HDRINCL, &1i32.to_ne_bytes(), "IP_HDRINCL")?;
         Ok(raw)
+    }
+
+    /// Routes what this sends by its source address, as a socket bound to
+    /// it would be: on a policy-routed, multi-homed host an answer then
+    /// leaves by the uplink its source belongs to. Sources must be local.
+    pub fn routed_by_source(mut self) -> Self {
+        self.by_source = true;
+        self
     }
 
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, value: &[u8], what: &str) -> Result<()> {
@@ -162,46 +174,13 @@ impl RawUdp {
     }
 
     /// The kernel builds the IPv6 header; the source, when given, travels
-    /// as IPV6_PKTINFO.
+    /// as IPV6_PKTINFO (where the socket routes by source).
     fn send6(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Result<()> {
         if self.header_included {
             return self.send6_built(src, sport, dst, dport, payload);
         }
-        let mut udp = udp_datagram(sport, dport, payload);
-        // SAFETY: an all-zero sockaddr_in6 is valid.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as u16;
-        addr.sin6_addr.s6_addr = dst.octets();
-        let mut iov = libc::iovec { iov_base: udp.as_mut_ptr().cast(), iov_len: udp.len() };
-        // Room for one in6_pktinfo control message, 8-aligned.
-        let mut control = [0u64; 8];
-        // SAFETY: an all-zero msghdr is valid.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_in6).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if !src.is_unspecified() {
-            let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: 0 };
-            // SAFETY: CMSG_SPACE of a small struct.
-            let space = unsafe { libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) } as usize;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space;
-            // SAFETY: the control buffer holds `space` bytes (checked below).
-            unsafe {
-                assert!(space <= size_of_val(&control));
-                let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
-                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
-            }
-        }
-        // SAFETY: every pointer in `msg` is valid for the call.
-        if unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) } < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("cannot send to [{dst}]:{dport}"));
-        }
-        Ok(())
+        let udp = udp_datagram(sport, dport, payload);
+        self.sendmsg(&udp, &sockaddr6(dst), Source::V6(src)).with_context(|| format!("cannot send to [{dst}]:{dport}"))
     }
 
     fn send6_built(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Result<()> {
@@ -209,29 +188,12 @@ impl RawUdp {
             bail!("cannot answer [{dst}]:{dport}: no source address to send from");
         }
         let packet = build6(self.tos.get(), src, sport, dst, dport, payload);
-        // SAFETY: an all-zero sockaddr_in6 is valid.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as u16;
-        addr.sin6_addr.s6_addr = dst.octets();
-        self.send_to(&packet, &addr).with_context(|| format!("cannot send to [{dst}]:{dport}"))
+        self.sendmsg(&packet, &sockaddr6(dst), Source::V6(src))
+            .with_context(|| format!("cannot send to [{dst}]:{dport}"))
     }
 
-    /// One packet, whole headers included, to the socket address `addr`.
-    fn send_to<A>(&self, packet: &[u8], addr: &A) -> io::Result<()> {
-        // SAFETY: valid buffer; `addr` is a sockaddr of its own size.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (addr as *const A).cast(),
-                size_of::<A>() as u32,
-            )
-        };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-
+    /// The header says where the packet is from, but the kernel routes a
+    /// raw packet by its socket's address: see [`RawUdp::routed_by_source`].
     fn send4(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Result<()> {
         let mut packet = build(src, sport, dst, dport, payload);
         packet[1] = self.tos.get();
@@ -241,7 +203,61 @@ impl RawUdp {
             sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() },
             sin_zero: [0; 8],
         };
-        self.send_to(&packet, &addr).with_context(|| format!("cannot send to {dst}:{dport}"))
+        self.sendmsg(&packet, &addr, Source::V4(src)).with_context(|| format!("cannot send to {dst}:{dport}"))
+    }
+
+    /// One packet to the socket address `addr`, from `source` (routed by
+    /// it) unless that is unspecified.
+    fn sendmsg<A>(&self, packet: &[u8], addr: &A, source: Source) -> io::Result<()> {
+        let mut iov = libc::iovec { iov_base: packet.as_ptr().cast_mut().cast(), iov_len: packet.len() };
+        // Room for one pktinfo control message, 8-aligned.
+        let mut control = [0u64; 8];
+        // SAFETY: an all-zero msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (addr as *const A).cast_mut().cast();
+        msg.msg_namelen = size_of::<A>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        let (level, kind, data): (i32, i32, Vec<u8>) = match source {
+            // With the header built here, the header carries the source;
+            // without, IPV6_PKTINFO is the only way to set it.
+            _ if self.header_included && !self.by_source => (0, 0, Vec::new()),
+            Source::V4(a) if !a.is_unspecified() => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(a).to_be() },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                (libc::IPPROTO_IP, libc::IP_PKTINFO, plain_bytes(&info))
+            }
+            Source::V6(a) if !a.is_unspecified() => {
+                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, plain_bytes(&info))
+            }
+            _ => (0, 0, Vec::new()),
+        };
+        if !data.is_empty() {
+            // SAFETY: CMSG_SPACE of a small length.
+            let space = unsafe { libc::CMSG_SPACE(data.len() as u32) } as usize;
+            assert!(space <= size_of_val(&control));
+            msg.msg_control = control.as_mut_ptr().cast();
+            // `as _`: size_t on glibc, socklen_t on musl.
+            msg.msg_controllen = space as _;
+            // SAFETY: the control buffer holds `space` bytes (checked above).
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = level;
+                (*cmsg).cmsg_type = kind;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(data.len() as u32) as _;
+                std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(cmsg), data.len());
+            }
+        }
+        // SAFETY: every pointer in `msg` is valid for the call.
+        if unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) } < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// The next datagram, or `None` if none is waiting (non-blocking socket).
@@ -462,4 +478,25 @@ mod tests {
         }
         assert_eq!(sum, 0xffff);
     }
+}
+
+/// Where a sent packet is from, for the route lookup.
+#[derive(Clone, Copy)]
+enum Source {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+fn sockaddr6(dst: Ipv6Addr) -> libc::sockaddr_in6 {
+    // SAFETY: an all-zero sockaddr_in6 is valid.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as u16;
+    addr.sin6_addr.s6_addr = dst.octets();
+    addr
+}
+
+/// The bytes of a plain C struct (these have no padding).
+fn plain_bytes<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: `value` is a live, initialised `T` of size_of::<T>() bytes.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }

@@ -269,3 +269,45 @@ fn an_uplink_deleted_and_re_created_gets_its_program_back() {
         assert!(broker.log().contains("uplink up0 was re-created"), "{}", broker.log());
     }
 }
+
+#[test]
+fn on_a_policy_routed_broker_an_ack_leaves_by_the_uplink_of_its_source() {
+    let topo = Topology::new();
+    // A second uplink, the main table's default; the tunnel's address is
+    // routed by policy through up0, as on a multi-homed broker.
+    let other = footunnel_tests::Netns::new("isp2");
+    veth(&topo.broker, "up1", "203.0.113.1/24", &other, "eth0", "203.0.113.2/24");
+    topo.broker.ip("route add default via 203.0.113.2");
+    topo.broker.ip("route add default via 198.51.100.2 dev up0 table 100");
+    topo.broker.ip("rule add from 198.51.100.1 table 100");
+    // The client at an address only the default routes reach; the other
+    // uplink's side holds it too, so an ACK sent that way is seen there.
+    topo.client.ip("addr add 192.0.2.7/32 dev lo");
+    other.ip("addr add 192.0.2.7/32 dev lo");
+    let broker = topo.start_broker(&[]);
+    let ack = std::thread::scope(|s| {
+        let right = s.spawn(|| crate::broker::receive_in(&topo.client, 2, 40001, Duration::from_secs(3)));
+        let wrong = s.spawn(|| crate::broker::receive_in(&other, 2, 40001, Duration::from_secs(3)));
+        std::thread::sleep(Duration::from_millis(200));
+        topo.client.run(|| {
+            footunnel::rawudp::RawUdp::open()
+                .unwrap()
+                .send(
+                    std::net::Ipv4Addr::new(192, 0, 2, 7),
+                    40001,
+                    crate::broker::BROKER,
+                    42424,
+                    &by_hand::heartbeat(SECRET, now_ns(), [0; 8]),
+                )
+                .unwrap()
+        });
+        (right.join().unwrap(), wrong.join().unwrap())
+    });
+    match ack {
+        (Some(_), None) => {}
+        (None, Some(_)) => panic!("the ACK from 198.51.100.1 left by the main table's uplink:\n{}", broker.log()),
+        other => {
+            panic!("ACK seen (client, other uplink) = {:?}:\n{}", (other.0.is_some(), other.1.is_some()), broker.log())
+        }
+    }
+}
