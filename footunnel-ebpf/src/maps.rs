@@ -90,6 +90,13 @@ pub const PREFIXES_V6: &str = "PREFIXES_V6";
 pub const LEGACY_SECRETS: &str = "LEGACY_SECRETS";
 /// Hash map: record id → [`Observed`]: FoU data from a source that is not the endpoint.
 pub const OBSERVED: &str = "OBSERVED";
+/// Hash map: [`Addr`](crate::packet::Addr) → 1, the broker addresses the
+/// tunnels' links use (unspecified: a link takes any). A control message
+/// that is no known tunnel's is dropped only when sent to one of these:
+/// to another host (a router's transit) it passes untouched.
+pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+/// At most this many distinct tunnel addresses on one broker.
+pub const MAX_LOCAL_ADDRS: usize = 4096;
 /// Array of one [`Settings`].
 pub const SETTINGS: &str = "SETTINGS";
 /// Ring buffer of [`Event`]s for the controller.
@@ -434,6 +441,7 @@ mod user {
     unsafe impl aya::Pod for TunnelRef {}
     unsafe impl aya::Pod for PrefixOwner {}
     unsafe impl aya::Pod for CachedEndpoint {}
+    unsafe impl aya::Pod for crate::packet::Addr {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Observed {}
     unsafe impl aya::Pod for LegacySecret {}

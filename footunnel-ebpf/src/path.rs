@@ -44,6 +44,8 @@ pub trait Env {
     /// By reference: a copy would cost stack, which the 6.1 verifier caps
     /// at 512 bytes over all call frames.
     fn tunnel(&self, id: u64) -> Option<&TunnelConfig>;
+    /// Whether `addr` is an address the tunnels' links use, or one of them takes any.
+    fn tunnel_address(&self, addr: &Addr) -> bool;
     /// A reference to an endpoint where it lies (the map value): a copy,
     /// like a closure's captures, would cost stack.
     type EndpointRef<'a>: core::ops::Deref<Target = Endpoint>
@@ -122,6 +124,14 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
             Ok(()) => Verdict::Drop,
             // Someone else's: a router's transit traffic, or another address here.
             Err(Counter::WrongDestination) => {
+                env.count(Counter::WrongDestination);
+                Verdict::Pass
+            }
+            // No known tunnel's, so its destination decides: to another
+            // host (transit), it passes untouched.
+            Err(Counter::Malformed | Counter::BadVersion | Counter::BadType | Counter::UnknownTunnel)
+                if !env.tunnel_address(&udp.dst_addr) =>
+            {
                 env.count(Counter::WrongDestination);
                 Verdict::Pass
             }

@@ -99,6 +99,9 @@ impl Env for MemEnv {
     fn tunnel(&self, id: u64) -> Option<&TunnelConfig> {
         self.tunnels.get(&id)
     }
+    fn tunnel_address(&self, addr: &Addr) -> bool {
+        self.tunnels.values().any(|t| t.local == *addr || t.local == crate::packet::UNSPECIFIED)
+    }
     type EndpointRef<'a> = std::cell::Ref<'a, Endpoint>;
     fn endpoint(&self, id: u64) -> Option<std::cell::Ref<'_, Endpoint>> {
         self.endpoint_reads.set(self.endpoint_reads.get() + 1);
@@ -535,6 +538,24 @@ fn a_stale_heartbeat_is_refused_before_any_endpoint_lookup() {
     let unknown = ControlMessage::new(Kind::Heartbeat, 0xdead, NOW, [0; 8]).sign(KEY).to_bytes();
     process(&udp(CLIENT, 40001, 42424, &unknown)[..], &env);
     assert_eq!((count(&env, Counter::UnknownTunnel), env.endpoint_reads.get()), (1, 0));
+}
+
+#[test]
+fn a_control_message_of_no_known_tunnel_to_another_host_is_transit() {
+    let env = env();
+    let unknown = ControlMessage::new(Kind::Heartbeat, 0xdead, NOW, [0; 8]).sign(KEY).to_bytes();
+    let mut bad_version = heartbeat(NOW);
+    bad_version[0] = 0xf9;
+    for payload in [&unknown[..], &bad_version[..], &[0xf0u8; 12][..]] {
+        let transit = to(udp(CLIENT, 40001, 42424, payload), [192, 0, 2, 200]);
+        assert_eq!(process(&transit[..], &env), Verdict::Pass, "another host's datagram was dropped");
+        assert_eq!(process(&udp(CLIENT, 40001, 42424, payload)[..], &env), Verdict::Drop, "to the broker: dropped");
+    }
+    assert_eq!(count(&env, Counter::WrongDestination), 3);
+    assert_eq!(
+        count(&env, Counter::UnknownTunnel) + count(&env, Counter::BadVersion) + count(&env, Counter::Malformed),
+        3
+    );
 }
 
 #[test]

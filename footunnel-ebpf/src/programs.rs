@@ -19,9 +19,10 @@ use footunnel_ebpf::{
     ingress::admit,
     maps::{
         CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_KEYS,
-        MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings, TunnelConfig, TunnelRef,
+        MAX_LOCAL_ADDRS, MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings,
+        TunnelConfig, TunnelRef,
     },
-    packet::{Checked, PacketBytes, Udp},
+    packet::{Addr, Checked, PacketBytes, UNSPECIFIED, Udp},
     path::{Env, Verdict, process},
 };
 
@@ -45,6 +46,8 @@ static PREFIXES_V6: LpmTrie<[u8; 16], PrefixOwner, MAX_PREFIXES> = LpmTrie::new(
 static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
 static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS, GROWING> = HashMap::new();
+#[btf_map]
+static LOCAL_ADDRS: HashMap<Addr, u32, MAX_LOCAL_ADDRS> = HashMap::new();
 #[btf_map]
 static SETTINGS: Array<Settings, 1> = Array::new();
 #[btf_map]
@@ -257,6 +260,11 @@ impl Env for Maps {
     fn boot_ns(&self) -> u64 {
         // SAFETY: no preconditions.
         unsafe { bpf_ktime_get_boot_ns() }
+    }
+    #[inline(always)]
+    fn tunnel_address(&self, addr: &Addr) -> bool {
+        // SAFETY: a read of a hash map value the controller never changes in place.
+        unsafe { LOCAL_ADDRS.get(addr).is_some() || LOCAL_ADDRS.get(&UNSPECIFIED).is_some() }
     }
     #[inline(always)]
     fn tunnel(&self, id: u64) -> Option<&TunnelConfig> {

@@ -97,7 +97,8 @@ pub fn forget_cached(ebpf: &mut Ebpf, endpoint: &Endpoint, allowed: &[(u32, u32)
 /// another layout the program would read garbage or lose counters, quietly.
 /// Refuses them, naming the fix, before anything is changed.
 pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
-    let expected: [(&str, usize, Option<usize>); 8] = [
+    let expected: [(&str, usize, Option<usize>); 9] = [
+        (maps::LOCAL_ADDRS, size_of::<u32>(), Some(maps::MAX_LOCAL_ADDRS)),
         (maps::TUNNELS, size_of::<TunnelConfig>(), Some(maps::MAX_KEYS)),
         (maps::ENDPOINTS, size_of::<Endpoint>(), Some(maps::MAX_TUNNELS)),
         (maps::PREFIXES_V4, size_of::<PrefixOwner>(), None),
@@ -138,10 +139,19 @@ pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<IpAddr>) 
 /// Accepts heartbeats carrying tunnel id `key_id`, tagged with `key`, for
 /// the tunnel recorded under `record` (one entry per secret of a tunnel).
 pub fn add_key(ebpf: &mut Ebpf, key_id: u64, key: SipKey, local: Option<IpAddr>, record: u64) -> Result<()> {
+    add_tunnel_address(ebpf, local)?;
     let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
     tunnels
         .insert(key_id, tunnel_config(key_id, key, local, record), 0)
         .with_context(|| format!("cannot add tunnel id {key_id:016x}"))
+}
+
+/// Makes `local` (`None`: any) one of the tunnels' addresses, whose control
+/// messages of no known tunnel are dropped rather than passed as transit.
+pub fn add_tunnel_address(ebpf: &mut Ebpf, local: Option<IpAddr>) -> Result<()> {
+    let mut addrs: HashMap<_, Addr, u32> = HashMap::try_from(map_mut(ebpf, maps::LOCAL_ADDRS)?)?;
+    let addr = local.map_or(UNSPECIFIED, Addr::from);
+    addrs.insert(addr, 1, 0).with_context(|| format!("cannot add tunnel address {}", addr.ip()))
 }
 
 pub fn tunnel_config(key_id: u64, key: SipKey, local: Option<IpAddr>, record: u64) -> TunnelConfig {

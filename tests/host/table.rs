@@ -469,3 +469,22 @@ fn ipv6_control_messages_are_verified_by_every_rule_and_extension_headers_are_wa
     assert_eq!(broker.tc(&to_fou6(moved, 40002, &broker.heartbeat(t0 + 8)).build()), TC_ACT_SHOT);
     assert_eq!(broker.endpoint().map(|e| (e.addr.0, e.port)), Some((moved, 40002)), "all 128 bits recorded");
 }
+
+#[test]
+fn a_control_message_of_no_known_tunnel_passes_when_it_is_another_hosts() {
+    let mut broker = Broker::new(false);
+    // The tunnel's link at the broker's address, not "any".
+    {
+        let mut addrs: aya::maps::HashMap<_, footunnel_ebpf::packet::Addr, u32> =
+            aya::maps::HashMap::try_from(broker.ebpf.map_mut(footunnel_ebpf::maps::LOCAL_ADDRS).unwrap()).unwrap();
+        addrs.remove(&footunnel_ebpf::packet::UNSPECIFIED).unwrap();
+    }
+    footunnel::dataplane::add_tunnel_address(&mut broker.ebpf, Some(std::net::Ipv4Addr::from(BROKER).into())).unwrap();
+    let unknown =
+        footunnel_ebpf::wire::ControlMessage::new(footunnel_ebpf::wire::Kind::Heartbeat, 0xdead, now_ns(), [0; 8])
+            .sign(broker.tunnel.sip_key())
+            .to_bytes();
+    let transit = Udp4::new(CLIENT, 40001, [192, 0, 2, 200], FOU_PORT, &unknown).build();
+    expect(&broker, "to another host", &transit, XDP_PASS, Some(Counter::WrongDestination));
+    expect(&broker, "to the broker", &to_fou(CLIENT, 40001, &unknown).build(), XDP_DROP, Some(Counter::UnknownTunnel));
+}

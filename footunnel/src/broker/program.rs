@@ -19,14 +19,18 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use footunnel_ebpf::maps::{self, Endpoint, LegacySecret, Observed, TunnelConfig, TunnelRef};
+use footunnel_ebpf::{
+    maps::{self, Endpoint, LegacySecret, Observed, TunnelConfig, TunnelRef},
+    packet::{Addr, UNSPECIFIED},
+};
 use std::{collections::HashMap, net::IpAddr, path::Path};
 use tracing::{debug, info, warn};
 
 use super::{Plan, STATE_FILE, read_state, settings};
 
 /// Every map, pinned by name under the pin directory.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
+    maps::LOCAL_ADDRS,
     maps::FOU_PORTS,
     maps::TUNNELS,
     maps::ENDPOINTS,
@@ -90,6 +94,15 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.record_id).collect();
     let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
     sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_ip())).collect())?;
+    let mut addrs: BpfHashMap<&mut MapData, Addr, u32> = BpfHashMap::try_from(map(ebpf, maps::LOCAL_ADDRS)?)?;
+    let mut locals: Vec<(Addr, u32)> =
+        plan.tunnels.iter().map(|t| (t.link.local_ip().map_or(UNSPECIFIED, Addr::from), 1)).collect();
+    if let Some(shared) = &config.shared {
+        locals.push((Addr::from(IpAddr::V4(shared.local)), 1));
+    }
+    locals.sort_by_key(|(a, _)| a.0);
+    locals.dedup();
+    sync(&mut addrs, locals)?;
 
     // Endpoints that stop being any tunnel's: their cache slots go below.
     let mut forget: Vec<Endpoint> = remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
