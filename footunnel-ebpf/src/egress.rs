@@ -8,7 +8,7 @@
 //! accepted heartbeat goes to the new address and port, with no userspace step.
 
 use crate::{
-    maps::{Counter, Settings},
+    maps::{Counter, PrefixOwner, Settings},
     packet::PacketBytes,
     path::Env,
 };
@@ -32,17 +32,46 @@ pub fn outer_headers<P: PacketBytes + ?Sized, E: Env>(
     settings: &Settings,
     env: &E,
 ) -> Result<[u8; OUTER_LEN], Counter> {
-    let Some([version_ihl]) = pkt.read::<1>(0) else { return Err(Counter::EgressNoTunnel) };
-    if version_ihl >> 4 != 4 {
-        return Err(Counter::EgressNoTunnel);
-    }
-    let inner_dst = pkt.read::<4>(16).ok_or(Counter::EgressNoTunnel)?;
-    let owner = env.tunnel_by_v4(inner_dst).ok_or(Counter::EgressNoTunnel)?;
-    // This mode's device and listener are IPv4 only: an IPv6 endpoint is none.
-    let endpoint = env.endpoint(owner.id()).filter(|e| e.heartbeats != 0).ok_or(Counter::EgressNoEndpoint)?;
-    let (addr, port) = (endpoint.addr.as_v4().ok_or(Counter::EgressNoEndpoint)?, endpoint.port);
+    let (owner, addr, port) = match inner_endpoint(pkt, INNER_DST, env) {
+        Ok(found) => found,
+        Err(NoEndpoint::NoTunnel) => return Err(Counter::EgressNoTunnel),
+        Err(NoEndpoint::NotYet) => return Err(Counter::EgressNoEndpoint),
+    };
     let local = owner.local.as_v4().ok_or(Counter::EgressFailed)?;
     Ok(build(local, addr, settings.shared_port, port, len))
+}
+
+/// Where an inner IPv4 header holds its source and its destination.
+pub const INNER_SRC: usize = 12;
+pub const INNER_DST: usize = 16;
+
+/// Why an inner packet has no endpoint in this mode.
+pub enum NoEndpoint {
+    /// Not IPv4, too short, or no tunnel owns the address.
+    NoTunnel,
+    /// Its tunnel has no IPv4 endpoint (yet, or a client at an IPv6 one).
+    NotYet,
+}
+
+/// The tunnel owning the inner IPv4 address at `offset` ([`INNER_SRC`] or
+/// [`INNER_DST`]) of the packet at the start of `pkt`, and its endpoint's
+/// IPv4 address and port: the lookup both directions of the device make.
+#[inline(always)]
+pub fn inner_endpoint<P: PacketBytes + ?Sized, E: Env>(
+    pkt: &P,
+    offset: usize,
+    env: &E,
+) -> Result<(PrefixOwner, [u8; 4], u16), NoEndpoint> {
+    let Some([version_ihl]) = pkt.read::<1>(0) else { return Err(NoEndpoint::NoTunnel) };
+    if version_ihl >> 4 != 4 {
+        return Err(NoEndpoint::NoTunnel);
+    }
+    let inner = pkt.read::<4>(offset).ok_or(NoEndpoint::NoTunnel)?;
+    let owner = env.tunnel_by_v4(inner).ok_or(NoEndpoint::NoTunnel)?;
+    // This mode's device and listener are IPv4 only: an IPv6 endpoint is none.
+    let endpoint = env.endpoint(owner.id()).filter(|e| e.heartbeats != 0).ok_or(NoEndpoint::NotYet)?;
+    let addr = endpoint.addr.as_v4().ok_or(NoEndpoint::NotYet)?;
+    Ok((owner, addr, endpoint.port))
 }
 
 /// IPv4 (with its checksum) + UDP (checksum 0, as FoU over IPv4 allows).

@@ -5,24 +5,22 @@
 //! interface, a local process over loopback — by address, the most the
 //! device's tunnel metadata keeps (FoU's ports are gone by then).
 
-use crate::{maps::Counter, packet::PacketBytes, path::Env};
+use crate::{
+    egress::{INNER_SRC, inner_endpoint},
+    maps::Counter,
+    packet::PacketBytes,
+    path::Env,
+};
 
 /// Checks the inner IPv4 packet at the start of `pkt`, which arrived in
 /// outer IPv4 from `outer_src`; the counter saying why not, if not.
 #[inline(always)]
 pub fn admit<P: PacketBytes + ?Sized, E: Env>(pkt: &P, outer_src: [u8; 4], env: &E) -> Result<(), Counter> {
-    let Some([version_ihl]) = pkt.read::<1>(0) else { return Err(Counter::Spoofed) };
     // The device and its listener carry IPv4 inside only.
-    if version_ihl >> 4 != 4 {
-        return Err(Counter::Spoofed);
+    match inner_endpoint(pkt, INNER_SRC, env) {
+        Ok((_, endpoint, _)) if endpoint == outer_src => Ok(()),
+        _ => Err(Counter::Spoofed),
     }
-    let inner_src = pkt.read::<4>(12).ok_or(Counter::Spoofed)?;
-    let owner = env.tunnel_by_v4(inner_src).ok_or(Counter::Spoofed)?;
-    let endpoint = env.endpoint(owner.id()).filter(|e| e.heartbeats != 0).ok_or(Counter::Spoofed)?;
-    if endpoint.addr.as_v4() != Some(outer_src) {
-        return Err(Counter::Spoofed);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
