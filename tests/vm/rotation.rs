@@ -1,4 +1,4 @@
-//! Key rotation (DESIGN.md §2): broker first, then client, then the old
+//! Key rotation (docs/protocol.md): broker first, then client, then the old
 //! secret goes, with traffic through the tunnel the whole time.
 
 use std::{
@@ -19,15 +19,22 @@ fn show(topo: &Topology) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&json).unwrap()["broker"]["tunnels"][0].clone()
 }
 
-#[test]
-fn a_secret_is_rotated_broker_first_then_client_with_no_ping_lost() {
-    let topo = Topology::new();
+/// The broker's configuration file for tunnel "a" on fou0, and its text
+/// but for the tunnel's secrets.
+fn config_for(topo: &Topology) -> (String, String) {
     std::fs::create_dir_all(&topo.state_dir).unwrap();
     let config = format!("{}/broker.toml", topo.state_dir);
     let header = format!(
         "pin_dir = \"{}\"\nstate_dir = \"{}\"\n[[tunnel]]\nname = \"a\"\nlink = \"fou0\"\n",
         topo.pin_dir, topo.state_dir
     );
+    (config, header)
+}
+
+#[test]
+fn a_secret_is_rotated_broker_first_then_client_with_no_ping_lost() {
+    let topo = Topology::new();
+    let (config, header) = config_for(&topo);
     std::fs::write(&config, format!("{header}secret = \"{OLD}\"\n")).unwrap();
     let broker = NsProcess::footunnel(&topo.broker, &["broker", "-v", "--config", &config]);
     let client_state = format!("{}-client", topo.state_dir);
@@ -116,12 +123,7 @@ fn wait_parked(topo: &Topology, log: &NsProcess, what: &str) {
 fn a_replaced_secret_stops_serving_its_holder_on_reload_and_on_restart() {
     const THIRD: &str = "the tunnel's third secret, long enough";
     let topo = Topology::new();
-    std::fs::create_dir_all(&topo.state_dir).unwrap();
-    let config = format!("{}/broker.toml", topo.state_dir);
-    let header = format!(
-        "pin_dir = \"{}\"\nstate_dir = \"{}\"\n[[tunnel]]\nname = \"a\"\nlink = \"fou0\"\n",
-        topo.pin_dir, topo.state_dir
-    );
+    let (config, header) = config_for(&topo);
     let write = |secret: &str| std::fs::write(&config, format!("{header}secret = \"{secret}\"\n")).unwrap();
     write(OLD);
     let mut broker = NsProcess::footunnel(&topo.broker, &["broker", "-v", "--config", &config]);
