@@ -30,6 +30,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 pub fn run() -> Result<()> {
     debian_packages()?;
+    lint_tools()?;
     nightly_rust_src()?;
     bpf_linker()?;
     virtme_ng()?;
@@ -75,6 +76,19 @@ fn debian_packages() -> Result<()> {
 pub fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// rustfmt and clippy on the default toolchain, for the lint stage.
+fn lint_tools() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> =
+        ["rustfmt", "clippy"].into_iter().filter(|c| !installed.lines().any(|l| l.starts_with(c))).collect();
+    if missing.is_empty() {
+        step("rustfmt and clippy: present");
+        return Ok(());
+    }
+    step(&format!("adding {} to the default toolchain (the lint stage)", missing.join(" and ")));
+    cmd::run(Command::new("rustup").args(["component", "add"]).args(&missing))
 }
 
 fn nightly_rust_src() -> Result<()> {
@@ -125,7 +139,7 @@ fn bpf_linker() -> Result<()> {
             .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
             .args(["--features", &format!("llvm-{major}")]),
     )
-    .context("could not build bpf-linker; see DESIGN.md §4 for the recipe")
+    .context("could not build bpf-linker against the nightly's LLVM (the recipe is this function: LLVM_PREFIX and the llvm-N feature)")
 }
 
 /// The virtme-ng release the VM tests were run with; others may boot

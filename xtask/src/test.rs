@@ -15,7 +15,7 @@ pub struct Options {
     /// Unit tests only (after build-ebpf): the inner loop.
     #[arg(long)]
     quick: bool,
-    /// Only the stages whose names start with this (repeatable): `unit`,
+    /// Only the stages whose names start with this (repeatable): `lint`, `unit`,
     /// `host`, `vm 6.1`, `vm 6.12`, `booted` (build-ebpf always runs).
     #[arg(long = "stage", value_name = "NAME")]
     stages: Vec<String>,
@@ -33,6 +33,7 @@ pub fn run(opts: Options) -> Result<()> {
         stages.push(stage("setup", setup::run));
     }
     stages.push(stage("build-ebpf", build_ebpf::run));
+    stages.push(stage("lint", lint));
     stages.push(stage("unit", unit));
     if !opts.quick {
         stages.push(stage("host (root)", host));
@@ -82,6 +83,14 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(cmd::workspace_root());
     cmd
+}
+
+/// The code as the project writes it: rustfmt's layout, and no clippy
+/// warning in any crate or target (warnings are errors here).
+fn lint() -> Result<()> {
+    cmd::run(cargo().args(["fmt", "--all", "--check"])).context("`cargo fmt --all` would change files: run it")?;
+    cmd::run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        .context("clippy found warnings (listed above)")
 }
 
 /// Tests that need no privileges: the libraries (the eBPF crate's included,
