@@ -1,4 +1,4 @@
-//! Protocol v1 control messages (DESIGN.md §2, normative): 40 bytes of UDP
+//! Protocol v1 control messages (docs/protocol.md, normative): 40 bytes of UDP
 //! payload sharing the FoU port and 5-tuple with the tunnel's data (ACK6:
 //! 56). FoU payloads start with an IP version nibble (4 or 6); ours start
 //! with 0xF.
@@ -114,7 +114,7 @@ impl ControlMessage {
     }
 }
 
-/// ACK6 (DESIGN.md §2): the first 24 bytes as every message, with type 4;
+/// ACK6 (docs/protocol.md): the first 24 bytes as every message, with type 4;
 /// then the client's IPv6 address and UDP port as the broker saw them;
 /// SipHash-2-4 over bytes 0..48.
 #[repr(C)]
@@ -406,7 +406,7 @@ mod tests {
     const KEY: [u8; 16] = *b"0123456789abcdef";
     const NOW: u64 = 1_790_000_000_000_000_000;
 
-    /// A heartbeat laid out byte by byte from DESIGN.md §2, tagged by an
+    /// A heartbeat laid out byte by byte from docs/protocol.md, tagged by an
     /// independent SipHash — not by the code under test.
     fn hand_built_heartbeat(tunnel_id: u64, ts: u64) -> [u8; 40] {
         let mut b = [0u8; 40];
@@ -476,7 +476,7 @@ mod tests {
         assert_eq!(accept(&msg.to_bytes(), 0, &rules()), Ok(()));
     }
 
-    /// An ACK6 laid out byte by byte from DESIGN.md §2, tagged by an
+    /// An ACK6 laid out byte by byte from docs/protocol.md, tagged by an
     /// independent SipHash.
     #[test]
     fn hand_built_ack6_matches_our_encoder_and_is_checked() {

@@ -40,7 +40,7 @@ pub enum Mode {
     #[default]
     PerLink,
     /// One external-mode device for all tunnels; the data plane addresses
-    /// each packet (many clients behind one NAT address; DESIGN.md §3b).
+    /// each packet (many clients behind one NAT address; see `broker::shared`).
     Shared,
 }
 
@@ -234,7 +234,7 @@ pub struct Tunnel {
     pub silence: Option<Silence>,
 }
 
-/// The secret a tunnel is rotating to (DESIGN.md §2, "Key rotation").
+/// The secret a tunnel is rotating to (docs/protocol.md, "Key rotation").
 #[derive(Clone, Debug, PartialEq)]
 pub struct NextSecret {
     pub secret: String,

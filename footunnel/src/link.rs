@@ -16,7 +16,7 @@ use netlink_packet_route::{
 use rtnetlink::Handle;
 
 /// An ipip or sit link and its tunnel parameters (`IFLA_INFO_DATA`), kept
-/// whole: a changelink must send them all back (DESIGN.md §3).
+/// whole: a changelink must send them all back (see [`repoint`]).
 #[derive(Clone, Debug)]
 pub struct TunnelLink {
     pub name: String,
@@ -254,7 +254,8 @@ async fn change(handle: &Handle, link: &TunnelLink, params: Vec<InfoIpTunnel>) -
 
 /// Points the link at `remote`:`dport` in one request that carries every
 /// other tunnel parameter unchanged: a changelink of an ipip/sit/ip6tnl
-/// link rebuilds its parameters from the message alone (DESIGN.md §3).
+/// link rebuilds its parameters from the message alone: one left out
+/// falls back to its default (ttl, local, encap-sport, pmtudisc…).
 pub async fn repoint(handle: &Handle, link: &TunnelLink, remote: IpAddr, dport: u16) -> Result<TunnelLink> {
     if remote.is_ipv6() != link.outer_ipv6() {
         bail!(

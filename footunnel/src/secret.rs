@@ -1,4 +1,4 @@
-//! Tunnel secrets, and the key and id derived from them (DESIGN.md §2).
+//! Tunnel secrets, and the key and id derived from them (docs/protocol.md).
 
 use std::io::Read;
 
@@ -52,7 +52,7 @@ pub fn weakness(secret: &str) -> Option<String> {
     })
 }
 
-/// Bytes of randomness in a generated secret (≥ 128 bits, DESIGN.md §2).
+/// Bytes of randomness in a generated secret (≥ 128 bits, docs/protocol.md).
 pub const GENERATED_SECRET_BYTES: usize = 24;
 
 /// A fresh random secret: URL-safe base64 of 192 random bits, 32 characters.
@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     /// Expected values computed with Python's hashlib from the formulas in
-    /// DESIGN.md §2, not with this code.
+    /// docs/protocol.md, not with this code.
     #[test]
     fn key_and_id_derivation_match_independent_values() {
         let t = TunnelIdentity::derive("SECRET");

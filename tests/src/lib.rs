@@ -367,7 +367,7 @@ pub mod broker {
     }
 }
 
-/// Protocol v1 messages built by hand from DESIGN.md §2, with independent
+/// Protocol v1 messages built by hand from docs/protocol.md, with independent
 /// SHA-256 and SipHash implementations: never by the code under test.
 pub mod by_hand {
     use std::hash::Hasher;
