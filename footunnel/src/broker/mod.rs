@@ -392,8 +392,9 @@ impl Broker {
             return self.shared_problem.is_none().then(|| shared::reaches(recorded.as_ref()));
         }
         let target = if self.parked(i) {
-            // Silent under `on_silence = "down"`: the link keeps its routes
-            // and addresses, and sends to a place no network routes.
+            // Silent under `on_silence = "down"`, or its endpoint forgotten
+            // with a replaced secret: the link keeps its routes and
+            // addresses, and sends to a place no network routes.
             let port = self.table.tunnels[i].link.encap_dport().unwrap_or(self.config.fou_ports[0]);
             Some(Endpoint { addr: self.parking_remote(i).into(), port, ..Endpoint::default() })
         } else {
