@@ -91,12 +91,17 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
                 // these whole, or reassembled, past the source check.
                 Parsed::IpInIp => return unless_shared(env),
                 Parsed::Fragment { port } => {
-                    let verdict = count_if_watched(port, env, Counter::Fragment);
-                    // Only the first fragment has the port: without it
-                    // nothing is reassembled.
-                    return if port.is_some_and(|p| env.port(p).is_some()) { unless_shared(env) } else { verdict };
+                    if count_if_watched(port, env, Counter::Fragment) {
+                        // Only the first fragment has the port: without it
+                        // nothing is reassembled.
+                        return unless_shared(env);
+                    }
+                    return Verdict::Pass;
                 }
-                Parsed::Malformed { port } => return count_if_watched(port, env, Counter::IpMalformed),
+                Parsed::Malformed { port } => {
+                    count_if_watched(port, env, Counter::IpMalformed);
+                    return Verdict::Pass;
+                }
                 Parsed::Unwalked => {
                     env.count(Counter::Ipv6Unwalked);
                     return Verdict::Pass;
@@ -229,15 +234,14 @@ fn plain_ipv4<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E, udp: &mut Udp) 
 
 /// Counts a fragment or malformed datagram whose UDP destination port (when
 /// the header is there to read: first fragments, contradicting lengths) is
-/// watched; passes it on either way.
+/// watched; whether it was.
 #[inline(always)]
-fn count_if_watched<E: Env>(port: Option<u16>, env: &E, counter: Counter) -> Verdict {
-    if let Some(port) = port
-        && env.port(port).is_some()
-    {
+fn count_if_watched<E: Env>(port: Option<u16>, env: &E, counter: Counter) -> bool {
+    let watched = port.is_some_and(|p| env.port(p).is_some());
+    if watched {
         env.count(counter);
     }
-    Verdict::Pass
+    watched
 }
 
 #[inline(always)]

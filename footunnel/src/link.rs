@@ -206,7 +206,7 @@ pub async fn get(handle: &Handle, name: &str) -> Result<TunnelLink> {
         kind,
         params: params.with_context(|| format!("the kernel reported no tunnel parameters for link {name:?}"))?,
         up: message.header.flags.contains(LinkFlags::Up),
-        mtu: message.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }),
+        mtu: message_mtu(&message),
     })
 }
 
@@ -303,18 +303,30 @@ pub async fn interface_with_address(handle: &Handle, addr: IpAddr) -> Result<Str
 }
 
 async fn name_of(handle: &Handle, index: u32) -> Result<String> {
-    let msg = handle
+    let msg = by_index(handle, index).await?;
+    message_name(&msg).cloned().with_context(|| format!("link {index} has no name"))
+}
+
+/// The link with ifindex `index`, as rtnetlink reports it.
+pub async fn by_index(handle: &Handle, index: u32) -> Result<LinkMessage> {
+    handle
         .link()
         .get()
         .match_index(index)
         .execute()
         .try_next()
         .await?
-        .with_context(|| format!("no link with index {index}"))?;
-    msg.attributes
-        .iter()
-        .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
-        .with_context(|| format!("link {index} has no name"))
+        .with_context(|| format!("no link with index {index}"))
+}
+
+/// The name in a link message (a notification or a reply).
+pub fn message_name(msg: &LinkMessage) -> Option<&String> {
+    msg.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None })
+}
+
+/// The MTU in a link message.
+pub fn message_mtu(msg: &LinkMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
 }
 
 #[cfg(test)]

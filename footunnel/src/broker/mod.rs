@@ -28,8 +28,8 @@ use footunnel_ebpf::{
     maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, Settings},
     wire::{Ack6, ControlMessage, Kind},
 };
-use futures::{StreamExt, TryStreamExt};
-use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute};
+use futures::StreamExt;
+use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::{Handle, MulticastGroup};
 use std::{
@@ -319,13 +319,9 @@ impl Broker {
     /// Why the uplink's MTU (as it is now) does not fit the shared device's.
     async fn uplink_mtu_problem(&self, device: &shared::SharedDevice) -> Option<String> {
         let mtu = self.config.shared.as_ref()?.mtu;
-        let link = self.handle.link().get().match_index(device.uplink).execute().try_next().await.ok()??;
-        let name = link
-            .attributes
-            .iter()
-            .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
-            .unwrap_or_else(|| format!("ifindex {}", device.uplink));
-        shared::mtu_problem(mtu, &name, shared::mtu_of(&link)?)
+        let link = crate::link::by_index(&self.handle, device.uplink).await.ok()?;
+        let name = crate::link::message_name(&link).cloned().unwrap_or_else(|| format!("ifindex {}", device.uplink));
+        shared::mtu_problem(mtu, &name, crate::link::message_mtu(&link)?)
     }
 
     /// What `footunnel show`, `reload` and `unload` read.
@@ -749,11 +745,7 @@ impl Broker {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, true),
             _ => return,
         };
-        let Some(name) =
-            link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None })
-        else {
-            return;
-        };
+        let Some(name) = crate::link::message_name(link) else { return };
         let Some(&before) = self.uplink_index.get(name) else { return };
         let now = link.header.index;
         if deleted {
@@ -798,8 +790,8 @@ impl Broker {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)) => l,
             _ => return None,
         };
-        let name = link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None });
-        name.and_then(|n| self.table.by_link(n))
+        crate::link::message_name(link)
+            .and_then(|n| self.table.by_link(n))
             .or_else(|| self.table.tunnels.iter().position(|t| t.link.index == link.header.index))
     }
 }

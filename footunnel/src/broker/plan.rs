@@ -104,7 +104,7 @@ async fn plan_shared(config: &BrokerConfig, shared: &Shared, handle: &Handle) ->
     }
     check_interfaces(handle, &interfaces).await?;
     let (uplink_index, uplink_mtu) = match handle.link().get().match_name(uplink.clone()).execute().try_next().await {
-        Ok(Some(l)) => (l.header.index, super::shared::mtu_of(&l)),
+        Ok(Some(l)) => (l.header.index, link::message_mtu(&l)),
         _ => bail!("uplink interface {uplink:?} does not exist"),
     };
     if let Some(problem) = uplink_mtu.and_then(|m| super::shared::mtu_problem(shared.mtu, &uplink, m)) {

@@ -109,6 +109,7 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
     let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
     let mut evicted = Vec::new();
+    let mut keep_cached = Vec::new();
     for t in &plan.tunnels {
         let id = t.config.record_id;
         match endpoints.get(&id, 0) {
@@ -118,7 +119,10 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
             }
             Ok(e) => {
                 let key_ids: Vec<u64> = t.config.key_ids().map(|(_, k)| k).collect();
-                if crate::decide::recorded_under_old_key(&e, &key_ids) {
+                if !crate::decide::recorded_under_old_key(&e, &key_ids) {
+                    // Its cache slot stays if filled under one of its prefixes now.
+                    keep_cached.push((e, dataplane::inner_prefixes_v4(&t.prefixes)));
+                } else {
                     warn!(
                         "tunnel {:?}: its endpoint {} was recorded under a secret the tunnel no longer has: \
                          forgotten, and its link parked, until a heartbeat under its secret now",
@@ -160,17 +164,7 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     // The cache admits a source's data from the prefix it was filled under:
     // once the maps no longer say so, that slot must go, or the removed,
     // evicted or re-prefixed tunnel's old flow keeps passing the strict check.
-    let mut forget: Vec<(Endpoint, Vec<(u32, u32)>)> = forget.into_iter().map(|e| (e, Vec::new())).collect();
-    {
-        let endpoints: BpfHashMap<&MapData, u64, Endpoint> =
-            BpfHashMap::try_from(ebpf.map(maps::ENDPOINTS).context("no ENDPOINTS map")?)?;
-        for t in &plan.tunnels {
-            if let Ok(e) = endpoints.get(&t.config.record_id, 0) {
-                forget.push((e, dataplane::inner_prefixes_v4(&t.prefixes)));
-            }
-        }
-    }
-    for (e, allowed) in forget {
+    for (e, allowed) in forget.into_iter().map(|e| (e, Vec::new())).chain(keep_cached) {
         dataplane::forget_cached(ebpf, &e, &allowed)?;
     }
     Ok(evicted)

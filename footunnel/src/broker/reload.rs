@@ -130,17 +130,13 @@ impl Broker {
             self.uplink_index.insert(iface.clone(), super::ifindex(&iface));
             self.interfaces.push(iface);
         }
+        let mut dropped_routes = Vec::new();
         if let Some(device) = &self.shared {
             let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
             super::shared::route(&self.handle, device, &prefixes).await?;
+            let kept: HashSet<_> = prefixes.iter().collect();
+            dropped_routes = self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect();
         }
-        let dropped_routes: Vec<_> = match &self.shared {
-            Some(_) => {
-                let kept: HashSet<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
-                self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect()
-            }
-            None => Vec::new(),
-        };
         let evicted = match fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
             Ok(evicted) => evicted,
             Err(e) => {

@@ -136,11 +136,9 @@ pub(super) async fn as_link(handle: &Handle, shared: &Shared, port: u16) -> Resu
 /// prefix elsewhere: the configuration says where it goes).
 pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Prefix]) -> Result<()> {
     for p in prefixes {
-        let builder = match p.addr {
-            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(a, p.len),
-            IpAddr::V6(_) => bail!("{p}: shared-device mode carries IPv4 inside only so far"),
+        let Some(message) = route_message(device, p) else {
+            bail!("{p}: shared-device mode carries IPv4 inside only so far")
         };
-        let message = builder.output_interface(device.index).scope(RouteScope::Link).build();
         handle
             .route()
             .add(message)
@@ -152,9 +150,16 @@ pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Pr
     Ok(())
 }
 
-/// The MTU a link message states.
-pub(super) fn mtu_of(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+/// The route of an IPv4 prefix through the device; `None` for IPv6.
+fn route_message(device: &SharedDevice, p: &Prefix) -> Option<netlink_packet_route::route::RouteMessage> {
+    let IpAddr::V4(a) = p.addr else { return None };
+    Some(
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, p.len)
+            .output_interface(device.index)
+            .scope(RouteScope::Link)
+            .build(),
+    )
 }
 
 /// Why the device's MTU does not fit the uplink, if it does not: the egress
@@ -175,12 +180,7 @@ pub(super) fn mtu_problem(device_mtu: u32, uplink: &str, uplink_mtu: u32) -> Opt
 /// already gone (by hand, or with the device) is no error.
 pub(super) async fn unroute(handle: &Handle, device: &SharedDevice, prefixes: &[Prefix]) -> Result<()> {
     for p in prefixes {
-        let IpAddr::V4(a) = p.addr else { continue };
-        let message = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-            .destination_prefix(a, p.len)
-            .output_interface(device.index)
-            .scope(RouteScope::Link)
-            .build();
+        let Some(message) = route_message(device, p) else { continue };
         match handle.route().del(message).execute().await {
             Ok(()) => {}
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
