@@ -122,6 +122,8 @@ fn metrics_pass_promtool_agree_with_show_and_are_scraped_by_prometheus() {
     // With the kernel's BPF statistics on (this VM's own kernel), the program's runs are counted.
     sh("sysctl", &["-q", "kernel.bpf_stats_enabled=1"]);
     topo.send(CLIENT_B, 40001, &footunnel_tests::by_hand::heartbeat("not the secret", footunnel::now_ns(), [0; 8]));
+    // The page scraped above is served again until it is this old.
+    std::thread::sleep(footunnel::metrics::PAGE_MAX_AGE);
     let (_, page) = http_get(&topo.broker, "127.0.0.1:9586", "/metrics");
     sh("sysctl", &["-q", "kernel.bpf_stats_enabled=0"]);
     assert!(
