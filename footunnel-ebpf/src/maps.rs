@@ -90,6 +90,12 @@ pub const PREFIXES_V6: &str = "PREFIXES_V6";
 pub const LEGACY_SECRETS: &str = "LEGACY_SECRETS";
 /// Hash map: record id → [`Observed`]: FoU data from a source that is not the endpoint.
 pub const OBSERVED: &str = "OBSERVED";
+/// Hash map: record id → when (broker wall clock, ns) the data plane last
+/// announced a correctly tagged but stale or replayed heartbeat of the
+/// tunnel ([`EVENT_STALE`]): at most one per [`CLOCK_NOTICE_INTERVAL_NS`].
+pub const CLOCK_NOTICES: &str = "CLOCK_NOTICES";
+/// The broker answers a client's wrong clock (TIME) at most this often per tunnel.
+pub const CLOCK_NOTICE_INTERVAL_NS: u64 = 1_000_000_000;
 /// Hash map: [`Addr`](crate::packet::Addr) → 1, the broker addresses the
 /// tunnels' links use (unspecified: a link takes any). A control message
 /// that is no known tunnel's is dropped only when sent to one of these:
@@ -260,6 +266,9 @@ impl Settings {
 pub const EVENT_HEARTBEAT: u8 = 1;
 pub const EVENT_OBSERVED: u8 = 2;
 pub const EVENT_LEGACY: u8 = 3;
+/// A heartbeat with a correct tag refused as stale or replayed: its
+/// sender's clock may be wrong, and the broker answers with TIME.
+pub const EVENT_STALE: u8 = 4;
 
 /// What the controller hears about through [`EVENTS`]. `tunnel_id` is the
 /// record id; which secret a heartbeat used is in its [`Endpoint::key_id`]
@@ -271,7 +280,8 @@ pub struct Event {
     /// Heartbeat: its timestamp; otherwise the broker's clock.
     pub timestamp_ns: u64,
     /// Heartbeat: the nonce it answers. Observed: the UDP payload length
-    /// (big-endian u16), which bounds the size of a challenge.
+    /// (big-endian u16), which bounds the size of a challenge. Stale: the
+    /// heartbeat's tunnel id (big-endian), so TIME uses its key.
     pub detail: [u8; 8],
     /// The packet's source (IPv4 mapped into IPv6).
     pub addr: Addr,
@@ -279,13 +289,18 @@ pub struct Event {
     /// an endpoint-dependent NAT lets them through.
     pub dst_addr: Addr,
     pub port: u16,
-    /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`] or [`EVENT_LEGACY`].
+    /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`], [`EVENT_LEGACY`] or [`EVENT_STALE`].
     pub kind: u8,
     pub _pad: u8,
     pub _pad2: u32,
 }
 
 impl Event {
+    /// For [`EVENT_STALE`]: the tunnel id (secret) the heartbeat carried.
+    pub fn stale_key_id(&self) -> u64 {
+        u64::from_be_bytes(self.detail)
+    }
+
     /// For [`EVENT_OBSERVED`]: the payload length of the packet seen.
     pub fn observed_payload_len(&self) -> u16 {
         u16::from_be_bytes([self.detail[0], self.detail[1]])

@@ -4,9 +4,9 @@
 
 use crate::{
     maps::{
-        CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, LEGACY_SECRET_MAX,
-        LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings, TunnelConfig, endpoint_cache_key,
-        inner_prefix,
+        CLOCK_NOTICE_INTERVAL_NS, CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_STALE,
+        Endpoint, LEGACY_SECRET_MAX, LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings,
+        TunnelConfig, endpoint_cache_key, inner_prefix,
     },
     packet::{
         Addr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, PacketBytes, Parsed, UDP_HLEN, UNSPECIFIED, Udp,
@@ -69,6 +69,9 @@ pub trait Env {
     /// One more packet for tunnel `id`'s observed entry, in place (the
     /// count is approximate when CPUs race; it is for operators only).
     fn touch_observed(&self, id: u64, now: u64);
+    /// When [`notice_clock`] last announced tunnel `id` (0: never).
+    fn last_clock_notice(&self, id: u64) -> u64;
+    fn set_clock_notice(&self, id: u64, now: u64);
     fn count(&self, counter: Counter);
     /// Queues an [`Event`](crate::maps::Event) of `kind` about `udp` (its source and
     /// destination), written where it lies in the ring buffer: built on the
@@ -273,10 +276,18 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     check_signed(msg, &tunnel.key)?;
     let now = wall_clock(env, &settings);
     let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
-    check_fresh(msg, &rules)?;
     // Only the timestamp: a copy of the whole entry costs stack, which the
     // 6.1 verifier counts to 512 bytes with every call frame.
-    check_new(msg, env.endpoint(id).map_or(0, |e| e.last_timestamp_ns))?;
+    let refused = match check_fresh(msg, &rules) {
+        Ok(()) => check_new(msg, env.endpoint(id).map_or(0, |e| e.last_timestamp_ns)).err(),
+        Err(stale) => Some(stale),
+    };
+    if let Some(refused) = refused {
+        // Its tag is right: the client's clock, not an attacker, may be at
+        // fault (a router without a real-time clock), and TIME can tell it.
+        notice_clock(env, id, key_id, msg.timestamp_ns(), now, udp);
+        return Err(refused.into());
+    }
 
     // Under the lock, again: a newer heartbeat may have been accepted on
     // another CPU since the read above, and must not be undone.
@@ -294,6 +305,18 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     let detail = msg.detail();
     emit(env, EVENT_HEARTBEAT, id, timestamp, detail, udp);
     Ok(())
+}
+
+/// Announces a stale or replayed heartbeat that is correctly tagged, at most
+/// once per [`CLOCK_NOTICE_INTERVAL_NS`] per tunnel: whatever floods the
+/// port with replays costs the controller one event a second.
+#[inline(always)]
+fn notice_clock<E: Env>(env: &E, id: u64, key_id: u64, timestamp_ns: u64, now: u64, udp: &Udp) {
+    if now.wrapping_sub(env.last_clock_notice(id)) < CLOCK_NOTICE_INTERVAL_NS {
+        return;
+    }
+    env.set_clock_notice(id, now);
+    emit(env, EVENT_STALE, id, timestamp_ns, key_id.to_be_bytes(), udp);
 }
 
 /// Makes the packet's source the endpoint; the previous endpoint if it moved.

@@ -27,6 +27,7 @@ pub(crate) struct MemEnv {
     v4: Vec<([u8; 4], u32, u64)>,
     legacy: HashMap<Vec<u8>, u64>,
     observed: RefCell<HashMap<u64, Observed>>,
+    clock_notices: RefCell<HashMap<u64, u64>>,
     counters: RefCell<HashMap<&'static str, u64>>,
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
@@ -147,6 +148,12 @@ impl Env for MemEnv {
     fn set_observed(&self, id: u64, o: &Observed) {
         *self.observed_writes.borrow_mut() += 1;
         self.observed.borrow_mut().insert(id, *o);
+    }
+    fn last_clock_notice(&self, id: u64) -> u64 {
+        self.clock_notices.borrow().get(&id).copied().unwrap_or(0)
+    }
+    fn set_clock_notice(&self, id: u64, now: u64) {
+        self.clock_notices.borrow_mut().insert(id, now);
     }
     fn count(&self, c: Counter) {
         *self.counters.borrow_mut().entry(c.name()).or_default() += 1;
@@ -688,7 +695,33 @@ fn forged_stale_and_replayed_heartbeats_over_ipv6_change_nothing() {
         assert_eq!(count(&env, reason), 1, "{reason:?}");
     }
     assert_eq!(env.endpoint(ID).unwrap(), before);
-    assert_eq!(env.events.borrow().len(), 1);
+    // The accepted heartbeat, and one clock notice for the stale and the
+    // replayed one together (a second apart at most).
+    let kinds: Vec<u8> = env.events.borrow().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EVENT_HEARTBEAT, EVENT_STALE]);
+}
+
+#[test]
+fn a_correctly_tagged_stale_heartbeat_draws_one_clock_notice_a_second() {
+    let env = env();
+    let two_days = 2 * 86_400 * 1_000_000_000;
+    for _ in 0..5 {
+        assert_eq!(process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW - two_days))[..], &env), Verdict::Drop);
+    }
+    let mut forged = heartbeat(NOW - two_days);
+    forged[39] ^= 1;
+    process(&udp(CLIENT, 40001, 42424, &forged)[..], &env);
+    assert_eq!((count(&env, Counter::Stale), count(&env, Counter::BadTag)), (5, 1));
+    let events = env.events.borrow().clone();
+    assert_eq!(events.len(), 1, "one notice for five stale heartbeats within a second");
+    let e = events[0];
+    assert_eq!((e.kind, e.tunnel_id, e.timestamp_ns, e.stale_key_id()), (EVENT_STALE, ID, NOW - two_days, ID));
+    assert_eq!((e.addr, e.port), (mapped(CLIENT), 40001));
+    assert!(env.endpoint(ID).is_none(), "a stale heartbeat records nothing");
+    // A second later, the next one is announced again.
+    env.boot.set(env.boot.get() + 1_000_000_000);
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW - two_days + 1))[..], &env);
+    assert_eq!(env.events.borrow().len(), 2);
 }
 
 #[test]

@@ -47,6 +47,8 @@ static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS, GROWING> = 
 #[btf_map]
 static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
+static CLOCK_NOTICES: HashMap<u64, u64, MAX_TUNNELS, GROWING> = HashMap::new();
+#[btf_map]
 static LOCAL_ADDRS: HashMap<Addr, u32, MAX_LOCAL_ADDRS> = HashMap::new();
 #[btf_map]
 static SETTINGS: Array<Settings, 1> = Array::new();
@@ -332,6 +334,15 @@ impl Env for Maps {
     #[inline(always)]
     fn set_observed(&self, id: u64, observed: &Observed) {
         let _ = OBSERVED.insert(id, observed, 0);
+    }
+    #[inline(always)]
+    fn last_clock_notice(&self, id: u64) -> u64 {
+        // SAFETY: as in `port`.
+        unsafe { CLOCK_NOTICES.get(id).copied().unwrap_or(0) }
+    }
+    #[inline(always)]
+    fn set_clock_notice(&self, id: u64, now: u64) {
+        let _ = CLOCK_NOTICES.insert(id, now, 0);
     }
     #[inline(always)]
     fn count(&self, counter: Counter) {

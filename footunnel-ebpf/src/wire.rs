@@ -27,6 +27,9 @@ pub enum Kind {
     Challenge = 3,
     /// Broker → client: ACK for a client seen at an IPv6 address ([`Ack6`]).
     Ack6 = 4,
+    /// Broker → client: "your heartbeat's clock is wrong; mine says this"
+    /// (the detail echoes the refused heartbeat's timestamp).
+    Time = 5,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             2 => Some(Kind::Ack),
             3 => Some(Kind::Challenge),
             4 => Some(Kind::Ack6),
+            5 => Some(Kind::Time),
             _ => None,
         }
     }
