@@ -6,6 +6,10 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebpf_object_missing)");
     println!("cargo::rerun-if-env-changed=FOOTUNNEL_EBPF_OBJECT");
+    // The client alone (no `broker` feature) embeds no object.
+    if std::env::var_os("CARGO_FEATURE_BROKER").is_none() {
+        return;
+    }
     let object = std::env::var_os("FOOTUNNEL_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/bpfel-unknown-none/release/footunnel")
     });

@@ -97,13 +97,14 @@ pub fn forget_cached(ebpf: &mut Ebpf, endpoint: &Endpoint, allowed: &[(u32, u32)
 /// another layout the program would read garbage or lose counters, quietly.
 /// Refuses them, naming the fix, before anything is changed.
 pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
-    let expected: [(&str, usize, Option<usize>); 9] = [
+    let expected: [(&str, usize, Option<usize>); 10] = [
         (maps::LOCAL_ADDRS, size_of::<u32>(), Some(maps::MAX_LOCAL_ADDRS)),
         (maps::TUNNELS, size_of::<TunnelConfig>(), Some(maps::MAX_KEYS)),
         (maps::ENDPOINTS, size_of::<Endpoint>(), Some(maps::MAX_TUNNELS)),
         (maps::PREFIXES_V4, size_of::<PrefixOwner>(), None),
         (maps::PREFIXES_V6, size_of::<PrefixOwner>(), None),
         (maps::OBSERVED, size_of::<Observed>(), None),
+        (maps::CLOCK_NOTICES, size_of::<u64>(), None),
         (maps::SETTINGS, size_of::<Settings>(), None),
         (maps::FOU_PORTS, size_of::<PortConfig>(), None),
         (maps::COUNTERS, size_of::<u64>(), Some(Counter::COUNT)),

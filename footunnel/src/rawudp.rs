@@ -19,6 +19,10 @@ pub struct RawUdp {
     header_included: bool,
     /// Type of service (IPv4) or traffic class (IPv6) of what this sends.
     tos: std::cell::Cell<u8>,
+    /// The firewall mark and underlay device last set ([`RawUdp::set_path`]):
+    /// a new socket has neither, so nothing is set until one is wanted
+    /// (qemu-user, where the router client is tested, passes neither option).
+    path: std::cell::Cell<(u32, Option<u32>)>,
     /// Routes each packet by its source address (IP_PKTINFO/IPV6_PKTINFO),
     /// which must then be one of this host's.
     by_source: bool,
@@ -52,7 +56,14 @@ impl RawUdp {
     /// datagram (filter it: [`RawUdp::only_control_messages`]).
     pub fn open6() -> Result<Self> {
         let fd = socket(libc::AF_INET6, libc::IPPROTO_UDP)?;
-        let raw = RawUdp { fd, ipv6: true, header_included: false, tos: std::cell::Cell::new(0), by_source: false };
+        let raw = RawUdp {
+            fd,
+            ipv6: true,
+            header_included: false,
+            tos: Default::default(),
+            path: Default::default(),
+            by_source: false,
+        };
         // The kernel computes the UDP checksum (mandatory over IPv6) at offset 6.
         raw.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32.to_ne_bytes(), "IPV6_CHECKSUM")?;
         Ok(raw)
@@ -69,7 +80,14 @@ impl RawUdp {
     /// data among them), and the IPv6 header is built here.
     pub fn send_only6() -> Result<Self> {
         let fd = socket(libc::AF_INET6, libc::IPPROTO_RAW)?;
-        Ok(RawUdp { fd, ipv6: true, header_included: true, tos: std::cell::Cell::new(0), by_source: false })
+        Ok(RawUdp {
+            fd,
+            ipv6: true,
+            header_included: true,
+            tos: Default::default(),
+            path: Default::default(),
+            by_source: false,
+        })
     }
 
     fn v4(protocol: libc::c_int) -> Result<Self> {
@@ -77,7 +95,8 @@ impl RawUdp {
             fd: socket(libc::AF_INET, protocol)?,
             ipv6: false,
             header_included: true,
-            tos: std::cell::Cell::new(0),
+            tos: Default::default(),
+            path: Default::default(),
             by_source: false,
         };
         raw.setsockopt(libc::IPPROTO_IP, libc::IP_HDRINCL, &1i32.to_ne_bytes(), "IP_HDRINCL")?;
@@ -105,9 +124,15 @@ impl RawUdp {
     /// Sends with these tunnel parameters, as the tunnel's own packets leave:
     /// the firewall mark (policy routing), the underlay device, the TOS.
     pub fn set_path(&self, mark: u32, device: Option<u32>, tos: u8) -> Result<()> {
-        self.setsockopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes(), "SO_MARK")?;
-        let ifindex = device.unwrap_or(0) as libc::c_int;
-        self.setsockopt(libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, &ifindex.to_ne_bytes(), "SO_BINDTOIFINDEX")?;
+        let (old_mark, old_device) = self.path.get();
+        if mark != old_mark {
+            self.setsockopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes(), "SO_MARK")?;
+        }
+        if device != old_device {
+            let ifindex = device.unwrap_or(0) as libc::c_int;
+            self.setsockopt(libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, &ifindex.to_ne_bytes(), "SO_BINDTOIFINDEX")?;
+        }
+        self.path.set((mark, device));
         if self.ipv6 {
             self.setsockopt(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &i32::from(tos).to_ne_bytes(), "IPV6_TCLASS")?;
         }

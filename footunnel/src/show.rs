@@ -9,6 +9,7 @@ use footunnel_ebpf::maps::{self, Counter, Endpoint, Observed};
 use serde::Serialize;
 
 use crate::{
+    ago,
     broker::{StateFile, read_state},
     config::KeyRole,
     decide::known_endpoint,
@@ -222,23 +223,6 @@ pub fn problems(report: &Report) -> Vec<String> {
     out
 }
 
-/// "3 seconds ago", "2 minutes, 5 seconds ago", as `wg show` says it.
-pub fn ago(then_ns: u64, now_ns: u64) -> String {
-    let mut secs = now_ns.saturating_sub(then_ns) / 1_000_000_000;
-    if secs == 0 {
-        return "just now".into();
-    }
-    let mut parts = Vec::new();
-    for (unit, len) in [("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)] {
-        if secs >= len {
-            let n = secs / len;
-            secs %= len;
-            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
-        }
-    }
-    format!("{} ago", parts.join(", "))
-}
-
 pub fn render(report: &Report, now_ns: u64) -> String {
     let mut out = String::new();
     let mut line = |s: String| {
@@ -329,34 +313,9 @@ pub fn render(report: &Report, now_ns: u64) -> String {
     out
 }
 
-pub fn render_client(state: &crate::client::ClientState, now_ns: u64) -> String {
-    let mut out = format!("client: broker {} over {}\n", state.broker, state.link);
-    out += &format!(
-        "  public endpoint (as the broker sees it): {}\n",
-        state.public_endpoint.as_deref().unwrap_or("(no ACK yet)")
-    );
-    if let Some(ts) = state.last_ack_ns {
-        out += &format!("  latest ACK: {}\n", ago(ts, now_ns));
-    }
-    if let Some(rtt) = state.rtt_us {
-        out += &format!("  round trip: {:.1} ms\n", rtt as f64 / 1000.0);
-    }
-    out += &format!("  heartbeats: {}, ACKs: {}, challenges: {}\n", state.heartbeats, state.acks, state.challenges);
-    out
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    #[test]
-    fn ages_read_like_wg_show() {
-        let s = 1_000_000_000;
-        assert_eq!(ago(10 * s, 10 * s), "just now");
-        assert_eq!(ago(0, s), "1 second ago");
-        assert_eq!(ago(0, 125 * s), "2 minutes, 5 seconds ago");
-        assert_eq!(ago(0, 90_000 * s), "1 day, 1 hour ago");
-    }
 
     /// One tunnel with everything set, for the renderers' tests.
     pub(crate) fn sample_report() -> Report {

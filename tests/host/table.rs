@@ -2,7 +2,7 @@
 //! counters, events.
 
 use footunnel_ebpf::{
-    maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED},
+    maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_STALE},
     packet::mapped,
     wire::ControlMessage,
 };
@@ -94,7 +94,12 @@ fn control_messages_are_verified_by_every_rule() {
         expect(&broker, what, frame, *verdict, Some(*counter));
         assert_eq!(broker.endpoint(), Some(ep), "{what}: endpoint unchanged");
     }
-    assert!(broker.events().is_empty(), "rejected messages emit no event");
+    // The correctly tagged refusals (replayed, older, stale, from the
+    // future) draw one clock notice within the second, for TIME; the rest none.
+    let events = broker.events();
+    let kinds: Vec<u8> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EVENT_STALE], "one clock notice, no other event");
+    assert_eq!((events[0].timestamp_ns, events[0].stale_key_id()), (t0, broker.tunnel.id), "it echoes the replay");
 
     // Truncated at every length: never accepted, never panics the verifier's trust.
     let full = to_fou(CLIENT, 40002, &broker.heartbeat(t0 + 1)).build();
@@ -378,7 +383,9 @@ fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
         Some(Counter::Replay),
     );
     let events = broker.events();
-    assert_eq!(events.iter().map(|e| e.tunnel_id).collect::<Vec<_>>(), [record, record], "events carry the record");
+    assert_eq!(events.iter().map(|e| e.tunnel_id).collect::<Vec<_>>(), [record; 3], "events carry the record");
+    // The refused one's notice names the secret it used, for TIME's key.
+    assert_eq!((events[2].kind, events[2].stale_key_id()), (EVENT_STALE, current.id));
 }
 
 const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];

@@ -428,6 +428,33 @@ pub fn footunnel_bin() -> std::path::PathBuf {
     bin
 }
 
+/// The binary that runs `footunnel client` in the tests: the router build
+/// (static musl, client only) that `cargo xtask test` names in
+/// FOOTUNNEL_CLIENT, else the one beside this test ([`footunnel_bin`]).
+pub fn client_bin() -> std::path::PathBuf {
+    match std::env::var_os("FOOTUNNEL_CLIENT") {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            assert!(path.is_file(), "FOOTUNNEL_CLIENT={} is missing: `cargo xtask dist` builds it", path.display());
+            path
+        }
+        None => footunnel_bin(),
+    }
+}
+
+/// The binary for `footunnel ARGS…`: [`client_bin`] for the client.
+fn bin_for(args: &[&str]) -> std::path::PathBuf {
+    if args.first() == Some(&"client") { client_bin() } else { footunnel_bin() }
+}
+
+/// target/dist/footunnel-TRIPLE, as `cargo xtask dist` builds it.
+pub fn dist_bin(triple: &str) -> std::path::PathBuf {
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dist").join(format!("footunnel-{triple}"));
+    assert!(bin.is_file(), "{} is missing: run `cargo xtask dist` (cargo xtask test does)", bin.display());
+    bin
+}
+
 /// A process started inside a network namespace, killed (SIGKILL) on drop.
 pub struct NsProcess {
     pub child: std::process::Child,
@@ -438,7 +465,7 @@ impl NsProcess {
     /// Runs `footunnel ARGS…` in `ns` (network namespace only, so /sys/fs/bpf
     /// stays the one the test sees), logging to a file.
     pub fn footunnel(ns: &Netns, args: &[&str]) -> Self {
-        let bin = footunnel_bin();
+        let bin = bin_for(args);
         let netns = format!("--net=/run/netns/{}", ns.name);
         let mut wrapped: Vec<&str> = vec![&netns, bin.to_str().unwrap()];
         wrapped.extend_from_slice(args);
@@ -449,7 +476,7 @@ impl NsProcess {
     /// `hosts` is bind-mounted over /etc/hosts: a name resolution the test
     /// controls (rewrite the file in place, keeping its inode).
     pub fn footunnel_with_hosts(ns: &Netns, hosts: &std::path::Path, args: &[&str]) -> Self {
-        let bin = footunnel_bin();
+        let bin = bin_for(args);
         let netns = format!("--net=/run/netns/{}", ns.name);
         let mut wrapped: Vec<&str> = vec![
             "--mount",

@@ -4,6 +4,7 @@
 mod broker;
 mod broker_config;
 mod client;
+mod clock;
 mod e2e;
 mod ipv6;
 mod manage;
@@ -12,6 +13,7 @@ mod package;
 mod reload;
 mod robust;
 mod rotation;
+mod router;
 mod shared;
 mod silence;
 mod sit;

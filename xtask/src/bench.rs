@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{build_ebpf, cmd, setup, test, vm};
+use crate::{build_ebpf, cmd, router_bench, setup, test, vm};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -14,6 +14,10 @@ pub struct Options {
     /// (after a change to how the results are presented).
     #[arg(long)]
     render: bool,
+    /// Measure only the router client (section 6) and merge it into
+    /// bench/results.json, the other sections as they were measured.
+    #[arg(long)]
+    router_only: bool,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -27,6 +31,9 @@ pub fn run(opts: &Options) -> Result<()> {
     test::require_root("bench")?;
     setup::run()?;
     build_ebpf::run()?;
+    if opts.router_only {
+        return router_only();
+    }
     cmd::run(test::cargo().args(["build", "--release", "--package", "footunnel"]))?;
     let root = cmd::workspace_root();
     let raw = root.join("target/bench");
@@ -72,6 +79,9 @@ pub fn run(opts: &Options) -> Result<()> {
         "seven_scenarios".into(),
     ])?;
 
+    println!("\n===== bench: the router client (sizes; memory in the VM) =====");
+    let (router_size, router_memory) = router(&raw, &in_vm)?;
+
     let read = |name: &str| -> Result<Value> { read_json(&raw.join(format!("{name}.json"))) };
     let results = json!({
         "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
@@ -84,6 +94,8 @@ pub fn run(opts: &Options) -> Result<()> {
         "scale": read("scale")?,
         "shared": read("shared")?,
         "failover": read("failover")?,
+        "router_size": router_size,
+        "router_memory": router_memory,
     });
     let out = root.join("bench");
     std::fs::create_dir_all(&out)?;
@@ -92,6 +104,55 @@ pub fn run(opts: &Options) -> Result<()> {
     std::fs::write(out.join("results.md"), &markdown)?;
     println!("\n{markdown}");
     println!("written to {} and {}", out.join("results.md").display(), out.join("results.json").display());
+    Ok(())
+}
+
+/// Section 6: sizes on the host, the client's memory in the VM.
+fn router(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<(Value, Value)> {
+    let size = router_bench::measure(raw)?;
+    cmd::run(test::cargo().args(["build", "--package", "footunnel"]))?;
+    in_vm(vec![
+        "env".into(),
+        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
+        test::test_executable("vm")?,
+        "--test-threads=1".into(),
+        "--nocapture".into(),
+        "router::the_x86_64_router_client_follows_its_nat".into(),
+    ])?;
+    let mut memory = read_json(&raw.join("router_client.json"))?;
+    memory["date"] = cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim().into();
+    Ok((size, memory))
+}
+
+/// `--router-only`: section 6 measured now, merged into the last full run.
+fn router_only() -> Result<()> {
+    let root = cmd::workspace_root();
+    let raw = root.join("target/bench");
+    std::fs::create_dir_all(&raw)?;
+    let in_vm = |command: Vec<String>| -> Result<()> {
+        let opts = vm::Options {
+            systemd: false,
+            kernel: Some("6.1".into()),
+            memory: "2G".into(),
+            cpus: 2,
+            timeout: 600,
+            rwdirs: vec![raw.clone()],
+            command,
+        };
+        match vm::run(&opts)? {
+            0 => Ok(()),
+            code => bail!("{} failed in the VM (exit status {code})", opts.command.join(" ")),
+        }
+    };
+    let (size, memory) = router(&raw, &in_vm)?;
+    let json = root.join("bench/results.json");
+    let mut results = read_json(&json)?;
+    results["router_size"] = size;
+    results["router_memory"] = memory;
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
+    let markdown = render(&results);
+    std::fs::write(root.join("bench/results.md"), &markdown)?;
+    println!("{}", router_bench::render(&results["router_size"], &results["router_memory"]));
     Ok(())
 }
 
@@ -273,6 +334,9 @@ pub fn render(r: &Value) -> String {
         );
     }
     md += &shared_mode(&r["scale"], &r["shared"]);
+    if !r["router_size"].is_null() {
+        md += &router_bench::render(&r["router_size"], &r["router_memory"]);
+    }
     md += "\nThe VM runs under software emulation (QEMU TCG, no KVM on these machines): its absolute times are slow; compare within a table.\n";
     md
 }

@@ -5,6 +5,8 @@ mod build_ebpf;
 mod cmd;
 mod deb;
 mod demo;
+mod dist;
+mod router_bench;
 mod setup;
 mod systemd_vm;
 mod test;
@@ -32,6 +34,8 @@ enum Task {
     Vm(vm::Options),
     /// Measure the claims (per-packet cost, flood, failover, scale); write bench/results.{md,json}.
     Bench(bench::Options),
+    /// Build the client alone as static musl binaries for routers (five targets), in target/dist/.
+    Dist(dist::Options),
     /// Build the Debian package: binary, systemd units, example configuration, manual pages (target/debian/).
     Deb,
     /// Show a tunnel following its client through an address change and a NAT port change.
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
         Task::Test(opts) => test::run(opts),
         Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
         Task::Deb => deb::run(),
+        Task::Dist(opts) => dist::run(&opts),
         Task::Demo => demo::run(),
         Task::Bench(opts) => bench::run(&opts),
         Task::DemoInside => demo::inside(),

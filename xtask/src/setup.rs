@@ -26,6 +26,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("e2fsprogs", "mkfs.ext4 -d: that root filesystem as an image, without mounting it"),
     ("qemu-utils", "qemu-img: a copy-on-write overlay of the image for each boot"),
     ("lintian", "Debian's package checker, run on footunnel's .deb"),
+    ("llvm", "llvm-objcopy: the router binaries lose sections they never read (cargo xtask dist)"),
+    ("qemu-user-static", "running the aarch64 and mipsel router clients in VM tests"),
 ];
 
 pub fn run() -> Result<()> {
@@ -34,6 +36,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     virtme_ng()?;
+    zig()?;
     vm_boots()?;
     crate::systemd_vm::ensure_image()?;
     println!("setup: everything footunnel needs is installed");
@@ -164,6 +167,34 @@ fn virtme_ng() -> Result<()> {
     }
     if !succeeds(Command::new("vng").arg("--version")) {
         bail!("virtme-ng installed but `vng` is not on PATH: add pip's script directory (often ~/.local/bin) to PATH");
+    }
+    Ok(())
+}
+
+/// zig (its musl and linker for every router target) and cargo-zigbuild,
+/// which drives it, both from PyPI at the versions `cargo xtask dist` was
+/// measured with.
+const ZIG: &[(&str, &str)] = &[("ziglang", "0.17.1"), ("cargo-zigbuild", "0.24.1")];
+
+fn zig() -> Result<()> {
+    let have = |name: &str, version: &str| {
+        cmd::output(Command::new("python3").args(["-m", "pip", "show", name]).stderr(std::process::Stdio::null()))
+            .is_ok_and(|out| out.lines().any(|l| l == format!("Version: {version}")))
+    };
+    let missing: Vec<String> = ZIG.iter().filter(|(n, v)| !have(n, v)).map(|(n, v)| format!("{n}=={v}")).collect();
+    if missing.is_empty() {
+        step("zig and cargo-zigbuild: present");
+    } else {
+        step(&format!("installing {} from PyPI (cross-linking the router client)", missing.join(" ")));
+        let pip = |extra: &[&str]| {
+            Command::new("python3").args(["-m", "pip", "install", "--quiet"]).args(extra).args(&missing).status()
+        };
+        if !pip(&[]).is_ok_and(|s| s.success()) && !pip(&["--break-system-packages"]).is_ok_and(|s| s.success()) {
+            bail!("could not install {}: run `python3 -m pip install {}`", missing.join(" "), missing.join(" "));
+        }
+    }
+    if !succeeds(Command::new("cargo-zigbuild").arg("--version")) {
+        bail!("cargo-zigbuild installed but not on PATH: add pip's script directory (often ~/.local/bin) to PATH");
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_ebpf, cmd, deb, setup, vm};
+use crate::{build_ebpf, cmd, deb, dist, setup, vm};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -16,7 +16,7 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Only the stages whose names start with this (repeatable): `lint`, `unit`,
-    /// `host`, `vm 6.1`, `vm 6.12`, `booted` (build-ebpf always runs).
+    /// `dist`, `host`, `vm 6.1`, `vm 6.12`, `booted` (build-ebpf always runs).
     #[arg(long = "stage", value_name = "NAME")]
     stages: Vec<String>,
 }
@@ -36,6 +36,7 @@ pub fn run(opts: Options) -> Result<()> {
     stages.push(stage("lint", lint));
     stages.push(stage("unit", unit));
     if !opts.quick {
+        stages.push(stage("dist (router client)", router_client));
         stages.push(stage("host (root)", host));
         // Behaviour differs between Debian's kernels (TCX, kfuncs, fou6): the
         // VM stage runs on each of them (resolved when it runs, after setup
@@ -86,11 +87,19 @@ pub fn cargo() -> Command {
 }
 
 /// The code as the project writes it: rustfmt's layout, and no clippy
-/// warning in any crate or target (warnings are errors here).
+/// warning in any crate or target, nor in the client-only build (warnings
+/// are errors here).
 fn lint() -> Result<()> {
     cmd::run(cargo().args(["fmt", "--all", "--check"])).context("`cargo fmt --all` would change files: run it")?;
     cmd::run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
-        .context("clippy found warnings (listed above)")
+        .context("clippy found warnings (listed above)")?;
+    // The client alone, as `cargo xtask dist` builds it for routers.
+    cmd::run(
+        cargo()
+            .args(["clippy", "--package", "footunnel", "--no-default-features", "--all-targets", "--"])
+            .args(["-D", "warnings"]),
+    )
+    .context("clippy found warnings in the client-only build (listed above)")
 }
 
 /// Tests that need no privileges: the libraries (the eBPF crate's included,
@@ -134,6 +143,10 @@ fn vm_tests(series: &str) -> Result<()> {
     cmd::run(cargo().args(["build", "--package", "footunnel"]))?;
     // The package tests install it (target/debian/, beside target/debug/).
     deb::build()?;
+    // The client runs as routers run it (tests/vm/router.rs: aarch64 and
+    // mipsel under qemu-user; every other client test: the x86_64 build).
+    router_client()?;
+    let client = dist::binary("x86_64-unknown-linux-musl").display().to_string();
     let exe = test_executable("vm")?;
     let opts = vm::Options {
         systemd: false,
@@ -143,12 +156,24 @@ fn vm_tests(series: &str) -> Result<()> {
         timeout: 1800,
         rwdirs: Vec::new(),
         // --nocapture: the end-to-end suite prints its failover times.
-        command: vec![exe, "--test-threads=1".into(), "--nocapture".into()],
+        command: vec![
+            "env".into(),
+            format!("FOOTUNNEL_CLIENT={client}"),
+            exe,
+            "--test-threads=1".into(),
+            "--nocapture".into(),
+        ],
     };
     match vm::run(&opts)? {
         0 => Ok(()),
         code => bail!("the VM tests failed (exit status {code})"),
     }
+}
+
+/// The client for routers, for all five targets (seconds when nothing
+/// changed; the VM stages use three of them).
+fn router_client() -> Result<()> {
+    dist::run(&dist::Options::default())
 }
 
 /// What a user does with the package, on a booted Debian 12 with systemd as

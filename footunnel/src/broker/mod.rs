@@ -2,6 +2,7 @@
 //! then turns what it records into link configuration, ACKs and CHALLENGEs.
 //! Decisions come from `decide`; this module applies them.
 
+pub mod metrics;
 mod plan;
 mod program;
 mod reload;
@@ -25,7 +26,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
 };
 use footunnel_ebpf::{
-    maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, Endpoint, Event, Settings},
+    maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_STALE, Endpoint, Event, Settings},
     wire::{Ack6, ControlMessage, Kind},
 };
 use futures::StreamExt;
@@ -55,6 +56,8 @@ enum Answer {
     Ack,
     /// CHALLENGE with this nonce.
     Challenge([u8; 8]),
+    /// TIME, echoing a refused heartbeat's timestamp.
+    Time(u64),
 }
 
 pub struct Broker {
@@ -484,6 +487,7 @@ impl Broker {
                 }
             }
             EVENT_OBSERVED => self.challenge(i, event.dst_addr.ip(), source, event.observed_payload_len()),
+            EVENT_STALE => self.tell_time(i, &event, source),
             other => debug!("unknown event kind {other}"),
         }
     }
@@ -518,6 +522,36 @@ impl Broker {
         self.send(i, Answer::Challenge(nonce), key_id, to_local, source);
     }
 
+    /// A correctly tagged heartbeat refused as stale or replayed (the data
+    /// plane announces at most one a second per tunnel): TIME tells its
+    /// sender the broker's clock, under the heartbeat's own key.
+    fn tell_time(&mut self, i: usize, event: &Event, source: (IpAddr, u16)) {
+        let t = &self.table.tunnels[i];
+        let (key_id, echo) = (event.stale_key_id(), event.timestamp_ns);
+        if t.config.identity_for(key_id).is_none() || !self.challenges.allow(now_ns()) {
+            debug!(
+                "tunnel {}: no TIME to {} (rate-limited or an old key)",
+                t.config.name,
+                endpoint(source.0, source.1)
+            );
+            return;
+        }
+        let off = echo as i128 - now_ns() as i128;
+        info!(
+            "tunnel {}: heartbeat from {} refused, its clock {} ours: answering with TIME",
+            t.config.name,
+            endpoint(source.0, source.1),
+            crate::describe_offset(off)
+        );
+        // Stamped after the tunnel's last accepted heartbeat: a client whose
+        // clock is only a little behind its own earlier heartbeats (a reboot)
+        // moves past them by this TIME.
+        let last_accepted = self.endpoint(event.tunnel_id).map_or(0, |e| e.last_timestamp_ns);
+        let t = &mut self.table.tunnels[i];
+        t.last_sent_ns = t.last_sent_ns.max(last_accepted);
+        self.send(i, Answer::Time(echo), key_id, event.dst_addr.ip(), source);
+    }
+
     /// Sends a control message from the tunnel's FoU port and `from`: the
     /// address the packet it answers was sent to, so an endpoint-dependent
     /// NAT lets it through (the link's local address if that is unknown).
@@ -537,6 +571,9 @@ impl Broker {
             }
             (Answer::Challenge(nonce), _) => {
                 ControlMessage::new(Kind::Challenge, identity.id, ts, nonce).sign(key).to_bytes().to_vec()
+            }
+            (Answer::Time(echo), _) => {
+                ControlMessage::new(Kind::Time, identity.id, ts, echo.to_be_bytes()).sign(key).to_bytes().to_vec()
             }
         };
         let from = match t.link.local_ip() {
@@ -585,7 +622,7 @@ impl Broker {
             Ok(r) => r,
             Err(e) => return format!("# footunnel cannot read its own state: {e:#}\n"),
         };
-        let extra = crate::metrics::BrokerExtra {
+        let extra = metrics::BrokerExtra {
             challenges_sent: self.table.tunnels.iter().map(|t| (t.config.name.clone(), t.challenges_sent)).collect(),
             // Per-link mode: where each link points as the controller last read it.
             links: match self.shared {
@@ -599,7 +636,7 @@ impl Broker {
             },
             programs: self.program_stats(),
         };
-        crate::metrics::broker_text(&report, &extra, now_ns())
+        metrics::text(&report, &extra, now_ns())
     }
 
     /// (program, runs, seconds) of the attached program while the kernel

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use super::{Plan, STATE_FILE, read_state, settings};
 
 /// Every map, pinned by name under the pin directory.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     maps::LOCAL_ADDRS,
     maps::FOU_PORTS,
     maps::TUNNELS,
@@ -38,6 +38,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     maps::PREFIXES_V6,
     maps::LEGACY_SECRETS,
     maps::OBSERVED,
+    maps::CLOCK_NOTICES,
     maps::SETTINGS,
     maps::EVENTS,
     maps::COUNTERS,
@@ -107,6 +108,7 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     // Endpoints that stop being any tunnel's: their cache slots go below.
     let mut forget: Vec<Endpoint> = remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
+    remove_other_tunnels::<u64>(ebpf, maps::CLOCK_NOTICES, &ids)?;
     let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
     let mut evicted = Vec::new();
     let mut keep_cached = Vec::new();

@@ -2,6 +2,8 @@
 //! Heartbeats leave from the tunnel's own UDP port through a raw socket, so
 //! the NAT maps them exactly like the tunnel's data: no SNAT rule.
 
+pub mod clock;
+pub mod metrics;
 pub mod path;
 pub mod resolve;
 pub mod schedule;
@@ -78,6 +80,10 @@ pub struct ClientState {
     pub heartbeats: u64,
     pub acks: u64,
     pub challenges: u64,
+    /// The broker's clock − this host's, while heartbeats use the broker's
+    /// time (its TIME said this host's clock is wrong).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ns: Option<i64>,
 }
 
 pub const STATE_FILE: &str = "client.json";
@@ -97,19 +103,27 @@ pub enum FromBroker {
         timestamp_ns: u64,
         nonce: [u8; 8],
     },
+    /// TIME: the broker's clock, answering the heartbeat stamped `echo_ns`.
+    Time {
+        timestamp_ns: u64,
+        echo_ns: u64,
+    },
 }
 
 impl FromBroker {
     pub fn timestamp_ns(&self) -> u64 {
         match self {
-            FromBroker::Ack { timestamp_ns, .. } | FromBroker::Challenge { timestamp_ns, .. } => *timestamp_ns,
+            FromBroker::Ack { timestamp_ns, .. }
+            | FromBroker::Challenge { timestamp_ns, .. }
+            | FromBroker::Time { timestamp_ns, .. } => *timestamp_ns,
         }
     }
 }
 
-/// Checks a message from the broker: an ACK (40 bytes), ACK6 (56) or
-/// CHALLENGE (40) for our tunnel, correctly tagged, newer than the last one
-/// accepted, fresh.
+/// Checks a message from the broker: an ACK (40 bytes), ACK6 (56),
+/// CHALLENGE (40) or TIME (40) for our tunnel, correctly tagged, newer than
+/// the last one accepted, fresh (TIME excepted: it comes because our clock
+/// may be wrong, and [`clock::Clock::correct`] checks its echo instead).
 pub fn verify_from_broker(
     payload: &[u8],
     identity: &TunnelIdentity,
@@ -130,17 +144,19 @@ pub fn verify_from_broker(
     let bytes: &[u8; MESSAGE_LEN] = payload.try_into().map_err(|_| Reject::Malformed)?;
     let msg = ControlMessage::from_bytes(bytes);
     let kind = match Kind::from_u8(msg.kind) {
-        Some(k @ (Kind::Ack | Kind::Challenge)) => k,
+        Some(k @ (Kind::Ack | Kind::Challenge | Kind::Time)) => k,
         _ => Kind::Ack,
     };
     check_header(&msg, kind)?;
     if msg.tunnel_id() != identity.id {
         return Err(Reject::UnknownTunnel);
     }
+    let window_ns = if kind == Kind::Time { 0 } else { window_ns };
     check_tunnel(&msg, &identity.sip_key(), last_timestamp_ns, &Acceptance { expected: kind, now_ns, window_ns })?;
     let d = msg.detail;
     Ok(match kind {
         Kind::Challenge => FromBroker::Challenge { timestamp_ns: msg.timestamp_ns(), nonce: d },
+        Kind::Time => FromBroker::Time { timestamp_ns: msg.timestamp_ns(), echo_ns: u64::from_be_bytes(d) },
         _ => FromBroker::Ack {
             timestamp_ns: msg.timestamp_ns(),
             seen: std::net::SocketAddr::new(
@@ -334,6 +350,7 @@ async fn serve(
     let mut schedule = Schedule::new(config.interval, mono_ns());
     let mut last_sent_ts = 0u64;
     let mut last_broker_ts = 0u64;
+    let mut clock = clock::Clock::default();
     info!(
         "client for broker {} on link {}, heartbeats from port {sport} every {:?}",
         endpoint(broker, dport),
@@ -347,7 +364,7 @@ async fn serve(
             _ = &mut shutdown => break,
             work = crate::metrics::next(metrics.as_mut()) => {
                 if let Some(server) = metrics.as_mut() {
-                    server.handle(work, || crate::metrics::client_text(&state, now_ns()));
+                    server.handle(work, || metrics::text(&state, now_ns()));
                 }
             }
             _ = tokio::time::sleep(wait) => {
@@ -355,7 +372,8 @@ async fn serve(
                 if !schedule.due(now) {
                     continue;
                 }
-                last_sent_ts = next_timestamp(now_ns(), last_sent_ts);
+                last_sent_ts = next_timestamp(clock.now(now_ns()), last_sent_ts);
+                clock.sent(last_sent_ts, now);
                 let msg = ControlMessage::new(Kind::Heartbeat, identity.id, last_sent_ts, schedule.nonce()).sign(identity.sip_key());
                 route = path::route_to(handle, broker, &tunnel_path).await.or(route);
                 let src = path::source(route.as_ref(), broker);
@@ -420,10 +438,14 @@ async fn serve(
                 while let Some(d) = guard.get_inner().recv()? {
                     if let Some(msg) = from_broker(&d, broker, sport, dport) {
                         let now = now_ns();
-                        match verify_from_broker(msg, &identity, last_broker_ts, now, config.freshness_window_ns) {
+                        match verify_from_broker(msg, &identity, last_broker_ts, clock.now(now), config.freshness_window_ns) {
                             Ok(m) => {
                                 last_broker_ts = m.timestamp_ns();
-                                handle_message(&m, now, mono_ns(), &mut schedule, &mut state);
+                                if handle_message(&m, now, mono_ns(), &mut schedule, &mut state, &mut clock) {
+                                    // Stamped on the wrong clock, the last heartbeats were refused:
+                                    // the next is stamped on the broker's, also if that is earlier.
+                                    last_sent_ts = 0;
+                                }
                                 write_state(&config.state_dir, &state);
                             }
                             Err(r) => debug!("dropped a message from the broker: {r:?}"),
@@ -491,9 +513,26 @@ fn from_broker(d: &Datagram, broker: IpAddr, sport: u16, dport: u16) -> Option<&
         .then_some(d.payload.as_slice())
 }
 
-/// `now`: wall time (for `show`); `mono`: the schedule's clock.
-fn handle_message(msg: &FromBroker, now: u64, mono: u64, schedule: &mut Schedule, state: &mut ClientState) {
+/// `now`: this host's wall time (uncorrected); `mono`: the schedule's clock.
+/// True if a TIME corrected the clock.
+fn handle_message(
+    msg: &FromBroker,
+    now: u64,
+    mono: u64,
+    schedule: &mut Schedule,
+    state: &mut ClientState,
+    clock: &mut clock::Clock,
+) -> bool {
+    if !matches!(msg, FromBroker::Time { .. }) && clock.heard(msg.timestamp_ns(), now) {
+        info!("this host's clock agrees with the broker's again: heartbeats use it");
+        state.clock_offset_ns = None;
+    }
     match *msg {
+        FromBroker::Time { timestamp_ns, echo_ns } => {
+            let corrected = time(clock.correct(timestamp_ns, echo_ns, now, mono), schedule, mono);
+            state.clock_offset_ns = clock.offset_ns();
+            return corrected;
+        }
         FromBroker::Ack { seen, .. } => {
             if schedule.unanswered() >= UNANSWERED_WARNING {
                 info!("the broker answers again (after {} unanswered heartbeats)", schedule.unanswered());
@@ -517,6 +556,52 @@ fn handle_message(msg: &FromBroker, now: u64, mono: u64, schedule: &mut Schedule
             state.challenges += 1;
         }
     }
+    false
+}
+
+/// What a verified TIME did to the clock.
+fn time(outcome: Result<i64, clock::TimeIgnored>, schedule: &mut Schedule, mono: u64) -> bool {
+    match outcome {
+        Ok(offset) => {
+            warn!(
+                "the broker refused a heartbeat as stale: this host's clock {} the broker's. Heartbeats use the \
+                 broker's time until this host's agrees (check NTP)",
+                crate::describe_offset(-i128::from(offset))
+            );
+            schedule.corrected(mono);
+            return true;
+        }
+        Err(clock::TimeIgnored::Insane(offset)) => warn!(
+            "ignored the broker's TIME: it says this host's clock {} the broker's, more than 10 years; \
+             check the broker's clock",
+            crate::describe_offset(-offset)
+        ),
+        Err(why) => debug!("ignored the broker's TIME: {why:?}"),
+    }
+    false
+}
+
+/// What `footunnel show` says of a client.
+pub fn render(state: &ClientState, now_ns: u64) -> String {
+    let mut out = format!("client: broker {} over {}\n", state.broker, state.link);
+    out += &format!(
+        "  public endpoint (as the broker sees it): {}\n",
+        state.public_endpoint.as_deref().unwrap_or("(no ACK yet)")
+    );
+    if let Some(ts) = state.last_ack_ns {
+        out += &format!("  latest ACK: {}\n", crate::ago(ts, now_ns));
+    }
+    if let Some(rtt) = state.rtt_us {
+        out += &format!("  round trip: {:.1} ms\n", rtt as f64 / 1000.0);
+    }
+    out += &format!("  heartbeats: {}, ACKs: {}, challenges: {}\n", state.heartbeats, state.acks, state.challenges);
+    if let Some(offset) = state.clock_offset_ns {
+        out += &format!(
+            "  clock: this host's {} the broker's; heartbeats use the broker's time (its TIME said so)\n",
+            crate::describe_offset(-i128::from(offset))
+        );
+    }
+    out
 }
 
 fn write_state(dir: &std::path::Path, state: &ClientState) {
@@ -548,6 +633,48 @@ mod tests {
     }
 
     #[test]
+    fn a_time_is_accepted_whatever_our_clock_says_but_never_replayed_or_forged() {
+        let id = identity();
+        let window = 120_000_000_000;
+        let two_days = 2 * 86_400_000_000_000;
+        // Our clock is two days behind the broker's: the TIME is far outside
+        // the window, and accepted all the same.
+        let time = from_broker(Kind::Time, NOW, (NOW - two_days).to_be_bytes());
+        let got = verify_from_broker(&time, &id, 0, NOW - two_days, window).unwrap();
+        assert_eq!(got, FromBroker::Time { timestamp_ns: NOW, echo_ns: NOW - two_days });
+        // An ACK that old is not.
+        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
+        assert_eq!(verify_from_broker(&ack, &id, 0, NOW - two_days, window), Err(Reject::Stale));
+        // The same TIME again, or an older one: the increasing rule holds.
+        assert_eq!(verify_from_broker(&time, &id, NOW, NOW - two_days, window), Err(Reject::Replay));
+        let mut forged = time.clone();
+        forged[20] ^= 1;
+        assert_eq!(verify_from_broker(&forged, &id, 0, NOW - two_days, window), Err(Reject::BadTag));
+        let other = TunnelIdentity::derive("another tunnel's secret, long enough");
+        let theirs = ControlMessage::new(Kind::Time, other.id, NOW, [0; 8]).sign(other.sip_key()).to_bytes();
+        assert_eq!(verify_from_broker(&theirs, &id, 0, NOW, window), Err(Reject::UnknownTunnel));
+    }
+
+    #[test]
+    fn a_verified_time_corrects_the_clock_and_heartbeats_at_once() {
+        let (mut state, mut clock) = (ClientState::default(), clock::Clock::default());
+        let mut schedule = Schedule::new(Duration::from_secs(10), 0);
+        let two_days = 2 * 86_400_000_000_000;
+        clock.sent(NOW - two_days, 1_000);
+        schedule.sent(1_000);
+        let time = FromBroker::Time { timestamp_ns: NOW, echo_ns: NOW - two_days };
+        handle_message(&time, NOW - two_days, 2_000, &mut schedule, &mut state, &mut clock);
+        assert!(schedule.due(2_000), "the corrected heartbeat goes at once");
+        let offset = state.clock_offset_ns.expect("an offset in use");
+        assert!(offset.abs_diff(two_days as i64) < 1_000_000, "{offset}");
+        assert!(render(&state, NOW).contains("clock: this host's is 2 days behind the broker's"));
+        // NTP answered: the broker's next ACK agrees with our own clock.
+        let ack = FromBroker::Ack { timestamp_ns: NOW + 5, seen: "203.0.113.5:40001".parse().unwrap() };
+        handle_message(&ack, NOW, 3_000, &mut schedule, &mut state, &mut clock);
+        assert_eq!((state.clock_offset_ns, clock.offset_ns()), (None, None));
+    }
+
+    #[test]
     fn acks_and_challenges_are_verified() {
         let id = identity();
         let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
@@ -573,7 +700,14 @@ mod tests {
         let msg = verify_from_broker(&ack6, &id, 0, NOW, 120_000_000_000).unwrap();
         assert_eq!(msg, FromBroker::Ack { timestamp_ns: NOW, seen: "[2001:db8:10::5]:40001".parse().unwrap() });
         let mut state = ClientState::default();
-        handle_message(&msg, NOW, 1, &mut Schedule::new(Duration::from_secs(10), 0), &mut state);
+        handle_message(
+            &msg,
+            NOW,
+            1,
+            &mut Schedule::new(Duration::from_secs(10), 0),
+            &mut state,
+            &mut Default::default(),
+        );
         assert_eq!(state.public_endpoint.as_deref(), Some("[2001:db8:10::5]:40001"));
         assert_eq!(verify_from_broker(&ack6, &id, NOW, NOW, 120_000_000_000).unwrap_err(), Reject::Replay);
         let mut forged = ack6;
@@ -595,12 +729,12 @@ mod tests {
         let mut state = ClientState::default();
         let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
         let ack = verify_from_broker(&ack, &id, 0, NOW, 0).unwrap();
-        handle_message(&ack, NOW, MONO, &mut schedule, &mut state);
+        handle_message(&ack, NOW, MONO, &mut schedule, &mut state, &mut Default::default());
         assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
         assert_eq!(state.rtt_us, Some(5_000));
         let ch = from_broker(Kind::Challenge, NOW + 1, [7; 8]);
         let ch = verify_from_broker(&ch, &id, NOW, NOW, 0).unwrap();
-        handle_message(&ch, NOW + 1, MONO + 1, &mut schedule, &mut state);
+        handle_message(&ch, NOW + 1, MONO + 1, &mut schedule, &mut state, &mut Default::default());
         assert_eq!((schedule.nonce(), schedule.due(MONO + 1), state.challenges), ([7; 8], true, 1));
         assert_eq!(state.last_ack_ns, Some(NOW), "show reports wall time");
     }

@@ -90,6 +90,12 @@ impl Schedule {
         self.next_ns = now_ns;
     }
 
+    /// A verified TIME corrected this host's clock: heartbeat again at once,
+    /// on the broker's time (the broker sends at most one TIME a second).
+    pub fn corrected(&mut self, now_ns: u64) {
+        self.next_ns = now_ns;
+    }
+
     /// Addresses, routes or links changed here: send soon.
     pub fn network_changed(&mut self, now_ns: u64) {
         self.awaiting_ack = false;
