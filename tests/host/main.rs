@@ -5,6 +5,7 @@
 mod bpftool;
 mod concurrency;
 mod fuzz;
+mod openwrt;
 mod pins;
 mod rawsocket;
 mod table;

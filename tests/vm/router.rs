@@ -135,3 +135,13 @@ fn the_mipsel_client_under_qemu_user_follows_its_nat() {
 fn the_x86_64_router_client_follows_its_nat() {
     the_router_client_follows_its_nat("x86_64-unknown-linux-musl", None, EM_X86_64);
 }
+
+#[test]
+fn the_router_build_is_the_client_alone() {
+    let bin = dist_bin("x86_64-unknown-linux-musl");
+    let out = std::process::Command::new(&bin).args(["broker", "--help"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("unrecognized subcommand 'broker'"), "{stderr}");
+    let bytes = std::fs::read(&bin).unwrap();
+    assert!(!bytes.windows(13).any(|w| w == b"footunnel_xdp"), "the eBPF object is embedded in {}", bin.display());
+}

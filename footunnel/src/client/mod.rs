@@ -3,16 +3,14 @@
 //! the NAT maps them exactly like the tunnel's data: no SNAT rule.
 
 pub mod clock;
+pub mod message;
 pub mod metrics;
 pub mod path;
 pub mod resolve;
 pub mod schedule;
+pub mod state;
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::addr::endpoint;
 
@@ -20,24 +18,25 @@ use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::{Handle, MulticastGroup};
-use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
-use footunnel_ebpf::wire::{
-    ACK6_LEN, Acceptance, Ack6, ControlMessage, Kind, MESSAGE_LEN, Reject, check_ack6, check_header, check_tunnel,
-};
+use footunnel_ebpf::wire::{ControlMessage, Kind};
 
 use crate::{
     decide::next_timestamp,
     link::{self, TunnelLink},
     manage::{self, Created, LinkSpec},
     mono_ns, now_ns,
-    rawudp::{Datagram, RawUdp},
+    rawudp::RawUdp,
     secret::TunnelIdentity,
 };
+use message::from_broker;
+pub use message::{FromBroker, verify_from_broker};
 use resolve::BrokerAddress;
 use schedule::Schedule;
+use state::write_state;
+pub use state::{ClientState, STATE_FILE, read_state, render};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -68,104 +67,8 @@ pub struct ManagedClient {
     pub broker_port: u16,
 }
 
-/// What `footunnel show` reports on a client.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ClientState {
-    pub broker: String,
-    pub link: String,
-    /// Where the broker saw us, from its latest ACK.
-    pub public_endpoint: Option<String>,
-    pub rtt_us: Option<u64>,
-    pub last_ack_ns: Option<u64>,
-    pub heartbeats: u64,
-    pub acks: u64,
-    pub challenges: u64,
-    /// The broker's clock − this host's, while heartbeats use the broker's
-    /// time (its TIME said this host's clock is wrong).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clock_offset_ns: Option<i64>,
-}
-
-pub const STATE_FILE: &str = "client.json";
-
 /// After this many heartbeats without an ACK the client says so.
 pub const UNANSWERED_WARNING: u32 = 4;
-
-/// A verified message from the broker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FromBroker {
-    /// ACK or ACK6: where the broker saw this end.
-    Ack {
-        timestamp_ns: u64,
-        seen: std::net::SocketAddr,
-    },
-    Challenge {
-        timestamp_ns: u64,
-        nonce: [u8; 8],
-    },
-    /// TIME: the broker's clock, answering the heartbeat stamped `echo_ns`.
-    Time {
-        timestamp_ns: u64,
-        echo_ns: u64,
-    },
-}
-
-impl FromBroker {
-    pub fn timestamp_ns(&self) -> u64 {
-        match self {
-            FromBroker::Ack { timestamp_ns, .. }
-            | FromBroker::Challenge { timestamp_ns, .. }
-            | FromBroker::Time { timestamp_ns, .. } => *timestamp_ns,
-        }
-    }
-}
-
-/// Checks a message from the broker: an ACK (40 bytes), ACK6 (56),
-/// CHALLENGE (40) or TIME (40) for our tunnel, correctly tagged, newer than
-/// the last one accepted, fresh (TIME excepted: it comes because our clock
-/// may be wrong, and [`clock::Clock::correct`] checks its echo instead).
-pub fn verify_from_broker(
-    payload: &[u8],
-    identity: &TunnelIdentity,
-    last_timestamp_ns: u64,
-    now_ns: u64,
-    window_ns: u64,
-) -> Result<FromBroker, Reject> {
-    if let Ok(bytes) = <&[u8; ACK6_LEN]>::try_from(payload) {
-        let msg = Ack6::from_bytes(bytes);
-        let rules = Acceptance { expected: Kind::Ack6, now_ns, window_ns };
-        if msg.tunnel_id() != identity.id && msg.kind == Kind::Ack6 as u8 {
-            return Err(Reject::UnknownTunnel);
-        }
-        check_ack6(&msg, identity.sip_key(), last_timestamp_ns, &rules)?;
-        let seen = std::net::SocketAddr::new(std::net::Ipv6Addr::from(msg.addr).into(), msg.port());
-        return Ok(FromBroker::Ack { timestamp_ns: msg.timestamp_ns(), seen });
-    }
-    let bytes: &[u8; MESSAGE_LEN] = payload.try_into().map_err(|_| Reject::Malformed)?;
-    let msg = ControlMessage::from_bytes(bytes);
-    let kind = match Kind::from_u8(msg.kind) {
-        Some(k @ (Kind::Ack | Kind::Challenge | Kind::Time)) => k,
-        _ => Kind::Ack,
-    };
-    check_header(&msg, kind)?;
-    if msg.tunnel_id() != identity.id {
-        return Err(Reject::UnknownTunnel);
-    }
-    let window_ns = if kind == Kind::Time { 0 } else { window_ns };
-    check_tunnel(&msg, &identity.sip_key(), last_timestamp_ns, &Acceptance { expected: kind, now_ns, window_ns })?;
-    let d = msg.detail;
-    Ok(match kind {
-        Kind::Challenge => FromBroker::Challenge { timestamp_ns: msg.timestamp_ns(), nonce: d },
-        Kind::Time => FromBroker::Time { timestamp_ns: msg.timestamp_ns(), echo_ns: u64::from_be_bytes(d) },
-        _ => FromBroker::Ack {
-            timestamp_ns: msg.timestamp_ns(),
-            seen: std::net::SocketAddr::new(
-                Ipv4Addr::new(d[0], d[1], d[2], d[3]).into(),
-                u16::from_be_bytes([d[4], d[5]]),
-            ),
-        },
-    })
-}
 
 /// The ipip/sit/ip6tnl link named `name`, or the one whose remote is `broker`.
 async fn find_link(handle: &Handle, broker: IpAddr, name: Option<&str>) -> Result<TunnelLink> {
@@ -508,11 +411,6 @@ fn describe_broker(broker: &BrokerAddress, at: IpAddr) -> String {
     if broker.is_name() { format!("{broker} ({at})") } else { at.to_string() }
 }
 
-fn from_broker(d: &Datagram, broker: IpAddr, sport: u16, dport: u16) -> Option<&[u8]> {
-    (d.src == broker && d.sport == dport && d.dport == sport && d.payload.first().is_some_and(|b| b >> 4 == 0xF))
-        .then_some(d.payload.as_slice())
-}
-
 /// `now`: this host's wall time (uncorrected); `mono`: the schedule's clock.
 /// True if a TIME corrected the clock.
 fn handle_message(
@@ -581,42 +479,6 @@ fn time(outcome: Result<i64, clock::TimeIgnored>, schedule: &mut Schedule, mono:
     false
 }
 
-/// What `footunnel show` says of a client.
-pub fn render(state: &ClientState, now_ns: u64) -> String {
-    let mut out = format!("client: broker {} over {}\n", state.broker, state.link);
-    out += &format!(
-        "  public endpoint (as the broker sees it): {}\n",
-        state.public_endpoint.as_deref().unwrap_or("(no ACK yet)")
-    );
-    if let Some(ts) = state.last_ack_ns {
-        out += &format!("  latest ACK: {}\n", crate::ago(ts, now_ns));
-    }
-    if let Some(rtt) = state.rtt_us {
-        out += &format!("  round trip: {:.1} ms\n", rtt as f64 / 1000.0);
-    }
-    out += &format!("  heartbeats: {}, ACKs: {}, challenges: {}\n", state.heartbeats, state.acks, state.challenges);
-    if let Some(offset) = state.clock_offset_ns {
-        out += &format!(
-            "  clock: this host's {} the broker's; heartbeats use the broker's time (its TIME said so)\n",
-            crate::describe_offset(-i128::from(offset))
-        );
-    }
-    out
-}
-
-fn write_state(dir: &std::path::Path, state: &ClientState) {
-    let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-    if let Err(e) = crate::files::write_atomically(&dir.join(STATE_FILE), &bytes) {
-        warn!("{e:#}");
-    }
-}
-
-pub fn read_state(dir: &std::path::Path) -> Result<ClientState> {
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read(&path).with_context(|| format!("no client state at {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,29 +492,6 @@ mod tests {
     fn from_broker(kind: Kind, ts: u64, detail: [u8; 8]) -> Vec<u8> {
         let id = identity();
         ControlMessage::new(kind, id.id, ts, detail).sign(id.sip_key()).to_bytes().to_vec()
-    }
-
-    #[test]
-    fn a_time_is_accepted_whatever_our_clock_says_but_never_replayed_or_forged() {
-        let id = identity();
-        let window = 120_000_000_000;
-        let two_days = 2 * 86_400_000_000_000;
-        // Our clock is two days behind the broker's: the TIME is far outside
-        // the window, and accepted all the same.
-        let time = from_broker(Kind::Time, NOW, (NOW - two_days).to_be_bytes());
-        let got = verify_from_broker(&time, &id, 0, NOW - two_days, window).unwrap();
-        assert_eq!(got, FromBroker::Time { timestamp_ns: NOW, echo_ns: NOW - two_days });
-        // An ACK that old is not.
-        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
-        assert_eq!(verify_from_broker(&ack, &id, 0, NOW - two_days, window), Err(Reject::Stale));
-        // The same TIME again, or an older one: the increasing rule holds.
-        assert_eq!(verify_from_broker(&time, &id, NOW, NOW - two_days, window), Err(Reject::Replay));
-        let mut forged = time.clone();
-        forged[20] ^= 1;
-        assert_eq!(verify_from_broker(&forged, &id, 0, NOW - two_days, window), Err(Reject::BadTag));
-        let other = TunnelIdentity::derive("another tunnel's secret, long enough");
-        let theirs = ControlMessage::new(Kind::Time, other.id, NOW, [0; 8]).sign(other.sip_key()).to_bytes();
-        assert_eq!(verify_from_broker(&theirs, &id, 0, NOW, window), Err(Reject::UnknownTunnel));
     }
 
     #[test]
@@ -672,50 +511,6 @@ mod tests {
         let ack = FromBroker::Ack { timestamp_ns: NOW + 5, seen: "203.0.113.5:40001".parse().unwrap() };
         handle_message(&ack, NOW, 3_000, &mut schedule, &mut state, &mut clock);
         assert_eq!((state.clock_offset_ns, clock.offset_ns()), (None, None));
-    }
-
-    #[test]
-    fn acks_and_challenges_are_verified() {
-        let id = identity();
-        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
-        assert!(verify_from_broker(&ack, &id, 0, NOW, 120_000_000_000).is_ok());
-        assert_eq!(verify_from_broker(&ack, &id, NOW, NOW, 120_000_000_000).unwrap_err(), Reject::Replay);
-        let challenge = from_broker(Kind::Challenge, NOW + 1, [7; 8]);
-        assert!(verify_from_broker(&challenge, &id, NOW, NOW, 120_000_000_000).is_ok());
-        let heartbeat = from_broker(Kind::Heartbeat, NOW + 2, [0; 8]);
-        assert_eq!(verify_from_broker(&heartbeat, &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::BadType);
-        let mut forged = from_broker(Kind::Challenge, NOW + 3, [7; 8]);
-        forged[24] ^= 1;
-        assert_eq!(verify_from_broker(&forged, &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::BadTag);
-        let other = TunnelIdentity::derive("some other tunnel's secret");
-        assert_eq!(verify_from_broker(&ack, &other, 0, NOW, 120_000_000_000).unwrap_err(), Reject::UnknownTunnel);
-        assert_eq!(verify_from_broker(&ack[..39], &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::Malformed);
-    }
-
-    #[test]
-    fn an_ack6_carries_the_ipv6_endpoint_and_is_verified_like_an_ack() {
-        let id = identity();
-        let addr: std::net::Ipv6Addr = "2001:db8:10::5".parse().unwrap();
-        let ack6 = Ack6::new(id.id, NOW, addr.octets(), 40001).sign(id.sip_key()).to_bytes();
-        let msg = verify_from_broker(&ack6, &id, 0, NOW, 120_000_000_000).unwrap();
-        assert_eq!(msg, FromBroker::Ack { timestamp_ns: NOW, seen: "[2001:db8:10::5]:40001".parse().unwrap() });
-        let mut state = ClientState::default();
-        handle_message(
-            &msg,
-            NOW,
-            1,
-            &mut Schedule::new(Duration::from_secs(10), 0),
-            &mut state,
-            &mut Default::default(),
-        );
-        assert_eq!(state.public_endpoint.as_deref(), Some("[2001:db8:10::5]:40001"));
-        assert_eq!(verify_from_broker(&ack6, &id, NOW, NOW, 120_000_000_000).unwrap_err(), Reject::Replay);
-        let mut forged = ack6;
-        forged[30] ^= 1;
-        assert_eq!(verify_from_broker(&forged, &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::BadTag);
-        let other = TunnelIdentity::derive("some other tunnel's secret");
-        assert_eq!(verify_from_broker(&ack6, &other, 0, NOW, 120_000_000_000).unwrap_err(), Reject::UnknownTunnel);
-        assert_eq!(verify_from_broker(&ack6[..55], &id, 0, NOW, 120_000_000_000).unwrap_err(), Reject::Malformed);
     }
 
     #[test]

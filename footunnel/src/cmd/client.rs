@@ -42,7 +42,12 @@ BROKER may be a name (broker.example.net). It is resolved at start, retried unti
 it resolves, and resolved again every --interval: when the broker's address
 changes, the client points its link's remote at the new address and heartbeats.
 A name with both kinds of address is used over IPv4 unless -6 is given; -4 and -6
-force a family for literal addresses too.";
+force a family for literal addresses too.
+
+A wrong clock (a router without a real-time clock, before NTP answers) makes
+the broker refuse heartbeats as stale; it answers with an authenticated TIME,
+and the client then stamps heartbeats with the broker's time until its own
+agrees. `footunnel show` says by how much this host's clock is off.";
 
 #[derive(clap::Args)]
 pub struct Args {
