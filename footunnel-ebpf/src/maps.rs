@@ -476,6 +476,18 @@ mod tests {
     }
 
     #[test]
+    fn every_counter_is_explained_to_operators() {
+        let operations = include_str!("../../docs/operations.md");
+        for c in Counter::ALL {
+            assert!(
+                operations.contains(&format!("| `{}` |", c.name())),
+                "docs/operations.md has no row for the counter `{}`: add what it means and what to do",
+                c.name()
+            );
+        }
+    }
+
+    #[test]
     fn tunnel_ref_round_trips() {
         assert_eq!(TunnelRef::new(0x0102_0304_0506_0708).id(), 0x0102_0304_0506_0708);
     }

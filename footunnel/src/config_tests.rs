@@ -289,3 +289,32 @@ fn shared_mode_mistakes_are_named_with_their_fix() {
         assert!(e.contains(expected), "{expected:?} not in: {e}");
     }
 }
+
+/// Every key the file format has (the fields of its serde structs) is in
+/// the configuration reference.
+#[test]
+fn every_configuration_key_is_documented() {
+    let source = include_str!("config.rs");
+    let reference = include_str!("../../docs/configuration.md");
+    let mut keys = Vec::new();
+    for structure in ["struct File {", "struct SharedFile {", "struct TunnelFile {", "struct ManageFile {"] {
+        let body = &source[source.find(structure).expect(structure)..];
+        let body = &body[..body.find("\n}").unwrap()];
+        for line in body.lines().skip(1) {
+            let line = line.trim();
+            if line.starts_with("//") || line.starts_with('#') {
+                continue;
+            }
+            let field = line.split(':').next().unwrap().trim();
+            // serde's rename: the file says `tunnel`.
+            keys.push(if field == "tunnels" { "tunnel".to_owned() } else { field.to_owned() });
+        }
+    }
+    assert!(keys.len() > 25, "{keys:?}");
+    for key in keys {
+        let documented = reference.contains(&format!("`{key}`"))
+            || reference.contains(&format!("`[{key}]`"))
+            || reference.contains(&format!("`[[{key}]]`"));
+        assert!(documented, "docs/configuration.md does not describe `{key}`");
+    }
+}

@@ -314,7 +314,7 @@ fn topology() -> Step {
     Ok(())
 }
 
-/// The README's networkd example: its remote is a placeholder the broker
+/// docs/service.md's networkd example: its remote is a placeholder the broker
 /// replaces with the client's endpoint.
 const NETDEV: &str = "[NetDev]
 Name=fou1

@@ -76,7 +76,7 @@ fn a_link_re_created_or_edited_by_hand_is_put_back_within_a_second() {
     assert!(ack.is_none(), "a heartbeat was ACKed while its link did not exist:\n{}", broker.log());
     broker.wait_for("no ACK to 198.51.100.2:40002", Duration::from_secs(2));
 
-    // Re-created as the README says, pointing at a placeholder.
+    // Re-created as docs/broker.md says, pointing at a placeholder.
     topo.broker.ip("link add fou0 type ipip remote 192.0.2.1 local 198.51.100.1 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
     let recreated = Instant::now();
     topo.broker.ip("addr add 10.0.0.1/30 dev fou0");

@@ -27,7 +27,7 @@ fn a_sit_tunnel_carries_ipv6_under_nat_through_address_and_port_changes() {
     sysctl(&nat, "net.ipv4.conf.pub0.promote_secondaries=1");
     nft(&nat, "masquerade");
 
-    // As the README says, with sit for ipip and ipproto 41 for the listeners.
+    // As docs/broker.md says, with sit for ipip and ipproto 41 for the listeners.
     broker.ip("fou add port 42424 ipproto 41");
     broker.ip("link add sit6 type sit remote 192.0.2.200 local 203.0.113.100 ttl 64 encap fou encap-sport 42424 encap-dport 42424");
     broker.ip("addr add 2001:db8:6::1/64 dev sit6 nodad");

@@ -219,7 +219,7 @@ fn flood_failover(ff: &Value) -> String {
     md
 }
 
-/// The results as the Markdown table the README quotes.
+/// The results as bench/results.md shows them.
 pub fn render(r: &Value) -> String {
     let mut md = format!(
         "# footunnel benchmarks\n\n{} — {} — {:.1} minutes\n\n",

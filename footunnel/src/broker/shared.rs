@@ -1,4 +1,4 @@
-//! Shared-device mode (README, "Per-link or shared-device mode"): one external-mode ipip device takes
+//! Shared-device mode (docs/shared-mode.md): one external-mode ipip device takes
 //! every tunnel's FoU in, routes send each tunnel's inner prefixes into it,
 //! and the TC egress program on it addresses each packet from the endpoint
 //! map the heartbeat verifier writes. No link per tunnel, so clients behind
