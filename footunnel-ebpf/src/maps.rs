@@ -110,6 +110,46 @@ pub const EVENTS: &str = "EVENTS";
 /// Per-CPU array indexed by [`Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
+/// One map of the eBPF object: what the controller pins, and the layout
+/// it checks pinned maps against before reusing them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub max_entries: usize,
+    /// Pinned under the pin directory, so the data plane outlives the
+    /// controller and a restart continues from it. Not pinned: derived
+    /// state that every start rebuilds.
+    pub pinned: bool,
+}
+
+const fn spec(name: &'static str, key_size: usize, value_size: usize, max_entries: usize, pinned: bool) -> MapSpec {
+    MapSpec { name, key_size, value_size, max_entries, pinned }
+}
+
+/// Every map of the eBPF object, once. `programs.rs` declares each with
+/// these types and sizes (the eBPF side cannot read a table), and a host
+/// test compares the built object's maps with this table.
+pub const MAPS: [MapSpec; 13] = [
+    spec(FOU_PORTS, 4, size_of::<PortConfig>(), PORT_SLOTS, true),
+    spec(ENDPOINT_CACHE, 4, size_of::<CachedEndpoint>(), ENDPOINT_CACHE_SLOTS, false),
+    spec(TUNNELS, 8, size_of::<TunnelConfig>(), MAX_KEYS, true),
+    spec(ENDPOINTS, 8, size_of::<Endpoint>(), MAX_TUNNELS, true),
+    // LPM trie keys: a 32-bit prefix length, then the address.
+    spec(PREFIXES_V4, 4 + 4, size_of::<PrefixOwner>(), MAX_PREFIXES, true),
+    spec(PREFIXES_V6, 4 + 16, size_of::<PrefixOwner>(), MAX_PREFIXES, true),
+    spec(LEGACY_SECRETS, size_of::<LegacySecret>(), size_of::<TunnelRef>(), MAX_TUNNELS, true),
+    spec(OBSERVED, 8, size_of::<Observed>(), MAX_TUNNELS, true),
+    spec(CLOCK_NOTICES, 8, 8, MAX_TUNNELS, true),
+    spec(LOCAL_ADDRS, size_of::<crate::packet::Addr>(), 4, MAX_LOCAL_ADDRS, true),
+    spec(SETTINGS, 4, size_of::<Settings>(), 1, true),
+    // A ring buffer has no keys or values; its size is its byte count.
+    spec(EVENTS, 0, 0, EVENTS_BYTES, true),
+    // Per CPU: the kernel reports one CPU's value.
+    spec(COUNTERS, 4, 8, Counter::COUNT, true),
+];
+
 pub const PORT_SLOTS: usize = 65_536;
 /// At most this many ports are watched at once.
 pub const MAX_PORTS: usize = 16;
@@ -307,126 +347,127 @@ impl Event {
     }
 }
 
-/// What the data plane counts, one slot each in [`COUNTERS`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares [`Counter`] from one list: each counter's variant (its slot in
+/// [`COUNTERS`], in list order), its name (`footunnel show`, the metrics'
+/// label) and its metric family. Adding a counter is one line here (and a
+/// row in docs/operations.md, which a test checks).
+macro_rules! counters {
+    ($($(#[doc = $doc:expr])* $variant:ident = $name:literal, $family:ident;)*) => {
+        /// What the data plane counts, one slot each in [`COUNTERS`].
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Counter {
+            /// Every counter, in slot order.
+            pub const ALL: [Counter; [$(Counter::$variant),*].len()] = [$(Counter::$variant),*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The name operators see (`footunnel show`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            /// The metric family the counter is a series of.
+            pub const fn family(self) -> CounterFamily {
+                match self {
+                    $(Counter::$variant => CounterFamily::$family,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     /// FoU data from its tunnel's endpoint.
-    FouData = 0,
+    FouData = "fou_data", Packets;
     /// FoU data whose inner source matches no tunnel's prefixes.
-    FouUnmatched,
+    FouUnmatched = "fou_unmatched", Packets;
     /// FoU data for a tunnel from a source that is not its endpoint.
-    FouElsewhere,
+    FouElsewhere = "fou_elsewhere", Packets;
     /// "Observed" events sent (after the per-tunnel rate limit).
-    ObservedEvents,
+    ObservedEvents = "observed_events", ObservedEvents;
     /// Payload on a FoU port that is neither IP nor a control message.
-    NotFou,
-    Accepted,
-    Malformed,
-    BadVersion,
-    BadType,
-    UnknownTunnel,
-    Stale,
-    Replay,
-    BadTag,
-    LegacyAccepted,
-    LegacyUnknown,
+    NotFou = "not_fou", Packets;
+    Accepted = "accepted", Packets;
+    Malformed = "malformed", Rejected;
+    BadVersion = "bad_version", Rejected;
+    BadType = "bad_type", Rejected;
+    UnknownTunnel = "unknown_tunnel", Rejected;
+    Stale = "stale", Rejected;
+    Replay = "replay", Rejected;
+    BadTag = "bad_tag", Rejected;
+    LegacyAccepted = "legacy_accepted", Packets;
+    LegacyUnknown = "legacy_unknown", Rejected;
     /// Events the ring buffer had no room for.
-    EventsLost,
+    EventsLost = "events_lost", EventsLost;
     /// Verified heartbeats dropped because another CPU was updating the same
     /// tunnel at that instant (the client retries).
-    Busy,
+    Busy = "busy", Rejected;
     /// To a FoU port but not to the tunnel's broker address: passed on.
-    WrongDestination,
+    WrongDestination = "wrong_destination", Packets;
     /// IPv4 or IPv6 fragments to a watched port (first fragments; later
     /// ones carry no port): passed to the kernel's reassembly, unchecked.
-    Fragment,
+    Fragment = "fragment", Packets;
     /// IP/UDP headers that contradict each other, to a watched port.
-    IpMalformed,
+    IpMalformed = "ip_malformed", Packets;
     /// Control messages while the controller has not written SETTINGS:
     /// refused rather than checked against a zero clock and window.
-    Unconfigured,
+    Unconfigured = "unconfigured", Rejected;
     /// Shared-device mode: FoU data from a source that is not the endpoint
     /// of the tunnel owning its inner source (or from no tunnel): dropped.
-    Spoofed,
+    Spoofed = "spoofed", Packets;
     /// Shared-device mode: packets encapsulated to their tunnel's endpoint.
-    Encapsulated,
+    Encapsulated = "encapsulated", Packets;
     /// Shared-device mode: packets to an inner destination no tunnel owns
     /// (or not IPv4): dropped.
-    EgressNoTunnel,
+    EgressNoTunnel = "egress_no_tunnel", Packets;
     /// Shared-device mode: packets for a tunnel with no endpoint yet (no
     /// heartbeat accepted), or an IPv6 one, which this mode does not carry:
     /// dropped.
-    EgressNoEndpoint,
+    EgressNoEndpoint = "egress_no_endpoint", Packets;
     /// Shared-device mode: the kernel refused to grow or redirect the packet.
-    EgressFailed,
+    EgressFailed = "egress_failed", Packets;
     /// IPv6 datagrams with more extension headers before their transport
     /// header than the program walks: passed unchecked, whatever their port.
-    Ipv6Unwalked,
+    Ipv6Unwalked = "ipv6_unwalked", Packets;
 }
 
-impl Counter {
-    pub const ALL: [Counter; 27] = [
-        Counter::FouData,
-        Counter::FouUnmatched,
-        Counter::FouElsewhere,
-        Counter::ObservedEvents,
-        Counter::NotFou,
-        Counter::Accepted,
-        Counter::Malformed,
-        Counter::BadVersion,
-        Counter::BadType,
-        Counter::UnknownTunnel,
-        Counter::Stale,
-        Counter::Replay,
-        Counter::BadTag,
-        Counter::LegacyAccepted,
-        Counter::LegacyUnknown,
-        Counter::EventsLost,
-        Counter::Busy,
-        Counter::WrongDestination,
-        Counter::Fragment,
-        Counter::IpMalformed,
-        Counter::Unconfigured,
-        Counter::Spoofed,
-        Counter::Encapsulated,
-        Counter::EgressNoTunnel,
-        Counter::EgressNoEndpoint,
-        Counter::EgressFailed,
-        Counter::Ipv6Unwalked,
-    ];
-    pub const COUNT: usize = Self::ALL.len();
+/// How counters are exposed as Prometheus metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterFamily {
+    /// Control messages the data plane dropped: `heartbeats_rejected_total{reason}`.
+    Rejected,
+    /// What the data plane did with other packets: `dataplane_packets_total{outcome}`.
+    Packets,
+    /// `events_lost_total`, on its own.
+    EventsLost,
+    /// `observed_events_total`, on its own.
+    ObservedEvents,
+}
 
-    /// The name operators see (`footunnel show`).
-    pub const fn name(self) -> &'static str {
+impl CounterFamily {
+    /// (metric name after `footunnel_`, its label or "" for none, help).
+    pub const fn metric(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Counter::FouData => "fou_data",
-            Counter::FouUnmatched => "fou_unmatched",
-            Counter::FouElsewhere => "fou_elsewhere",
-            Counter::ObservedEvents => "observed_events",
-            Counter::NotFou => "not_fou",
-            Counter::Accepted => "accepted",
-            Counter::Malformed => "malformed",
-            Counter::BadVersion => "bad_version",
-            Counter::BadType => "bad_type",
-            Counter::UnknownTunnel => "unknown_tunnel",
-            Counter::Stale => "stale",
-            Counter::Replay => "replay",
-            Counter::BadTag => "bad_tag",
-            Counter::LegacyAccepted => "legacy_accepted",
-            Counter::LegacyUnknown => "legacy_unknown",
-            Counter::EventsLost => "events_lost",
-            Counter::Busy => "busy",
-            Counter::WrongDestination => "wrong_destination",
-            Counter::Fragment => "fragment",
-            Counter::IpMalformed => "ip_malformed",
-            Counter::Unconfigured => "unconfigured",
-            Counter::Spoofed => "spoofed",
-            Counter::Encapsulated => "encapsulated",
-            Counter::EgressNoTunnel => "egress_no_tunnel",
-            Counter::EgressNoEndpoint => "egress_no_endpoint",
-            Counter::EgressFailed => "egress_failed",
-            Counter::Ipv6Unwalked => "ipv6_unwalked",
+            CounterFamily::Rejected => {
+                ("heartbeats_rejected_total", "reason", "Control messages the data plane dropped, by reason")
+            }
+            CounterFamily::Packets => {
+                ("dataplane_packets_total", "outcome", "Packets on watched ports, by what the data plane did with them")
+            }
+            CounterFamily::EventsLost => (
+                "events_lost_total",
+                "",
+                "Events the ring buffer had no room for (the broker catches up in its next sweep)",
+            ),
+            CounterFamily::ObservedEvents => {
+                ("observed_events_total", "", "Events about FoU data from a source other than its tunnel's endpoint")
+            }
         }
     }
 }

@@ -97,33 +97,26 @@ pub fn forget_cached(ebpf: &mut Ebpf, endpoint: &Endpoint, allowed: &[(u32, u32)
 /// another layout the program would read garbage or lose counters, quietly.
 /// Refuses them, naming the fix, before anything is changed.
 pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
-    let expected: [(&str, usize, Option<usize>); 10] = [
-        (maps::LOCAL_ADDRS, size_of::<u32>(), Some(maps::MAX_LOCAL_ADDRS)),
-        (maps::TUNNELS, size_of::<TunnelConfig>(), Some(maps::MAX_KEYS)),
-        (maps::ENDPOINTS, size_of::<Endpoint>(), Some(maps::MAX_TUNNELS)),
-        (maps::PREFIXES_V4, size_of::<PrefixOwner>(), None),
-        (maps::PREFIXES_V6, size_of::<PrefixOwner>(), None),
-        (maps::OBSERVED, size_of::<Observed>(), None),
-        (maps::CLOCK_NOTICES, size_of::<u64>(), None),
-        (maps::SETTINGS, size_of::<Settings>(), None),
-        (maps::FOU_PORTS, size_of::<PortConfig>(), None),
-        (maps::COUNTERS, size_of::<u64>(), Some(Counter::COUNT)),
-    ];
-    for (name, value_size, entries) in expected {
-        let path = pin_dir.join(name);
+    for spec in maps::MAPS.iter().filter(|m| m.pinned) {
+        let path = pin_dir.join(spec.name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path).with_context(|| format!("cannot inspect pinned map {}", path.display()))?;
-        let (have_size, have_entries) = (info.value_size() as usize, info.max_entries() as usize);
-        if have_size != value_size || entries.is_some_and(|e| e != have_entries) {
+        let have = (info.key_size() as usize, info.value_size() as usize, info.max_entries() as usize);
+        if have != (spec.key_size, spec.value_size, spec.max_entries) {
             bail!(
-                "the pinned map {} comes from another footunnel version (values of {have_size} bytes, {have_entries} \
-                 entries; this version needs {value_size}{}): run `footunnel unload --pin-dir {}` once (it detaches \
-                 the old program and removes its maps; clients re-announce themselves within an interval), then start \
-                 the broker again",
+                "the pinned map {} comes from another footunnel version (keys of {} bytes, values of {}, {} entries; \
+                 this version needs {}, {} and {}): run `footunnel unload --pin-dir {}` once (it detaches the old \
+                 program and removes its maps; clients re-announce themselves within an interval), then start the \
+                 broker again",
                 path.display(),
-                entries.map_or(String::new(), |e| format!(" bytes, {e} entries")),
+                have.0,
+                have.1,
+                have.2,
+                spec.key_size,
+                spec.value_size,
+                spec.max_entries,
                 pin_dir.display()
             );
         }

@@ -1,5 +1,7 @@
 //! The broker's metrics page: per tunnel, per eBPF counter, per program.
 
+use footunnel_ebpf::maps::Counter;
+
 use crate::{
     metrics::page::{Labels, Page},
     show::Report,
@@ -7,18 +9,6 @@ use crate::{
 
 fn tunnel(name: &str) -> Labels {
     vec![("tunnel", name.to_owned())]
-}
-
-/// How an eBPF counter is exposed: rejected control messages by reason,
-/// other packets by outcome, ring-buffer losses and events on their own.
-fn classify(counter: &str) -> (&'static str, &'static str) {
-    match counter {
-        "malformed" | "bad_version" | "bad_type" | "unknown_tunnel" | "stale" | "replay" | "bad_tag"
-        | "legacy_unknown" | "busy" | "unconfigured" => ("heartbeats_rejected_total", "reason"),
-        "events_lost" => ("events_lost_total", ""),
-        "observed_events" => ("observed_events_total", ""),
-        _ => ("dataplane_packets_total", "outcome"),
-    }
 }
 
 /// What only the running broker knows, beside the report.
@@ -99,20 +89,17 @@ pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
         "1 while the tunnel's link points at its client's endpoint (per-link mode, tunnels with an endpoint)",
         &at_endpoint,
     );
-    let mut by_family: std::collections::BTreeMap<&str, Vec<(Labels, u64)>> = Default::default();
+    // Each eBPF counter is a series of its family (footunnel_ebpf::maps::counters!).
+    type Rows = Vec<(Labels, u64)>;
+    let mut by_family: std::collections::BTreeMap<&str, (&str, Rows)> = Default::default();
     for (name, value) in &report.counters {
-        let (family, label) = classify(name);
+        let Some(counter) = Counter::ALL.iter().find(|c| c.name() == name) else { continue };
+        let (family, label, help) = counter.family().metric();
         let labels = if label.is_empty() { Vec::new() } else { vec![(label, name.clone())] };
-        by_family.entry(family).or_default().push((labels, *value));
+        by_family.entry(family).or_insert((help, Vec::new())).1.push((labels, *value));
     }
-    let help = |family: &str| match family {
-        "heartbeats_rejected_total" => "Control messages the data plane dropped, by reason",
-        "events_lost_total" => "Events the ring buffer had no room for (the broker catches up in its next sweep)",
-        "observed_events_total" => "Events about FoU data from a source other than its tunnel's endpoint",
-        _ => "Packets on watched ports, by what the data plane did with them",
-    };
-    for (family, rows) in by_family {
-        r.counter(family, help(family), &rows);
+    for (family, (help, rows)) in by_family {
+        r.counter(family, help, &rows);
     }
     let runs: Vec<(Labels, u64)> = extra.programs.iter().map(|(p, n, _)| (vec![("program", p.clone())], *n)).collect();
     let time: Vec<(Labels, f64)> = extra.programs.iter().map(|(p, _, s)| (vec![("program", p.clone())], *s)).collect();

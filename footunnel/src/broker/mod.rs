@@ -43,8 +43,8 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
 use plan::{Plan, plan};
-pub use program::{PINNED_MAPS, unload};
 use program::{attach, ensure_pin_dir, fill_maps};
+pub use program::{pinned_maps, unload};
 pub use reload::{ReloadOutcome, request as request_reload};
 use state::write_state;
 pub use state::{STATE_FILE, StateFile, StateTunnel, read_state};
@@ -221,7 +221,7 @@ impl Broker {
         ensure_pin_dir(&config.pin_dir)?;
         dataplane::check_pinned_layouts(&config.pin_dir)?;
         let fresh = !config.pin_dir.join(maps::ENDPOINTS).exists();
-        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, config.pin_dir.join(m))).collect();
+        let paths: Vec<(&str, PathBuf)> = pinned_maps().map(|m| (m, config.pin_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());

@@ -28,21 +28,10 @@ use tracing::{debug, info, warn};
 
 use super::{Plan, STATE_FILE, read_state, settings};
 
-/// Every map, pinned by name under the pin directory.
-pub const PINNED_MAPS: [&str; 12] = [
-    maps::LOCAL_ADDRS,
-    maps::FOU_PORTS,
-    maps::TUNNELS,
-    maps::ENDPOINTS,
-    maps::PREFIXES_V4,
-    maps::PREFIXES_V6,
-    maps::LEGACY_SECRETS,
-    maps::OBSERVED,
-    maps::CLOCK_NOTICES,
-    maps::SETTINGS,
-    maps::EVENTS,
-    maps::COUNTERS,
-];
+/// The maps pinned by name under the pin directory ([`maps::MAPS`]).
+pub fn pinned_maps() -> impl Iterator<Item = &'static str> {
+    maps::MAPS.iter().filter(|m| m.pinned).map(|m| m.name)
+}
 
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
