@@ -19,6 +19,7 @@ pub mod secret;
 pub mod service;
 #[cfg(feature = "broker")]
 pub mod show;
+pub mod state;
 #[cfg(feature = "broker")]
 pub mod tunnels;
 

@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::{
     ago,
-    broker::{StateFile, read_state},
     config::KeyRole,
     decide::known_endpoint,
+    state::broker::{StateFile, read_state},
 };
 
 #[derive(Serialize)]

@@ -10,9 +10,9 @@ fn pinned_maps_of_another_layout_are_refused_naming_unload() {
     let dir = format!("/sys/fs/bpf/ft-pins-{}", std::process::id());
     std::fs::create_dir_all(&dir).expect("bpffs at /sys/fs/bpf");
     let pin = format!("{dir}/{ENDPOINTS}");
-    let create = |value: usize, entries: usize| {
+    let create_keyed = |key: usize, value: usize, entries: usize| {
         let _ = std::fs::remove_file(&pin);
-        let (value, entries) = (value.to_string(), entries.to_string());
+        let (key, value, entries) = (key.to_string(), value.to_string(), entries.to_string());
         sh(
             "bpftool",
             &[
@@ -22,7 +22,7 @@ fn pinned_maps_of_another_layout_are_refused_naming_unload() {
                 "type",
                 "hash",
                 "key",
-                "8",
+                &key,
                 "value",
                 &value,
                 "entries",
@@ -34,6 +34,7 @@ fn pinned_maps_of_another_layout_are_refused_naming_unload() {
             ],
         );
     };
+    let create = |value: usize, entries: usize| create_keyed(8, value, entries);
     let refused = |what: &str| {
         let e = format!("{:#}", footunnel::dataplane::check_pinned_layouts(dir.as_ref()).unwrap_err());
         assert!(e.contains("another footunnel version") && e.contains("footunnel unload"), "{what}: {e}");
@@ -45,29 +46,7 @@ fn pinned_maps_of_another_layout_are_refused_naming_unload() {
     create(size_of::<Endpoint>(), MAX_TUNNELS);
     footunnel::dataplane::check_pinned_layouts(dir.as_ref()).expect("the current layout is accepted");
     // Keys are checked too: a 4-byte key of the same value layout.
-    let _ = std::fs::remove_file(&pin);
-    let value = size_of::<Endpoint>().to_string();
-    let entries = MAX_TUNNELS.to_string();
-    sh(
-        "bpftool",
-        &[
-            "map",
-            "create",
-            &pin,
-            "type",
-            "hash",
-            "key",
-            "4",
-            "value",
-            &value,
-            "entries",
-            &entries,
-            "name",
-            "ENDPOINTS",
-            "flags",
-            "1",
-        ],
-    );
+    create_keyed(4, size_of::<Endpoint>(), MAX_TUNNELS);
     refused("old key layout");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{build_ebpf, cmd, router_bench, setup, test, vm};
+use crate::{build_ebpf, cmd, router_bench, setup, vm};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -28,13 +28,13 @@ pub fn run(opts: &Options) -> Result<()> {
         println!("rendered {} from {}", out.join("results.md").display(), json.display());
         return Ok(());
     }
-    test::require_root("bench")?;
+    cmd::require_root("bench")?;
     setup::run()?;
     build_ebpf::run()?;
     if opts.router_only {
         return router_only();
     }
-    cmd::run(test::cargo().args(["build", "--release", "--package", "footunnel"]))?;
+    cmd::run(cmd::cargo().args(["build", "--release", "--package", "footunnel"]))?;
     let root = cmd::workspace_root();
     let raw = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&raw);
@@ -42,34 +42,19 @@ pub fn run(opts: &Options) -> Result<()> {
     let started = std::time::Instant::now();
 
     println!("\n===== bench: host (per-packet cost, flood) =====");
-    let bench = test::executable(
+    let bench = cmd::executable(
         &["bench", "--package", "footunnel-tests", "--bench", "bench", "--no-run", "--message-format=json"],
         "bench",
     )?;
     cmd::run(Command::new(&bench).arg("host").arg(&raw))?;
 
     println!("\n===== bench: VM (link changes, 1,000 and 10,000 tunnels, controller under flood) =====");
-    let in_vm = |command: Vec<String>| -> Result<()> {
-        let opts = vm::Options {
-            systemd: false,
-            // The kernel the published results were measured on.
-            kernel: Some("6.1".into()),
-            memory: "4G".into(),
-            cpus: 2,
-            timeout: 1500,
-            rwdirs: vec![raw.clone()],
-            command,
-        };
-        match vm::run(&opts)? {
-            0 => Ok(()),
-            code => bail!("{} failed in the VM (exit status {code})", opts.command.join(" ")),
-        }
-    };
+    let in_vm = |command: Vec<String>| in_vm(&raw, command);
     in_vm(vec![bench.clone(), "vm".into(), raw.display().to_string()])?;
 
     println!("\n===== bench: VM (failover, end-to-end scenarios) =====");
-    cmd::run(test::cargo().args(["build", "--package", "footunnel"]))?;
-    let e2e = test::test_executable("vm")?;
+    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
+    let e2e = cmd::test_executable("vm")?;
     in_vm(vec![
         "env".into(),
         format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
@@ -110,11 +95,11 @@ pub fn run(opts: &Options) -> Result<()> {
 /// Section 6: sizes on the host, the client's memory in the VM.
 fn router(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<(Value, Value)> {
     let size = router_bench::measure(raw)?;
-    cmd::run(test::cargo().args(["build", "--package", "footunnel"]))?;
+    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
     in_vm(vec![
         "env".into(),
         format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
-        test::test_executable("vm")?,
+        cmd::test_executable("vm")?,
         "--test-threads=1".into(),
         "--nocapture".into(),
         "router::the_x86_64_router_client_follows_its_nat".into(),
@@ -129,21 +114,7 @@ fn router_only() -> Result<()> {
     let root = cmd::workspace_root();
     let raw = root.join("target/bench");
     std::fs::create_dir_all(&raw)?;
-    let in_vm = |command: Vec<String>| -> Result<()> {
-        let opts = vm::Options {
-            systemd: false,
-            kernel: Some("6.1".into()),
-            memory: "2G".into(),
-            cpus: 2,
-            timeout: 600,
-            rwdirs: vec![raw.clone()],
-            command,
-        };
-        match vm::run(&opts)? {
-            0 => Ok(()),
-            code => bail!("{} failed in the VM (exit status {code})", opts.command.join(" ")),
-        }
-    };
+    let in_vm = |command: Vec<String>| in_vm(&raw, command);
     let (size, memory) = router(&raw, &in_vm)?;
     let json = root.join("bench/results.json");
     let mut results = read_json(&json)?;
@@ -154,6 +125,24 @@ fn router_only() -> Result<()> {
     std::fs::write(root.join("bench/results.md"), &markdown)?;
     println!("{}", router_bench::render(&results["router_size"], &results["router_memory"]));
     Ok(())
+}
+
+/// Runs `command` in the VM on the kernel the published results were
+/// measured on, `raw` writable for its results.
+fn in_vm(raw: &std::path::Path, command: Vec<String>) -> Result<()> {
+    let opts = vm::Options {
+        systemd: false,
+        kernel: Some("6.1".into()),
+        memory: "4G".into(),
+        cpus: 2,
+        timeout: 1500,
+        rwdirs: vec![raw.to_path_buf()],
+        command,
+    };
+    match vm::run(&opts)? {
+        0 => Ok(()),
+        code => bail!("{} failed in the VM (exit status {code})", opts.command.join(" ")),
+    }
 }
 
 fn read_json(path: &std::path::Path) -> Result<Value> {

@@ -1,4 +1,4 @@
-//! Running commands with their failures named.
+//! Running commands with their failures named; the cargo, root and test-binary helpers every task shares.
 
 use std::{
     path::PathBuf,
@@ -48,4 +48,38 @@ pub fn nightly_cargo() -> Command {
         }
     }
     cmd
+}
+
+/// The outer cargo (the one running xtask), in the workspace.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn require_root(stage: &str) -> Result<()> {
+    if !is_root() {
+        bail!("the {stage} tests need root (BPF, network namespaces): run `sudo -E cargo xtask test`");
+    }
+    Ok(())
+}
+
+/// Builds an integration test binary of footunnel-tests and returns its path.
+pub fn test_executable(name: &str) -> Result<String> {
+    executable(&["test", "--package", "footunnel-tests", "--test", name, "--no-run", "--message-format=json"], name)
+}
+
+/// Runs a cargo build command with JSON messages; the path of target `name`'s executable.
+pub fn executable(args: &[&str], name: &str) -> Result<String> {
+    let out = output(cargo().args(args))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(str::to_owned))
+        .with_context(|| format!("cargo built no executable for `{name}`"))
 }

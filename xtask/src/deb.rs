@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result};
 
-use crate::{build_ebpf, cmd, test::cargo};
+use crate::{build_ebpf, cmd, cmd::cargo};
 
 const CONTROL: &str = "Package: footunnel
 Version: {version}

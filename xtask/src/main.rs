@@ -50,6 +50,14 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf::run(),
         Task::Test(opts) => test::run(opts),
+        Task::Vm(opts) if opts.systemd => {
+            let boot = systemd_vm::Boot {
+                memory: opts.memory.clone(),
+                cpus: opts.cpus,
+                timeout: std::time::Duration::from_secs(opts.timeout),
+            };
+            std::process::exit(systemd_vm::run(&boot, &opts.command)?)
+        }
         Task::Vm(opts) => std::process::exit(vm::run(&opts)?),
         Task::Deb => deb::run(),
         Task::Dist(opts) => dist::run(&opts),

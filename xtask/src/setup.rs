@@ -63,7 +63,7 @@ fn debian_packages() -> Result<()> {
     for (name, why) in DEBIAN_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
         step(&format!("Debian package {name} is missing (needed to {why}); installing"));
     }
-    if !nix_is_root() {
+    if !cmd::is_root() {
         bail!(
             "installing Debian packages needs root: run `sudo apt-get install {}`, then this again",
             missing.join(" ")
@@ -74,11 +74,6 @@ fn debian_packages() -> Result<()> {
         Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(&missing),
     )
     .with_context(|| format!("could not install {}", missing.join(" ")))
-}
-
-pub fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// rustfmt and clippy on the default toolchain, for the lint stage.
@@ -209,7 +204,7 @@ fn home() -> Result<PathBuf> {
 fn vm_boots() -> Result<()> {
     let stamps = home()?.join(".cache/footunnel");
     std::fs::create_dir_all(&stamps)?;
-    for series in crate::test::REQUIRED_KERNELS {
+    for series in crate::vm::REQUIRED_KERNELS {
         let kernel = crate::vm::pick_kernel(series)?;
         let stamp = stamps.join(format!(
             "vm-boots-{}-vng-{VIRTME_NG_VERSION}",

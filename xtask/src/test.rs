@@ -41,7 +41,7 @@ pub fn run(opts: Options) -> Result<()> {
         // Behaviour differs between Debian's kernels (TCX, kfuncs, fou6): the
         // VM stage runs on each of them (resolved when it runs, after setup
         // has installed them), and a missing one is a failure.
-        for series in REQUIRED_KERNELS {
+        for series in vm::REQUIRED_KERNELS {
             stages.push((format!("vm {series}"), Box::new(move || vm_tests(series))));
         }
         stages.push(stage("booted systemd", systemd_tests));
@@ -80,22 +80,16 @@ pub fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-pub fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(cmd::workspace_root());
-    cmd
-}
-
 /// The code as the project writes it: rustfmt's layout, and no clippy
 /// warning in any crate or target, nor in the client-only build (warnings
 /// are errors here).
 fn lint() -> Result<()> {
-    cmd::run(cargo().args(["fmt", "--all", "--check"])).context("`cargo fmt --all` would change files: run it")?;
-    cmd::run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"])).context("`cargo fmt --all` would change files: run it")?;
+    cmd::run(cmd::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
         .context("clippy found warnings (listed above)")?;
     // The client alone, as `cargo xtask dist` builds it for routers.
     cmd::run(
-        cargo()
+        cmd::cargo()
             .args(["clippy", "--package", "footunnel", "--no-default-features", "--all-targets", "--"])
             .args(["-D", "warnings"]),
     )
@@ -106,7 +100,7 @@ fn lint() -> Result<()> {
 /// compiled for the host) and the userspace binaries; and a build of the
 /// benchmarks.
 fn unit() -> Result<()> {
-    cmd::run(cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))?;
+    cmd::run(cmd::cargo().args(["test", "--workspace", "--exclude", "footunnel-tests"]))?;
     // The alerting rules fire on the series that should raise them.
     cmd::run(Command::new("promtool").current_dir(cmd::workspace_root().join("packaging/prometheus")).args([
         "test",
@@ -115,39 +109,29 @@ fn unit() -> Result<()> {
     ]))
     .context("promtool test rules (promtool: Debian's prometheus package; `cargo xtask setup`)")?;
     // The benchmarks run only under `cargo xtask bench`; they must still build.
-    cmd::run(cargo().args(["bench", "--package", "footunnel-tests", "--bench", "bench", "--no-run"]))
-}
-
-pub fn require_root(stage: &str) -> Result<()> {
-    if !setup::nix_is_root() {
-        bail!("the {stage} tests need root (BPF, network namespaces): run `sudo -E cargo xtask test`");
-    }
-    Ok(())
+    cmd::run(cmd::cargo().args(["bench", "--package", "footunnel-tests", "--bench", "bench", "--no-run"]))
 }
 
 /// Tests on the host kernel as root: real BPF programs, veth, namespaces.
 fn host() -> Result<()> {
-    require_root("host")?;
-    cmd::run(cargo().args(["test", "--package", "footunnel-tests", "--test", "host", "--", "--test-threads=1"]))
+    cmd::require_root("host")?;
+    cmd::run(cmd::cargo().args(["test", "--package", "footunnel-tests", "--test", "host", "--", "--test-threads=1"]))
 }
-
-/// Debian 12's two kernels with fou: its own (6.1) and Debian 13's (6.12).
-pub const REQUIRED_KERNELS: &[&str] = &["6.1", "6.12"];
 
 /// Tests that need fou/ipip, run inside a VM booted from Debian's kernel
 /// `series` (`6.1`, `6.12`).
 fn vm_tests(series: &str) -> Result<()> {
-    require_root("VM")?;
+    cmd::require_root("VM")?;
     let kernel = vm::pick_kernel(series)?.display().to_string();
     println!("xtask test: VM kernel {kernel}");
-    cmd::run(cargo().args(["build", "--package", "footunnel"]))?;
+    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
     // The package tests install it (target/debian/, beside target/debug/).
     deb::build()?;
     // The client runs as routers run it (tests/vm/router.rs: aarch64 and
     // mipsel under qemu-user; every other client test: the x86_64 build).
     router_client()?;
     let client = dist::binary("x86_64-unknown-linux-musl").display().to_string();
-    let exe = test_executable("vm")?;
+    let exe = cmd::test_executable("vm")?;
     let opts = vm::Options {
         systemd: false,
         kernel: Some(kernel),
@@ -179,31 +163,16 @@ fn router_client() -> Result<()> {
 /// What a user does with the package, on a booted Debian 12 with systemd as
 /// PID 1 (tests/systemd): install, enable, reload, upgrade, reboot, purge.
 fn systemd_tests() -> Result<()> {
-    require_root("booted-systemd")?;
+    cmd::require_root("booted-systemd")?;
     let deb = deb::build()?;
     deb::build_upgrade()?;
     // Debian's package checker: no error and no unexplained warning.
     cmd::run(Command::new("lintian").args(["--fail-on", "error,warning", "--allow-root"]).arg(&deb))
         .context("lintian found problems in the package (above)")?;
-    let exe = test_executable("systemd")?;
+    let exe = cmd::test_executable("systemd")?;
     let boot = crate::systemd_vm::Boot { memory: "2G".into(), cpus: 2, timeout: Duration::from_secs(900) };
     match crate::systemd_vm::run(&boot, &[exe])? {
         0 => Ok(()),
         code => bail!("the booted-systemd tests failed (exit status {code}; the failed step is named above)"),
     }
-}
-
-/// Builds an integration test binary of footunnel-tests and returns its path.
-pub fn test_executable(name: &str) -> Result<String> {
-    executable(&["test", "--package", "footunnel-tests", "--test", name, "--no-run", "--message-format=json"], name)
-}
-
-/// Runs a cargo build command with JSON messages; the path of target `name`'s executable.
-pub fn executable(args: &[&str], name: &str) -> Result<String> {
-    let out = cmd::output(cargo().args(args))?;
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
-        .find_map(|m| m["executable"].as_str().map(str::to_owned))
-        .with_context(|| format!("cargo built no executable for `{name}`"))
 }

@@ -43,14 +43,6 @@ const MODULES: &[&str] = &["fou", "fou6", "ipip", "sit", "ip6_tunnel", "veth", "
 
 /// Exit status of the guest command (or of a failed boot).
 pub fn run(opts: &Options) -> Result<i32> {
-    if opts.systemd {
-        let boot = crate::systemd_vm::Boot {
-            memory: opts.memory.clone(),
-            cpus: opts.cpus,
-            timeout: std::time::Duration::from_secs(opts.timeout),
-        };
-        return crate::systemd_vm::run(&boot, &opts.command);
-    }
     let kernel = match &opts.kernel {
         Some(wanted) => pick_kernel(wanted)?,
         None => fou_kernels()?.pop().map(|k| k.path).context("no kernel")?,
@@ -182,3 +174,6 @@ pub fn shell_quote(arg: &str) -> String {
         format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
+
+/// Debian 12's two kernels with fou: its own (6.1) and Debian 13's (6.12).
+pub const REQUIRED_KERNELS: &[&str] = &["6.1", "6.12"];

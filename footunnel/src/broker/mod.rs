@@ -8,7 +8,6 @@ mod program;
 mod reload;
 mod shared;
 mod silence;
-mod state;
 
 use crate::{
     addr::endpoint,
@@ -42,12 +41,12 @@ use std::{
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
+use crate::state::broker::write_state;
+pub use crate::state::broker::{ReloadOutcome, STATE_FILE, StateFile, StateTunnel, read_state};
 use plan::{Plan, plan};
 use program::{attach, ensure_pin_dir, fill_maps};
 pub use program::{pinned_maps, unload};
-pub use reload::{ReloadOutcome, request as request_reload};
-use state::write_state;
-pub use state::{STATE_FILE, StateFile, StateTunnel, read_state};
+pub use reload::request as request_reload;
 
 /// What the broker sends a client.
 #[derive(Clone, Copy)]

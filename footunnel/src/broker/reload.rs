@@ -7,7 +7,6 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::{Result, bail};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
@@ -17,17 +16,7 @@ use crate::{
     tunnels::{Running, TunnelTable},
 };
 
-use super::{Broker, bring_up_managed, plan::plan, program::fill_maps};
-
-/// The outcome of the latest reload, in the state file, where `footunnel
-/// reload` reads it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadOutcome {
-    /// Counts reloads since the broker started.
-    pub generation: u64,
-    pub ok: bool,
-    pub message: String,
-}
+use super::{Broker, ReloadOutcome, bring_up_managed, plan::plan, program::fill_maps};
 
 /// Settings that decide where the data plane is and what it owns: a reload
 /// cannot move them under a running program.

@@ -93,16 +93,17 @@ pub fn from_broker(d: &Datagram, broker: IpAddr, sport: u16, dport: u16) -> Opti
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const NOW: u64 = 1_790_000_000_000_000_000;
+    pub(in crate::client) const NOW: u64 = 1_790_000_000_000_000_000;
 
-    fn identity() -> TunnelIdentity {
+    pub(in crate::client) fn identity() -> TunnelIdentity {
         TunnelIdentity::derive("client test secret, long enough")
     }
 
-    fn from_broker(kind: Kind, ts: u64, detail: [u8; 8]) -> Vec<u8> {
+    /// A message from the broker, signed with [`identity`]'s key.
+    pub(in crate::client) fn from_broker(kind: Kind, ts: u64, detail: [u8; 8]) -> Vec<u8> {
         let id = identity();
         ControlMessage::new(kind, id.id, ts, detail).sign(id.sip_key()).to_bytes().to_vec()
     }

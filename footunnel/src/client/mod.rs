@@ -8,7 +8,6 @@ pub mod metrics;
 pub mod path;
 pub mod resolve;
 pub mod schedule;
-pub mod state;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -23,6 +22,8 @@ use tracing::{debug, info, warn};
 
 use footunnel_ebpf::wire::{ControlMessage, Kind};
 
+use crate::state::client::write_state;
+pub use crate::state::client::{ClientState, STATE_FILE, read_state, render};
 use crate::{
     decide::next_timestamp,
     link::{self, TunnelLink},
@@ -35,8 +36,6 @@ use message::from_broker;
 pub use message::{FromBroker, verify_from_broker};
 use resolve::BrokerAddress;
 use schedule::Schedule;
-use state::write_state;
-pub use state::{ClientState, STATE_FILE, read_state, render};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -482,17 +481,7 @@ fn time(outcome: Result<i64, clock::TimeIgnored>, schedule: &mut Schedule, mono:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const NOW: u64 = 1_790_000_000_000_000_000;
-
-    fn identity() -> TunnelIdentity {
-        TunnelIdentity::derive("client test secret, long enough")
-    }
-
-    fn from_broker(kind: Kind, ts: u64, detail: [u8; 8]) -> Vec<u8> {
-        let id = identity();
-        ControlMessage::new(kind, id.id, ts, detail).sign(id.sip_key()).to_bytes().to_vec()
-    }
+    use message::tests::{NOW, from_broker, identity};
 
     #[test]
     fn a_verified_time_corrects_the_clock_and_heartbeats_at_once() {

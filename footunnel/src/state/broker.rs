@@ -1,5 +1,5 @@
-//! The broker's state file: what `footunnel show` and `unload` need besides
-//! the pinned maps.
+//! The broker's state file: what `footunnel show`, `reload`, `unload` and the
+//! metrics need besides the pinned maps, with the latest reload's outcome.
 
 use crate::manage::Created;
 use anyhow::{Context, Result};
@@ -24,7 +24,7 @@ pub struct StateFile {
     pub created: Created,
     /// The latest reload's outcome.
     #[serde(default)]
-    pub reload: Option<super::ReloadOutcome>,
+    pub reload: Option<ReloadOutcome>,
     /// Shared-device mode: the device.
     #[serde(default)]
     pub shared_device: Option<String>,
@@ -64,7 +64,7 @@ pub struct StateTunnel {
 
 pub const STATE_FILE: &str = "broker.json";
 
-pub(super) fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
+pub fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
     crate::files::write_atomically(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)
 }
 
@@ -74,4 +74,14 @@ pub fn read_state(dir: &Path) -> Result<StateFile> {
         format!("no broker state at {} (is `footunnel broker` running? see --state-dir)", path.display())
     })?;
     serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+/// The outcome of the latest reload, in the state file, where `footunnel
+/// reload` reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Counts reloads since the broker started.
+    pub generation: u64,
+    pub ok: bool,
+    pub message: String,
 }
