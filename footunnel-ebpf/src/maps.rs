@@ -490,19 +490,33 @@ impl From<crate::wire::Reject> for Counter {
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all `repr(C)` plain old data without padding (bytemuck::Pod
-    // derives check that at compile time).
-    unsafe impl aya::Pod for PortConfig {}
-    unsafe impl aya::Pod for TunnelConfig {}
-    unsafe impl aya::Pod for TunnelRef {}
-    unsafe impl aya::Pod for PrefixOwner {}
-    unsafe impl aya::Pod for CachedEndpoint {}
-    unsafe impl aya::Pod for crate::packet::Addr {}
-    unsafe impl aya::Pod for Endpoint {}
-    unsafe impl aya::Pod for Observed {}
-    unsafe impl aya::Pod for LegacySecret {}
-    unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for Event {}
+
+    /// `aya::Pod` for types that are `bytemuck::Pod`, which the compiler
+    /// checks here (and the derive checks: `repr(C)`, no padding).
+    macro_rules! aya_pod {
+        ($($t:ty),* $(,)?) => {$(
+            const _: () = {
+                const fn is_bytemuck_pod<T: bytemuck::Pod>() {}
+                is_bytemuck_pod::<$t>()
+            };
+            // SAFETY: plain old data without padding, as bytemuck::Pod (checked above) requires.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    aya_pod!(
+        PortConfig,
+        TunnelConfig,
+        TunnelRef,
+        PrefixOwner,
+        CachedEndpoint,
+        crate::packet::Addr,
+        Endpoint,
+        Observed,
+        LegacySecret,
+        Settings,
+        Event,
+    );
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ fn userspace_broker(stop_after_idle: Duration) -> (u64, u64, Duration, Duration)
     let mut msgs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
         .map(|iov| {
+            // SAFETY: mmsghdr is plain data; all zeros is a valid value.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_iov = iov;
             m.msg_hdr.msg_iovlen = 1;

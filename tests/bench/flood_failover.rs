@@ -99,6 +99,7 @@ fn flood_until(gen_ns: &Netns, stop: &AtomicBool, sent: &AtomicU64) {
         // SAFETY: zeroed mmsghdr is valid; all point at the one forged datagram.
         let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
             .map(|_| {
+                // SAFETY: mmsghdr is plain data; all zeros is a valid value.
                 let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 m.msg_hdr.msg_iov = &mut iov;
                 m.msg_hdr.msg_iovlen = 1;
@@ -158,6 +159,7 @@ fn userspace_broker(ready: &AtomicBool, stop: &AtomicBool, recorded: &AtomicU32)
             .iter_mut()
             .zip(names.iter_mut())
             .map(|(iov, name)| {
+                // SAFETY: mmsghdr is plain data; all zeros is a valid value.
                 let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 m.msg_hdr.msg_iov = iov;
                 m.msg_hdr.msg_iovlen = 1;

@@ -41,8 +41,9 @@ pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
     let parent = dir.parent().context("the pin directory needs a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid path and out pointer.
+    // SAFETY: statfs is plain data; all zeros is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and an out pointer to a live struct.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 != BPF_FS_MAGIC {
         info!("mounting bpffs at {}", parent.display());
         let fstype = c"bpf";

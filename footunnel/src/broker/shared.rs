@@ -48,8 +48,9 @@ pub fn check_kernel(release: &str) -> Result<()> {
 
 /// This machine's kernel release.
 pub fn kernel_release() -> String {
-    // SAFETY: uname fills the zeroed struct it is given.
+    // SAFETY: utsname is plain data; all zeros is a valid value.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname fills the struct it is given.
     if unsafe { libc::uname(&mut uts) } != 0 {
         return String::new();
     }
