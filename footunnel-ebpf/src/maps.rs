@@ -310,13 +310,13 @@ pub const EVENT_LEGACY: u8 = 3;
 /// sender's clock may be wrong, and the broker answers with TIME.
 pub const EVENT_STALE: u8 = 4;
 
-/// What the controller hears about through [`EVENTS`]. `tunnel_id` is the
-/// record id; which secret a heartbeat used is in its [`Endpoint::key_id`]
+/// What the controller hears about through [`EVENTS`], about the tunnel
+/// recorded under `record_id` ([`TunnelConfig::record`]); which secret a heartbeat used is in its [`Endpoint::key_id`]
 /// (kept out of the event: the 6.1 verifier's 512-byte stack has no room).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Event {
-    pub tunnel_id: u64,
+    pub record_id: u64,
     /// Heartbeat: its timestamp; otherwise the broker's clock.
     pub timestamp_ns: u64,
     /// Heartbeat: the nonce it answers. Observed: the UDP payload length

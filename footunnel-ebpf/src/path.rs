@@ -76,7 +76,7 @@ pub trait Env {
     /// Queues an [`Event`](crate::maps::Event) of `kind` about `udp` (its source and
     /// destination), written where it lies in the ring buffer: built on the
     /// stack it would not fit. `false` if there was no room.
-    fn emit(&self, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool;
+    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool;
 }
 
 /// Every packet on the uplink comes through here.
@@ -386,8 +386,8 @@ fn is_endpoint<E: Env>(env: &E, id: u64, udp: &Udp) -> bool {
 
 /// Tells the controller about `udp`, from its source to its destination.
 #[inline(always)]
-fn emit<E: Env>(env: &E, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) {
-    if !env.emit(kind, tunnel_id, timestamp_ns, detail, udp) {
+fn emit<E: Env>(env: &E, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) {
+    if !env.emit(kind, record_id, timestamp_ns, detail, udp) {
         env.count(Counter::EventsLost);
     }
 }

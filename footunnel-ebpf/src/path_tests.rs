@@ -158,10 +158,10 @@ impl Env for MemEnv {
     fn count(&self, c: Counter) {
         *self.counters.borrow_mut().entry(c.name()).or_default() += 1;
     }
-    fn emit(&self, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
+    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
         let (addr, dst_addr, port) = (udp.src_addr, udp.dst_addr, udp.src_port);
         self.events.borrow_mut().push(Event {
-            tunnel_id,
+            record_id,
             timestamp_ns,
             detail,
             addr,
@@ -224,7 +224,7 @@ fn valid_heartbeat_records_the_endpoint_and_is_dropped() {
     assert_eq!((ep.addr, ep.port, ep.last_timestamp_ns, ep.heartbeats, ep.changes), (mapped(CLIENT), 40001, NOW, 1, 1));
     assert_eq!(count(&env, Counter::Accepted), 1);
     let events = env.events.borrow();
-    assert_eq!((events[0].kind, events[0].tunnel_id, events[0].port), (EVENT_HEARTBEAT, ID, 40001));
+    assert_eq!((events[0].kind, events[0].record_id, events[0].port), (EVENT_HEARTBEAT, ID, 40001));
 }
 
 #[test]
@@ -521,7 +521,7 @@ fn during_a_key_rotation_either_secret_moves_one_endpoint_under_one_timestamp_ru
     process(&udp(CLIENT, 40004, 42424, &forged)[..], &env);
     assert_eq!(count(&env, Counter::BadTag), 1);
     let events = env.events.borrow();
-    assert_eq!(events.last().unwrap().tunnel_id, ID, "events name the record (its endpoint names the key)");
+    assert_eq!(events.last().unwrap().record_id, ID, "events name the record (its endpoint names the key)");
 }
 
 #[test]
@@ -715,7 +715,7 @@ fn a_correctly_tagged_stale_heartbeat_draws_one_clock_notice_a_second() {
     let events = env.events.borrow().clone();
     assert_eq!(events.len(), 1, "one notice for five stale heartbeats within a second");
     let e = events[0];
-    assert_eq!((e.kind, e.tunnel_id, e.timestamp_ns, e.stale_key_id()), (EVENT_STALE, ID, NOW - two_days, ID));
+    assert_eq!((e.kind, e.record_id, e.timestamp_ns, e.stale_key_id()), (EVENT_STALE, ID, NOW - two_days, ID));
     assert_eq!((e.addr, e.port), (mapped(CLIENT), 40001));
     assert!(env.endpoint(ID).is_none(), "a stale heartbeat records nothing");
     // A second later, the next one is announced again.

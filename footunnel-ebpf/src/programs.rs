@@ -352,10 +352,10 @@ impl Env for Maps {
         }
     }
     #[inline(always)]
-    fn emit(&self, kind: u8, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
+    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
         let Some(mut entry) = EVENTS.reserve(0) else { return false };
         entry.write(Event {
-            tunnel_id,
+            record_id,
             timestamp_ns,
             detail,
             addr: udp.src_addr,

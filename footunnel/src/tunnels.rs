@@ -95,16 +95,16 @@ impl Running {
 #[derive(Default)]
 pub struct TunnelTable {
     pub tunnels: Vec<Running>,
-    by_id: HashMap<u64, usize>,
+    by_record_id: HashMap<u64, usize>,
     /// Link name → tunnel: every link notification is looked up here.
     by_link: HashMap<String, usize>,
 }
 
 impl TunnelTable {
     pub fn new(tunnels: Vec<Running>) -> Self {
-        let by_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.record_id, i)).collect();
+        let by_record_id = tunnels.iter().enumerate().map(|(i, t)| (t.config.record_id, i)).collect();
         let by_link = tunnels.iter().enumerate().map(|(i, t)| (t.config.link.clone(), i)).collect();
-        TunnelTable { tunnels, by_id, by_link }
+        TunnelTable { tunnels, by_record_id, by_link }
     }
 
     /// Every tunnel's inner prefixes.
@@ -112,8 +112,8 @@ impl TunnelTable {
         self.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect()
     }
 
-    pub fn by_id(&self, id: u64) -> Option<usize> {
-        self.by_id.get(&id).copied()
+    pub fn by_record_id(&self, id: u64) -> Option<usize> {
+        self.by_record_id.get(&id).copied()
     }
 
     /// The tunnel whose link is named `name`.

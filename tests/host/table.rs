@@ -56,7 +56,7 @@ fn control_messages_are_verified_by_every_rule() {
     let events = broker.events();
     assert_eq!(events.len(), 1);
     assert_eq!(
-        (events[0].kind, events[0].tunnel_id, events[0].addr, events[0].port),
+        (events[0].kind, events[0].record_id, events[0].addr, events[0].port),
         (EVENT_HEARTBEAT, broker.tunnel.id, mapped(CLIENT), 40001)
     );
 
@@ -325,7 +325,7 @@ fn a_cache_hit_still_needs_the_inner_source_in_the_tunnels_prefix() {
     let before = broker.count(Counter::FouElsewhere);
     assert_eq!(broker.xdp(&theirs), XDP_PASS);
     assert_eq!(broker.count(Counter::FouElsewhere), before + 1, "a cache hit skipped the inner-prefix check");
-    assert_eq!(broker.events().iter().filter(|e| e.tunnel_id == other.id).count(), 1, "the other tunnel hears of it");
+    assert_eq!(broker.events().iter().filter(|e| e.record_id == other.id).count(), 1, "the other tunnel hears of it");
 }
 
 #[test]
@@ -383,7 +383,7 @@ fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
         Some(Counter::Replay),
     );
     let events = broker.events();
-    assert_eq!(events.iter().map(|e| e.tunnel_id).collect::<Vec<_>>(), [record; 3], "events carry the record");
+    assert_eq!(events.iter().map(|e| e.record_id).collect::<Vec<_>>(), [record; 3], "events carry the record");
     // The refused one's notice names the secret it used, for TIME's key.
     assert_eq!((events[2].kind, events[2].stale_key_id()), (EVENT_STALE, current.id));
 }

@@ -441,8 +441,8 @@ impl Broker {
     }
 
     async fn handle(&mut self, event: Event) {
-        let Some(i) = self.table.by_id(event.tunnel_id) else {
-            debug!("event for unknown tunnel {:016x}", event.tunnel_id);
+        let Some(i) = self.table.by_record_id(event.record_id) else {
+            debug!("event for unknown tunnel record {:016x}", event.record_id);
             return;
         };
         let source = (event.addr.ip(), event.port);
@@ -469,7 +469,7 @@ impl Broker {
                     );
                 } else if decide::may_ack(after, source) {
                     // Under the key of the heartbeat it answers, which the endpoint records.
-                    let key_id = self.endpoint(event.tunnel_id).map_or(0, |e| e.key_id);
+                    let key_id = self.endpoint(event.record_id).map_or(0, |e| e.key_id);
                     self.send(i, Answer::Ack, key_id, event.dst_addr.ip(), source);
                 } else if self.shared.is_some() && source.0.is_ipv6() {
                     info!(
@@ -545,7 +545,7 @@ impl Broker {
         // Stamped after the tunnel's last accepted heartbeat: a client whose
         // clock is only a little behind its own earlier heartbeats (a reboot)
         // moves past them by this TIME.
-        let last_accepted = self.endpoint(event.tunnel_id).map_or(0, |e| e.last_timestamp_ns);
+        let last_accepted = self.endpoint(event.record_id).map_or(0, |e| e.last_timestamp_ns);
         let t = &mut self.table.tunnels[i];
         t.last_sent_ns = t.last_sent_ns.max(last_accepted);
         self.send(i, Answer::Time(echo), key_id, event.dst_addr.ip(), source);
