@@ -71,6 +71,7 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 fn build(triple: &str) -> Result<()> {
+    let target_dir = cache_dir()?;
     let env_name = format!("CARGO_TARGET_{}_RUSTFLAGS", triple.to_uppercase().replace('-', "_"));
     let mut cargo = cmd::nightly_cargo();
     cargo
@@ -78,14 +79,14 @@ fn build(triple: &str) -> Result<()> {
         .env(env_name, RUSTFLAGS)
         // Its own target directory: a std built for each target is kept
         // between runs (minutes when cold), apart from the host's builds.
-        .env("CARGO_TARGET_DIR", cache_dir()?)
+        .env("CARGO_TARGET_DIR", &target_dir)
         .args(["zigbuild", "--package", "footunnel", "--no-default-features", "--profile", "router"])
         .args(["--target", triple, "-Z", "build-std=std,panic_abort", "-Z", "build-std-features=optimize_for_size"]);
     println!("dist: building the client for {triple}");
     cmd::run(&mut cargo).with_context(|| {
         format!("could not build the client for {triple} (`cargo xtask setup` installs zig and cargo-zigbuild)")
     })?;
-    let built = cache_dir()?.join(triple).join("router/footunnel");
+    let built = target_dir.join(triple).join("router/footunnel");
     let out = binary(triple);
     let mut objcopy = Command::new("llvm-objcopy");
     for section in REMOVED_SECTIONS {

@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("lintian", "Debian's package checker, run on footunnel's .deb"),
     ("llvm", "llvm-objcopy: the router binaries lose sections they never read (cargo xtask dist)"),
     ("qemu-user-static", "running the aarch64 and mipsel router clients in VM tests"),
+    ("faketime", "a client whose clock is days off, in the VM's clock tests"),
 ];
 
 pub fn run() -> Result<()> {
