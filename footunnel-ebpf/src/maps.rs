@@ -96,6 +96,26 @@ pub const OBSERVED: &str = "OBSERVED";
 pub const CLOCK_NOTICES: &str = "CLOCK_NOTICES";
 /// The broker answers a client's wrong clock (TIME) at most this often per tunnel.
 pub const CLOCK_NOTICE_INTERVAL_NS: u64 = 1_000_000_000;
+/// Hash map: record id → the tunnel's PROBE budget, as the time (broker
+/// wall clock, ns) at which it would be full again: a verified PROBE is
+/// announced ([`EVENT_PROBE`]) only while that is at most
+/// `(PROBE_BURST - 1) * PROBE_INTERVAL_NS` ahead of now, and moves it on by
+/// one interval (a generic cell rate algorithm: one word, no timer).
+pub const PROBE_BUDGET: &str = "PROBE_BUDGET";
+/// A tunnel's PROBEs are answered at most 10 a second, in bursts of 10.
+pub const PROBE_INTERVAL_NS: u64 = 100_000_000;
+pub const PROBE_BURST: u64 = 10;
+
+/// Whether a PROBE at `now` fits the budget `full_at` (0: never used);
+/// the budget's new value if so.
+#[inline(always)]
+pub fn probe_budget(full_at: u64, now: u64) -> Option<u64> {
+    let from = if full_at > now { full_at } else { now };
+    if from - now > (PROBE_BURST - 1) * PROBE_INTERVAL_NS {
+        return None;
+    }
+    Some(from + PROBE_INTERVAL_NS)
+}
 /// Hash map: [`Addr`](crate::packet::Addr) → 1, the broker addresses the
 /// tunnels' links use (unspecified: a link takes any). A control message
 /// that is no known tunnel's is dropped only when sent to one of these:
@@ -131,7 +151,7 @@ const fn spec(name: &'static str, key_size: usize, value_size: usize, max_entrie
 /// Every map of the eBPF object, once. `programs.rs` declares each with
 /// these types and sizes (the eBPF side cannot read a table), and a host
 /// test compares the built object's maps with this table.
-pub const MAPS: [MapSpec; 13] = [
+pub const MAPS: [MapSpec; 14] = [
     spec(FOU_PORTS, 4, size_of::<PortConfig>(), PORT_SLOTS, true),
     spec(ENDPOINT_CACHE, 4, size_of::<CachedEndpoint>(), ENDPOINT_CACHE_SLOTS, false),
     spec(TUNNELS, 8, size_of::<TunnelConfig>(), MAX_KEYS, true),
@@ -142,6 +162,8 @@ pub const MAPS: [MapSpec; 13] = [
     spec(LEGACY_SECRETS, size_of::<LegacySecret>(), size_of::<TunnelRef>(), MAX_TUNNELS, true),
     spec(OBSERVED, 8, size_of::<Observed>(), MAX_TUNNELS, true),
     spec(CLOCK_NOTICES, 8, 8, MAX_TUNNELS, true),
+    // Derived: a lost budget is a full one.
+    spec(PROBE_BUDGET, 8, 8, MAX_TUNNELS, false),
     spec(LOCAL_ADDRS, size_of::<crate::packet::Addr>(), 4, MAX_LOCAL_ADDRS, true),
     spec(SETTINGS, 4, size_of::<Settings>(), 1, true),
     // A ring buffer has no keys or values; its size is its byte count.
@@ -309,6 +331,9 @@ pub const EVENT_LEGACY: u8 = 3;
 /// A heartbeat with a correct tag refused as stale or replayed: its
 /// sender's clock may be wrong, and the broker answers with TIME.
 pub const EVENT_STALE: u8 = 4;
+/// A verified PROBE within its tunnel's budget: the broker answers with a
+/// PROBE_ACK of the same length, and applies the MTU it asks for.
+pub const EVENT_PROBE: u8 = 5;
 
 /// What the controller hears about through [`EVENTS`], about the tunnel
 /// recorded under `record_id` ([`TunnelConfig::record`]); which secret a heartbeat used is in its [`Endpoint::key_id`]
@@ -321,7 +346,8 @@ pub struct Event {
     pub timestamp_ns: u64,
     /// Heartbeat: the nonce it answers. Observed: the UDP payload length
     /// (big-endian u16), which bounds the size of a challenge. Stale: the
-    /// heartbeat's tunnel id (big-endian), so TIME uses its key.
+    /// heartbeat's tunnel id (big-endian), so TIME uses its key. Probe: the
+    /// PROBE's tunnel id, likewise.
     pub detail: [u8; 8],
     /// The packet's source (IPv4 mapped into IPv6).
     pub addr: Addr,
@@ -329,15 +355,23 @@ pub struct Event {
     /// an endpoint-dependent NAT lets them through.
     pub dst_addr: Addr,
     pub port: u16,
-    /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`], [`EVENT_LEGACY`] or [`EVENT_STALE`].
+    /// [`EVENT_HEARTBEAT`], [`EVENT_OBSERVED`], [`EVENT_LEGACY`], [`EVENT_STALE`] or [`EVENT_PROBE`].
     pub kind: u8,
     pub _pad: u8,
-    pub _pad2: u32,
+    /// Probe: the PROBE's length L and the MTU it asks for, as its detail
+    /// carries them ([`crate::wire::Probe::from_detail`]); otherwise 0.
+    pub extra: [u8; 4],
 }
 
 impl Event {
-    /// For [`EVENT_STALE`]: the tunnel id (secret) the heartbeat carried.
-    pub fn stale_key_id(&self) -> u64 {
+    /// For [`EVENT_PROBE`]: its length and the MTU it asks for.
+    pub fn probe(&self) -> crate::wire::Probe {
+        let e = self.extra;
+        crate::wire::Probe::from_detail([e[0], e[1], e[2], e[3], 0, 0, 0, 0])
+    }
+
+    /// For [`EVENT_STALE`] and [`EVENT_PROBE`]: the tunnel id (secret) the message carried.
+    pub fn key_id(&self) -> u64 {
         u64::from_be_bytes(self.detail)
     }
 
@@ -435,6 +469,10 @@ counters! {
     /// IPv6 datagrams with more extension headers before their transport
     /// header than the program walks: passed unchecked, whatever their port.
     Ipv6Unwalked = "ipv6_unwalked", Packets;
+    /// PROBEs verified and announced (a client discovering its path MTU).
+    Probe = "probe", Packets;
+    /// Verified PROBEs beyond their tunnel's budget (10 a second): dropped.
+    ProbeLimited = "probe_limited", Rejected;
 }
 
 /// How counters are exposed as Prometheus metrics.

@@ -4,15 +4,17 @@
 
 use crate::{
     maps::{
-        CLOCK_NOTICE_INTERVAL_NS, CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_STALE,
-        Endpoint, LEGACY_SECRET_MAX, LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner, Settings,
-        TunnelConfig, endpoint_cache_key, inner_prefix,
+        CLOCK_NOTICE_INTERVAL_NS, CachedEndpoint, Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_PROBE,
+        EVENT_STALE, Endpoint, LEGACY_SECRET_MAX, LegacySecret, Observed, PORT_LEGACY, PortConfig, PrefixOwner,
+        Settings, TunnelConfig, endpoint_cache_key, inner_prefix, probe_budget,
     },
     packet::{
         Addr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, PacketBytes, Parsed, UDP_HLEN, UNSPECIFIED, Udp,
         parse_udp, read_addresses, same_addr,
     },
-    wire::{Acceptance, Kind, MESSAGE_LEN, Message, MessageWords, check_fresh, check_header, check_new, check_signed},
+    wire::{
+        Acceptance, Kind, MESSAGE_LEN, Message, MessageWords, Probe, check_fresh, check_header, check_new, check_signed,
+    },
 };
 
 /// What happens to the packet.
@@ -72,11 +74,14 @@ pub trait Env {
     /// When [`notice_clock`] last announced tunnel `id` (0: never).
     fn last_clock_notice(&self, id: u64) -> u64;
     fn set_clock_notice(&self, id: u64, now: u64);
+    /// Tunnel `id`'s PROBE budget ([`probe_budget`]; 0: never used).
+    fn probe_budget(&self, id: u64) -> u64;
+    fn set_probe_budget(&self, id: u64, full_at: u64);
     fn count(&self, counter: Counter);
     /// Queues an [`Event`](crate::maps::Event) of `kind` about `udp` (its source and
     /// destination), written where it lies in the ring buffer: built on the
     /// stack it would not fit. `false` if there was no room.
-    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool;
+    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], extra: [u8; 4], udp: &Udp) -> bool;
 }
 
 /// Every packet on the uplink comes through here.
@@ -128,7 +133,7 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         return Verdict::Pass;
     }
     match first >> 4 {
-        0xF => match heartbeat(pkt, &udp, env) {
+        0xF => match control(pkt, &udp, env) {
             Ok(()) => Verdict::Drop,
             // Someone else's: a router's transit traffic, or another address here.
             Err(Counter::WrongDestination) => {
@@ -252,13 +257,26 @@ fn wall_clock<E: Env>(env: &E, settings: &Settings) -> u64 {
     env.boot_ns().wrapping_add(settings.realtime_offset_ns)
 }
 
-/// A control message on a FoU port: only a verified HEARTBEAT changes state.
+/// A control message on a FoU port: a HEARTBEAT (40 bytes), or a PROBE
+/// (padded to the size it probes).
 #[inline(always)]
-fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Result<(), Counter> {
-    if udp.payload_len != MESSAGE_LEN {
+fn control<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Result<(), Counter> {
+    if udp.payload_len < MESSAGE_LEN {
         return Err(Counter::Malformed);
     }
     let msg = &MessageWords(pkt.le64s::<{ MESSAGE_LEN / 8 }>(udp.payload_offset).ok_or(Counter::Malformed)?);
+    if msg.kind() == Kind::Probe as u8 {
+        return probe(msg, udp, env);
+    }
+    if udp.payload_len != MESSAGE_LEN {
+        return Err(Counter::Malformed);
+    }
+    heartbeat(msg, udp, env)
+}
+
+/// Only a verified HEARTBEAT changes state.
+#[inline(always)]
+fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
     check_header(msg, Kind::Heartbeat)?;
     let key_id = msg.tunnel_id();
     let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
@@ -303,7 +321,39 @@ fn heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Re
     forget_cached(env, moved_from);
     env.count(Counter::Accepted);
     let detail = msg.detail();
-    emit(env, EVENT_HEARTBEAT, id, timestamp, detail, udp);
+    emit(env, EVENT_HEARTBEAT, id, timestamp, detail, [0; 4], udp);
+    Ok(())
+}
+
+/// A PROBE: checked like a heartbeat (tag, then freshness) but never
+/// subject to or moving the increasing rule or the endpoint, and as long as
+/// its detail says; then announced within the tunnel's budget, so a replayed
+/// flood costs the controller ten events a second.
+#[inline(always)]
+fn probe<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
+    check_header(msg, Kind::Probe)?;
+    let key_id = msg.tunnel_id();
+    let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
+    let id = tunnel.record;
+    if !for_tunnel(&tunnel.local, udp) {
+        return Err(Counter::WrongDestination);
+    }
+    let settings = env.settings();
+    if !settings.configured() {
+        return Err(Counter::Unconfigured);
+    }
+    check_signed(msg, &tunnel.key)?;
+    let detail = msg.detail();
+    if !Probe::from_detail(detail).fits(udp.payload_len) {
+        return Err(Counter::Malformed);
+    }
+    let now = wall_clock(env, &settings);
+    check_fresh(msg, &Acceptance { expected: Kind::Probe, now_ns: now, window_ns: settings.window_ns })?;
+    let full_at = probe_budget(env.probe_budget(id), now).ok_or(Counter::ProbeLimited)?;
+    env.set_probe_budget(id, full_at);
+    env.count(Counter::Probe);
+    let extra = [detail[0], detail[1], detail[2], detail[3]];
+    emit(env, EVENT_PROBE, id, msg.timestamp_ns(), key_id.to_be_bytes(), extra, udp);
     Ok(())
 }
 
@@ -316,7 +366,7 @@ fn notice_clock<E: Env>(env: &E, id: u64, key_id: u64, timestamp_ns: u64, now: u
         return;
     }
     env.set_clock_notice(id, now);
-    emit(env, EVENT_STALE, id, timestamp_ns, key_id.to_be_bytes(), udp);
+    emit(env, EVENT_STALE, id, timestamp_ns, key_id.to_be_bytes(), [0; 4], udp);
 }
 
 /// Makes the packet's source the endpoint; the previous endpoint if it moved.
@@ -386,8 +436,8 @@ fn is_endpoint<E: Env>(env: &E, id: u64, udp: &Udp) -> bool {
 
 /// Tells the controller about `udp`, from its source to its destination.
 #[inline(always)]
-fn emit<E: Env>(env: &E, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) {
-    if !env.emit(kind, record_id, timestamp_ns, detail, udp) {
+fn emit<E: Env>(env: &E, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], extra: [u8; 4], udp: &Udp) {
+    if !env.emit(kind, record_id, timestamp_ns, detail, extra, udp) {
         env.count(Counter::EventsLost);
     }
 }
@@ -464,7 +514,7 @@ fn fou_data<E: Env>(udp: &Udp, owner: Option<(PrefixOwner, Option<(u32, u32)>)>,
     // The payload length bounds the size of the challenge it may draw.
     let len = (udp.payload_len as u16).to_be_bytes();
     let detail = [len[0], len[1], 0, 0, 0, 0, 0, 0];
-    emit(env, EVENT_OBSERVED, id, now, detail, udp);
+    emit(env, EVENT_OBSERVED, id, now, detail, [0; 4], udp);
     env.set_observed(id, &observed);
     verdict
 }
@@ -516,7 +566,7 @@ fn legacy_heartbeat<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E
     drop(endpoint);
     forget_cached(env, moved_from);
     env.count(Counter::LegacyAccepted);
-    emit(env, EVENT_LEGACY, id, now, [0; 8], udp);
+    emit(env, EVENT_LEGACY, id, now, [0; 8], [0; 4], udp);
     Verdict::Drop
 }
 

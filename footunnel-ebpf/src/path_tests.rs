@@ -28,6 +28,7 @@ pub(crate) struct MemEnv {
     legacy: HashMap<Vec<u8>, u64>,
     observed: RefCell<HashMap<u64, Observed>>,
     clock_notices: RefCell<HashMap<u64, u64>>,
+    probe_budgets: RefCell<HashMap<u64, u64>>,
     counters: RefCell<HashMap<&'static str, u64>>,
     events: RefCell<Vec<Event>>,
     boot: std::cell::Cell<u64>,
@@ -155,10 +156,16 @@ impl Env for MemEnv {
     fn set_clock_notice(&self, id: u64, now: u64) {
         self.clock_notices.borrow_mut().insert(id, now);
     }
+    fn probe_budget(&self, id: u64) -> u64 {
+        self.probe_budgets.borrow().get(&id).copied().unwrap_or(0)
+    }
+    fn set_probe_budget(&self, id: u64, full_at: u64) {
+        self.probe_budgets.borrow_mut().insert(id, full_at);
+    }
     fn count(&self, c: Counter) {
         *self.counters.borrow_mut().entry(c.name()).or_default() += 1;
     }
-    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
+    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], extra: [u8; 4], udp: &Udp) -> bool {
         let (addr, dst_addr, port) = (udp.src_addr, udp.dst_addr, udp.src_port);
         self.events.borrow_mut().push(Event {
             record_id,
@@ -168,6 +175,7 @@ impl Env for MemEnv {
             dst_addr,
             port,
             kind,
+            extra,
             ..Default::default()
         });
         true
@@ -203,6 +211,14 @@ pub(crate) fn udp(src: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u
 
 pub(crate) fn heartbeat(ts: u64) -> [u8; 40] {
     ControlMessage::new(Kind::Heartbeat, ID, ts, [0; 8]).sign(KEY).to_bytes()
+}
+
+/// A PROBE of `len` bytes asking for `mtu`, padded with zeros.
+pub(crate) fn probe_of(ts: u64, len: u16, mtu: u16) -> Vec<u8> {
+    let p = Probe { len, mtu };
+    let mut bytes = vec![0; usize::from(len)];
+    assert!(p.write(&ControlMessage::new(Kind::Probe, ID, ts, p.detail()).sign(KEY), &mut bytes));
+    bytes
 }
 
 pub(crate) fn inner_v4(src: [u8; 4]) -> Vec<u8> {
@@ -715,7 +731,7 @@ fn a_correctly_tagged_stale_heartbeat_draws_one_clock_notice_a_second() {
     let events = env.events.borrow().clone();
     assert_eq!(events.len(), 1, "one notice for five stale heartbeats within a second");
     let e = events[0];
-    assert_eq!((e.kind, e.record_id, e.timestamp_ns, e.stale_key_id()), (EVENT_STALE, ID, NOW - two_days, ID));
+    assert_eq!((e.kind, e.record_id, e.timestamp_ns, e.key_id()), (EVENT_STALE, ID, NOW - two_days, ID));
     assert_eq!((e.addr, e.port), (mapped(CLIENT), 40001));
     assert!(env.endpoint(ID).is_none(), "a stale heartbeat records nothing");
     // A second later, the next one is announced again.
@@ -766,4 +782,65 @@ fn a_client_moving_from_ipv4_to_ipv6_leaves_no_cache_entry_behind() {
     assert!(env.cache.borrow().values().all(|c| c.entry == 0), "the old IPv4 endpoint's entry survived");
     assert_eq!(process(&udp(CLIENT, 40001, 42424, &inner_v4([10, 0, 0, 2]))[..], &env), Verdict::Pass);
     assert_eq!(count(&env, Counter::FouElsewhere), 1);
+}
+
+#[test]
+fn a_verified_probe_is_announced_with_its_length_and_mtu_and_moves_nothing() {
+    let env = env();
+    process(&udp(CLIENT, 40001, 42424, &heartbeat(NOW))[..], &env);
+    let before = env.endpoint(ID).unwrap();
+    // From another port, with an older timestamp than the heartbeat: a
+    // probe is under the freshness rule only, and records nothing.
+    assert_eq!(process(&udp(CLIENT, 40009, 42424, &probe_of(NOW - 5, 1400, 1372))[..], &env), Verdict::Drop);
+    assert_eq!(env.endpoint(ID).unwrap(), before);
+    assert_eq!(count(&env, Counter::Probe), 1);
+    let e = *env.events.borrow().last().unwrap();
+    assert_eq!((e.kind, e.record_id, e.timestamp_ns, e.key_id(), e.port), (EVENT_PROBE, ID, NOW - 5, ID, 40009));
+    assert_eq!(e.probe(), Probe { len: 1400, mtu: 1372 });
+    // The smallest probe: no padding.
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &probe_of(NOW + 1, 40, 1400))[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::Probe), 2);
+}
+
+#[test]
+fn a_probe_that_is_cut_short_forged_stale_or_unknown_is_counted_and_not_announced() {
+    let env = env();
+    let good = probe_of(NOW, 1000, 0);
+    let mut forged = good.clone();
+    forged[24] ^= 1; // its length field, under the tag
+    let mut padding_changed = good.clone();
+    padding_changed[999] = 1; // outside the tag: still verified
+    let mut other_tunnel = good.clone();
+    other_tunnel[8] ^= 1;
+    for (payload, reason) in [
+        (good[..999].to_vec(), Counter::Malformed),
+        ([&good[..], &[0][..]].concat(), Counter::Malformed),
+        (good[..39].to_vec(), Counter::Malformed),
+        (forged, Counter::BadTag),
+        (probe_of(NOW - 200_000_000_000, 1000, 0), Counter::Stale),
+        (other_tunnel, Counter::UnknownTunnel),
+    ] {
+        let env = self::env();
+        assert_eq!(process(&udp(CLIENT, 40001, 42424, &payload)[..], &env), Verdict::Drop, "{reason:?}");
+        assert_eq!(count(&env, reason), 1, "{reason:?}");
+        assert!(env.events.borrow().is_empty(), "{reason:?}: {:?}", env.events.borrow());
+    }
+    assert_eq!(process(&udp(CLIENT, 40001, 42424, &padding_changed)[..], &env), Verdict::Drop);
+    assert_eq!(count(&env, Counter::Probe), 1);
+}
+
+#[test]
+fn probes_beyond_ten_a_second_are_dropped_without_an_event() {
+    let env = env();
+    for i in 0..25 {
+        assert_eq!(process(&udp(CLIENT, 40001, 42424, &probe_of(NOW + i, 1400, 0))[..], &env), Verdict::Drop);
+    }
+    assert_eq!((count(&env, Counter::Probe), count(&env, Counter::ProbeLimited)), (10, 15));
+    // Half a second refills five.
+    env.boot.set(env.boot.get() + 500_000_000);
+    for i in 0..8 {
+        process(&udp(CLIENT, 40001, 42424, &probe_of(NOW + 100 + i, 1400, 0))[..], &env);
+    }
+    assert_eq!((count(&env, Counter::Probe), count(&env, Counter::ProbeLimited)), (15, 18));
+    assert_eq!(env.events.borrow().len(), 15);
 }

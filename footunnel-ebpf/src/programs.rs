@@ -49,6 +49,8 @@ static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
 static CLOCK_NOTICES: HashMap<u64, u64, MAX_TUNNELS, GROWING> = HashMap::new();
 #[btf_map]
+static PROBE_BUDGET: HashMap<u64, u64, MAX_TUNNELS, GROWING> = HashMap::new();
+#[btf_map]
 static LOCAL_ADDRS: HashMap<Addr, u32, MAX_LOCAL_ADDRS> = HashMap::new();
 #[btf_map]
 static SETTINGS: Array<Settings, 1> = Array::new();
@@ -345,6 +347,15 @@ impl Env for Maps {
         let _ = CLOCK_NOTICES.insert(id, now, 0);
     }
     #[inline(always)]
+    fn probe_budget(&self, id: u64) -> u64 {
+        // SAFETY: as in `port`.
+        unsafe { PROBE_BUDGET.get(id).copied().unwrap_or(0) }
+    }
+    #[inline(always)]
+    fn set_probe_budget(&self, id: u64, full_at: u64) {
+        let _ = PROBE_BUDGET.insert(id, full_at, 0);
+    }
+    #[inline(always)]
     fn count(&self, counter: Counter) {
         if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
             // SAFETY: this CPU's own slot.
@@ -352,7 +363,7 @@ impl Env for Maps {
         }
     }
     #[inline(always)]
-    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], udp: &Udp) -> bool {
+    fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], extra: [u8; 4], udp: &Udp) -> bool {
         let Some(mut entry) = EVENTS.reserve(0) else { return false };
         entry.write(Event {
             record_id,
@@ -363,7 +374,7 @@ impl Env for Maps {
             port: udp.src_port,
             kind,
             _pad: 0,
-            _pad2: 0,
+            extra,
         });
         entry.submit(0);
         true

@@ -30,6 +30,10 @@ pub enum Kind {
     /// Broker → client: "your heartbeat's clock is wrong; mine says this"
     /// (the detail echoes the refused heartbeat's timestamp).
     Time = 5,
+    /// Client → broker: "does a datagram this large pass?" ([`Probe`]).
+    Probe = 6,
+    /// Broker → client: "it did", padded to the PROBE's length.
+    ProbeAck = 7,
 }
 
 impl Kind {
@@ -40,6 +44,8 @@ impl Kind {
             3 => Some(Kind::Challenge),
             4 => Some(Kind::Ack6),
             5 => Some(Kind::Time),
+            6 => Some(Kind::Probe),
+            7 => Some(Kind::ProbeAck),
             _ => None,
         }
     }
@@ -180,6 +186,53 @@ impl Ack6 {
     pub fn sign(mut self, key: SipKey) -> Self {
         self.tag = self.expected_tag(key);
         self
+    }
+}
+
+/// The largest UDP payload a PROBE or PROBE_ACK may have (IPv4's limit).
+pub const PROBE_MAX_LEN: usize = 65_507;
+
+/// PROBE and PROBE_ACK (docs/protocol.md): a 40-byte control message whose
+/// detail carries the datagram's whole UDP payload length L and an inner
+/// MTU, padded with zeros to L. The padding is outside the tag: it only
+/// makes the datagram as large as the path must carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The UDP payload length L, 40 ≤ L ≤ [`PROBE_MAX_LEN`].
+    pub len: u16,
+    /// PROBE: the inner MTU the client asks for (0: none). PROBE_ACK: the
+    /// one the broker applied (0: none, or refused).
+    pub mtu: u16,
+}
+
+impl Probe {
+    /// The detail field that carries it.
+    pub fn detail(self) -> [u8; 8] {
+        let (l, m) = (self.len.to_be_bytes(), self.mtu.to_be_bytes());
+        [l[0], l[1], m[0], m[1], 0, 0, 0, 0]
+    }
+
+    pub fn from_detail(detail: [u8; 8]) -> Self {
+        Probe { len: u16::from_be_bytes([detail[0], detail[1]]), mtu: u16::from_be_bytes([detail[2], detail[3]]) }
+    }
+
+    /// Writes the whole UDP payload into `out`, which must be L bytes:
+    /// `msg` (already signed), then zeros. `false` if `out` is not L bytes.
+    pub fn write(self, msg: &ControlMessage, out: &mut [u8]) -> bool {
+        if !self.fits(out.len()) {
+            return false;
+        }
+        let (head, padding) = out.split_at_mut(MESSAGE_LEN);
+        head.copy_from_slice(&msg.to_bytes());
+        padding.fill(0);
+        true
+    }
+
+    /// Whether `payload_len` is a length a PROBE or PROBE_ACK may have and
+    /// the one its detail names (a datagram cut short on the way is none).
+    #[inline(always)]
+    pub fn fits(self, payload_len: usize) -> bool {
+        (MESSAGE_LEN..=PROBE_MAX_LEN).contains(&payload_len) && usize::from(self.len) == payload_len
     }
 }
 

@@ -14,6 +14,7 @@ pub mod fou;
 pub mod link;
 pub mod manage;
 pub mod metrics;
+pub mod mtu;
 pub mod rawudp;
 pub mod secret;
 pub mod service;

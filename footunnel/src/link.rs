@@ -224,6 +224,14 @@ pub async fn set_up(handle: &Handle, index: u32, up: bool) -> Result<()> {
         .with_context(|| format!("cannot set link {index} {}", if up { "up" } else { "down" }))
 }
 
+/// Sets link `index`'s MTU, changing nothing else.
+pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32) -> Result<()> {
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    message.attributes.push(LinkAttribute::Mtu(mtu));
+    handle.link().change(message).execute().await.with_context(|| format!("cannot set link {index}'s MTU to {mtu}"))
+}
+
 /// Sets the link's `local` address, every other parameter unchanged (as
 /// [`repoint`] does).
 pub async fn set_local(handle: &Handle, link: &TunnelLink, local: IpAddr) -> Result<TunnelLink> {

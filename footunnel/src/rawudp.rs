@@ -287,7 +287,8 @@ impl RawUdp {
 
     /// The next datagram, or `None` if none is waiting (non-blocking socket).
     pub fn recv(&self) -> Result<Option<Datagram>> {
-        let mut buf = [0u8; 2048];
+        // A PROBE_ACK is as large as the path: up to a jumbo frame and more.
+        let mut buf = vec![0u8; 65_536];
         // SAFETY: an all-zero sockaddr_in6 is valid; it is large enough for either family.
         let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut from_len = size_of::<libc::sockaddr_in6>() as u32;

@@ -2,9 +2,9 @@
 //! counters, events.
 
 use footunnel_ebpf::{
-    maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_STALE},
+    maps::{Counter, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_PROBE, EVENT_STALE},
     packet::mapped,
-    wire::ControlMessage,
+    wire::{ControlMessage, Kind, Probe},
 };
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, LEGACY_PORT, TC_ACT_OK, TC_ACT_SHOT, WINDOW_NS, XDP_DROP, XDP_PASS, now_ns},
@@ -99,7 +99,7 @@ fn control_messages_are_verified_by_every_rule() {
     let events = broker.events();
     let kinds: Vec<u8> = events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EVENT_STALE], "one clock notice, no other event");
-    assert_eq!((events[0].timestamp_ns, events[0].stale_key_id()), (t0, broker.tunnel.id), "it echoes the replay");
+    assert_eq!((events[0].timestamp_ns, events[0].key_id()), (t0, broker.tunnel.id), "it echoes the replay");
 
     // Truncated at every length: never accepted, never panics the verifier's trust.
     let full = to_fou(CLIENT, 40002, &broker.heartbeat(t0 + 1)).build();
@@ -145,6 +145,57 @@ fn control_messages_are_verified_by_every_rule() {
     assert_eq!(broker.endpoint(), Some(moved), "a forged flagged heartbeat changes nothing");
     expect(&broker, "heartbeat with flags", &flagged(t0 + 4, 0), XDP_DROP, Some(Counter::Accepted));
     assert_eq!(broker.endpoint().map(|e| (e.port, e.last_timestamp_ns)), Some((40004, t0 + 4)));
+}
+
+/// A PROBE of `len` bytes for the broker's tunnel, asking for `mtu`.
+fn probe(broker: &Broker, ts: u64, len: u16, mtu: u16) -> Vec<u8> {
+    let p = Probe { len, mtu };
+    let msg = ControlMessage::new(Kind::Probe, broker.tunnel.id, ts, p.detail()).sign(broker.tunnel.sip_key());
+    let mut bytes = vec![0; usize::from(len)];
+    assert!(p.write(&msg, &mut bytes));
+    bytes
+}
+
+#[test]
+fn probes_of_every_size_are_verified_announced_and_rate_limited_in_the_kernel() {
+    let mut broker = Broker::new(false);
+    let t0 = now_ns();
+    expect(
+        &broker,
+        "heartbeat",
+        &to_fou(CLIENT, 40001, &broker.heartbeat(t0)).build(),
+        XDP_DROP,
+        Some(Counter::Accepted),
+    );
+    let ep = broker.endpoint().unwrap();
+    // Full-size (1472 bytes of payload, a 1514-byte frame) and the smallest,
+    // by XDP and by TC; older than the heartbeat, from another port.
+    for (i, len) in [1472u16, 40, 1000].into_iter().enumerate() {
+        let frame = to_fou(CLIENT, 40009, &probe(&broker, t0 - 10 - i as u64, len, 1400)).build();
+        expect(&broker, &format!("PROBE of {len}"), &frame, XDP_DROP, Some(Counter::Probe));
+        assert_eq!(broker.tc(&frame), TC_ACT_SHOT, "TC: PROBE of {len}");
+    }
+    assert_eq!(broker.endpoint(), Some(ep), "a probe moves nothing");
+    let events = broker.events();
+    let got: Vec<_> = events.iter().map(|e| (e.kind, e.probe(), e.timestamp_ns, e.key_id(), e.port)).collect();
+    assert_eq!(got[1], (EVENT_PROBE, Probe { len: 1472, mtu: 1400 }, t0 - 10, broker.tunnel.id, 40009), "{got:?}");
+    assert_eq!(got.len(), 1 + 6, "{got:?}");
+    let mut cut = probe(&broker, t0, 1000, 0);
+    cut.truncate(999);
+    expect(&broker, "PROBE cut short", &to_fou(CLIENT, 40009, &cut).build(), XDP_DROP, Some(Counter::Malformed));
+    let mut forged = probe(&broker, t0, 1000, 0);
+    forged[26] ^= 1;
+    expect(&broker, "forged PROBE", &to_fou(CLIENT, 40009, &forged).build(), XDP_DROP, Some(Counter::BadTag));
+    let stale = probe(&broker, t0 - 2 * WINDOW_NS, 1000, 0);
+    expect(&broker, "stale PROBE", &to_fou(CLIENT, 40009, &stale).build(), XDP_DROP, Some(Counter::Stale));
+    // Six announced so far: four more fill the budget of ten, then none.
+    for i in 0..4 {
+        let frame = to_fou(CLIENT, 40009, &probe(&broker, t0 + i, 100, 0)).build();
+        expect(&broker, "PROBE within the budget", &frame, XDP_DROP, Some(Counter::Probe));
+    }
+    let over = to_fou(CLIENT, 40009, &probe(&broker, t0 + 9, 100, 0)).build();
+    expect(&broker, "PROBE over the budget", &over, XDP_DROP, Some(Counter::ProbeLimited));
+    assert_eq!(broker.events().len(), 4);
 }
 
 #[test]
@@ -385,7 +436,7 @@ fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
     let events = broker.events();
     assert_eq!(events.iter().map(|e| e.record_id).collect::<Vec<_>>(), [record; 3], "events carry the record");
     // The refused one's notice names the secret it used, for TIME's key.
-    assert_eq!((events[2].kind, events[2].stale_key_id()), (EVENT_STALE, current.id));
+    assert_eq!((events[2].kind, events[2].key_id()), (EVENT_STALE, current.id));
 }
 
 const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];

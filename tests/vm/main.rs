@@ -9,6 +9,7 @@ mod e2e;
 mod ipv6;
 mod manage;
 mod metrics;
+mod mtu;
 mod package;
 mod reload;
 mod robust;

@@ -29,6 +29,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("llvm", "llvm-objcopy: the router binaries lose sections they never read (cargo xtask dist)"),
     ("qemu-user-static", "running the aarch64 and mipsel router clients in VM tests"),
     ("faketime", "a client whose clock is days off, in the VM's clock tests"),
+    ("ethtool", "offloads off in the path-MTU tests, so a small MTU is not hidden behind GSO"),
 ];
 
 pub fn run() -> Result<()> {

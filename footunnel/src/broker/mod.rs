@@ -25,8 +25,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
 };
 use footunnel_ebpf::{
-    maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_STALE, Endpoint, Event, Settings},
-    wire::{Ack6, ControlMessage, Kind},
+    maps::{self, EVENT_HEARTBEAT, EVENT_LEGACY, EVENT_OBSERVED, EVENT_PROBE, EVENT_STALE, Endpoint, Event, Settings},
+    wire::{Ack6, ControlMessage, Kind, Probe},
 };
 use futures::StreamExt;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -57,6 +57,8 @@ enum Answer {
     Challenge([u8; 8]),
     /// TIME, echoing a refused heartbeat's timestamp.
     Time(u64),
+    /// PROBE_ACK: the PROBE's length, the MTU applied, and its timestamp (echoed).
+    ProbeAck(Probe, u64),
 }
 
 pub struct Broker {
@@ -83,6 +85,9 @@ pub struct Broker {
     shared_mtu_problem: Option<String>,
     /// Links and FoU listeners footunnel created, this run or earlier ones.
     created: Created,
+    /// Shared-device mode: the MTU each tunnel's client discovered, on the
+    /// routes of its prefixes (kept across reloads, which re-route).
+    route_mtus: std::collections::HashMap<crate::addr::Prefix, u32>,
     last_reload: Option<ReloadOutcome>,
     /// A tunnel's problem changed since the state file was written.
     state_dirty: bool,
@@ -259,6 +264,7 @@ impl Broker {
             shared: plan.shared,
             shared_problem: None,
             shared_mtu_problem: None,
+            route_mtus: Default::default(),
             created,
             last_reload: None,
             state_dirty: false,
@@ -274,7 +280,7 @@ impl Broker {
         let prefixes = self.table.prefixes();
         // The check first: nothing enters through the device unchecked.
         program::attach_device_ingress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
-        shared::route(&self.handle, &device, &prefixes).await?;
+        shared::route(&self.handle, &device, &prefixes, &self.route_mtus).await?;
         program::attach_egress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
         info!(
             "shared device {}: {} tunnel(s), {} route(s); packets leave by ifindex {}",
@@ -293,7 +299,7 @@ impl Broker {
         let mut problem = shared::check_device(&self.handle, &device).await.err().map(|e| format!("{e:#}"));
         if problem.is_none() && self.shared_problem.is_some() {
             // The kernel drops a device's routes when it goes down.
-            if let Err(e) = shared::route(&self.handle, &device, &self.table.prefixes()).await {
+            if let Err(e) = shared::route(&self.handle, &device, &self.table.prefixes(), &self.route_mtus).await {
                 problem = Some(format!("{e:#}"));
             }
         }
@@ -487,6 +493,7 @@ impl Broker {
             }
             EVENT_OBSERVED => self.challenge(i, event.dst_addr.ip(), source, event.observed_payload_len()),
             EVENT_STALE => self.tell_time(i, &event, source),
+            EVENT_PROBE => self.answer_probe(i, &event, source).await,
             other => debug!("unknown event kind {other}"),
         }
     }
@@ -526,7 +533,7 @@ impl Broker {
     /// sender the broker's clock, under the heartbeat's own key.
     fn tell_time(&mut self, i: usize, event: &Event, source: (IpAddr, u16)) {
         let t = &self.table.tunnels[i];
-        let (key_id, echo) = (event.stale_key_id(), event.timestamp_ns);
+        let (key_id, echo) = (event.key_id(), event.timestamp_ns);
         if t.config.identity_for(key_id).is_none() || !self.challenges.allow(now_ns()) {
             debug!(
                 "tunnel {}: no TIME to {} (rate-limited or an old key)",
@@ -551,14 +558,110 @@ impl Broker {
         self.send(i, Answer::Time(echo), key_id, event.dst_addr.ip(), source);
     }
 
+    /// A verified PROBE (the data plane announces at most ten a second per
+    /// tunnel): a PROBE_ACK as long as the PROBE, under its key; and, if it
+    /// asks for an MTU and comes from the tunnel's endpoint, that MTU.
+    async fn answer_probe(&mut self, i: usize, event: &Event, source: (IpAddr, u16)) {
+        let (key_id, probe) = (event.key_id(), event.probe());
+        let name = self.table.tunnels[i].config.name.clone();
+        if self.table.tunnels[i].config.identity_for(key_id).is_none() {
+            debug!("tunnel {name}: no PROBE_ACK to {}: an old key", endpoint(source.0, source.1));
+            return;
+        }
+        let mut applied = 0;
+        if probe.mtu != 0 {
+            let from_endpoint =
+                self.endpoint(event.record_id).is_some_and(|e| (e.addr.ip(), e.port) == (source.0, source.1));
+            if from_endpoint {
+                applied = self.apply_mtu(i, probe.mtu, source.0.is_ipv6()).await.unwrap_or(0);
+            } else {
+                info!(
+                    "tunnel {name}: a PROBE from {} asks for MTU {}, but that is not the tunnel's endpoint: \
+                     not applied (the client's next heartbeat makes it the endpoint)",
+                    endpoint(source.0, source.1),
+                    probe.mtu
+                );
+            }
+        }
+        let answer = Answer::ProbeAck(Probe { len: probe.len, mtu: applied }, event.timestamp_ns);
+        self.send(i, answer, key_id, event.dst_addr.ip(), source);
+    }
+
+    /// Applies the inner MTU a tunnel's client discovered: its link's MTU
+    /// (per-link mode) or the route MTU of its prefixes (shared mode). The
+    /// MTU applied, or `None` (refused or failed, with a log line).
+    async fn apply_mtu(&mut self, i: usize, asked: u16, outer_ipv6: bool) -> Option<u16> {
+        let t = &self.table.tunnels[i];
+        let name = t.config.name.clone();
+        let carries_ipv6 = match &self.shared {
+            Some(_) => false,
+            None => t.link.inner_protocol() != Some(4),
+        };
+        let mut ceiling = 0;
+        for iface in &self.interfaces {
+            let index = self.uplink_index.get(iface).copied().unwrap_or_else(|| ifindex(iface));
+            if let Ok(link) = crate::link::by_index(&self.handle, index).await
+                && let Some(device_mtu) = crate::link::message_mtu(&link)
+            {
+                ceiling = ceiling.max(crate::mtu::ceiling(device_mtu, outer_ipv6));
+            }
+        }
+        let mtu = match crate::mtu::check(asked, crate::mtu::floor(carries_ipv6), ceiling) {
+            Ok(mtu) => mtu,
+            Err(why) => {
+                warn!("tunnel {name}: its client asks for an MTU the broker refuses: {why}");
+                return None;
+            }
+        };
+        let applied = match &self.shared {
+            Some(device) => {
+                let prefixes = t.prefixes.clone();
+                let before: Vec<_> = prefixes.iter().map(|p| self.route_mtus.insert(*p, u32::from(mtu))).collect();
+                if before.iter().all(|b| *b == Some(u32::from(mtu))) {
+                    return Some(mtu);
+                }
+                shared::route(&self.handle, device, &prefixes, &self.route_mtus).await.map(|()| {
+                    format!("the routes of {}", prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "))
+                })
+            }
+            None => {
+                if t.link.mtu == Some(u32::from(mtu)) {
+                    return Some(mtu);
+                }
+                let (index, link) = (t.link.index, t.link.name.clone());
+                crate::link::set_mtu(&self.handle, index, u32::from(mtu)).await.map(|()| {
+                    self.table.tunnels[i].link.mtu = Some(u32::from(mtu));
+                    format!("link {link}")
+                })
+            }
+        };
+        match applied {
+            Ok(what) => {
+                info!("tunnel {name}: MTU {mtu}, as its client discovered, on {what}");
+                Some(mtu)
+            }
+            Err(e) => {
+                warn!("tunnel {name}: {e:#}");
+                None
+            }
+        }
+    }
+
     /// Sends a control message from the tunnel's FoU port and `from`: the
     /// address the packet it answers was sent to, so an endpoint-dependent
     /// NAT lets it through (the link's local address if that is unknown).
     /// An ACK to a client seen at an IPv6 address is an ACK6.
     fn send(&mut self, i: usize, answer: Answer, key_id: u64, from: IpAddr, to: (IpAddr, u16)) {
         let t = &mut self.table.tunnels[i];
-        let ts = decide::next_timestamp(now_ns(), t.last_sent_ns);
-        t.last_sent_ns = ts;
+        // A PROBE_ACK's timestamp is the PROBE's (an echo), outside the order
+        // of the broker's own messages.
+        let ts = match answer {
+            Answer::ProbeAck(..) => 0,
+            _ => {
+                t.last_sent_ns = decide::next_timestamp(now_ns(), t.last_sent_ns);
+                t.last_sent_ns
+            }
+        };
         // Answers use the key of the heartbeat they answer (the current one if unknown).
         let identity = t.config.identity_for(key_id).map_or(t.config.identity, |(_, identity)| identity);
         let key = identity.sip_key();
@@ -573,6 +676,12 @@ impl Broker {
             }
             (Answer::Time(echo), _) => {
                 ControlMessage::new(Kind::Time, identity.id, ts, echo.to_be_bytes()).sign(key).to_bytes().to_vec()
+            }
+            (Answer::ProbeAck(probe, echo), _) => {
+                let msg = ControlMessage::new(Kind::ProbeAck, identity.id, echo, probe.detail()).sign(key);
+                let mut bytes = vec![0; usize::from(probe.len)];
+                probe.write(&msg, &mut bytes);
+                bytes
             }
         };
         let from = match t.link.local_ip() {

@@ -122,9 +122,10 @@ impl Broker {
         let mut dropped_routes = Vec::new();
         if let Some(device) = &self.shared {
             let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
-            super::shared::route(&self.handle, device, &prefixes).await?;
+            super::shared::route(&self.handle, device, &prefixes, &self.route_mtus).await?;
             let kept: HashSet<_> = prefixes.iter().collect();
             dropped_routes = self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect();
+            self.route_mtus.retain(|p, _| kept.contains(p));
         }
         let evicted = match fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
             Ok(evicted) => evicted,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, bail};
 use netlink_packet_route::{
     link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    route::RouteScope,
+    route::{RouteAttribute, RouteMetric, RouteScope},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tracing::info;
@@ -134,12 +134,21 @@ pub(super) async fn as_link(handle: &Handle, shared: &Shared, port: u16) -> Resu
 }
 
 /// Routes each prefix through the device (replacing a route to the same
-/// prefix elsewhere: the configuration says where it goes).
-pub(super) async fn route(handle: &Handle, device: &SharedDevice, prefixes: &[Prefix]) -> Result<()> {
+/// prefix elsewhere: the configuration says where it goes), with the MTU
+/// its tunnel's client discovered (`mtus`, by prefix) if there is one.
+pub(super) async fn route(
+    handle: &Handle,
+    device: &SharedDevice,
+    prefixes: &[Prefix],
+    mtus: &std::collections::HashMap<Prefix, u32>,
+) -> Result<()> {
     for p in prefixes {
-        let Some(message) = route_message(device, p) else {
+        let Some(mut message) = route_message(device, p) else {
             bail!("{p}: shared-device mode carries IPv4 inside only so far")
         };
+        if let Some(mtu) = mtus.get(p) {
+            message.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(*mtu)]));
+        }
         handle
             .route()
             .add(message)

@@ -1,10 +1,11 @@
 //! What the broker says to the client, verified (docs/protocol.md): ACK,
-//! ACK6, CHALLENGE and TIME.
+//! ACK6, CHALLENGE, TIME and PROBE_ACK.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use footunnel_ebpf::wire::{
-    ACK6_LEN, Acceptance, Ack6, ControlMessage, Kind, MESSAGE_LEN, Reject, check_ack6, check_header, check_tunnel,
+    ACK6_LEN, Acceptance, Ack6, ControlMessage, Kind, MESSAGE_LEN, Probe, Reject, check_ack6, check_header,
+    check_signed, check_tunnel,
 };
 
 use crate::{rawudp::Datagram, secret::TunnelIdentity};
@@ -26,6 +27,11 @@ pub enum FromBroker {
         timestamp_ns: u64,
         echo_ns: u64,
     },
+    /// PROBE_ACK: a PROBE stamped `echo_ns` passed, both ways, at its length.
+    ProbeAck {
+        echo_ns: u64,
+        probe: Probe,
+    },
 }
 
 impl FromBroker {
@@ -34,6 +40,8 @@ impl FromBroker {
             FromBroker::Ack { timestamp_ns, .. }
             | FromBroker::Challenge { timestamp_ns, .. }
             | FromBroker::Time { timestamp_ns, .. } => *timestamp_ns,
+            // An echo of our own clock, not the broker's.
+            FromBroker::ProbeAck { .. } => 0,
         }
     }
 }
@@ -49,6 +57,9 @@ pub fn verify_from_broker(
     now_ns: u64,
     window_ns: u64,
 ) -> Result<FromBroker, Reject> {
+    if payload.len() >= MESSAGE_LEN && payload[2] == Kind::ProbeAck as u8 {
+        return verify_probe_ack(payload, identity);
+    }
     if let Ok(bytes) = <&[u8; ACK6_LEN]>::try_from(payload) {
         let msg = Ack6::from_bytes(bytes);
         let rules = Acceptance { expected: Kind::Ack6, now_ns, window_ns };
@@ -83,6 +94,24 @@ pub fn verify_from_broker(
             ),
         },
     })
+}
+
+/// A PROBE_ACK: its tag and its length. Neither freshness nor the
+/// increasing rule apply: its timestamp is the PROBE's, which the caller
+/// matches against the PROBEs it sent in the last 5 s.
+fn verify_probe_ack(payload: &[u8], identity: &TunnelIdentity) -> Result<FromBroker, Reject> {
+    let head: &[u8; MESSAGE_LEN] = payload[..MESSAGE_LEN].try_into().map_err(|_| Reject::Malformed)?;
+    let msg = ControlMessage::view(head);
+    check_header(msg, Kind::ProbeAck)?;
+    if msg.tunnel_id() != identity.id {
+        return Err(Reject::UnknownTunnel);
+    }
+    check_signed(msg, &identity.sip_key())?;
+    let probe = Probe::from_detail(msg.detail);
+    if !probe.fits(payload.len()) {
+        return Err(Reject::Malformed);
+    }
+    Ok(FromBroker::ProbeAck { echo_ns: msg.timestamp_ns(), probe })
 }
 
 /// The payload of `d` if it comes from the broker's FoU port to ours and
@@ -129,6 +158,38 @@ pub(super) mod tests {
         let other = TunnelIdentity::derive("another tunnel's secret, long enough");
         let theirs = ControlMessage::new(Kind::Time, other.id, NOW, [0; 8]).sign(other.sip_key()).to_bytes();
         assert_eq!(verify_from_broker(&theirs, &id, 0, NOW, window), Err(Reject::UnknownTunnel));
+    }
+
+    /// A PROBE_ACK of `len` bytes, signed with [`identity`]'s key.
+    fn probe_ack(echo: u64, len: u16, mtu: u16) -> Vec<u8> {
+        let (id, p) = (identity(), Probe { len, mtu });
+        let mut bytes = vec![0; usize::from(len)];
+        assert!(p.write(&ControlMessage::new(Kind::ProbeAck, id.id, echo, p.detail()).sign(id.sip_key()), &mut bytes));
+        bytes
+    }
+
+    #[test]
+    fn a_probe_ack_is_verified_by_tag_and_length_whatever_its_age() {
+        let id = identity();
+        let ack = probe_ack(NOW - 86_400_000_000_000, 1400, 1372);
+        let got = verify_from_broker(&ack, &id, NOW, NOW, 120_000_000_000).unwrap();
+        assert_eq!(
+            got,
+            FromBroker::ProbeAck { echo_ns: NOW - 86_400_000_000_000, probe: Probe { len: 1400, mtu: 1372 } }
+        );
+        let small = probe_ack(NOW, 40, 0);
+        assert!(verify_from_broker(&small, &id, 0, NOW, 0).is_ok());
+        // Cut short on the way, or grown: its length says it is not what was sent.
+        assert_eq!(verify_from_broker(&ack[..1399], &id, 0, NOW, 0), Err(Reject::Malformed));
+        assert_eq!(verify_from_broker(&[&ack[..], &[0]].concat(), &id, 0, NOW, 0), Err(Reject::Malformed));
+        let mut forged = ack.clone();
+        forged[26] ^= 1; // the MTU field
+        assert_eq!(verify_from_broker(&forged, &id, 0, NOW, 0), Err(Reject::BadTag));
+        let other = TunnelIdentity::derive("another tunnel's secret, long enough");
+        assert_eq!(verify_from_broker(&ack, &other, 0, NOW, 0), Err(Reject::UnknownTunnel));
+        // A 56-byte one is no ACK6.
+        let ack56 = probe_ack(NOW, 56, 0);
+        assert!(matches!(verify_from_broker(&ack56, &id, 0, NOW, 0), Ok(FromBroker::ProbeAck { .. })));
     }
 
     #[test]

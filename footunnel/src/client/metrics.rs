@@ -29,6 +29,13 @@ pub fn text(state: &ClientState, now_ns: u64) -> String {
         "The broker's clock minus this host's while heartbeats use the broker's time (its TIME said so), else 0",
         &[(labels.clone(), state.clock_offset_ns.map_or(0.0, |o| o as f64 / 1e9))],
     );
+    if let Some(mtu) = state.mtu {
+        r.gauge(
+            "tunnel_mtu_bytes",
+            "The tunnel link's MTU as the client set it (discovered, or --mtu)",
+            &[(labels.clone(), f64::from(mtu))],
+        );
+    }
     r.text()
 }
 
@@ -48,6 +55,9 @@ mod tests {
             acks: 8,
             challenges: 1,
             clock_offset_ns: Some(-172_800_000_000_000),
+            mtu: Some(1464),
+            mtu_discovered: true,
+            broker_mtu: Some(1464),
         };
         let page = text(&state, 10_000_000_000);
         for want in [
@@ -57,6 +67,7 @@ mod tests {
             "footunnel_client_ack_age_seconds{broker=\"198.51.100.1\",link=\"fou0\"} 2\n",
             "footunnel_client_public_endpoint_known{broker=\"198.51.100.1\",link=\"fou0\"} 1\n",
             "footunnel_client_clock_offset_seconds{broker=\"198.51.100.1\",link=\"fou0\"} -172800\n",
+            "footunnel_client_tunnel_mtu_bytes{broker=\"198.51.100.1\",link=\"fou0\"} 1464\n",
         ] {
             assert!(page.contains(want), "{want:?} missing from:\n{page}");
         }

@@ -6,6 +6,8 @@ pub mod clock;
 pub mod message;
 pub mod metrics;
 pub mod path;
+pub mod pmtu;
+pub mod probe;
 pub mod resolve;
 pub mod schedule;
 
@@ -53,6 +55,18 @@ pub struct ClientConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Create the FoU listener and the link at start, remove them at exit.
     pub manage: Option<ManagedClient>,
+    pub mtu: MtuMode,
+}
+
+/// How the client sets the tunnel's MTU (`--mtu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtuMode {
+    /// Discover the path's with PROBEs; set the link's and the broker's.
+    Auto,
+    /// This one, on the link and the broker's end.
+    Fixed(u16),
+    /// Leave the link's MTU alone; no PROBEs.
+    Off,
 }
 
 /// The link the client creates when it manages its own end (`--manage`).
@@ -253,6 +267,11 @@ async fn serve(
     let mut last_sent_ts = 0u64;
     let mut last_broker_ts = 0u64;
     let mut clock = clock::Clock::default();
+    let mut pmtu = pmtu::PathMtu::new(config.mtu);
+    if let MtuMode::Fixed(mtu) = config.mtu {
+        pmtu::set_link_mtu(handle, &mut link, mtu, false).await;
+        state.mtu = Some(mtu);
+    }
     info!(
         "client for broker {} on link {}, heartbeats from port {sport} every {:?}",
         endpoint(broker, dport),
@@ -297,6 +316,40 @@ async fn serve(
                     );
                 }
             }
+            _ = tokio::time::sleep(Duration::from_nanos(pmtu.discovery.next_ns().saturating_sub(mono_ns()))) => {
+                let now = mono_ns();
+                let before = pmtu.discovery.phase();
+                match pmtu.discovery.step(now) {
+                    Some(probe::Step::Send(p)) => {
+                        last_sent_ts = next_timestamp(clock.now(now_ns()), last_sent_ts);
+                        let src = path::source(route.as_ref(), broker);
+                        let bytes = pmtu::probe_bytes(&identity, last_sent_ts, p);
+                        match socket.get_ref().send(src, sport, broker, dport, &bytes) {
+                            Ok(()) if p.mtu != 0 => debug!("PROBE telling the broker MTU {}", p.mtu),
+                            Ok(()) => debug!("PROBE of {} bytes", p.len),
+                            Err(e) => debug!("PROBE of {} bytes not sent: {e:#}", p.len),
+                        }
+                        pmtu.discovery.sent(last_sent_ts);
+                    }
+                    Some(probe::Step::SetMtu(mtu)) => {
+                        pmtu::set_link_mtu(handle, &mut link, mtu, true).await;
+                        (state.mtu, state.mtu_discovered, state.broker_mtu) = (Some(mtu), true, None);
+                        write_state(&config.state_dir, &state);
+                        pmtu.discovery.mtu_set(mtu, now);
+                    }
+                    Some(probe::Step::Failed) => {
+                        warn!("{}", pmtu::failed(&link));
+                        pmtu.ended(now);
+                    }
+                    None => {
+                        if let (probe::Phase::Announcing { .. }, probe::Phase::Done { mtu, .. }) = (before, pmtu.discovery.phase()) {
+                            warn!("the broker did not confirm MTU {mtu} for its end of the tunnel: check its log; \
+                                   large packets from it may be dropped");
+                            pmtu.ended(now);
+                        }
+                    }
+                }
+            }
             Some(answer) = resolved.recv() => {
                 match answer {
                     Ok(now_at) if now_at != broker => {
@@ -311,6 +364,7 @@ async fn serve(
                                 state.broker = describe_broker(&config.broker, broker);
                                 write_state(&config.state_dir, &state);
                                 schedule.network_changed(mono_ns());
+                                pmtu.path_changed();
                             }
                             Err(e) => warn!(
                                 "broker {} now resolves to {now_at}, but link {} cannot be pointed there: {e:#}; still sending to {broker}",
@@ -333,6 +387,7 @@ async fn serve(
                     debug!("the path to the broker changed ({route:?} → {now_route:?}); heartbeat soon");
                     route = now_route;
                     schedule.network_changed(mono_ns());
+                    pmtu.path_changed();
                 }
             }
             guard = socket.readable() => {
@@ -341,6 +396,17 @@ async fn serve(
                     if let Some(msg) = from_broker(&d, broker, sport, dport) {
                         let now = now_ns();
                         match verify_from_broker(msg, &identity, last_broker_ts, clock.now(now), config.freshness_window_ns) {
+                            Ok(FromBroker::ProbeAck { echo_ns, probe }) => {
+                                if pmtu.discovery.acked(echo_ns, probe, mono_ns()) {
+                                    debug!("PROBE_ACK: {} bytes pass both ways", probe.len);
+                                    if let probe::Phase::Done { mtu, broker: Some(applied) } = pmtu.discovery.phase() {
+                                        pmtu.ended(mono_ns());
+                                        broker_applied(mtu, applied);
+                                        state.broker_mtu = Some(applied);
+                                        write_state(&config.state_dir, &state);
+                                    }
+                                }
+                            }
                             Ok(m) => {
                                 last_broker_ts = m.timestamp_ns();
                                 if handle_message(&m, now, mono_ns(), &mut schedule, &mut state, &mut clock) {
@@ -349,6 +415,10 @@ async fn serve(
                                     last_sent_ts = 0;
                                 }
                                 write_state(&config.state_dir, &state);
+                                if matches!(m, FromBroker::Ack { .. }) && pmtu.due(mono_ns()) {
+                                    let rtt_ns = state.rtt_us.unwrap_or(0) * 1_000;
+                                    pmtu.start(handle, &link, route.as_ref(), rtt_ns, mono_ns()).await;
+                                }
                             }
                             Err(r) => debug!("dropped a message from the broker: {r:?}"),
                         }
@@ -420,7 +490,7 @@ fn handle_message(
     state: &mut ClientState,
     clock: &mut clock::Clock,
 ) -> bool {
-    if !matches!(msg, FromBroker::Time { .. }) && clock.heard(msg.timestamp_ns(), now) {
+    if !matches!(msg, FromBroker::Time { .. } | FromBroker::ProbeAck { .. }) && clock.heard(msg.timestamp_ns(), now) {
         info!("this host's clock agrees with the broker's again: heartbeats use it");
         state.clock_offset_ns = None;
     }
@@ -452,8 +522,21 @@ fn handle_message(
             schedule.challenged(mono, nonce);
             state.challenges += 1;
         }
+        FromBroker::ProbeAck { .. } => {}
     }
     false
+}
+
+/// What the broker's answer to the MTU announcement says.
+fn broker_applied(mtu: u16, applied: u16) {
+    match applied {
+        0 => warn!(
+            "the broker did not apply MTU {mtu} to its end of the tunnel (its log says why): large packets from \
+             it may be dropped"
+        ),
+        m if m == mtu => info!("the broker set its end of the tunnel to MTU {mtu}"),
+        m => warn!("the broker set its end of the tunnel to MTU {m}, not {mtu}"),
+    }
 }
 
 /// What a verified TIME did to the clock.

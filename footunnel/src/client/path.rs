@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::link::TunnelLink;
@@ -46,6 +46,9 @@ pub struct Route {
     pub source: Option<IpAddr>,
     pub device: Option<u32>,
     pub gateway: Option<IpAddr>,
+    /// The route's own MTU (a route metric, or what the kernel learned
+    /// from ICMP), if it has one.
+    pub mtu: Option<u32>,
 }
 
 /// Asks the kernel (RTM_GETROUTE, as `ip route get` does) how a packet of
@@ -84,6 +87,9 @@ pub async fn route_to(handle: &Handle, broker: IpAddr, path: &TunnelPath) -> Opt
             RouteAttribute::Oif(i) => route.device = Some(*i),
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some((*a).into()),
             RouteAttribute::Gateway(RouteAddress::Inet6(a)) => route.gateway = Some((*a).into()),
+            RouteAttribute::Metrics(metrics) => {
+                route.mtu = metrics.iter().find_map(|m| if let RouteMetric::Mtu(m) = m { Some(*m) } else { None })
+            }
             _ => {}
         }
     }
@@ -129,7 +135,7 @@ mod tests {
     #[test]
     fn the_source_is_the_routes_or_unspecified() {
         let broker: IpAddr = Ipv4Addr::new(198, 51, 100, 1).into();
-        let r = Route { source: Some(Ipv4Addr::new(192, 0, 2, 7).into()), device: Some(2), gateway: None };
+        let r = Route { source: Some(Ipv4Addr::new(192, 0, 2, 7).into()), device: Some(2), ..Default::default() };
         assert_eq!(source(Some(&r), broker), IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)));
         assert_eq!(source(None, broker), IpAddr::from(Ipv4Addr::UNSPECIFIED));
         let broker6: IpAddr = "2001:db8::1".parse().unwrap();

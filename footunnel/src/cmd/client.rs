@@ -47,7 +47,17 @@ force a family for literal addresses too.
 A wrong clock (a router without a real-time clock, before NTP answers) makes
 the broker refuse heartbeats as stale; it answers with an authenticated TIME,
 and the client then stamps heartbeats with the broker's time until its own
-agrees. `footunnel show` says by how much this host's clock is off.";
+agrees. `footunnel show` says by how much this host's clock is off.
+
+The path to the broker may carry less than 1500 bytes (PPPoE 1492, DS-Lite,
+LTE), and ICMP \"fragmentation needed\" often does not make it back through a
+carrier NAT: large packets then vanish, ping works and TCP stalls. So after the
+first ACK the client sends authenticated PROBEs of several sizes with
+don't-fragment set, sets its link's MTU to the largest the broker answered, and
+tells the broker, which sets its end to match. It probes again when its route
+to the broker changes, and every 10 minutes. `--mtu 1400` sets a fixed MTU
+(and tells the broker); `--mtu off` leaves the link's MTU alone. Hosts behind
+this one need MSS clamping for TCP (docs/router.md).";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -91,9 +101,27 @@ pub struct Args {
     /// With --manage: the broker's FoU port.
     #[arg(long, default_value_t = config::DEFAULT_FOU_PORT)]
     broker_port: u16,
+    /// The tunnel's MTU: `auto` discovers the path's with PROBEs and sets the link's (and the broker's) to match; a number sets that one; `off` leaves the link's MTU alone.
+    #[arg(long, default_value = "auto", value_parser = parse_mtu)]
+    mtu: client::MtuMode,
     /// More detail in the log.
     #[arg(long, short)]
     verbose: bool,
+}
+
+fn parse_mtu(s: &str) -> Result<client::MtuMode, String> {
+    match s {
+        "auto" => Ok(client::MtuMode::Auto),
+        "off" => Ok(client::MtuMode::Off),
+        n => match n.parse::<u16>() {
+            Ok(mtu) if mtu >= footunnel::mtu::floor(false) => Ok(client::MtuMode::Fixed(mtu)),
+            Ok(mtu) => Err(format!(
+                "{mtu} is below {}, the least an IPv4 tunnel may carry (1280 for one that carries IPv6)",
+                footunnel::mtu::floor(false)
+            )),
+            Err(_) => Err(format!("{n:?} is no MTU: give `auto`, `off` or a number of bytes such as 1400")),
+        },
+    }
 }
 
 fn parse_broker(s: &str) -> Result<client::resolve::BrokerAddress, String> {
@@ -129,6 +157,7 @@ impl Args {
             freshness_window_ns: (self.freshness_window * 1e9) as u64,
             state_dir: self.state_dir.clone(),
             metrics: self.metrics,
+            mtu: self.mtu,
             manage: match (&self.address, self.manage) {
                 (Some(a), true) => Some(client::ManagedClient {
                     address: footunnel::addr::parse_interface_address(a).context("--address")?,

@@ -20,6 +20,15 @@ pub struct ClientState {
     /// time (its TIME said this host's clock is wrong).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_offset_ns: Option<i64>,
+    /// The tunnel's MTU as last set: discovered (`mtu_discovered`) or
+    /// `--mtu`; `None` while unknown (`--mtu off`, or not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub mtu_discovered: bool,
+    /// What the broker said it applied to its end (0: refused); `None`: no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_mtu: Option<u16>,
 }
 
 pub const STATE_FILE: &str = "client.json";
@@ -43,6 +52,16 @@ pub fn render(state: &ClientState, now_ns: u64) -> String {
             "  clock: this host's {} the broker's; heartbeats use the broker's time (its TIME said so)\n",
             crate::describe_offset(-i128::from(offset))
         );
+    }
+    if let Some(mtu) = state.mtu {
+        let how = if state.mtu_discovered { "the largest the path carries, discovered" } else { "set by --mtu" };
+        let broker = match state.broker_mtu {
+            Some(0) => "the broker refused it (its log says why)".to_owned(),
+            Some(m) if m == mtu => "the broker's end has it too".to_owned(),
+            Some(m) => format!("the broker's end has {m}"),
+            None => "the broker has not confirmed it".to_owned(),
+        };
+        out += &format!("  tunnel MTU: {mtu} ({how}; {broker})\n");
     }
     out
 }
