@@ -615,3 +615,42 @@ fn udp_gso_leaves_whole_and_an_mtu_the_uplink_cannot_carry_is_refused() {
         lab.counter("egress_failed")
     );
 }
+
+/// The MTU a client discovers (or is given) becomes the route MTU of its
+/// tunnel's prefixes in shared mode: per tunnel, kept across a reload.
+#[test]
+fn each_clients_mtu_becomes_its_prefixes_route_mtu_and_survives_a_reload() {
+    let lab = Lab::with(2);
+    let broker = lab.start_broker();
+    let state = |i: usize| format!("{}/client{i}", lab.dir);
+    let mut fixed = NsProcess::footunnel(
+        &lab.clients[0],
+        &["client", "-v", "--mtu", "1400", "--state-dir", &state(0), BROKER, &secret(0)],
+    );
+    let mut found =
+        NsProcess::footunnel(&lab.clients[1], &["client", "-v", "--state-dir", &state(1), BROKER, &secret(1)]);
+    fixed.wait_for("the broker set its end of the tunnel to MTU 1400", Duration::from_secs(20));
+    found.wait_for("the broker set its end of the tunnel to MTU 1472", Duration::from_secs(20));
+    let route_mtu = |i: usize| {
+        let routes = lab.broker.ip("route show dev footunnel0");
+        let line = routes.lines().find(|l| l.starts_with(&format!("{} ", inner(i)))).map(str::to_owned);
+        line.and_then(|l| l.split_whitespace().skip_while(|w| *w != "mtu").nth(1).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no route MTU for client {i}:\n{routes}\n{}", broker.log()))
+    };
+    assert_eq!((route_mtu(0), route_mtu(1)), ("1400".to_owned(), "1472".to_owned()));
+    // The route MTU is what the broker's own packets get: 1400 leaves, 1401 cannot.
+    let df_ping = |size: u32| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.broker.name, "ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s"])
+            .arg((size - 28).to_string())
+            .arg(inner(0).to_string())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(df_ping(1400) && !df_ping(1401), "the route MTU 1400 does not hold");
+    let (ok, out) = footunnel_once(&lab.broker, &["reload", "--state-dir", &format!("{}/broker", lab.dir)]);
+    assert!(ok, "{out}");
+    assert_eq!((route_mtu(0), route_mtu(1)), ("1400".to_owned(), "1472".to_owned()), "after a reload");
+}
