@@ -63,7 +63,7 @@ fn a_client_clock_off_by(shift: &str, says: &str) {
     // Heartbeats keep being ACKed on the broker's time.
     let mark = client.mark();
     assert!(topo.ping(), "traffic through the tunnel");
-    assert!(!client.log().lines().skip(mark).any(|l| l.contains("refused a heartbeat")), "{}", client.log());
+    assert!(!client.log()[mark..].contains("refused a heartbeat"), "{}", client.log());
 }
 
 #[test]

@@ -275,3 +275,25 @@ fn a_fixed_mtu_is_set_on_both_ends_and_one_the_broker_cannot_carry_is_refused() 
     let (ok, out) = footunnel_once(&lab.client, &["client", "--mtu", "500", BROKER, SECRET]);
     assert!(!ok && out.contains("500 is below 576"), "{out}");
 }
+
+/// A new route to the broker is a new path: the client discovers again,
+/// within the route's own MTU, and both ends follow.
+#[test]
+fn after_a_route_change_the_client_discovers_again() {
+    let lab = Lab::new(1492);
+    let (broker, mut client, _) = lab.start("auto");
+    client.wait_for("the broker set its end of the tunnel to MTU 1464", Duration::from_secs(10));
+    let mark = client.mark();
+    lab.mid.ip("link set out0 mtu 1452");
+    lab.client.ip("route replace default via 192.0.2.1 mtu 1480");
+    client.wait_for_since(mark, "the broker set its end of the tunnel to MTU 1424", Duration::from_secs(20));
+    assert_eq!((lab.mtu(&lab.client), lab.mtu(&lab.broker)), (1424, 1424), "{}", broker.log());
+    let log = client.log();
+    let probes: Vec<&str> = log[mark..].lines().filter(|l| l.contains("PROBE of")).collect();
+    assert!(
+        probes.iter().all(|l| !l.contains("PROBE of 1453 ") && !l.contains("PROBE of 1464 ")),
+        "the search stays within the route's MTU (1480 - 28):\n{}",
+        probes.join("\n")
+    );
+    assert!(probes.first().is_some_and(|l| l.ends_with("PROBE of 1452 bytes")), "{log}");
+}
