@@ -1,0 +1,386 @@
+//! One run of the client against its broker: what it knows (link, path,
+//! clocks, schedule, discovery) and a handler per thing that can happen —
+//! a heartbeat due, a PROBE due, the broker's name resolved again, a
+//! network change, a datagram. `serve` only dispatches to these.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use footunnel_ebpf::wire::{ControlMessage, Kind};
+use rtnetlink::Handle;
+use tracing::{debug, info, warn};
+
+use super::{
+    ClientConfig, ClientState, FromBroker, MtuMode, UNANSWERED_WARNING, clock, describe_broker, follow_local_address,
+    message::from_broker, path, pmtu, probe, schedule::Schedule, verify_from_broker,
+};
+use crate::{
+    addr::endpoint,
+    decide::next_timestamp,
+    link::{self, TunnelLink},
+    mono_ns, now_ns,
+    rawudp::{Datagram, RawUdp},
+    secret::TunnelIdentity,
+    state::client::write_state,
+};
+
+pub(super) struct Session<'a> {
+    config: &'a ClientConfig,
+    handle: &'a Handle,
+    broker: IpAddr,
+    pub(super) link: TunnelLink,
+    sport: u16,
+    dport: u16,
+    identity: TunnelIdentity,
+    tunnel_path: path::TunnelPath,
+    route: Option<path::Route>,
+    pub(super) state: ClientState,
+    pub(super) schedule: Schedule,
+    /// The last timestamp sent (heartbeats and PROBEs): strictly increasing.
+    last_sent_ts: u64,
+    /// The last accepted broker timestamp (the increasing rule, that direction).
+    last_broker_ts: u64,
+    clock: clock::Clock,
+    pub(super) pmtu: pmtu::PathMtu,
+}
+
+impl<'a> Session<'a> {
+    pub(super) async fn new(
+        config: &'a ClientConfig,
+        handle: &'a Handle,
+        broker: IpAddr,
+        mut link: TunnelLink,
+        (sport, dport): (u16, u16),
+        tunnel_path: path::TunnelPath,
+    ) -> Session<'a> {
+        let mut state = ClientState {
+            broker: describe_broker(&config.broker, broker),
+            link: link.name.clone(),
+            ..Default::default()
+        };
+        if let MtuMode::Fixed(mtu) = config.mtu {
+            pmtu::set_link_mtu(handle, &mut link, mtu, false).await;
+            state.mtu = Some(mtu);
+        }
+        Session {
+            config,
+            handle,
+            broker,
+            route: path::route_to(handle, broker, &tunnel_path).await,
+            link,
+            sport,
+            dport,
+            identity: TunnelIdentity::derive(&config.secret),
+            tunnel_path,
+            state,
+            // Timers run on the monotonic clock: a wall clock stepped back must
+            // not silence the client. Only the wire timestamps are wall time.
+            schedule: Schedule::new(config.interval, mono_ns()),
+            last_sent_ts: 0,
+            last_broker_ts: 0,
+            clock: clock::Clock::default(),
+            pmtu: pmtu::PathMtu::new(config.mtu),
+        }
+    }
+
+    /// The next wire timestamp: on the broker's clock if TIME said ours is
+    /// wrong, and after every one sent before.
+    fn stamp(&mut self) -> u64 {
+        self.last_sent_ts = next_timestamp(self.clock.now(now_ns()), self.last_sent_ts);
+        self.last_sent_ts
+    }
+
+    /// Sends from the tunnel's port and the address its route to the broker uses.
+    fn send(&self, socket: &RawUdp, payload: &[u8]) -> Result<IpAddr> {
+        let src = path::source(self.route.as_ref(), self.broker);
+        socket.send(src, self.sport, self.broker, self.dport, payload).map(|()| src)
+    }
+
+    /// The heartbeat timer.
+    pub(super) async fn heartbeat(&mut self, socket: &RawUdp) {
+        let now = mono_ns();
+        if !self.schedule.due(now) {
+            return;
+        }
+        let ts = self.stamp();
+        self.clock.sent(ts, now);
+        let msg = ControlMessage::new(Kind::Heartbeat, self.identity.id, ts, self.schedule.nonce())
+            .sign(self.identity.sip_key());
+        self.route = path::route_to(self.handle, self.broker, &self.tunnel_path).await.or(self.route);
+        match self.send(socket, &msg.to_bytes()) {
+            Ok(src) => {
+                debug!("heartbeat from {}", endpoint(src, self.sport));
+                self.state.heartbeats += 1;
+            }
+            Err(e) => warn!("{e:#}"),
+        }
+        self.schedule.sent(now);
+        if self.schedule.unanswered() == UNANSWERED_WARNING {
+            warn!(
+                "no ACK for the last {UNANSWERED_WARNING} heartbeats: the tunnel may be down. Check that the \
+                 broker runs and has this secret, that {} is reachable, and this host's clock \
+                 (the broker refuses heartbeats outside its freshness window; `footunnel show` on the \
+                 broker counts them as stale)",
+                endpoint(self.broker, self.dport)
+            );
+        }
+    }
+
+    /// The discovery timer: a PROBE to send, an MTU to set, or the end.
+    pub(super) async fn probe(&mut self, socket: &RawUdp) {
+        let now = mono_ns();
+        let before = self.pmtu.discovery.phase();
+        match self.pmtu.discovery.step(now) {
+            Some(probe::Step::Send(p)) => {
+                let ts = self.stamp();
+                match self.send(socket, &pmtu::probe_bytes(&self.identity, ts, p)) {
+                    Ok(_) if p.mtu != 0 => debug!("PROBE telling the broker MTU {}", p.mtu),
+                    Ok(_) => debug!("PROBE of {} bytes", p.len),
+                    Err(e) => debug!("PROBE of {} bytes not sent: {e:#}", p.len),
+                }
+                self.pmtu.discovery.sent(ts);
+            }
+            Some(probe::Step::SetMtu(mtu)) => {
+                pmtu::set_link_mtu(self.handle, &mut self.link, mtu, true).await;
+                (self.state.mtu, self.state.mtu_discovered, self.state.broker_mtu) = (Some(mtu), true, None);
+                write_state(&self.config.state_dir, &self.state);
+                self.pmtu.discovery.mtu_set(mtu, now);
+            }
+            Some(probe::Step::Failed) => {
+                warn!("{}", pmtu::failed(&self.link));
+                self.pmtu.ended(now);
+            }
+            None => {
+                if let (probe::Phase::Announcing { .. }, probe::Phase::Done { mtu, .. }) =
+                    (before, self.pmtu.discovery.phase())
+                {
+                    warn!(
+                        "the broker did not confirm MTU {mtu} for its end of the tunnel: check its log; large \
+                         packets from it may be dropped"
+                    );
+                    self.pmtu.ended(now);
+                }
+            }
+        }
+    }
+
+    /// The broker's name resolved again: a new address is followed.
+    pub(super) async fn broker_resolved(&mut self, answer: Result<IpAddr>, socket: &RawUdp) -> Result<()> {
+        let now_at = match answer {
+            Ok(a) if a != self.broker => a,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                warn!("{e:#}; still sending to {}", self.broker);
+                return Ok(());
+            }
+        };
+        match link::repoint(self.handle, &self.link, now_at, self.dport).await {
+            Ok(updated) => {
+                // Logged once done: whoever reads this may read the link next.
+                info!(
+                    "broker {} now resolves to {now_at} (was {}): link {} points there",
+                    self.config.broker, self.broker, self.link.name
+                );
+                self.link = updated;
+                self.broker = now_at;
+                socket.only_control_messages(now_at, self.dport, self.sport)?;
+                self.route = path::route_to(self.handle, now_at, &self.tunnel_path).await;
+                self.state.broker = describe_broker(&self.config.broker, now_at);
+                write_state(&self.config.state_dir, &self.state);
+                self.schedule.network_changed(mono_ns());
+                self.pmtu.path_changed();
+            }
+            Err(e) => warn!(
+                "broker {} now resolves to {now_at}, but link {} cannot be pointed there: {e:#}; still sending to {}",
+                self.config.broker, self.link.name, self.broker
+            ),
+        }
+        Ok(())
+    }
+
+    /// Links, addresses or routes changed somewhere on this host.
+    pub(super) async fn network_changed(&mut self) {
+        if follow_local_address(self.handle, &mut self.link, self.broker, &mut self.tunnel_path).await {
+            self.schedule.network_changed(mono_ns());
+        }
+        // Container churn and the like change links and addresses all the
+        // time; only a new path to the broker needs a heartbeat.
+        let now_route = path::route_to(self.handle, self.broker, &self.tunnel_path).await;
+        if now_route != self.route {
+            debug!("the path to the broker changed ({:?} → {now_route:?}); heartbeat soon", self.route);
+            self.route = now_route;
+            self.schedule.network_changed(mono_ns());
+            self.pmtu.path_changed();
+        }
+    }
+
+    /// A datagram on the tunnel's port: the broker's, if it verifies.
+    pub(super) async fn datagram(&mut self, d: &Datagram) {
+        let Some(msg) = from_broker(d, self.broker, self.sport, self.dport) else { return };
+        let now = now_ns();
+        let window = self.config.freshness_window_ns;
+        match verify_from_broker(msg, &self.identity, self.last_broker_ts, self.clock.now(now), window) {
+            Ok(FromBroker::ProbeAck { echo_ns, probe }) => self.probe_acked(echo_ns, probe),
+            Ok(m) => {
+                self.last_broker_ts = m.timestamp_ns();
+                let (schedule, state, clock) = (&mut self.schedule, &mut self.state, &mut self.clock);
+                if handle_message(&m, now, mono_ns(), schedule, state, clock) {
+                    // Stamped on the wrong clock, the last heartbeats were refused:
+                    // the next is stamped on the broker's, also if that is earlier.
+                    self.last_sent_ts = 0;
+                }
+                write_state(&self.config.state_dir, &self.state);
+                if matches!(m, FromBroker::Ack { .. }) && self.pmtu.due(mono_ns()) {
+                    let rtt_ns = self.state.rtt_us.unwrap_or(0) * 1_000;
+                    self.pmtu.start(self.handle, &self.link, self.route.as_ref(), rtt_ns, mono_ns()).await;
+                }
+            }
+            Err(r) => debug!("dropped a message from the broker: {r:?}"),
+        }
+    }
+
+    fn probe_acked(&mut self, echo_ns: u64, probe: footunnel_ebpf::wire::Probe) {
+        if !self.pmtu.discovery.acked(echo_ns, probe, mono_ns()) {
+            return;
+        }
+        debug!("PROBE_ACK: {} bytes pass both ways", probe.len);
+        if let probe::Phase::Done { mtu, broker: Some(applied) } = self.pmtu.discovery.phase() {
+            self.pmtu.ended(mono_ns());
+            broker_applied(mtu, applied);
+            self.state.broker_mtu = Some(applied);
+            write_state(&self.config.state_dir, &self.state);
+        }
+    }
+}
+
+/// `now`: this host's wall time (uncorrected); `mono`: the schedule's clock.
+/// True if a TIME corrected the clock.
+fn handle_message(
+    msg: &FromBroker,
+    now: u64,
+    mono: u64,
+    schedule: &mut Schedule,
+    state: &mut ClientState,
+    clock: &mut clock::Clock,
+) -> bool {
+    if !matches!(msg, FromBroker::Time { .. } | FromBroker::ProbeAck { .. }) && clock.heard(msg.timestamp_ns(), now) {
+        info!("this host's clock agrees with the broker's again: heartbeats use it");
+        state.clock_offset_ns = None;
+    }
+    match *msg {
+        FromBroker::Time { timestamp_ns, echo_ns } => {
+            let corrected = time(clock.correct(timestamp_ns, echo_ns, now, mono), schedule, mono);
+            state.clock_offset_ns = clock.offset_ns();
+            return corrected;
+        }
+        FromBroker::Ack { seen, .. } => {
+            if schedule.unanswered() >= UNANSWERED_WARNING {
+                info!("the broker answers again (after {} unanswered heartbeats)", schedule.unanswered());
+            }
+            let seen = seen.to_string();
+            let rtt = schedule.acked(mono);
+            if state.public_endpoint.as_deref() != Some(seen.as_str()) {
+                info!("the broker sees this end at {seen}");
+            }
+            if let Some(rtt) = rtt {
+                debug!("ACK after {rtt:?}");
+                state.rtt_us = Some(rtt.as_micros() as u64);
+            }
+            state.public_endpoint = Some(seen);
+            state.last_ack_ns = Some(now);
+            state.acks += 1;
+        }
+        FromBroker::Challenge { nonce, .. } => {
+            info!("challenged by the broker (our traffic arrives from a new source): answering");
+            schedule.challenged(mono, nonce);
+            state.challenges += 1;
+        }
+        FromBroker::ProbeAck { .. } => {}
+    }
+    false
+}
+
+/// What the broker's answer to the MTU announcement says.
+fn broker_applied(mtu: u16, applied: u16) {
+    match applied {
+        0 => warn!(
+            "the broker did not apply MTU {mtu} to its end of the tunnel (its log says why): large packets from \
+             it may be dropped"
+        ),
+        m if m == mtu => info!("the broker set its end of the tunnel to MTU {mtu}"),
+        m => warn!("the broker set its end of the tunnel to MTU {m}, not {mtu}"),
+    }
+}
+
+/// What a verified TIME did to the clock.
+fn time(outcome: Result<i64, clock::TimeIgnored>, schedule: &mut Schedule, mono: u64) -> bool {
+    match outcome {
+        Ok(offset) => {
+            warn!(
+                "the broker refused a heartbeat as stale: this host's clock {} the broker's. Heartbeats use the \
+                 broker's time until this host's agrees (check NTP)",
+                crate::describe_offset(-i128::from(offset))
+            );
+            schedule.corrected(mono);
+            return true;
+        }
+        Err(clock::TimeIgnored::Insane(offset)) => warn!(
+            "ignored the broker's TIME: it says this host's clock {} the broker's, more than 10 years; \
+             check the broker's clock",
+            crate::describe_offset(-offset)
+        ),
+        Err(why) => debug!("ignored the broker's TIME: {why:?}"),
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client::{
+        message::tests::{NOW, from_broker, identity},
+        render,
+    };
+
+    #[test]
+    fn a_verified_time_corrects_the_clock_and_heartbeats_at_once() {
+        let (mut state, mut clock) = (ClientState::default(), clock::Clock::default());
+        let mut schedule = Schedule::new(Duration::from_secs(10), 0);
+        let two_days = 2 * 86_400_000_000_000;
+        clock.sent(NOW - two_days, 1_000);
+        schedule.sent(1_000);
+        let time = FromBroker::Time { timestamp_ns: NOW, echo_ns: NOW - two_days };
+        handle_message(&time, NOW - two_days, 2_000, &mut schedule, &mut state, &mut clock);
+        assert!(schedule.due(2_000), "the corrected heartbeat goes at once");
+        let offset = state.clock_offset_ns.expect("an offset in use");
+        assert!(offset.abs_diff(two_days as i64) < 1_000_000, "{offset}");
+        assert!(render(&state, NOW).contains("clock: this host's is 2 days behind the broker's"));
+        // NTP answered: the broker's next ACK agrees with our own clock.
+        let ack = FromBroker::Ack { timestamp_ns: NOW + 5, seen: "203.0.113.5:40001".parse().unwrap() };
+        handle_message(&ack, NOW, 3_000, &mut schedule, &mut state, &mut clock);
+        assert_eq!((state.clock_offset_ns, clock.offset_ns()), (None, None));
+    }
+
+    #[test]
+    fn an_ack_records_the_public_endpoint_and_a_challenge_its_nonce() {
+        let id = identity();
+        // The schedule's clock (monotonic) is far from the wall clock: the
+        // RTT must come from the former alone.
+        const MONO: u64 = 3_600_000_000_000;
+        let mut schedule = Schedule::new(Duration::from_secs(10), 0);
+        schedule.sent(MONO - 5_000_000);
+        let mut state = ClientState::default();
+        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
+        let ack = verify_from_broker(&ack, &id, 0, NOW, 0).unwrap();
+        handle_message(&ack, NOW, MONO, &mut schedule, &mut state, &mut Default::default());
+        assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
+        assert_eq!(state.rtt_us, Some(5_000));
+        let ch = from_broker(Kind::Challenge, NOW + 1, [7; 8]);
+        let ch = verify_from_broker(&ch, &id, NOW, NOW, 0).unwrap();
+        handle_message(&ch, NOW + 1, MONO + 1, &mut schedule, &mut state, &mut Default::default());
+        assert_eq!((schedule.nonce(), schedule.due(MONO + 1), state.challenges), ([7; 8], true, 1));
+        assert_eq!(state.last_ack_ns, Some(NOW), "show reports wall time");
+    }
+}
