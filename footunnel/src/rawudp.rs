@@ -155,6 +155,14 @@ impl RawUdp {
         self.attach_filter(&filter)
     }
 
+    /// As [`RawUdp::only_control_messages`], from any address (several
+    /// brokers: the caller tells them apart).
+    pub fn only_control_messages_from_any(&self, peer_port: u16, port: u16) -> Result<()> {
+        let filter =
+            control_message_filter(if self.ipv6 { None } else { Some(Ipv4Addr::UNSPECIFIED) }, peer_port, port);
+        self.attach_filter(&filter)
+    }
+
     fn attach_filter(&self, filter: &[libc::sock_filter]) -> Result<()> {
         let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
         // SAFETY: a valid program for the duration of the call (the kernel copies it).
@@ -323,7 +331,8 @@ impl AsRawFd for RawUdp {
 
 /// A classic BPF socket filter for [`RawUdp::only_control_messages`]. Raw
 /// IPv4 sockets see the packet from its IPv4 header on (`peer`: checked);
-/// raw IPv6 sockets from the UDP header on (no `peer`).
+/// raw IPv6 sockets from the UDP header on (no `peer`). An unspecified
+/// `peer` takes any source address.
 fn control_message_filter(peer: Option<Ipv4Addr>, peer_port: u16, port: u16) -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const LDX_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH: X = 4 * (P[k] & 0xf)
@@ -335,6 +344,7 @@ fn control_message_filter(peer: Option<Ipv4Addr>, peer_port: u16, port: u16) -> 
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     const LDX_IMM: u16 = 0x01; // BPF_LDX | BPF_W | BPF_IMM: X = k
     let header = match peer {
+        Some(Ipv4Addr::UNSPECIFIED) => vec![op(LDX_MSH, 0, 0, 0)],
         Some(peer) => vec![
             op(LD_W_ABS, 0, 0, 12),           // source address
             op(JEQ_K, 0, 8, u32::from(peer)), // else → drop

@@ -3,6 +3,7 @@
 
 mod broker;
 mod broker_config;
+mod brokers;
 mod client;
 mod clock;
 mod e2e;

@@ -29,6 +29,11 @@ pub fn text(state: &ClientState, now_ns: u64) -> String {
         "The broker's clock minus this host's while heartbeats use the broker's time (its TIME said so), else 0",
         &[(labels.clone(), state.clock_offset_ns.map_or(0.0, |o| o as f64 / 1e9))],
     );
+    r.counter(
+        "broker_moves_total",
+        "Moves from one broker to another (failover, or back to an earlier one)",
+        &[(labels.clone(), state.failovers)],
+    );
     if let Some(mtu) = state.mtu {
         r.gauge(
             "tunnel_mtu_bytes",
@@ -58,6 +63,8 @@ mod tests {
             mtu: Some(1464),
             mtu_discovered: true,
             broker_mtu: Some(1464),
+            failovers: 2,
+            ..Default::default()
         };
         let page = text(&state, 10_000_000_000);
         for want in [
@@ -68,6 +75,7 @@ mod tests {
             "footunnel_client_public_endpoint_known{broker=\"198.51.100.1\",link=\"fou0\"} 1\n",
             "footunnel_client_clock_offset_seconds{broker=\"198.51.100.1\",link=\"fou0\"} -172800\n",
             "footunnel_client_tunnel_mtu_bytes{broker=\"198.51.100.1\",link=\"fou0\"} 1464\n",
+            "footunnel_client_broker_moves_total{broker=\"198.51.100.1\",link=\"fou0\"} 2\n",
         ] {
             assert!(page.contains(want), "{want:?} missing from:\n{page}");
         }

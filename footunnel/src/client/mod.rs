@@ -2,6 +2,7 @@
 //! Heartbeats leave from the tunnel's own UDP port through a raw socket, so
 //! the NAT maps them exactly like the tunnel's data: no SNAT rule.
 
+pub mod brokers;
 pub mod clock;
 pub mod message;
 pub mod metrics;
@@ -38,6 +39,9 @@ use session::Session;
 pub struct ClientConfig {
     /// The broker: an IP address, or a name re-resolved every interval.
     pub broker: BrokerAddress,
+    /// More brokers (`--broker`), in order after `broker`: with them (or a
+    /// name with several addresses) the client fails over ([`brokers`]).
+    pub also: Vec<BrokerAddress>,
     /// `-4`/`-6`: the family to reach the broker over (`None`: see [`BrokerAddress::resolve`]).
     pub family: Option<resolve::Family>,
     pub secret: String,
@@ -78,8 +82,9 @@ pub struct ManagedClient {
 /// After this many heartbeats without an ACK the client says so.
 pub const UNANSWERED_WARNING: u32 = 4;
 
-/// The ipip/sit/ip6tnl link named `name`, or the one whose remote is `broker`.
-async fn find_link(handle: &Handle, broker: IpAddr, name: Option<&str>) -> Result<TunnelLink> {
+/// The ipip/sit/ip6tnl link named `name`, or the one whose remote is one of `brokers`.
+async fn find_link(handle: &Handle, brokers: &[IpAddr], name: Option<&str>) -> Result<TunnelLink> {
+    let broker = brokers[0];
     if let Some(name) = name {
         return link::get(handle, name).await;
     }
@@ -99,7 +104,7 @@ async fn find_link(handle: &Handle, broker: IpAddr, name: Option<&str>) -> Resul
     }
     for n in names {
         let l = link::get(handle, &n).await?;
-        if l.remote() == Some(broker) {
+        if l.remote().is_some_and(|r| brokers.contains(&r)) {
             return Ok(l);
         }
     }
@@ -118,10 +123,18 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
     tokio::pin!(shutdown);
-    let Some(broker) = first_resolution(&config.broker, config.family, config.interval, shutdown.as_mut()).await else {
+    let all: Vec<BrokerAddress> = std::iter::once(config.broker.clone()).chain(config.also.iter().cloned()).collect();
+    // Addresses alone cannot resolve later: a mistake in them is final.
+    let first = if all.iter().any(BrokerAddress::is_name) {
+        first_resolution(&all, config.family, config.interval, shutdown.as_mut()).await
+    } else {
+        Some(resolve::resolve_all(&all, config.family).await?)
+    };
+    let Some(addrs) = first else {
         info!("client stopped before the broker's name resolved");
         return Ok(());
     };
+    let broker = addrs[0];
     let mut created = Created::default();
     if let Some(m) = &config.manage {
         let IpAddr::V4(broker) = broker else {
@@ -146,7 +159,7 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
             info!("created link {:?} and FoU listeners on ports {:?}", created.links, created.fou_ports);
         }
     }
-    let result = serve(&config, &handle, broker, metrics, shutdown).await;
+    let result = serve(&config, &handle, brokers::Brokers::new(&addrs), metrics, shutdown).await;
     if let Err(e) = manage::down(&handle, &created).await {
         warn!("{e:#}");
     } else if !created.is_empty() {
@@ -155,23 +168,25 @@ pub async fn run(config: ClientConfig, shutdown: impl std::future::Future<Output
     result
 }
 
-/// Resolves the broker's name until it works (a name that does not resolve
-/// yet, say at boot before DNS is up, is retried, not fatal); `None` if
-/// `shutdown` comes first.
+/// Resolves the brokers' names until that works (a name that does not
+/// resolve yet, say at boot before DNS is up, is retried, not fatal): every
+/// address, in order; `None` if `shutdown` comes first.
 async fn first_resolution(
-    broker: &BrokerAddress,
+    brokers: &[BrokerAddress],
     family: Option<resolve::Family>,
     interval: Duration,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Option<IpAddr> {
+) -> Option<Vec<IpAddr>> {
     let retry = interval.min(Duration::from_secs(5));
     loop {
-        match broker.resolve(family).await {
-            Ok(a) => {
-                if broker.is_name() {
-                    info!("broker {broker} resolves to {a}");
+        match resolve::resolve_all(brokers, family).await {
+            Ok(addrs) => {
+                if brokers.iter().any(BrokerAddress::is_name) {
+                    let names = brokers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+                    let at = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+                    info!("broker {names} resolves to {at}");
                 }
-                return Some(a);
+                return Some(addrs);
             }
             Err(e) => warn!("{e:#}; retrying in {retry:?}"),
         }
@@ -207,12 +222,18 @@ fn re_resolve(
 async fn serve(
     config: &ClientConfig,
     handle: &Handle,
-    broker: IpAddr,
+    brokers: brokers::Brokers,
     mut metrics: Option<crate::metrics::Server>,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<()> {
-    let mut link = find_link(handle, broker, config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"))).await?;
+    let broker = brokers.current();
+    let name = config.link.as_deref().or(config.manage.as_ref().map(|_| "fou0"));
+    let mut link = find_link(handle, &brokers.addrs().collect::<Vec<_>>(), name).await?;
     let (sport, dport) = check_link(&link, broker, config)?;
+    if link.remote() != Some(broker) {
+        link = link::repoint(handle, &link, broker, dport).await?;
+        info!("link {} points at the first broker, {broker}", link.name);
+    }
     let (monitor_conn, _, mut changes) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
@@ -227,12 +248,25 @@ async fn serve(
     let socket = RawUdp::open_for(broker)?;
     socket.set_nonblocking()?;
     socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
-    socket.only_control_messages(broker, dport, sport)?;
+    if brokers.len() > 1 {
+        socket.only_control_messages_from_any(dport, sport)?;
+    } else {
+        socket.only_control_messages(broker, dport, sport)?;
+    }
     // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
     let socket =
         unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
-    let mut resolved = re_resolve(&config.broker, config.family, config.interval);
-    let mut s = Session::new(config, handle, broker, link, (sport, dport), tunnel_path).await;
+    // One broker by name: followed when its address changes. Several are
+    // resolved once, at start.
+    let mut resolved = match brokers.len() {
+        1 => re_resolve(&config.broker, config.family, config.interval),
+        _ => tokio::sync::mpsc::channel(1).1,
+    };
+    if brokers.len() > 1 {
+        let all = brokers.addrs().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        info!("brokers in order: {all}; moving on after {} unanswered heartbeats", brokers::FAILOVER_AFTER);
+    }
+    let mut s = Session::new(config, handle, brokers, link, (sport, dport), tunnel_path).await;
     info!(
         "client for broker {} on link {}, heartbeats from port {sport} every {:?}",
         endpoint(broker, dport),

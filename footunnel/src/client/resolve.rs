@@ -79,6 +79,53 @@ impl BrokerAddress {
     }
 }
 
+/// Every address of `brokers`, in their order (a name's records in the
+/// resolver's), of one family: the forced one, else IPv4 if any broker has
+/// an IPv4 address (one tunnel link carries one outer family).
+pub async fn resolve_all(brokers: &[BrokerAddress], family: Option<Family>) -> Result<Vec<IpAddr>> {
+    let mut all = Vec::new();
+    for b in brokers {
+        match b {
+            BrokerAddress::Fixed(a) => all.push(*a),
+            BrokerAddress::Name(name) => {
+                let lookup = tokio::net::lookup_host((name.as_str(), 0));
+                match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                    Err(_) => bail!("cannot resolve broker name {name}: no answer within 5 s"),
+                    Ok(Err(e)) => bail!("cannot resolve broker name {name}: {e}"),
+                    Ok(Ok(addrs)) => all.extend(addrs.map(|a| a.ip())),
+                }
+            }
+        }
+    }
+    of_one_family(brokers, all, family)
+}
+
+/// The addresses of the family to use, first seen first, none twice.
+fn of_one_family(brokers: &[BrokerAddress], all: Vec<IpAddr>, family: Option<Family>) -> Result<Vec<IpAddr>> {
+    let v6 = match family {
+        Some(f) => f == Family::V6,
+        None => !all.iter().any(IpAddr::is_ipv4),
+    };
+    let mut chosen: Vec<IpAddr> = Vec::new();
+    for a in all.iter().filter(|a| a.is_ipv6() == v6) {
+        if !chosen.contains(a) {
+            chosen.push(*a);
+        }
+    }
+    if chosen.is_empty() {
+        let names = brokers.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+        if all.is_empty() {
+            bail!("the brokers ({names}) resolve to no address");
+        }
+        bail!(
+            "-{} excludes every broker: {names} are at {}; drop -{0}, or give brokers of that family",
+            if v6 { 6 } else { 4 },
+            all.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(chosen)
+}
+
 /// The address to use among what a name resolved to: the first of the
 /// forced family, else the first IPv4 one (a link made for IPv4 keeps
 /// working when the name gains an AAAA record), else the first IPv6 one.
@@ -129,6 +176,20 @@ mod tests {
         assert!(e.contains("no IPv6 address") && e.contains("192.0.2.7"), "{e}");
         assert!(choose("b", [v6].into_iter(), Some(Family::V4)).unwrap_err().to_string().contains("no IPv4"));
         assert!(choose("b", std::iter::empty(), None).unwrap_err().to_string().contains("no address"));
+    }
+
+    #[test]
+    fn several_brokers_are_kept_in_order_of_one_family_or_refused() {
+        let b = |s: &str| s.parse::<BrokerAddress>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let brokers = [b("203.0.113.1"), b("brokers.example.net")];
+        let all = vec![ip("203.0.113.1"), ip("2001:db8::1"), ip("198.51.100.1"), ip("203.0.113.1")];
+        assert_eq!(of_one_family(&brokers, all.clone(), None).unwrap(), [ip("203.0.113.1"), ip("198.51.100.1")]);
+        assert_eq!(of_one_family(&brokers, all.clone(), Some(Family::V6)).unwrap(), [ip("2001:db8::1")]);
+        let v4_only = vec![ip("203.0.113.1"), ip("198.51.100.1")];
+        let e = of_one_family(&brokers, v4_only, Some(Family::V6)).unwrap_err().to_string();
+        assert!(e.contains("-6 excludes every broker") && e.contains("drop -6"), "{e}");
+        assert!(of_one_family(&brokers, vec![], None).unwrap_err().to_string().contains("no address"));
     }
 
     #[tokio::test]

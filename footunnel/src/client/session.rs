@@ -11,8 +11,8 @@ use rtnetlink::Handle;
 use tracing::{debug, info, warn};
 
 use super::{
-    ClientConfig, ClientState, FromBroker, MtuMode, UNANSWERED_WARNING, clock, describe_broker, follow_local_address,
-    message::from_broker, path, pmtu, probe, schedule::Schedule, verify_from_broker,
+    ClientConfig, ClientState, FromBroker, MtuMode, UNANSWERED_WARNING, brokers::Brokers, clock, describe_broker,
+    follow_local_address, message::from_broker, path, pmtu, probe, schedule::Schedule, verify_from_broker,
 };
 use crate::{
     addr::endpoint,
@@ -42,22 +42,36 @@ pub(super) struct Session<'a> {
     last_broker_ts: u64,
     clock: clock::Clock,
     pub(super) pmtu: pmtu::PathMtu,
+    /// The brokers in order, and which is in use.
+    brokers: Brokers,
+    /// A PROBE to an earlier broker, to see whether it is back: its
+    /// address, timestamp and when it left (monotonic).
+    returning: Option<(IpAddr, u64, u64)>,
 }
+
+/// How long a PROBE to an earlier broker is waited for.
+const RETURN_WAIT_NS: u64 = 5_000_000_000;
 
 impl<'a> Session<'a> {
     pub(super) async fn new(
         config: &'a ClientConfig,
         handle: &'a Handle,
-        broker: IpAddr,
+        brokers: Brokers,
         mut link: TunnelLink,
         (sport, dport): (u16, u16),
         tunnel_path: path::TunnelPath,
     ) -> Session<'a> {
+        let broker = brokers.current();
         let mut state = ClientState {
             broker: describe_broker(&config.broker, broker),
             link: link.name.clone(),
             ..Default::default()
         };
+        if brokers.len() > 1 {
+            state.broker = broker.to_string();
+            state.brokers = brokers.addrs().map(|a| a.to_string()).collect();
+            state.broker_why = Some(brokers.why().describe().to_owned());
+        }
         if let MtuMode::Fixed(mtu) = config.mtu {
             pmtu::set_link_mtu(handle, &mut link, mtu, false).await;
             state.mtu = Some(mtu);
@@ -80,6 +94,8 @@ impl<'a> Session<'a> {
             last_broker_ts: 0,
             clock: clock::Clock::default(),
             pmtu: pmtu::PathMtu::new(config.mtu),
+            brokers,
+            returning: None,
         }
     }
 
@@ -115,6 +131,13 @@ impl<'a> Session<'a> {
             Err(e) => warn!("{e:#}"),
         }
         self.schedule.sent(now);
+        if let Some(next) = self.brokers.unanswered(self.schedule.unanswered(), now) {
+            let from = self.broker;
+            warn!("broker {from}: {} heartbeats unanswered; moving on to {next}", self.schedule.unanswered());
+            self.move_to(next).await;
+            return;
+        }
+        self.try_return(socket, now);
         if self.schedule.unanswered() == UNANSWERED_WARNING {
             warn!(
                 "no ACK for the last {UNANSWERED_WARNING} heartbeats: the tunnel may be down. Check that the \
@@ -162,6 +185,70 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Points the link at broker `to`; heartbeats go there at once.
+    async fn move_to(&mut self, to: IpAddr) {
+        match link::repoint(self.handle, &self.link, to, self.dport).await {
+            Ok(updated) => self.link = updated,
+            Err(e) => {
+                warn!(
+                    "link {} cannot be pointed at broker {to}: {e:#}; heartbeats go there all the same",
+                    self.link.name
+                )
+            }
+        }
+        info!("broker {to} now ({}): link {} points there", self.brokers.why().describe(), self.link.name);
+        self.broker = to;
+        // Each broker stamps its own messages: the increasing rule starts over.
+        self.last_broker_ts = 0;
+        self.route = path::route_to(self.handle, to, &self.tunnel_path).await;
+        self.state.broker = to.to_string();
+        self.state.broker_why = Some(self.brokers.why().describe().to_owned());
+        self.state.failovers += 1;
+        write_state(&self.config.state_dir, &self.state);
+        self.schedule.moved(mono_ns());
+        self.pmtu.path_changed();
+    }
+
+    /// On a broker after the first: a PROBE (which moves nothing) to an
+    /// earlier one whose hold has ended, to see whether it is back.
+    fn try_return(&mut self, socket: &RawUdp, now: u64) {
+        if let Some((addr, _, sent)) = self.returning {
+            if now.saturating_sub(sent) < RETURN_WAIT_NS {
+                return;
+            }
+            debug!("broker {addr} did not answer a PROBE: still avoided");
+            self.brokers.still_gone(addr, now);
+            self.returning = None;
+        }
+        let Some(addr) = self.brokers.to_try(now) else { return };
+        let ts = self.stamp();
+        let probe = footunnel_ebpf::wire::Probe { len: footunnel_ebpf::wire::MESSAGE_LEN as u16, mtu: 0 };
+        let src = path::source(self.route.as_ref(), addr);
+        match socket.send(src, self.sport, addr, self.dport, &pmtu::probe_bytes(&self.identity, ts, probe)) {
+            Ok(()) => {
+                debug!("PROBE to broker {addr}: is it back?");
+                self.returning = Some((addr, ts, now));
+            }
+            Err(e) => debug!("PROBE to broker {addr} not sent: {e:#}"),
+        }
+    }
+
+    /// A PROBE_ACK from an earlier broker answering [`Session::try_return`].
+    async fn returned(&mut self, d: &Datagram) -> bool {
+        let Some((addr, ts, _)) = self.returning else { return false };
+        let Some(msg) = from_broker(d, addr, self.sport, self.dport) else { return false };
+        match verify_from_broker(msg, &self.identity, 0, 0, 0) {
+            Ok(FromBroker::ProbeAck { echo_ns, .. }) if echo_ns == ts => {
+                self.returning = None;
+                if self.brokers.returned(addr) {
+                    self.move_to(addr).await;
+                }
+            }
+            _ => debug!("dropped a message from broker {addr}"),
+        }
+        true
     }
 
     /// The broker's name resolved again: a new address is followed.
@@ -216,6 +303,9 @@ impl<'a> Session<'a> {
 
     /// A datagram on the tunnel's port: the broker's, if it verifies.
     pub(super) async fn datagram(&mut self, d: &Datagram) {
+        if d.src != self.broker && self.returned(d).await {
+            return;
+        }
         let Some(msg) = from_broker(d, self.broker, self.sport, self.dport) else { return };
         let now = now_ns();
         let window = self.config.freshness_window_ns;
@@ -228,6 +318,9 @@ impl<'a> Session<'a> {
                     // Stamped on the wrong clock, the last heartbeats were refused:
                     // the next is stamped on the broker's, also if that is earlier.
                     self.last_sent_ts = 0;
+                }
+                if matches!(m, FromBroker::Ack { .. }) {
+                    self.brokers.acked();
                 }
                 write_state(&self.config.state_dir, &self.state);
                 if matches!(m, FromBroker::Ack { .. }) && self.pmtu.due(mono_ns()) {

@@ -49,6 +49,15 @@ the broker refuse heartbeats as stale; it answers with an authenticated TIME,
 and the client then stamps heartbeats with the broker's time until its own
 agrees. `footunnel show` says by how much this host's clock is off.
 
+Several brokers (--broker, repeated; or a name with several addresses), in
+order of preference: the client heartbeats to the first; after 3 unanswered
+heartbeats it points its link at the next one. A broker that failed is
+avoided for 30 s, doubling with each failure in a row up to 10 minutes;
+with all of them avoided the client stays where it is. Once an earlier
+broker's hold is over, a PROBE (which moves nothing) asks whether it is
+back, and the client returns to it when it answers. Each broker needs the
+tunnel (its secret) and the client's inner prefix.
+
 The path to the broker may carry less than 1500 bytes (PPPoE 1492, DS-Lite,
 LTE), and ICMP \"fragmentation needed\" often does not make it back through a
 carrier NAT: large packets then vanish, ping works and TCP stalls. So after the
@@ -66,6 +75,9 @@ pub struct Args {
     broker: client::resolve::BrokerAddress,
     /// The tunnel's shared secret. Prefer --secret-file: arguments are visible in `ps`.
     secret: Option<String>,
+    /// Another broker, tried in order after BROKER when it stops answering (repeat for more; a name counts with every address).
+    #[arg(long = "broker", value_name = "BROKER", value_parser = parse_broker)]
+    also: Vec<client::resolve::BrokerAddress>,
     /// Read the secret from this file (mode 600) instead.
     #[arg(long, conflicts_with = "secret")]
     secret_file: Option<PathBuf>,
@@ -146,6 +158,7 @@ impl Args {
         }
         Ok(ClientConfig {
             broker: self.broker.clone(),
+            also: self.also.clone(),
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Some(client::resolve::Family::V4),
                 (_, true) => Some(client::resolve::Family::V6),

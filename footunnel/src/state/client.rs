@@ -26,6 +26,14 @@ pub struct ClientState {
     pub mtu: Option<u16>,
     #[serde(default)]
     pub mtu_discovered: bool,
+    /// Several brokers: all of them in order, why the one in use is, and
+    /// how often the client moved between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brokers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_why: Option<String>,
+    #[serde(default)]
+    pub failovers: u64,
     /// What the broker said it applied to its end (0: refused); `None`: no answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_mtu: Option<u16>,
@@ -36,6 +44,14 @@ pub const STATE_FILE: &str = "client.json";
 /// What `footunnel show` says of a client.
 pub fn render(state: &ClientState, now_ns: u64) -> String {
     let mut out = format!("client: broker {} over {}\n", state.broker, state.link);
+    if !state.brokers.is_empty() {
+        out += &format!(
+            "  brokers in order: {}; this one because {}; moves so far: {}\n",
+            state.brokers.join(", "),
+            state.broker_why.as_deref().unwrap_or("it is the first"),
+            state.failovers
+        );
+    }
     out += &format!(
         "  public endpoint (as the broker sees it): {}\n",
         state.public_endpoint.as_deref().unwrap_or("(no ACK yet)")
