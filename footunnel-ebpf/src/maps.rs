@@ -102,9 +102,10 @@ pub const CLOCK_NOTICE_INTERVAL_NS: u64 = 1_000_000_000;
 /// `(PROBE_BURST - 1) * PROBE_INTERVAL_NS` ahead of now, and moves it on by
 /// one interval (a generic cell rate algorithm: one word, no timer).
 pub const PROBE_BUDGET: &str = "PROBE_BUDGET";
-/// A tunnel's PROBEs are answered at most 10 a second, in bursts of 10.
-pub const PROBE_INTERVAL_NS: u64 = 100_000_000;
-pub const PROBE_BURST: u64 = 10;
+/// A tunnel's PROBEs are answered at most 40 a second, in bursts of 16:
+/// a discovery sends rounds of 8 at once, at least 200 ms apart.
+pub const PROBE_INTERVAL_NS: u64 = 25_000_000;
+pub const PROBE_BURST: u64 = 16;
 
 /// Whether a PROBE at `now` fits the budget `full_at` (0: never used);
 /// the budget's new value if so.
@@ -471,7 +472,7 @@ counters! {
     Ipv6Unwalked = "ipv6_unwalked", Packets;
     /// PROBEs verified and announced (a client discovering its path MTU).
     Probe = "probe", Packets;
-    /// Verified PROBEs beyond their tunnel's budget (10 a second): dropped.
+    /// Verified PROBEs beyond their tunnel's budget (40 a second): dropped.
     ProbeLimited = "probe_limited", Rejected;
 }
 

@@ -328,7 +328,7 @@ fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Count
 /// A PROBE: checked like a heartbeat (tag, then freshness) but never
 /// subject to or moving the increasing rule or the endpoint, and as long as
 /// its detail says; then announced within the tunnel's budget, so a replayed
-/// flood costs the controller ten events a second.
+/// flood costs the controller 40 events a second.
 #[inline(always)]
 fn probe<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
     check_header(msg, Kind::Probe)?;

@@ -830,17 +830,18 @@ fn a_probe_that_is_cut_short_forged_stale_or_unknown_is_counted_and_not_announce
 }
 
 #[test]
-fn probes_beyond_ten_a_second_are_dropped_without_an_event() {
+fn probes_beyond_the_budget_are_dropped_without_an_event() {
     let env = env();
     for i in 0..25 {
         assert_eq!(process(&udp(CLIENT, 40001, 42424, &probe_of(NOW + i, 1400, 0))[..], &env), Verdict::Drop);
     }
-    assert_eq!((count(&env, Counter::Probe), count(&env, Counter::ProbeLimited)), (10, 15));
-    // Half a second refills five.
-    env.boot.set(env.boot.get() + 500_000_000);
+    // A burst of 16 (40 a second).
+    assert_eq!((count(&env, Counter::Probe), count(&env, Counter::ProbeLimited)), (16, 9));
+    // A tenth of a second refills four.
+    env.boot.set(env.boot.get() + 100_000_000);
     for i in 0..8 {
         process(&udp(CLIENT, 40001, 42424, &probe_of(NOW + 100 + i, 1400, 0))[..], &env);
     }
-    assert_eq!((count(&env, Counter::Probe), count(&env, Counter::ProbeLimited)), (15, 18));
-    assert_eq!(env.events.borrow().len(), 15);
+    assert_eq!((count(&env, Counter::Probe), count(&env, Counter::ProbeLimited)), (20, 13));
+    assert_eq!(env.events.borrow().len(), 20);
 }

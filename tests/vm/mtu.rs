@@ -199,7 +199,7 @@ fn discovery_fits_the_path(path: u32) {
     let first_ack = log_seconds(&log, 0, "the broker sees this end").unwrap();
     let found = log_seconds(&log, 0, "tunnel MTU").expect("the MTU found is logged");
     println!("path {path}: tunnel MTU {inner} found {:.2} s after the first ACK", found - first_ack);
-    assert!(found - first_ack < 4.0, "discovery took {:.2} s:\n{log}", found - first_ack);
+    assert!(found - first_ack < 3.0, "discovery took {:.2} s:\n{log}", found - first_ack);
     assert!(acked.elapsed() < Duration::from_secs(10));
     assert_eq!(lab.mtu(&lab.client), inner, "the client's link MTU:\n{log}");
     assert_eq!(lab.mtu(&lab.broker), inner, "the broker's link MTU:\n{}", broker.log());

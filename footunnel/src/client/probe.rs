@@ -2,12 +2,25 @@
 //! and when, and what their PROBE_ACKs (or silence) say. Pure: the caller
 //! sends, receives and sets the link's MTU. ICMP "fragmentation needed" is
 //! not relied on: carrier NATs often drop it, so only what comes back counts.
+//!
+//! The search goes in rounds of up to [`ROUND`] sizes sent at once, spread
+//! over what is still unknown, the largest possible among them: a round
+//! costs one timeout (or one round trip when every PROBE comes back), so a
+//! 900-byte range takes three or four rounds, not a dozen timeouts one after
+//! another. A size smaller than one that passed is known to pass, so a lost
+//! PROBE matters only just above the boundary, and there a size counts as
+//! too large only once it went unanswered in [`TRIES`] rounds.
 
-use footunnel_ebpf::wire::{MESSAGE_LEN, Probe};
+use footunnel_ebpf::{
+    maps::PROBE_INTERVAL_NS,
+    wire::{MESSAGE_LEN, Probe},
+};
 
-/// Waits between two PROBEs, so a search stays within the broker's budget
-/// (10 a second, bursts of 10).
-pub const SPACING_NS: u64 = 50_000_000;
+/// Sizes probed at once. Within the broker's budget (`PROBE_BURST`) with
+/// room to spare; rounds start at least [`ROUND_SPACING_NS`] apart, so the
+/// budget refills between them.
+pub const ROUND: usize = 8;
+pub const ROUND_SPACING_NS: u64 = ROUND as u64 * PROBE_INTERVAL_NS;
 /// A size that goes unanswered this often is taken not to pass.
 pub const TRIES: u8 = 2;
 /// Discovery runs again this long after it ended (a path can shrink
@@ -15,11 +28,17 @@ pub const TRIES: u8 = 2;
 pub const REDISCOVER_NS: u64 = 600_000_000_000;
 /// A PROBE_ACK counts only for a PROBE sent this recently.
 pub const ECHO_WINDOW_NS: u64 = 5_000_000_000;
+/// How long a round (or the announcement) waits for answers: four round
+/// trips, within these bounds.
+const MIN_TIMEOUT_NS: u64 = 250_000_000;
+const MAX_TIMEOUT_NS: u64 = 2_000_000_000;
+const ANNOUNCE_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// What discovery is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Phase {
     /// Not started (no ACK yet), or switched off.
+    #[default]
     Idle,
     /// Looking for the largest size that passes.
     Searching,
@@ -33,31 +52,37 @@ pub enum Phase {
     Failed,
 }
 
-/// A PROBE sent and not yet answered.
+/// A PROBE of this round: planned, or sent at `sent_ns` stamped `timestamp_ns`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct InFlight {
+struct Sent {
     probe: Probe,
     timestamp_ns: u64,
     sent_ns: u64,
-    tries: u8,
+    answered: bool,
 }
 
 /// One discovery's state; times are the monotonic clock's, ns.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Discovery {
     floor: u16,
+    ceiling: u16,
     /// The largest size known to pass; `floor - 1`: none yet.
     good: u16,
-    /// The smallest size known not to pass; `ceiling + 1` at first.
-    bad: u16,
-    in_flight: Option<InFlight>,
+    /// Sizes above `good` that went unanswered, and in how many rounds;
+    /// ascending. The first is the boundary's upper side.
+    unanswered: Vec<(u16, u8)>,
+    /// This round's PROBEs, and how many of them have gone.
+    round: Vec<Sent>,
+    gone: usize,
+    round_started_ns: u64,
+    /// The slowest answer of this round: it sets the next round's timeout.
+    round_rtt_ns: u64,
+    /// The announcement's PROBEs so far.
+    announce_tries: u8,
     phase: Phase,
-    /// When the next PROBE may go.
+    /// When [`Discovery::step`] has something to do.
     next_ns: u64,
-    /// How long a PROBE is waited for.
     timeout_ns: u64,
-    /// The first PROBE, of the largest size, has gone.
-    tried_largest: bool,
 }
 
 /// What the caller must do now.
@@ -72,42 +97,28 @@ pub enum Step {
     Failed,
 }
 
-impl Default for Discovery {
-    fn default() -> Self {
-        Discovery {
-            floor: 0,
-            good: 0,
-            bad: 0,
-            in_flight: None,
-            phase: Phase::Idle,
-            next_ns: u64::MAX,
-            timeout_ns: 0,
-            tried_largest: false,
-        }
-    }
-}
-
 impl Discovery {
-    /// Starts a search between `floor` and `ceiling` (inner sizes), the
-    /// largest first: most paths carry it. `rtt_ns`: the last heartbeat's
-    /// round trip, which sets how long a PROBE is waited for.
+    /// Starts a search between `floor` and `ceiling` (inner sizes).
+    /// `rtt_ns`: the last heartbeat's round trip, which sets how long the
+    /// first round waits (later rounds: the PROBEs' own round trips).
     pub fn start(&mut self, floor: u16, ceiling: u16, rtt_ns: u64, now: u64) {
         let floor = floor.max(MESSAGE_LEN as u16);
         *self = Discovery {
             floor,
+            ceiling: ceiling.max(floor),
             good: floor - 1,
-            bad: ceiling.max(floor).saturating_add(1),
-            in_flight: None,
             phase: Phase::Searching,
-            next_ns: now,
-            timeout_ns: (4 * rtt_ns).clamp(250_000_000, 2_000_000_000),
-            tried_largest: false,
+            timeout_ns: timeout(rtt_ns),
+            ..Discovery::default()
         };
+        self.plan(now);
     }
 
     /// Skips the search: `mtu` is set by hand, and only announced.
     pub fn announce(&mut self, mtu: u16, now: u64) {
-        *self = Discovery { phase: Phase::Announcing { mtu }, next_ns: now, timeout_ns: 1_000_000_000, ..*self };
+        self.phase = Phase::Announcing { mtu };
+        self.round = vec![planned(Probe { len: MESSAGE_LEN as u16, mtu })];
+        (self.gone, self.announce_tries, self.next_ns, self.timeout_ns) = (0, 0, now, ANNOUNCE_TIMEOUT_NS);
     }
 
     pub fn phase(&self) -> Phase {
@@ -127,52 +138,34 @@ impl Discovery {
         if now < self.next_ns() {
             return None;
         }
-        if let Some(f) = self.in_flight {
-            if f.tries < TRIES {
-                return Some(self.send(f.probe, f.tries + 1, now));
-            }
-            self.in_flight = None;
-            match self.phase {
-                Phase::Announcing { mtu } => {
-                    self.phase = Phase::Done { mtu, broker: None };
-                    return None;
-                }
-                _ => self.bad = f.probe.len,
-            }
+        if self.gone < self.round.len() {
+            let probe = self.round[self.gone].probe;
+            self.round[self.gone].sent_ns = now;
+            self.gone += 1;
+            // The rest of the round goes at once; then its answers are waited for.
+            self.next_ns = if self.gone < self.round.len() { now } else { now.saturating_add(self.timeout_ns) };
+            return Some(Step::Send(probe));
         }
         match self.phase {
-            Phase::Searching => {
-                if self.bad - self.good <= 1 {
-                    if self.good < self.floor {
-                        self.phase = Phase::Failed;
-                        return Some(Step::Failed);
-                    }
-                    return Some(Step::SetMtu(self.good));
-                }
-                // The largest first, then halves.
-                let len = if self.tried_largest {
-                    self.good + (self.bad - self.good) / 2
+            Phase::Searching => self.end_round(now),
+            Phase::Announcing { mtu } => {
+                self.announce_tries += 1;
+                if self.announce_tries >= TRIES {
+                    self.phase = Phase::Done { mtu, broker: None };
                 } else {
-                    self.tried_largest = true;
-                    self.bad - 1
-                };
-                Some(self.send(Probe { len, mtu: 0 }, 1, now))
+                    self.gone = 0;
+                    self.next_ns = now;
+                }
+                None
             }
-            Phase::Announcing { mtu } => Some(self.send(Probe { len: MESSAGE_LEN as u16, mtu }, 1, now)),
             _ => None,
         }
     }
 
-    fn send(&mut self, probe: Probe, tries: u8, now: u64) -> Step {
-        self.in_flight = Some(InFlight { probe, timestamp_ns: 0, sent_ns: now, tries });
-        self.next_ns = now.saturating_add(self.timeout_ns);
-        Step::Send(probe)
-    }
-
     /// The PROBE of the last [`Step::Send`] left, stamped `timestamp_ns`.
     pub fn sent(&mut self, timestamp_ns: u64) {
-        if let Some(f) = &mut self.in_flight {
-            f.timestamp_ns = timestamp_ns;
+        if let Some(s) = self.gone.checked_sub(1).and_then(|i| self.round.get_mut(i)) {
+            s.timestamp_ns = timestamp_ns;
         }
     }
 
@@ -182,19 +175,24 @@ impl Discovery {
     }
 
     /// A verified PROBE_ACK echoing `echo_ns`, `probe` as it says. True if
-    /// it answered the PROBE in flight.
+    /// it answered a PROBE of this round, once.
     pub fn acked(&mut self, echo_ns: u64, probe: Probe, now: u64) -> bool {
-        let Some(f) = self.in_flight else { return false };
-        if f.timestamp_ns != echo_ns || f.probe.len != probe.len || now.saturating_sub(f.sent_ns) > ECHO_WINDOW_NS {
+        let Some(s) = self.round[..self.gone].iter_mut().find(|s| {
+            !s.answered
+                && s.timestamp_ns == echo_ns
+                && s.probe.len == probe.len
+                && now.saturating_sub(s.sent_ns) <= ECHO_WINDOW_NS
+        }) else {
             return false;
-        }
-        self.in_flight = None;
-        self.next_ns = now.saturating_add(SPACING_NS);
+        };
+        s.answered = true;
+        let rtt_ns = now.saturating_sub(s.sent_ns);
         match self.phase {
             Phase::Searching => {
                 self.good = self.good.max(probe.len);
-                if self.bad - self.good <= 1 {
-                    self.next_ns = now; // found: no spacing before the result
+                self.round_rtt_ns = self.round_rtt_ns.max(rtt_ns);
+                if self.gone == self.round.len() && self.round.iter().all(|s| s.answered) {
+                    self.next_ns = now; // nothing left to wait for
                 }
             }
             Phase::Announcing { mtu } => self.phase = Phase::Done { mtu, broker: Some(probe.mtu) },
@@ -202,89 +200,210 @@ impl Discovery {
         }
         true
     }
+
+    /// The round's answers are in (or will not come): what they say, then
+    /// the result or the next round.
+    fn end_round(&mut self, now: u64) -> Option<Step> {
+        for s in self.round.iter().filter(|s| !s.answered) {
+            match self.unanswered.binary_search_by_key(&s.probe.len, |(len, _)| *len) {
+                Ok(i) => self.unanswered[i].1 += 1,
+                Err(i) => self.unanswered.insert(i, (s.probe.len, 1)),
+            }
+        }
+        if self.round.iter().any(|s| s.answered) {
+            self.timeout_ns = timeout(self.round_rtt_ns);
+        }
+        let good = self.good;
+        self.unanswered.retain(|(len, _)| *len > good);
+        let (bad, tries) = self.boundary();
+        if bad - self.good <= 1 && tries >= TRIES {
+            if self.good < self.floor {
+                self.phase = Phase::Failed;
+                return Some(Step::Failed);
+            }
+            self.round.clear();
+            return Some(Step::SetMtu(self.good));
+        }
+        self.plan(now.max(self.round_started_ns.saturating_add(ROUND_SPACING_NS)));
+        None
+    }
+
+    /// The smallest size not known to pass, and in how many rounds it went
+    /// unanswered (above the ceiling: known).
+    fn boundary(&self) -> (u16, u8) {
+        self.unanswered.first().copied().unwrap_or((self.ceiling + 1, TRIES))
+    }
+
+    /// The next round, from `at`: the boundary again if it was unanswered
+    /// only once, and sizes spread up to just below it.
+    fn plan(&mut self, at: u64) {
+        let (bad, tries) = self.boundary();
+        let mut sizes = Vec::with_capacity(ROUND);
+        if tries < TRIES {
+            sizes.push(bad);
+        }
+        let room = (ROUND - sizes.len()) as u32;
+        let (good, top) = (u32::from(self.good), u32::from(bad) - 1);
+        if top - good <= room {
+            sizes.extend(good as u16 + 1..=top as u16);
+        } else {
+            sizes.extend((1..=room).map(|i| (good + (top - good) * i / room) as u16));
+        }
+        // The largest first: on most paths it is the answer.
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        self.round = sizes.into_iter().map(|len| planned(Probe { len, mtu: 0 })).collect();
+        (self.gone, self.round_started_ns, self.round_rtt_ns, self.next_ns) = (0, at, 0, at);
+    }
+}
+
+fn planned(probe: Probe) -> Sent {
+    Sent { probe, timestamp_ns: 0, sent_ns: 0, answered: false }
+}
+
+fn timeout(rtt_ns: u64) -> u64 {
+    rtt_ns.saturating_mul(4).clamp(MIN_TIMEOUT_NS, MAX_TIMEOUT_NS)
 }
 
 #[cfg(test)]
 mod tests {
+    use footunnel_ebpf::maps::probe_budget;
+
     use super::*;
 
     const MS: u64 = 1_000_000;
+    const RTT: u64 = 20 * MS;
+
+    struct Run {
+        mtu: Option<u16>,
+        sent: Vec<u16>,
+        rounds: usize,
+        took: u64,
+    }
 
     /// Runs a discovery against a path that carries sizes up to `path`
-    /// (and drops `lost` PROBEs of the sizes listed, once each); returns
-    /// the MTU it found, the PROBEs it sent, and how long it took.
-    fn discover(floor: u16, ceiling: u16, path: u16, mut lost: Vec<u16>) -> (Option<u16>, Vec<u16>, u64) {
+    /// (and drops `lost` PROBEs of the sizes listed, once each) and a broker
+    /// that answers within its budget, `RTT` later.
+    fn discover(floor: u16, ceiling: u16, path: u16, mut lost: Vec<u16>) -> Run {
         let mut d = Discovery::default();
-        let mut now = 1_000 * MS;
-        let start = now;
-        d.start(floor, ceiling, 2 * MS, now);
-        let mut sent = Vec::new();
+        let start = 1_000 * MS;
+        let mut now = start;
+        d.start(floor, ceiling, RTT, now);
+        let (mut sent, mut rounds, mut answers, mut budget) = (Vec::new(), 0, Vec::<(u64, u64, u16)>::new(), 0);
+        let mut last_round_start = 0;
         for ts in 1.. {
-            assert!(ts < 100, "no end: {sent:?}");
+            assert!(ts < 200, "no end: {sent:?}");
+            if let Some(i) = answers.iter().position(|(at, _, _)| *at <= now) {
+                let (_, echo, len) = answers.remove(i);
+                assert!(d.acked(echo, Probe { len, mtu: 0 }, now));
+                continue;
+            }
             match d.step(now) {
-                None => now = d.next_ns().min(now + 1_000 * MS),
+                None => {
+                    let next_answer = answers.iter().map(|(at, _, _)| *at).min().unwrap_or(u64::MAX);
+                    now = d.next_ns().min(next_answer).max(now + 1);
+                }
                 Some(Step::Send(p)) => {
+                    if d.gone == 1 {
+                        rounds += 1;
+                        assert!(now - last_round_start >= ROUND_SPACING_NS || rounds == 1, "rounds too close");
+                        last_round_start = now;
+                    }
                     sent.push(p.len);
                     d.sent(ts);
                     let dropped = lost.iter().position(|l| *l == p.len).map(|i| lost.remove(i)).is_some();
+                    // The broker's budget, as its data plane keeps it.
+                    let answered = probe_budget(budget, now).inspect(|b| budget = *b).is_some();
+                    assert!(answered, "over the broker's budget at PROBE {}: {sent:?}", sent.len());
                     if p.len <= path && !dropped {
-                        now += 2 * MS;
-                        assert!(d.acked(ts, Probe { len: p.len, mtu: 0 }, now));
+                        answers.push((now + RTT, ts, p.len));
                     }
                 }
-                Some(Step::SetMtu(mtu)) => return (Some(mtu), sent, now - start),
-                Some(Step::Failed) => return (None, sent, now - start),
+                Some(Step::SetMtu(mtu)) => return Run { mtu: Some(mtu), sent, rounds, took: now - start },
+                Some(Step::Failed) => return Run { mtu: None, sent, rounds, took: now - start },
             }
         }
         unreachable!()
     }
 
     #[test]
-    fn a_full_size_path_takes_one_probe() {
-        let (mtu, sent, took) = discover(576, 1472, 1472, vec![]);
-        assert_eq!((mtu, sent), (Some(1472), vec![1472]));
-        assert!(took < 10 * MS, "{took}");
+    fn a_full_size_path_takes_one_round_trip() {
+        let run = discover(576, 1472, 1472, vec![]);
+        assert_eq!((run.mtu, run.rounds), (Some(1472), 1), "{:?}", run.sent);
+        assert!(run.sent[0] == 1472 && run.sent.len() <= ROUND, "the largest first: {:?}", run.sent);
+        assert!(run.took <= RTT + MS, "{}", run.took);
     }
 
     #[test]
-    fn pppoe_and_smaller_paths_are_found_exactly_within_a_few_seconds() {
-        // Each size too large costs two timeouts of 250 ms: paths near the
-        // top of the range (PPPoE, DS-Lite, LTE) take a few seconds, the
-        // smallest possible one twice that.
-        for (path, floor, secs) in [(1464, 576, 3), (1424, 576, 3), (1444, 1280, 3), (1300, 1280, 4), (576, 576, 6)] {
-            let (mtu, sent, took) = discover(floor, 1472, path, vec![]);
-            assert_eq!(mtu, Some(path), "path {path}: {sent:?}");
-            assert!(sent.len() <= 2 * 12, "path {path}: {sent:?}");
-            assert!(took < secs * 1_000 * MS, "path {path}: {} ms, {sent:?}", took / MS);
-            assert!(sent.iter().all(|l| (floor..=1472).contains(l)), "never outside the bounds: {sent:?}");
+    fn pppoe_and_smaller_paths_are_found_exactly_within_about_a_second() {
+        // Each round with a size too large waits 250 ms (four round trips,
+        // at least 250 ms): three or four rounds, whatever the path.
+        for path in [1464, 1452, 1444, 1424, 1400, 1300, 1280, 1000, 577, 576] {
+            for floor in [576, 1280].into_iter().filter(|f| *f <= path) {
+                let run = discover(floor, 1472, path, vec![]);
+                assert_eq!(run.mtu, Some(path), "path {path}: {:?}", run.sent);
+                assert!(run.rounds <= 5, "path {path}: {} rounds, {:?}", run.rounds, run.sent);
+                assert!(run.took < 1_500 * MS, "path {path}: {} ms, {:?}", run.took / MS, run.sent);
+                assert!(
+                    run.sent.iter().all(|l| (floor..=1472).contains(l)),
+                    "never outside the bounds: {:?}",
+                    run.sent
+                );
+            }
         }
     }
 
     #[test]
+    fn a_slow_first_round_trip_does_not_slow_the_later_rounds() {
+        // The heartbeat's round trip can be long (a broker busy at start);
+        // the PROBEs' own set the later rounds' timeouts.
+        let mut d = Discovery::default();
+        d.start(576, 1472, 400 * MS, 0);
+        let mut now = 0;
+        while let Some(Step::Send(p)) = d.step(now) {
+            d.sent(u64::from(p.len));
+        }
+        assert_eq!(d.next_ns(), 1_600 * MS, "first round: four heartbeat round trips");
+        now += 10 * MS;
+        let smallest = d.round[ROUND - 1].probe.len;
+        assert!(d.acked(u64::from(smallest), Probe { len: smallest, mtu: 0 }, now), "{:?}", d.round);
+        now = d.next_ns();
+        assert_eq!(d.step(now), None, "the round ends, the next is planned");
+        let next = d.next_ns();
+        assert_eq!(next, now, "{:?}", d.round);
+        while let Some(Step::Send(_)) = d.step(now) {}
+        assert_eq!(d.next_ns(), now + MIN_TIMEOUT_NS, "later rounds: four PROBE round trips, at least 250 ms");
+    }
+
+    #[test]
     fn a_lost_probe_is_sent_again_before_its_size_counts_as_too_large() {
-        let (mtu, sent, _) = discover(576, 1472, 1464, vec![1472, 1023]);
-        assert_eq!(mtu, Some(1464), "{sent:?}");
-        assert_eq!(sent.iter().filter(|l| **l == 1023).count(), 2, "{sent:?}");
+        let run = discover(576, 1472, 1464, vec![1464]);
+        assert_eq!(run.mtu, Some(1464), "{:?}", run.sent);
+        assert_eq!(run.sent.iter().filter(|l| **l == 1464).count(), 2, "{:?}", run.sent);
+        let run = discover(576, 1472, 1472, vec![1472]);
+        assert_eq!((run.mtu, run.rounds), (Some(1472), 2), "{:?}", run.sent);
     }
 
     #[test]
     fn a_path_below_the_floor_or_a_broker_that_never_answers_fails() {
-        let (mtu, sent, _) = discover(1280, 1472, 1200, vec![]);
-        assert_eq!(mtu, None, "{sent:?}");
-        assert!(sent.contains(&1280) && sent.iter().all(|l| *l >= 1280), "{sent:?}");
+        let run = discover(1280, 1472, 1200, vec![]);
+        assert_eq!(run.mtu, None, "{:?}", run.sent);
+        assert!(run.sent.iter().filter(|l| **l == 1280).count() == 2, "{:?}", run.sent);
+        assert!(run.sent.iter().all(|l| *l >= 1280), "{:?}", run.sent);
     }
 
     #[test]
-    fn an_echo_that_matches_no_probe_in_flight_is_ignored() {
+    fn an_echo_that_matches_no_probe_sent_is_ignored() {
         let mut d = Discovery::default();
-        d.start(576, 1472, 0, 0);
-        assert_eq!(d.step(0), Some(Step::Send(Probe { len: 1472, mtu: 0 })));
+        d.start(1400, 1472, 0, 0);
+        let Some(Step::Send(first)) = d.step(0) else { panic!("no PROBE") };
         d.sent(77);
-        assert!(!d.acked(76, Probe { len: 1472, mtu: 0 }, MS), "another timestamp");
-        assert!(!d.acked(77, Probe { len: 1400, mtu: 0 }, MS), "another length");
-        assert!(!d.acked(77, Probe { len: 1472, mtu: 0 }, ECHO_WINDOW_NS + MS), "too late");
-        assert!(d.acked(77, Probe { len: 1472, mtu: 0 }, MS));
-        assert!(!d.acked(77, Probe { len: 1472, mtu: 0 }, 2 * MS), "answered once");
+        let ack = |len| Probe { len, mtu: 0 };
+        assert!(!d.acked(76, ack(first.len), MS), "another timestamp");
+        assert!(!d.acked(77, ack(first.len + 1), MS), "another length");
+        assert!(!d.acked(77, ack(first.len), ECHO_WINDOW_NS + MS), "too late");
+        assert!(d.acked(77, ack(first.len), MS));
+        assert!(!d.acked(77, ack(first.len), 2 * MS), "answered once");
+        assert!(!d.acked(0, ack(d.round[1].probe.len), 2 * MS), "not sent yet");
     }
 
     #[test]
@@ -296,15 +415,17 @@ mod tests {
         assert!(d.acked(5, Probe { len: 40, mtu: 1464 }, MS));
         assert_eq!(d.phase(), Phase::Done { mtu: 1464, broker: Some(1464) });
         assert_eq!(d.next_ns(), u64::MAX);
-        // Unanswered: done all the same, the broker's view unknown.
+        // Unanswered: done all the same after TRIES, the broker's view unknown.
         d.mtu_set(1400, 0);
-        let mut now = 0;
+        let (mut now, mut sent) = (0, 0);
         while d.phase() != (Phase::Done { mtu: 1400, broker: None }) {
             assert!(now < 10_000 * MS);
             if let Some(Step::Send(_)) = d.step(now) {
-                d.sent(now);
+                d.sent(now + 1);
+                sent += 1;
             }
             now += 100 * MS;
         }
+        assert_eq!(sent, TRIES);
     }
 }
