@@ -50,14 +50,7 @@ fn step(what: &str) {
 }
 
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .filter(|(name, _)| {
-            let status = Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", name]).output();
-            !status.is_ok_and(|out| out.stdout.starts_with(b"ii"))
-        })
-        .map(|(name, _)| *name)
-        .collect();
+    let missing = missing_debian_packages();
     if missing.is_empty() {
         step("Debian packages: all present");
         return Ok(());
@@ -72,10 +65,38 @@ fn debian_packages() -> Result<()> {
         );
     }
     cmd::run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update failed")?;
+    apt_install(&missing)?;
+    // An install can remove a package that was there: a newer qemu-utils
+    // from backports goes when Debian's qemu-system-x86 comes in. Once more
+    // for what went, then every package must be there.
+    let removed = missing_debian_packages();
+    if !removed.is_empty() {
+        step(&format!("{} removed by that install; installing Debian's", removed.join(" ")));
+        apt_install(&removed)?;
+    }
+    let still = missing_debian_packages();
+    if !still.is_empty() {
+        bail!("after apt-get install, still missing: {} (see apt's output above)", still.join(" "));
+    }
+    Ok(())
+}
+
+fn missing_debian_packages() -> Vec<&'static str> {
+    DEBIAN_PACKAGES
+        .iter()
+        .filter(|(name, _)| {
+            let status = Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", name]).output();
+            !status.is_ok_and(|out| out.stdout.starts_with(b"ii"))
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
     cmd::run(
-        Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(&missing),
+        Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(packages),
     )
-    .with_context(|| format!("could not install {}", missing.join(" ")))
+    .with_context(|| format!("could not install {}", packages.join(" ")))
 }
 
 /// rustfmt and clippy on the default toolchain, for the lint stage.
