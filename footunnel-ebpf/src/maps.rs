@@ -77,7 +77,7 @@ pub fn inner_prefix(addr: [u8; 4], len: u32) -> (u32, u32) {
     (u32::from_ne_bytes(addr) & mask, mask)
 }
 
-/// Hash map: tunnel id (as heartbeats carry it: one per secret) → [`TunnelConfig`].
+/// Hash map: key id (as heartbeats carry it: one per secret) → [`TunnelConfig`].
 pub const TUNNELS: &str = "TUNNELS";
 /// Hash map: record id ([`TunnelConfig::record`]) → [`Endpoint`], written
 /// on every accepted heartbeat.
@@ -219,7 +219,7 @@ impl TunnelConfig {
     }
 }
 
-/// A tunnel id in a value slot that must stay 4-byte aligned (LPM tries
+/// A key id in a value slot that must stay 4-byte aligned (LPM tries
 /// store values right after 4-byte keys).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -257,7 +257,7 @@ pub struct Endpoint {
     /// read, check, write, and two CPUs interleaving those would let the
     /// older heartbeat win. Taken with an atomic compare-and-swap.
     pub lock: u64,
-    /// The tunnel id (which secret) the latest accepted heartbeat carried.
+    /// The key id (which secret) the latest accepted heartbeat carried.
     pub key_id: u64,
 }
 
@@ -347,8 +347,8 @@ pub struct Event {
     pub timestamp_ns: u64,
     /// Heartbeat: the nonce it answers. Observed: the UDP payload length
     /// (big-endian u16), which bounds the size of a challenge. Stale: the
-    /// heartbeat's tunnel id (big-endian), so TIME uses its key. Probe: the
-    /// PROBE's tunnel id, likewise.
+    /// heartbeat's key id (big-endian), so TIME uses its key. Probe: the
+    /// PROBE's key id, likewise.
     pub detail: [u8; 8],
     /// The packet's source (IPv4 mapped into IPv6).
     pub addr: Addr,
@@ -371,7 +371,7 @@ impl Event {
         crate::wire::Probe::from_detail([e[0], e[1], e[2], e[3], 0, 0, 0, 0])
     }
 
-    /// For [`EVENT_STALE`] and [`EVENT_PROBE`]: the tunnel id (secret) the message carried.
+    /// For [`EVENT_STALE`] and [`EVENT_PROBE`]: the key id (secret) the message carried.
     pub fn key_id(&self) -> u64 {
         u64::from_be_bytes(self.detail)
     }

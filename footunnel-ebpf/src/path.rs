@@ -278,7 +278,7 @@ fn control<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Resu
 #[inline(always)]
 fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
     check_header(msg, Kind::Heartbeat)?;
-    let key_id = msg.tunnel_id();
+    let key_id = msg.key_id();
     let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
     let id = tunnel.record;
     if !for_tunnel(&tunnel.local, udp) {
@@ -332,7 +332,7 @@ fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Count
 #[inline(always)]
 fn probe<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
     check_header(msg, Kind::Probe)?;
-    let key_id = msg.tunnel_id();
+    let key_id = msg.key_id();
     let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
     let id = tunnel.record;
     if !for_tunnel(&tunnel.local, udp) {

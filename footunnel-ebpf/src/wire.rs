@@ -61,7 +61,7 @@ pub struct ControlMessage {
     pub kind: u8,
     pub flags: u8,
     pub reserved: [u8; 4],
-    pub tunnel_id: [u8; 8],
+    pub key_id: [u8; 8],
     pub timestamp: [u8; 8],
     /// Heartbeat: the nonce it answers; ACK: address + port seen; Challenge: nonce.
     pub detail: [u8; 8],
@@ -72,12 +72,12 @@ const _: () = assert!(core::mem::size_of::<ControlMessage>() == MESSAGE_LEN);
 
 impl ControlMessage {
     /// A message with every field but the tag; [`ControlMessage::sign`] sets it.
-    pub fn new(kind: Kind, tunnel_id: u64, timestamp_ns: u64, detail: [u8; 8]) -> Self {
+    pub fn new(kind: Kind, key_id: u64, timestamp_ns: u64, detail: [u8; 8]) -> Self {
         ControlMessage {
             marker: MARKER,
             version: VERSION,
             kind: kind as u8,
-            tunnel_id: tunnel_id.to_be_bytes(),
+            key_id: key_id.to_be_bytes(),
             timestamp: timestamp_ns.to_be_bytes(),
             detail,
             ..Default::default()
@@ -97,8 +97,8 @@ impl ControlMessage {
         bytemuck::cast(*self)
     }
 
-    pub fn tunnel_id(&self) -> u64 {
-        u64::from_be_bytes(self.tunnel_id)
+    pub fn key_id(&self) -> u64 {
+        u64::from_be_bytes(self.key_id)
     }
 
     pub fn timestamp_ns(&self) -> u64 {
@@ -135,7 +135,7 @@ pub struct Ack6 {
     pub kind: u8,
     pub flags: u8,
     pub reserved: [u8; 4],
-    pub tunnel_id: [u8; 8],
+    pub key_id: [u8; 8],
     pub timestamp: [u8; 8],
     pub addr: [u8; 16],
     pub port: [u8; 2],
@@ -146,12 +146,12 @@ pub struct Ack6 {
 const _: () = assert!(core::mem::size_of::<Ack6>() == ACK6_LEN);
 
 impl Ack6 {
-    pub fn new(tunnel_id: u64, timestamp_ns: u64, addr: [u8; 16], port: u16) -> Self {
+    pub fn new(key_id: u64, timestamp_ns: u64, addr: [u8; 16], port: u16) -> Self {
         Ack6 {
             marker: MARKER,
             version: VERSION,
             kind: Kind::Ack6 as u8,
-            tunnel_id: tunnel_id.to_be_bytes(),
+            key_id: key_id.to_be_bytes(),
             timestamp: timestamp_ns.to_be_bytes(),
             addr,
             port: port.to_be_bytes(),
@@ -167,8 +167,8 @@ impl Ack6 {
         bytemuck::cast(*self)
     }
 
-    pub fn tunnel_id(&self) -> u64 {
-        u64::from_be_bytes(self.tunnel_id)
+    pub fn key_id(&self) -> u64 {
+        u64::from_be_bytes(self.key_id)
     }
 
     pub fn timestamp_ns(&self) -> u64 {
@@ -294,7 +294,7 @@ impl MessageWords {
     }
 
     #[inline(always)]
-    pub fn tunnel_id(&self) -> u64 {
+    pub fn key_id(&self) -> u64 {
         self.0[1].swap_bytes()
     }
 
@@ -332,7 +332,7 @@ impl Message for MessageWords {
 const PLAIN_HEARTBEAT_WORD: u64 = u64::from_le_bytes([MARKER, VERSION, Kind::Heartbeat as u8, 0, 0, 0, 0, 0]);
 
 /// A tunnel's heartbeat key, with SipHash's state after the 16 bytes all of
-/// its plain heartbeats begin with (header word and tunnel id) worked out
+/// its plain heartbeats begin with (header word and key id) worked out
 /// once, when the tunnel is configured: a tag then costs 10 SipHash rounds,
 /// not 14. Other first words (flags set) are hashed from the key.
 #[repr(C)]
@@ -346,8 +346,8 @@ pub struct HeartbeatKey {
 }
 
 impl HeartbeatKey {
-    pub fn new(key: SipKey, tunnel_id: u64) -> Self {
-        let id_word = u64::from_le_bytes(tunnel_id.to_be_bytes());
+    pub fn new(key: SipKey, key_id: u64) -> Self {
+        let id_word = u64::from_le_bytes(key_id.to_be_bytes());
         let mut after_prefix = SipState::new(key);
         after_prefix.compress(PLAIN_HEARTBEAT_WORD);
         after_prefix.compress(id_word);
@@ -465,12 +465,12 @@ mod tests {
 
     /// A heartbeat laid out byte by byte from docs/protocol.md, tagged by an
     /// independent SipHash — not by the code under test.
-    fn hand_built_heartbeat(tunnel_id: u64, ts: u64) -> [u8; 40] {
+    fn hand_built_heartbeat(key_id: u64, ts: u64) -> [u8; 40] {
         let mut b = [0u8; 40];
         b[0] = 0xF7; // marker
         b[1] = 1; // version
         b[2] = 1; // HEARTBEAT
-        b[8..16].copy_from_slice(&tunnel_id.to_be_bytes());
+        b[8..16].copy_from_slice(&key_id.to_be_bytes());
         b[16..24].copy_from_slice(&ts.to_be_bytes());
         // detail: no challenge answered → 0
         let mut h = siphasher::sip::SipHasher24::new_with_key(&KEY);
@@ -496,7 +496,7 @@ mod tests {
         let ours =
             ControlMessage::new(Kind::Heartbeat, 0x0102_0304_0506_0708, NOW, [0; 8]).sign(SipKey::from_bytes(&KEY));
         assert_eq!(ours.to_bytes(), bytes);
-        assert_eq!(ControlMessage::from_bytes(&bytes).tunnel_id(), 0x0102_0304_0506_0708);
+        assert_eq!(ControlMessage::from_bytes(&bytes).key_id(), 0x0102_0304_0506_0708);
     }
 
     #[test]
@@ -554,7 +554,7 @@ mod tests {
         let rules = Acceptance { expected: Kind::Ack6, ..rules() };
         let msg = Ack6::from_bytes(&b);
         assert_eq!(check_ack6(&msg, key, 0, &rules), Ok(()));
-        assert_eq!((msg.tunnel_id(), msg.port(), msg.addr), (9, 40001, addr));
+        assert_eq!((msg.key_id(), msg.port(), msg.addr), (9, 40001, addr));
         assert_eq!(check_ack6(&msg, key, NOW, &rules), Err(Reject::Replay));
         for i in [3, 24, 39, 40, 42, 47, 55] {
             let mut bad = b;
@@ -586,9 +586,9 @@ mod tests {
                 (bytes.marker, bytes.version, bytes.kind, bytes.timestamp_ns(), bytes.detail),
                 "bit {bit:?}"
             );
-            assert_eq!(words.tunnel_id(), bytes.tunnel_id(), "bit {bit:?}");
+            assert_eq!(words.key_id(), bytes.key_id(), "bit {bit:?}");
             // Keyed by the id the message names, as the broker looks it up.
-            let by_id = HeartbeatKey::new(key, bytes.tunnel_id());
+            let by_id = HeartbeatKey::new(key, bytes.key_id());
             let verdict = |last| {
                 let w =
                     check_header(&words, Kind::Heartbeat).and_then(|()| check_tunnel(&words, &by_id, last, &rules()));

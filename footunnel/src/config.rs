@@ -473,7 +473,7 @@ impl BrokerConfig {
             for id in t.key_ids().map(|(_, id)| id) {
                 if let Some(other) = ids.insert(id, &t.name) {
                     bail!(
-                        "tunnels {other:?} and {:?} have the same tunnel id {id:016x} (the same secret?): give each \
+                        "tunnels {other:?} and {:?} have the same key id {id:016x} (the same secret?): give each \
                          tunnel its own secret",
                         t.name,
                     );
@@ -599,13 +599,13 @@ pub fn parse_metrics_address(s: &str) -> Result<SocketAddr> {
 }
 
 impl Tunnel {
-    /// The tunnel's secrets as the wire names them: (role, tunnel id).
+    /// The tunnel's secrets as the wire names them: (role, key id).
     pub fn key_ids(&self) -> impl Iterator<Item = (KeyRole, u64)> + '_ {
         std::iter::once((KeyRole::Current, self.identity.id))
             .chain(self.next.iter().map(|n| (KeyRole::Next, n.identity.id)))
     }
 
-    /// The identity (id and key) of the secret with tunnel id `id`.
+    /// The identity (id and key) of the secret with key id `id`.
     pub fn identity_for(&self, id: u64) -> Option<(KeyRole, TunnelIdentity)> {
         if id == self.identity.id {
             return Some((KeyRole::Current, self.identity));

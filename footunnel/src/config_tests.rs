@@ -82,7 +82,7 @@ fn duplicates_and_overlaps_are_rejected() {
             .contains("belongs to another tunnel")
     );
     let same_id = err(&format!("{ONE}{}", bob("bob", "fou1", "alice.secret", "10.0.1.0/24")));
-    assert!(same_id.contains("same tunnel id"), "{same_id}");
+    assert!(same_id.contains("same key id"), "{same_id}");
     let other = "[[tunnel]]\nname = \"bob\"\nlink = \"fou1\"\nsecret = \"bob's own secret value\"\npeer_prefixes = [\"10.0.0.0/30\"]\n";
     assert!(err(&format!("{ONE}{other}")).contains("overlapping peer prefixes"));
     assert!(parse(&format!("{ONE}{}", other.replace("10.0.0.0/30", "10.0.0.4/30"))).is_ok());
@@ -233,7 +233,7 @@ fn a_next_secret_that_cannot_work_is_refused() {
     );
     let bob = "[[tunnel]]\nname = \"bob\"\nlink = \"fou1\"\nsecret = \"bob's secret, long enough\"\n";
     assert!(
-        err(&format!("{ONE}next_secret = \"bob's secret, long enough\"\n{bob}")).contains("the same tunnel id"),
+        err(&format!("{ONE}next_secret = \"bob's secret, long enough\"\n{bob}")).contains("the same key id"),
         "a next secret equal to another tunnel's secret"
     );
     assert!(err(&format!("{ONE}next_secret = \"x\"\nnext_secret_file = \"y\"\n")).contains("not both"));

@@ -130,14 +130,14 @@ pub fn add_tunnel(ebpf: &mut Ebpf, id: u64, key: SipKey, local: Option<IpAddr>) 
     add_key(ebpf, id, key, local, id)
 }
 
-/// Accepts heartbeats carrying tunnel id `key_id`, tagged with `key`, for
+/// Accepts heartbeats carrying key id `key_id`, tagged with `key`, for
 /// the tunnel recorded under `record` (one entry per secret of a tunnel).
 pub fn add_key(ebpf: &mut Ebpf, key_id: u64, key: SipKey, local: Option<IpAddr>, record: u64) -> Result<()> {
     add_tunnel_address(ebpf, local)?;
     let mut tunnels: HashMap<_, u64, TunnelConfig> = HashMap::try_from(map_mut(ebpf, maps::TUNNELS)?)?;
     tunnels
         .insert(key_id, tunnel_config(key_id, key, local, record), 0)
-        .with_context(|| format!("cannot add tunnel id {key_id:016x}"))
+        .with_context(|| format!("cannot add key id {key_id:016x}"))
 }
 
 /// Makes `local` (`None`: any) one of the tunnels' addresses, whose control

@@ -43,7 +43,7 @@ pub struct TunnelReport {
     pub link: String,
     pub id: String,
     pub legacy: bool,
-    /// During a key rotation, the next secret's tunnel id.
+    /// During a key rotation, the next secret's key id.
     pub next_id: Option<String>,
     /// Which secret the client's latest accepted heartbeat used.
     pub key: Option<KeyRole>,

@@ -83,10 +83,10 @@ pub fn userspace_check(
     let bytes: &[u8; 40] = payload.try_into().map_err(|_| Reject::Malformed)?;
     let msg = MessageWords::from_bytes(bytes);
     check_header(&msg, Kind::Heartbeat)?;
-    let key = tunnels.get(&msg.tunnel_id()).ok_or(Reject::UnknownTunnel)?;
-    let last = last_ts.get(&msg.tunnel_id()).copied().unwrap_or(0);
+    let key = tunnels.get(&msg.key_id()).ok_or(Reject::UnknownTunnel)?;
+    let last = last_ts.get(&msg.key_id()).copied().unwrap_or(0);
     check_tunnel(&msg, key, last, &Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: WINDOW_NS })?;
-    last_ts.insert(msg.tunnel_id(), msg.timestamp_ns());
+    last_ts.insert(msg.key_id(), msg.timestamp_ns());
     Ok(())
 }
 

@@ -66,7 +66,7 @@ fn control_messages_are_verified_by_every_rule() {
     rejected.push(("wrong tag", to_fou(CLIENT, 40002, &forged).build(), XDP_DROP, Counter::BadTag));
     let mut other_id = broker.heartbeat(t0 + 1);
     other_id[8] ^= 1;
-    rejected.push(("unknown tunnel id", to_fou(CLIENT, 40002, &other_id).build(), XDP_DROP, Counter::UnknownTunnel));
+    rejected.push(("unknown key id", to_fou(CLIENT, 40002, &other_id).build(), XDP_DROP, Counter::UnknownTunnel));
     rejected.push(("replayed", to_fou(CLIENT, 40002, &broker.heartbeat(t0)).build(), XDP_DROP, Counter::Replay));
     rejected.push(("older", to_fou(CLIENT, 40002, &broker.heartbeat(t0 - 5)).build(), XDP_DROP, Counter::Replay));
     let stale = broker.heartbeat(t0 - WINDOW_NS - 1_000_000_000);

@@ -379,7 +379,7 @@ pub mod by_hand {
         d[..16].try_into().unwrap()
     }
 
-    pub fn tunnel_id(secret: &str) -> [u8; 8] {
+    pub fn key_id(secret: &str) -> [u8; 8] {
         let d = Sha256::new().chain_update(b"footunnel-v1 id").chain_update([0]).chain_update(secret).finalize();
         d[..8].try_into().unwrap()
     }
@@ -394,7 +394,7 @@ pub mod by_hand {
     /// A HEARTBEAT: marker, version 1, type 1, id, timestamp, detail, tag.
     pub fn heartbeat(secret: &str, timestamp_ns: u64, detail: [u8; 8]) -> Vec<u8> {
         let mut m = vec![0xF7, 1, 1, 0, 0, 0, 0, 0];
-        m.extend_from_slice(&tunnel_id(secret));
+        m.extend_from_slice(&key_id(secret));
         m.extend_from_slice(&timestamp_ns.to_be_bytes());
         m.extend_from_slice(&detail);
         let tag = tag(secret, &m);
@@ -410,8 +410,8 @@ pub mod by_hand {
         if msg[0..3] != [0xF7, 1, kind] {
             return Err(format!("header {:02x?}, wanted [f7, 01, {kind:02x}]", &msg[0..3]));
         }
-        if msg[8..16] != tunnel_id(secret) {
-            return Err("wrong tunnel id".into());
+        if msg[8..16] != key_id(secret) {
+            return Err("wrong key id".into());
         }
         if msg[32..40] != tag(secret, &msg[..32]) {
             return Err("wrong tag".into());

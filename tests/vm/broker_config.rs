@@ -40,7 +40,7 @@ fn invalid_configurations_are_refused_with_their_fix_and_change_nothing() {
         (
             "duplicate ids",
             format!("{}{}", tunnel("a", "fou0", "same secret for both"), tunnel("b", "plain0", "same secret for both")),
-            "same tunnel id",
+            "same key id",
         ),
         (
             "secret file readable by others",

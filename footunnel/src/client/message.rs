@@ -63,7 +63,7 @@ pub fn verify_from_broker(
     if let Ok(bytes) = <&[u8; ACK6_LEN]>::try_from(payload) {
         let msg = Ack6::from_bytes(bytes);
         let rules = Acceptance { expected: Kind::Ack6, now_ns, window_ns };
-        if msg.tunnel_id() != identity.id && msg.kind == Kind::Ack6 as u8 {
+        if msg.key_id() != identity.id && msg.kind == Kind::Ack6 as u8 {
             return Err(Reject::UnknownTunnel);
         }
         check_ack6(&msg, identity.sip_key(), last_timestamp_ns, &rules)?;
@@ -77,7 +77,7 @@ pub fn verify_from_broker(
         _ => Kind::Ack,
     };
     check_header(&msg, kind)?;
-    if msg.tunnel_id() != identity.id {
+    if msg.key_id() != identity.id {
         return Err(Reject::UnknownTunnel);
     }
     let window_ns = if kind == Kind::Time { 0 } else { window_ns };
@@ -103,7 +103,7 @@ fn verify_probe_ack(payload: &[u8], identity: &TunnelIdentity) -> Result<FromBro
     let head: &[u8; MESSAGE_LEN] = payload[..MESSAGE_LEN].try_into().map_err(|_| Reject::Malformed)?;
     let msg = ControlMessage::view(head);
     check_header(msg, Kind::ProbeAck)?;
-    if msg.tunnel_id() != identity.id {
+    if msg.key_id() != identity.id {
         return Err(Reject::UnknownTunnel);
     }
     check_signed(msg, &identity.sip_key())?;

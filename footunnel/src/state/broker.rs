@@ -38,9 +38,9 @@ pub struct StateFile {
 pub struct StateTunnel {
     pub name: String,
     pub link: String,
-    /// The current secret's tunnel id.
+    /// The current secret's key id.
     pub id: u64,
-    /// During a key rotation, the next secret's tunnel id.
+    /// During a key rotation, the next secret's key id.
     #[serde(default)]
     pub next_id: Option<u64>,
     /// Where the data plane records the tunnel (ENDPOINTS, OBSERVED).
