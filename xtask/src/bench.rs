@@ -138,6 +138,7 @@ fn in_vm(raw: &std::path::Path, command: Vec<String>) -> Result<()> {
         timeout: 1500,
         rwdirs: vec![raw.to_path_buf()],
         command,
+        prefix: None,
     };
     match vm::run(&opts)? {
         0 => Ok(()),

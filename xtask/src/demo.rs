@@ -35,6 +35,7 @@ pub fn run() -> Result<()> {
         timeout: 900,
         rwdirs: Vec::new(),
         command: vec![me, "demo-inside".into()],
+        prefix: None,
     })?;
     if code != 0 {
         bail!("the demo failed (exit status {code})");

@@ -246,6 +246,7 @@ fn vm_boots() -> Result<()> {
             timeout: 300,
             rwdirs: Vec::new(),
             command: vec!["true".into()],
+            prefix: None,
         };
         match crate::vm::run(&opts).with_context(|| format!("the VM with {} does not boot", kernel.display()))? {
             0 => std::fs::write(&stamp, b"")?,

@@ -36,6 +36,9 @@ pub struct Options {
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+    /// Each line of the VM's output begins with this (two VMs at once).
+    #[arg(skip)]
+    pub prefix: Option<String>,
 }
 
 /// Modules the FoU tests need; loaded before CMD so a missing one is named.
@@ -76,8 +79,9 @@ pub fn run(opts: &Options) -> Result<i32> {
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start vng: run `cargo xtask setup` (installs virtme-ng and qemu-system-x86)")?;
-    let out = forward(child.stdout.take().expect("piped"), std::io::stdout());
-    let err = forward(child.stderr.take().expect("piped"), std::io::stderr());
+    let prefix = opts.prefix.clone().unwrap_or_default();
+    let out = forward(child.stdout.take().expect("piped"), std::io::stdout(), prefix.clone());
+    let err = forward(child.stderr.take().expect("piped"), std::io::stderr(), prefix);
     let status = child.wait()?;
     let _ = (out.join(), err.join());
     match status.code() {
@@ -161,9 +165,29 @@ fn has_module(dir: &Path, stem: &str) -> bool {
     })
 }
 
-fn forward(mut from: impl Read + Send + 'static, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
+/// Copies `from` to `to`, each line after `prefix` (none: as it comes).
+fn forward(
+    mut from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+    prefix: String,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        if prefix.is_empty() {
+            let _ = std::io::copy(&mut from, &mut to);
+            return;
+        }
+        let mut lines = std::io::BufReader::new(from);
+        let mut line = Vec::new();
+        while matches!(std::io::BufRead::read_until(&mut lines, b'\n', &mut line), Ok(n) if n > 0) {
+            let mut whole = prefix.as_bytes().to_vec();
+            whole.extend_from_slice(&line);
+            if !whole.ends_with(b"\n") {
+                whole.push(b'\n');
+            }
+            // One write per line, so two VMs' lines do not interleave mid-line.
+            let _ = to.write_all(&whole);
+            line.clear();
+        }
     })
 }
 
