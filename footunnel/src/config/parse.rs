@@ -1,0 +1,276 @@
+//! From the file (or the command line) to a validated
+//! [`BrokerConfig`](super::BrokerConfig): every check that needs no system
+//! state.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result, bail};
+
+use super::file::*;
+use super::*;
+use crate::addr::find_overlap;
+
+impl BrokerConfig {
+    /// Reads and validates a TOML file; secret files are read relative to it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")), &|p| read_secret_file(p))
+            .with_context(|| format!("invalid configuration {}", path.display()))
+    }
+
+    /// Parses and validates `text`; `read_secret` reads a secret file.
+    pub fn parse(text: &str, base: &Path, read_secret: &dyn Fn(&Path) -> Result<String>) -> Result<Self> {
+        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let shared = shared_settings(file.mode, file.shared)?;
+        let mut tunnels = Vec::new();
+        for t in file.tunnels {
+            let link = match (&shared, t.link) {
+                (None, Some(link)) => link,
+                (None, None) => bail!("tunnel {:?}: no link: name its ipip link (`link = \"fou0\"`)", t.name),
+                (Some(s), None) => s.device.clone(),
+                (Some(s), Some(link)) => bail!(
+                    "tunnel {:?}: link = {link:?}, but in shared-device mode every tunnel uses {:?}: remove `link`",
+                    t.name,
+                    s.device
+                ),
+            };
+            let (secret, secret_file) = match (t.secret, t.secret_file) {
+                (Some(s), None) => (s, None),
+                (None, Some(p)) => {
+                    let p = base.join(p);
+                    (read_secret(&p)?, Some(p))
+                }
+                (Some(_), Some(_)) => bail!("tunnel {:?}: give either `secret` or `secret_file`, not both", t.name),
+                (None, None) => {
+                    bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name)
+                }
+            };
+            let next = match (t.next_secret, t.next_secret_file) {
+                (None, None) => None,
+                (Some(s), None) => Some((s, None)),
+                (None, Some(p)) => {
+                    let p = base.join(p);
+                    Some((read_secret(&p)?, Some(p)))
+                }
+                (Some(_), Some(_)) => {
+                    bail!("tunnel {:?}: give either `next_secret` or `next_secret_file`, not both", t.name)
+                }
+            };
+            let peer_prefixes = t
+                .peer_prefixes
+                .iter()
+                .map(|p| p.parse::<Prefix>().map_err(|e| anyhow::anyhow!("tunnel {:?}: peer_prefixes: {e}", t.name)))
+                .collect::<Result<Vec<_>>>()?;
+            let manage = match t.manage {
+                Some(m) => Some(Managed {
+                    local: m.local,
+                    address: crate::addr::parse_interface_address(&m.address)
+                        .with_context(|| format!("tunnel {:?}: manage.address", t.name))?,
+                    ttl: m.ttl,
+                    mtu: m.mtu,
+                }),
+                None => None,
+            };
+            let silence = silence(
+                &t.name,
+                t.silence_timeout.unwrap_or(file.silence_timeout),
+                t.on_silence.unwrap_or(file.on_silence),
+            )?;
+            let mut tunnel = Tunnel::new(t.name, link, secret, secret_file, peer_prefixes, t.legacy)?;
+            tunnel.manage = manage;
+            tunnel.silence = silence;
+            if let Some((secret, secret_file)) = next {
+                if secret.is_empty() {
+                    bail!("tunnel {:?}: the next secret is empty", tunnel.name);
+                }
+                let identity = TunnelIdentity::derive(&secret);
+                tunnel.next = Some(NextSecret { secret, secret_file, identity });
+            }
+            tunnels.push(tunnel);
+        }
+        let config = BrokerConfig {
+            interfaces: file.interfaces,
+            attach: file.attach,
+            fou_ports: file.fou_ports,
+            legacy_port: file.legacy_port,
+            freshness_window_ns: seconds_to_ns("freshness_window", file.freshness_window)?,
+            challenge_interval_ns: seconds_to_ns("challenge_interval", file.challenge_interval)?,
+            challenge_rate: file.challenge_rate,
+            pin_dir: file.pin_dir,
+            state_dir: file.state_dir,
+            metrics: file.metrics.as_deref().map(parse_metrics_address).transpose()?,
+            shared,
+            tunnels,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The proof of concept's shape: one link, one secret.
+    pub fn single(link: &str, secret: &str) -> Result<Self> {
+        let config = BrokerConfig {
+            interfaces: Vec::new(),
+            attach: Attach::Xdp,
+            fou_ports: default_fou_ports(),
+            legacy_port: DEFAULT_LEGACY_PORT,
+            freshness_window_ns: 120_000_000_000,
+            challenge_interval_ns: 1_000_000_000,
+            challenge_rate: default_challenge_rate(),
+            pin_dir: default_pin_dir(),
+            state_dir: default_state_dir(),
+            metrics: None,
+            shared: None,
+            tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The checks that need nothing but the configuration itself.
+    pub fn validate(&self) -> Result<()> {
+        if self.tunnels.is_empty() {
+            bail!("no tunnels: add a [[tunnel]] section with name, link and secret_file");
+        }
+        if self.tunnels.len() > footunnel_ebpf::maps::MAX_TUNNELS {
+            bail!(
+                "{} tunnels: the data plane holds at most {}; split them over two brokers",
+                self.tunnels.len(),
+                footunnel_ebpf::maps::MAX_TUNNELS
+            );
+        }
+        if self.fou_ports.is_empty() || self.fou_ports.contains(&0) {
+            bail!("fou_ports must list at least one non-zero UDP port (default [{DEFAULT_FOU_PORT}])");
+        }
+        if self.fou_ports.len() > footunnel_ebpf::maps::MAX_PORTS - 1 {
+            bail!("at most {} FoU ports", footunnel_ebpf::maps::MAX_PORTS - 1);
+        }
+        if self.tunnels.iter().any(|t| t.legacy) && self.fou_ports.contains(&self.legacy_port) {
+            bail!(
+                "legacy_port {} is also a FoU port: the proof of concept's heartbeats need their own port",
+                self.legacy_port
+            );
+        }
+        if self.challenge_interval_ns == 0 {
+            bail!(
+                "challenge_interval = 0 would let one spoofed flow draw a CHALLENGE for every packet: \
+                 use at least 0.001 seconds (default 1)"
+            );
+        }
+        if self.challenge_rate == 0 {
+            bail!("challenge_rate must be at least 1 per second");
+        }
+        if let Some(shared) = &self.shared {
+            self.validate_shared(shared)?;
+        }
+        let mut names = HashSet::new();
+        let mut links = HashSet::new();
+        let mut ids: HashMap<u64, &str> = HashMap::new();
+        for t in &self.tunnels {
+            if !names.insert(t.name.as_str()) {
+                bail!("two tunnels are named {:?}: names must be unique", t.name);
+            }
+            if self.shared.is_none() && !links.insert(t.link.as_str()) {
+                bail!(
+                    "tunnel {:?}: link {:?} belongs to another tunnel already; each tunnel needs its own link",
+                    t.name,
+                    t.link
+                );
+            }
+            if t.legacy && t.secret.len() > LEGACY_SECRET_MAX {
+                bail!(
+                    "tunnel {:?}: its secret has {} bytes, but legacy heartbeats carry the secret itself, \
+                     at most {LEGACY_SECRET_MAX} bytes: turn legacy off or use a shorter secret for this tunnel",
+                    t.name,
+                    t.secret.len()
+                );
+            }
+            if let Some(next) = &t.next
+                && next.secret == t.secret
+            {
+                bail!(
+                    "tunnel {:?}: next_secret is the current secret: give the new secret (`footunnel keygen --out FILE`)",
+                    t.name
+                );
+            }
+            for id in t.key_ids().map(|(_, id)| id) {
+                if let Some(other) = ids.insert(id, &t.name) {
+                    bail!(
+                        "tunnels {other:?} and {:?} have the same key id {id:016x} (the same secret?): give each \
+                         tunnel its own secret",
+                        t.name,
+                    );
+                }
+            }
+        }
+        let claimed: Vec<(Prefix, &str)> =
+            self.tunnels.iter().flat_map(|t| t.peer_prefixes.iter().map(|p| (*p, t.name.as_str()))).collect();
+        if let Some(((pa, a), (pb, b))) = find_overlap(&claimed) {
+            bail!("tunnels {a:?} ({pa}) and {b:?} ({pb}) have overlapping peer prefixes");
+        }
+        Ok(())
+    }
+}
+
+impl BrokerConfig {
+    /// What shared-device mode cannot do, and needs.
+    fn validate_shared(&self, shared: &Shared) -> Result<()> {
+        if self.fou_ports.len() != 1 {
+            bail!(
+                "shared-device mode serves one FoU port (the kernel has one external-mode ipip device per \
+                 network namespace): set fou_ports to a single port"
+            );
+        }
+        for t in &self.tunnels {
+            if t.peer_prefixes.is_empty() {
+                bail!(
+                    "tunnel {:?}: shared-device mode routes each tunnel by its inner prefixes: set peer_prefixes \
+                     (say [\"10.1.0.2/32\"])",
+                    t.name
+                );
+            }
+            if t.manage.is_some() {
+                bail!(
+                    "tunnel {:?}: `manage` creates a per-tunnel link; shared-device mode has none: remove it",
+                    t.name
+                );
+            }
+            if t.silence.is_some_and(|s| s.action == OnSilence::Down) {
+                bail!(
+                    "tunnel {:?}: on_silence = \"down\" sets a tunnel's own link down; in shared-device mode \
+                     tunnels have none: use \"report\"",
+                    t.name
+                );
+            }
+        }
+        if shared.device.is_empty() || shared.device.len() > 15 {
+            bail!("shared.device = {:?}: a Linux interface name has 1 to 15 characters", shared.device);
+        }
+        Ok(())
+    }
+}
+
+/// `mode` and `[shared]` together: each needs the other.
+fn shared_settings(mode: Mode, file: Option<SharedFile>) -> Result<Option<Shared>> {
+    match (mode, file) {
+        (Mode::PerLink, None) => Ok(None),
+        (Mode::PerLink, Some(_)) => {
+            bail!("a [shared] section, but mode is per-link: set mode = \"shared\" or remove [shared]")
+        }
+        (Mode::Shared, None) => bail!(
+            "mode = \"shared\" needs a [shared] section with at least the broker's public address: \
+             [shared] local = \"198.51.100.1\""
+        ),
+        (Mode::Shared, Some(f)) => Ok(Some(Shared {
+            device: f.device,
+            local: f.local,
+            address: f
+                .address
+                .as_deref()
+                .map(crate::addr::parse_interface_address)
+                .transpose()
+                .context("shared.address")?,
+            mtu: f.mtu,
+        })),
+    }
+}
