@@ -24,10 +24,10 @@ enum Command {
     /// Run the broker: keep each tunnel's link pointed at its client.
     #[cfg(feature = "broker")]
     #[command(long_about = cmd::broker::HELP)]
-    Broker(cmd::broker::Args),
+    Broker(Box<cmd::broker::Args>),
     /// Keep the broker informed of where this end of the tunnel is.
     #[command(long_about = cmd::client::HELP)]
-    Client(cmd::client::Args),
+    Client(Box<cmd::client::Args>),
     /// Show tunnels, endpoints and counters (broker: from its pinned maps; client: its last ACK).
     #[command(long_about = cmd::show::HELP)]
     Show(cmd::show::Args),
@@ -63,8 +63,8 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         #[cfg(feature = "broker")]
-        Command::Broker(args) => cmd::broker::run(args),
-        Command::Client(args) => cmd::client::run(args),
+        Command::Broker(args) => cmd::broker::run(*args),
+        Command::Client(args) => cmd::client::run(*args),
         Command::Show(args) => cmd::show::run(args),
         Command::Keygen(args) => cmd::keygen::run(args),
         #[cfg(feature = "broker")]
