@@ -188,14 +188,15 @@ fn probes_of_every_size_are_verified_announced_and_rate_limited_in_the_kernel() 
     expect(&broker, "forged PROBE", &to_fou(CLIENT, 40009, &forged).build(), XDP_DROP, Some(Counter::BadTag));
     let stale = probe(&broker, t0 - 2 * WINDOW_NS, 1000, 0);
     expect(&broker, "stale PROBE", &to_fou(CLIENT, 40009, &stale).build(), XDP_DROP, Some(Counter::Stale));
-    // Six announced so far: four more fill the budget of ten, then none.
-    for i in 0..4 {
+    // Six announced so far: the rest of a burst fills the budget, then none
+    // (within one interval: the budget refills by one every 25 ms).
+    for i in 0..footunnel_ebpf::maps::PROBE_BURST - 6 {
         let frame = to_fou(CLIENT, 40009, &probe(&broker, t0 + i, 100, 0)).build();
         expect(&broker, "PROBE within the budget", &frame, XDP_DROP, Some(Counter::Probe));
     }
-    let over = to_fou(CLIENT, 40009, &probe(&broker, t0 + 9, 100, 0)).build();
+    let over = to_fou(CLIENT, 40009, &probe(&broker, t0 + 99, 100, 0)).build();
     expect(&broker, "PROBE over the budget", &over, XDP_DROP, Some(Counter::ProbeLimited));
-    assert_eq!(broker.events().len(), 4);
+    assert_eq!(broker.events().len() as u64, footunnel_ebpf::maps::PROBE_BURST - 6);
 }
 
 #[test]
