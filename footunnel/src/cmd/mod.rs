@@ -36,7 +36,9 @@ pub fn init_logging(verbose: bool) {
     };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        // Colour needs tracing-subscriber's `ansi` feature, which the router
+        // build (no `broker` feature) leaves out to stay small.
+        .with_ansi(cfg!(feature = "broker") && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     tracing_subscriber::registry().with(stderr).with(targets).init();
 }
 
