@@ -274,13 +274,18 @@ fn control<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Resu
     heartbeat(msg, udp, env)
 }
 
-/// Only a verified HEARTBEAT changes state.
+/// What a HEARTBEAT or PROBE passes before anything else: its type, a
+/// known key id, sent to that tunnel's address, a configured broker, and
+/// its tag; the tunnel and the settings for the checks that follow.
 #[inline(always)]
-fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
-    check_header(msg, Kind::Heartbeat)?;
-    let key_id = msg.key_id();
-    let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
-    let id = tunnel.record;
+fn signed_for_tunnel<'e, E: Env>(
+    msg: &MessageWords,
+    kind: Kind,
+    udp: &Udp,
+    env: &'e E,
+) -> Result<(&'e TunnelConfig, Settings), Counter> {
+    check_header(msg, kind)?;
+    let tunnel = env.tunnel(msg.key_id()).ok_or(Counter::UnknownTunnel)?;
     if !for_tunnel(&tunnel.local, udp) {
         return Err(Counter::WrongDestination);
     }
@@ -288,10 +293,18 @@ fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Count
     if !settings.configured() {
         return Err(Counter::Unconfigured);
     }
+    check_signed(msg, &tunnel.key)?;
+    Ok((tunnel, settings))
+}
+
+/// Only a verified HEARTBEAT changes state.
+#[inline(always)]
+fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
     // Checked without the lock first, so replays and forgeries never take it;
     // in `check_tunnel`'s order: a forged message costs neither the clock
     // read nor the endpoint lookup.
-    check_signed(msg, &tunnel.key)?;
+    let (tunnel, settings) = signed_for_tunnel(msg, Kind::Heartbeat, udp, env)?;
+    let (key_id, id) = (msg.key_id(), tunnel.record);
     let now = wall_clock(env, &settings);
     let rules = Acceptance { expected: Kind::Heartbeat, now_ns: now, window_ns: settings.window_ns };
     // Only the timestamp: a copy of the whole entry costs stack, which the
@@ -331,18 +344,8 @@ fn heartbeat<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Count
 /// flood costs the controller 40 events a second.
 #[inline(always)]
 fn probe<E: Env>(msg: &MessageWords, udp: &Udp, env: &E) -> Result<(), Counter> {
-    check_header(msg, Kind::Probe)?;
-    let key_id = msg.key_id();
-    let tunnel = env.tunnel(key_id).ok_or(Counter::UnknownTunnel)?;
-    let id = tunnel.record;
-    if !for_tunnel(&tunnel.local, udp) {
-        return Err(Counter::WrongDestination);
-    }
-    let settings = env.settings();
-    if !settings.configured() {
-        return Err(Counter::Unconfigured);
-    }
-    check_signed(msg, &tunnel.key)?;
+    let (tunnel, settings) = signed_for_tunnel(msg, Kind::Probe, udp, env)?;
+    let (key_id, id) = (msg.key_id(), tunnel.record);
     let detail = msg.detail();
     if !Probe::from_detail(detail).fits(udp.payload_len) {
         return Err(Counter::Malformed);
