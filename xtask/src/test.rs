@@ -47,7 +47,7 @@ pub fn run(opts: Options) -> Result<()> {
             .copied()
             .filter(|s| opts.stages.is_empty() || opts.stages.iter().any(|f| format!("vm {s}").starts_with(f.as_str())))
             .collect();
-        if series.len() > 1 && at_once() {
+        if series.len() > 1 && at_once(series.len()) {
             let name = format!("vm {}", series.join(" + "));
             stages.push((name, Box::new(move || vm_tests_at_once(&series))));
         } else {
@@ -141,9 +141,9 @@ fn vm_tests(series: &str) -> Result<()> {
 /// with one, and two VMs with two CPUs each on two cores take 2-3 times as
 /// long per test. Two VMs of one CPU each take no longer than one (measured:
 /// broker:: 63.2 s alone, 63.7 s each side by side), so with two cores or
-/// more the kernels run at once.
-fn at_once() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+/// more the kernels run at once (one core per VM).
+fn at_once(vms: usize) -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= vms)
 }
 
 fn vm_tests_at_once(series: &[&'static str]) -> Result<()> {
