@@ -69,13 +69,16 @@ impl BrokerAddress {
             }
             BrokerAddress::Name(n) => n,
         };
-        let lookup = tokio::net::lookup_host((name.as_str(), 0));
-        let addrs = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-            Err(_) => bail!("cannot resolve broker name {name}: no answer within 5 s"),
-            Ok(Err(e)) => bail!("cannot resolve broker name {name}: {e}"),
-            Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
-        };
-        choose(name, addrs.iter().map(|a| a.ip()), family)
+        choose(name, lookup(name).await?.into_iter(), family)
+    }
+}
+
+/// Every address the system resolver (/etc/hosts, DNS) has for `name`.
+async fn lookup(name: &str) -> Result<Vec<IpAddr>> {
+    match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((name, 0))).await {
+        Err(_) => bail!("cannot resolve broker name {name}: no answer within 5 s"),
+        Ok(Err(e)) => bail!("cannot resolve broker name {name}: {e}"),
+        Ok(Ok(addrs)) => Ok(addrs.map(|a| a.ip()).collect()),
     }
 }
 
@@ -87,14 +90,7 @@ pub async fn resolve_all(brokers: &[BrokerAddress], family: Option<Family>) -> R
     for b in brokers {
         match b {
             BrokerAddress::Fixed(a) => all.push(*a),
-            BrokerAddress::Name(name) => {
-                let lookup = tokio::net::lookup_host((name.as_str(), 0));
-                match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                    Err(_) => bail!("cannot resolve broker name {name}: no answer within 5 s"),
-                    Ok(Err(e)) => bail!("cannot resolve broker name {name}: {e}"),
-                    Ok(Ok(addrs)) => all.extend(addrs.map(|a| a.ip())),
-                }
-            }
+            BrokerAddress::Name(name) => all.extend(lookup(name).await?),
         }
     }
     of_one_family(brokers, all, family)

@@ -96,13 +96,13 @@ impl Schedule {
         self.next_ns = now_ns;
     }
 
-    /// Addresses, routes or links changed here: send soon.
     /// Another broker: its heartbeats start unanswered from none, at once.
     pub fn moved(&mut self, now_ns: u64) {
         self.unanswered = 0;
         self.network_changed(now_ns);
     }
 
+    /// Addresses, routes or links changed here: send soon.
     pub fn network_changed(&mut self, now_ns: u64) {
         self.awaiting_ack = false;
         let earliest = self.last_sent_ns.map_or(0, |s| s + MIN_CHANGE_SPACING.as_nanos() as u64);
