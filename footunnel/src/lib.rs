@@ -6,40 +6,18 @@ pub mod addr;
 pub mod broker;
 pub mod client;
 pub mod config;
-#[cfg(feature = "broker")]
-pub mod dataplane;
-pub mod decide;
-pub mod files;
-pub mod fou;
-pub mod link;
-pub mod manage;
 pub mod metrics;
 pub mod mtu;
-pub mod rawudp;
+pub mod os;
 pub mod secret;
-pub mod service;
-#[cfg(feature = "broker")]
-pub mod show;
 pub mod state;
-#[cfg(feature = "broker")]
-pub mod tunnels;
 
-/// CLOCK_REALTIME in ns since the Unix epoch: the clock of protocol timestamps.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
+pub use os::sys::{mono_ns, now_ns};
 
-/// CLOCK_BOOTTIME in ns: never stepped, counts suspend. What timers run on.
-pub fn mono_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
-}
-
-/// Clock `clock` in ns.
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// Timestamps we send are strictly increasing per tunnel, even if the
+/// clock steps back.
+pub fn next_timestamp(now_ns: u64, last_sent_ns: u64) -> u64 {
+    now_ns.max(last_sent_ns + 1)
 }
 
 /// "3 seconds ago", "2 minutes, 5 seconds ago", as `wg show` says it.
@@ -80,6 +58,13 @@ mod tests {
         assert_eq!(ago(0, s), "1 second ago");
         assert_eq!(ago(0, 125 * s), "2 minutes, 5 seconds ago");
         assert_eq!(ago(0, 90_000 * s), "1 day, 1 hour ago");
+    }
+
+    #[test]
+    fn sent_timestamps_never_repeat() {
+        assert_eq!(next_timestamp(100, 50), 100);
+        assert_eq!(next_timestamp(100, 100), 101);
+        assert_eq!(next_timestamp(90, 100), 101, "clock stepped back");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::programs::{Xdp, XdpMode};
-use footunnel::{dataplane::XDP_PROGRAM, secret::TunnelIdentity};
+use footunnel::{broker::dataplane::XDP_PROGRAM, secret::TunnelIdentity};
 use footunnel_ebpf::{
     maps::Counter,
     wire::{Acceptance, HeartbeatKey, Kind, Message, MessageWords, Reject, check_header, check_tunnel},

@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::programs::{Xdp, XdpMode};
-use footunnel::{dataplane::XDP_PROGRAM, rawudp::RawUdp, secret::TunnelIdentity};
+use footunnel::{broker::dataplane::XDP_PROGRAM, os::rawudp::RawUdp, secret::TunnelIdentity};
 use footunnel_ebpf::wire::HeartbeatKey;
 use footunnel_tests::{
     Netns,

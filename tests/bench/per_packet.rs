@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::programs::Xdp;
-use footunnel::dataplane::XDP_PROGRAM;
+use footunnel::broker::dataplane::XDP_PROGRAM;
 use footunnel_tests::{
     broker::{Broker, FOU_PORT, XDP_DROP, XDP_PASS, now_ns},
     frame::{Udp4, Udp6},

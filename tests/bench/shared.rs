@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use footunnel::{now_ns, rawudp::RawUdp};
+use footunnel::{now_ns, os::rawudp::RawUdp};
 use footunnel_tests::{Netns, NsProcess, by_hand, veth};
 use serde_json::{Value, json};
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use footunnel::now_ns;
-use footunnel::rawudp::RawUdp;
+use footunnel::os::rawudp::RawUdp;
 use footunnel_tests::{Netns, NsProcess, by_hand, log_seconds, require_vm, sh, veth};
 use serde_json::{Value, json};
 
@@ -36,8 +36,8 @@ fn link_change() -> Value {
             let start = Instant::now();
             for i in 0..CHANGES {
                 // As the broker does: read the link's parameters, send them back changed.
-                let link = footunnel::link::get(&handle, "fou0").await.unwrap();
-                footunnel::link::repoint(
+                let link = footunnel::os::link::get(&handle, "fou0").await.unwrap();
+                footunnel::os::link::repoint(
                     &handle,
                     &link,
                     Ipv4Addr::new(203, 0, 113, (i % 200) as u8 + 1).into(),

@@ -36,7 +36,7 @@ fn pinned_maps_of_another_layout_are_refused_naming_unload() {
     };
     let create = |value: usize, entries: usize| create_keyed(8, value, entries);
     let refused = |what: &str| {
-        let e = format!("{:#}", footunnel::dataplane::check_pinned_layouts(dir.as_ref()).unwrap_err());
+        let e = format!("{:#}", footunnel::broker::dataplane::check_pinned_layouts(dir.as_ref()).unwrap_err());
         assert!(e.contains("another footunnel version") && e.contains("footunnel unload"), "{what}: {e}");
     };
     create(size_of::<Endpoint>() - 8, MAX_TUNNELS); // the layout before the per-tunnel lock
@@ -44,7 +44,7 @@ fn pinned_maps_of_another_layout_are_refused_naming_unload() {
     create(size_of::<Endpoint>(), 65_536); // before room for 100,000 tunnels
     refused("old capacity");
     create(size_of::<Endpoint>(), MAX_TUNNELS);
-    footunnel::dataplane::check_pinned_layouts(dir.as_ref()).expect("the current layout is accepted");
+    footunnel::broker::dataplane::check_pinned_layouts(dir.as_ref()).expect("the current layout is accepted");
     // Keys are checked too: a 4-byte key of the same value layout.
     create_keyed(4, size_of::<Endpoint>(), MAX_TUNNELS);
     refused("old key layout");
@@ -65,7 +65,7 @@ fn the_table_of_maps_is_the_objects() {
     for (name, path) in &paths {
         loader.map_pin_path(name, path);
     }
-    let ebpf = loader.load(footunnel::dataplane::OBJECT).expect("load the eBPF object");
+    let ebpf = loader.load(footunnel::broker::dataplane::OBJECT).expect("load the eBPF object");
     // Sections of constants (.rodata.*) are maps to aya too, but no one's state.
     let declared: Vec<&str> = ebpf.maps().map(|(name, _)| name).filter(|name| !name.starts_with('.')).collect();
     for name in &declared {

@@ -3,7 +3,7 @@
 
 use std::{net::UdpSocket, time::Duration};
 
-use footunnel::rawudp::RawUdp;
+use footunnel::os::rawudp::RawUdp;
 use footunnel_tests::{Netns, require_root};
 
 #[test]

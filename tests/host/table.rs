@@ -246,7 +246,8 @@ fn fou_data_passes_and_a_new_source_is_observed_within_the_rate_limit() {
     }
     assert!(broker.events().is_empty(), "at most one event per tunnel per second");
     assert_eq!((broker.count(Counter::FouElsewhere), broker.count(Counter::ObservedEvents)), (21, 1));
-    let observed = footunnel::dataplane::observed(&broker.ebpf, broker.tunnel.id).unwrap().expect("observed entry");
+    let observed =
+        footunnel::broker::dataplane::observed(&broker.ebpf, broker.tunnel.id).unwrap().expect("observed entry");
     assert_eq!((observed.addr, observed.port, observed.packets), (mapped([192, 0, 2, 77]), 5555, 21));
     let ep = broker.endpoint().unwrap();
     assert_eq!((ep.addr, ep.port), (mapped(CLIENT), 40001), "data never moves the endpoint");
@@ -303,9 +304,15 @@ fn the_tc_entry_point_shares_the_path() {
 fn packets_to_another_address_than_the_links_are_not_the_tunnels() {
     let mut broker = Broker::new(false);
     let (id, key) = (broker.tunnel.id, broker.tunnel.sip_key());
-    footunnel::dataplane::add_tunnel(&mut broker.ebpf, id, key, Some(BROKER.into())).unwrap();
-    footunnel::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.0".parse().unwrap(), 30, id, Some(BROKER.into()))
-        .unwrap();
+    footunnel::broker::dataplane::add_tunnel(&mut broker.ebpf, id, key, Some(BROKER.into())).unwrap();
+    footunnel::broker::dataplane::add_prefix(
+        &mut broker.ebpf,
+        "10.0.0.0".parse().unwrap(),
+        30,
+        id,
+        Some(BROKER.into()),
+    )
+    .unwrap();
     let t0 = now_ns();
     let transit = Udp4::new(CLIENT, 40001, [192, 0, 2, 200], FOU_PORT, &broker.heartbeat(t0));
     expect(&broker, "heartbeat to another address", &transit.build(), XDP_PASS, Some(Counter::WrongDestination));
@@ -339,7 +346,7 @@ fn prefixes_are_synced_without_dropping_the_ones_that_stay() {
     let mut broker = Broker::new(false);
     let id = broker.tunnel.id;
     let wanted = [("10.0.0.0".parse().unwrap(), 30, id, None), ("10.9.0.0".parse().unwrap(), 16, id, None)];
-    footunnel::dataplane::sync_prefixes(&mut broker.ebpf, &wanted).unwrap();
+    footunnel::broker::dataplane::sync_prefixes(&mut broker.ebpf, &wanted).unwrap();
     let v4: LpmTrie<&MapData, [u8; 4], PrefixOwner> = LpmTrie::try_from(broker.ebpf.map(PREFIXES_V4).unwrap()).unwrap();
     let mut keys: Vec<(u32, [u8; 4])> = v4.keys().map(|k| k.unwrap()).map(|k| (k.prefix_len(), k.data())).collect();
     keys.sort();
@@ -364,8 +371,9 @@ fn a_cache_hit_still_needs_the_inner_source_in_the_tunnels_prefix() {
     let mut broker = Broker::new(false);
     // A second tunnel owns 10.0.0.4/30; its endpoint is elsewhere.
     let other = footunnel::secret::TunnelIdentity::derive("the other tunnel's secret");
-    footunnel::dataplane::add_tunnel(&mut broker.ebpf, other.id, other.sip_key(), None).unwrap();
-    footunnel::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.4".parse().unwrap(), 30, other.id, None).unwrap();
+    footunnel::broker::dataplane::add_tunnel(&mut broker.ebpf, other.id, other.sip_key(), None).unwrap();
+    footunnel::broker::dataplane::add_prefix(&mut broker.ebpf, "10.0.0.4".parse().unwrap(), 30, other.id, None)
+        .unwrap();
     broker.xdp(&to_fou(CLIENT, 40001, &broker.heartbeat(now_ns())).build());
     broker.events();
     let ours = to_fou(CLIENT, 40001, &inner([10, 0, 0, 2])).build();
@@ -404,7 +412,7 @@ fn during_a_key_rotation_heartbeats_under_either_secret_move_one_endpoint() {
     let mut broker = Broker::new(false);
     let (current, record) = (broker.tunnel, broker.tunnel.id);
     let next = footunnel::secret::TunnelIdentity::derive("the tunnel's next secret, long enough");
-    footunnel::dataplane::add_key(&mut broker.ebpf, next.id, next.sip_key(), None, record).unwrap();
+    footunnel::broker::dataplane::add_key(&mut broker.ebpf, next.id, next.sip_key(), None, record).unwrap();
     let t0 = now_ns();
     let under = |identity: footunnel::secret::TunnelIdentity, ts| {
         footunnel_ebpf::wire::ControlMessage::new(footunnel_ebpf::wire::Kind::Heartbeat, identity.id, ts, [0; 8])
@@ -538,7 +546,8 @@ fn a_control_message_of_no_known_tunnel_passes_when_it_is_another_hosts() {
             aya::maps::HashMap::try_from(broker.ebpf.map_mut(footunnel_ebpf::maps::LOCAL_ADDRS).unwrap()).unwrap();
         addrs.remove(&footunnel_ebpf::packet::UNSPECIFIED).unwrap();
     }
-    footunnel::dataplane::add_tunnel_address(&mut broker.ebpf, Some(std::net::Ipv4Addr::from(BROKER).into())).unwrap();
+    footunnel::broker::dataplane::add_tunnel_address(&mut broker.ebpf, Some(std::net::Ipv4Addr::from(BROKER).into()))
+        .unwrap();
     let unknown =
         footunnel_ebpf::wire::ControlMessage::new(footunnel_ebpf::wire::Kind::Heartbeat, 0xdead, now_ns(), [0; 8])
             .sign(broker.tunnel.sip_key())

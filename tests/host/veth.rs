@@ -4,7 +4,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
-use footunnel::dataplane::{TC_PROGRAM, XDP_PROGRAM};
+use footunnel::broker::dataplane::{TC_PROGRAM, XDP_PROGRAM};
 use footunnel_ebpf::maps::{Counter, EVENT_HEARTBEAT, EVENT_STALE};
 use footunnel_tests::{
     Netns,

@@ -57,8 +57,9 @@ fn hold_static_keys() {
     ip("link add ftkeys0 type dummy");
     ip("link set ftkeys0 up");
     sh("tc", &["qdisc", "add", "dev", "ftkeys0", "clsact"]);
-    let mut ebpf = footunnel::dataplane::open().expect("load the eBPF object");
-    let xdp: &mut aya::programs::Xdp = ebpf.program_mut(footunnel::dataplane::XDP_PROGRAM).unwrap().try_into().unwrap();
+    let mut ebpf = footunnel::broker::dataplane::open().expect("load the eBPF object");
+    let xdp: &mut aya::programs::Xdp =
+        ebpf.program_mut(footunnel::broker::dataplane::XDP_PROGRAM).unwrap().try_into().unwrap();
     xdp.load().expect("load the XDP program");
     xdp.attach("ftkeys0", aya::programs::XdpMode::Skb).expect("generic XDP on ftkeys0");
     std::mem::forget(ebpf);
@@ -258,7 +259,7 @@ pub mod broker {
         programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     };
     use footunnel::{
-        dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
+        broker::dataplane::{self, TC_PROGRAM, XDP_PROGRAM},
         secret::TunnelIdentity,
     };
     use footunnel_ebpf::{

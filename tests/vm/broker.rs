@@ -8,7 +8,7 @@ use std::{
 };
 
 use footunnel::now_ns;
-use footunnel::{link::TunnelLink, rawudp::RawUdp};
+use footunnel::{os::link::TunnelLink, os::rawudp::RawUdp};
 use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_once, require_vm, veth};
 use netlink_packet_route::link::TunnelEncapType;
 
@@ -25,7 +25,7 @@ pub fn read_link(ns: &Netns, name: &str) -> anyhow::Result<TunnelLink> {
         rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
-            footunnel::link::get(&handle, &name).await
+            footunnel::os::link::get(&handle, &name).await
         })
     })
 }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use footunnel::rawudp::RawUdp;
+use footunnel::os::rawudp::RawUdp;
 use footunnel_tests::{Netns, NsProcess, by_hand, footunnel_once, require_vm, sh, veth};
 
 use crate::e2e::{flush_conntrack, ping_within, sysctl};

@@ -160,7 +160,7 @@ fn a_re_point_keeps_every_non_default_parameter() {
     topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
     topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
     let after = read_link(&topo.broker, "fou0").unwrap();
-    let others = |l: &footunnel::link::TunnelLink| {
+    let others = |l: &footunnel::os::link::TunnelLink| {
         let mut v = l.params_but_endpoint();
         v.sort_by_key(|p| format!("{p:?}"));
         v
@@ -189,10 +189,10 @@ fn an_ip6tnl_re_point_keeps_an_operator_set_mtu() {
         rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
-            let link = footunnel::link::get(&handle, "fou6").await?;
+            let link = footunnel::os::link::get(&handle, "fou6").await?;
             assert_eq!(link.mtu, Some(1400), "the MTU was not read");
-            footunnel::link::repoint(&handle, &link, "2001:db8:300::7".parse().unwrap(), 40001).await?;
-            footunnel::link::get(&handle, "fou6").await
+            footunnel::os::link::repoint(&handle, &link, "2001:db8:300::7".parse().unwrap(), 40001).await?;
+            footunnel::os::link::get(&handle, "fou6").await
         })
     });
     let after = after.unwrap();
@@ -290,7 +290,7 @@ fn on_a_policy_routed_broker_an_ack_leaves_by_the_uplink_of_its_source() {
         let wrong = s.spawn(|| crate::broker::receive_in(&other, 2, 40001, Duration::from_secs(3)));
         std::thread::sleep(Duration::from_millis(200));
         topo.client.run(|| {
-            footunnel::rawudp::RawUdp::open()
+            footunnel::os::rawudp::RawUdp::open()
                 .unwrap()
                 .send(
                     std::net::Ipv4Addr::new(192, 0, 2, 7),

@@ -9,8 +9,9 @@ use footunnel_ebpf::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Broker, getrandom};
-use crate::{addr::endpoint, decide, now_ns, tunnels};
+use super::Broker;
+use crate::os::sys::getrandom;
+use crate::{addr::endpoint, broker::decide, broker::tunnels, now_ns};
 
 /// What the broker sends a client.
 #[derive(Clone, Copy)]
@@ -149,7 +150,7 @@ impl Broker {
         let ts = match answer {
             Answer::ProbeAck(..) => 0,
             _ => {
-                t.last_sent_ns = decide::next_timestamp(now_ns(), t.last_sent_ns);
+                t.last_sent_ns = crate::next_timestamp(now_ns(), t.last_sent_ns);
                 t.last_sent_ns
             }
         };

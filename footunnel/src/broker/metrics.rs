@@ -3,8 +3,8 @@
 use footunnel_ebpf::maps::Counter;
 
 use crate::{
+    broker::show::Report,
     metrics::page::{Labels, Page},
-    show::Report,
 };
 
 fn tunnel(name: &str) -> Labels {
@@ -24,7 +24,7 @@ pub struct BrokerExtra {
 
 pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
     let mut r = Page::new("footunnel");
-    let rows = |f: &dyn Fn(&crate::show::TunnelReport) -> Option<u64>| -> Vec<(Labels, u64)> {
+    let rows = |f: &dyn Fn(&crate::broker::show::TunnelReport) -> Option<u64>| -> Vec<(Labels, u64)> {
         report.tunnels.iter().filter_map(|t| Some((tunnel(&t.name), f(t)?))).collect()
     };
     r.counter("tunnel_heartbeats_total", "Heartbeats accepted by the data plane", &rows(&|t| Some(t.heartbeats)));
@@ -119,7 +119,7 @@ mod tests {
     use super::*;
 
     fn report() -> Report {
-        let mut report = crate::show::tests::sample_report();
+        let mut report = crate::broker::show::tests::sample_report();
         let t = &mut report.tunnels[0];
         (t.heartbeats, t.changes, t.last_heartbeat_ns) = (12, 2, Some(7_000_000_000));
         (t.key, t.next_id, t.silent_for_ns) = (Some(crate::config::KeyRole::Current), None, None);

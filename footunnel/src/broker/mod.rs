@@ -1,8 +1,10 @@
 //! `footunnel broker`: checks the system, loads and attaches the data plane,
 //! then turns what it records into link configuration, ACKs and CHALLENGEs.
-//! Decisions come from `decide`; this module applies them.
+//! Decisions come from [`decide`]; this module applies them.
 
 mod answer;
+pub mod dataplane;
+pub mod decide;
 pub mod metrics;
 mod plan;
 mod probe;
@@ -10,16 +12,21 @@ mod program;
 mod reload;
 mod serve;
 mod shared;
+pub mod show;
 mod silence;
+pub mod tunnels;
+
+use decide::RateLimit;
+use tunnels::{Running, TunnelTable};
 
 use crate::{
     config::BrokerConfig,
-    dataplane::{self},
-    decide::{self, RateLimit},
-    manage::{self, Created, LinkSpec},
     now_ns,
-    rawudp::RawUdp,
-    tunnels::{Running, TunnelTable},
+    os::{
+        manage::{self, Created, LinkSpec},
+        rawudp::RawUdp,
+        sys::ifindex,
+    },
 };
 use anyhow::{Context, Result};
 use aya::{
@@ -308,9 +315,10 @@ impl Broker {
     /// Why the uplink's MTU (as it is now) does not fit the shared device's.
     async fn uplink_mtu_problem(&self, device: &shared::SharedDevice) -> Option<String> {
         let mtu = self.config.shared.as_ref()?.mtu;
-        let link = crate::link::by_index(&self.handle, device.uplink).await.ok()?;
-        let name = crate::link::message_name(&link).cloned().unwrap_or_else(|| format!("ifindex {}", device.uplink));
-        shared::mtu_problem(mtu, &name, crate::link::message_mtu(&link)?)
+        let link = crate::os::link::by_index(&self.handle, device.uplink).await.ok()?;
+        let name =
+            crate::os::link::message_name(&link).cloned().unwrap_or_else(|| format!("ifindex {}", device.uplink));
+        shared::mtu_problem(mtu, &name, crate::os::link::message_mtu(&link)?)
     }
 
     /// What `footunnel show`, `reload` and `unload` read.
@@ -459,19 +467,6 @@ pub(super) fn settings(config: &BrokerConfig, shared: Option<&shared::SharedDevi
         shared_port: config.fou_ports[0],
         _pad: 0,
     }
-}
-
-/// The interface's index now; 0 if there is none of that name.
-fn ifindex(name: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
-    // SAFETY: a valid C string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
-fn getrandom(buf: &mut [u8]) {
-    // SAFETY: valid buffer.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert_eq!(n, buf.len() as isize, "getrandom failed");
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use crate::{
     addr::Prefix,
     config::{BrokerConfig, Shared, Tunnel},
-    fou,
-    link::{self, TunnelLink},
+    os::fou,
+    os::link::{self, TunnelLink},
 };
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;

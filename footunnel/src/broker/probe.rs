@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use footunnel_ebpf::{maps::Event, wire::Probe};
 use tracing::{debug, info, warn};
 
-use super::{Broker, answer::Answer, ifindex, shared};
+use super::{Broker, answer::Answer, shared};
 use crate::addr::endpoint;
+use crate::os::sys::ifindex;
 
 impl Broker {
     /// A verified PROBE (the data plane announces at most ten a second per
@@ -52,8 +53,8 @@ impl Broker {
         let mut ceiling = 0;
         for iface in &self.interfaces {
             let index = self.uplink_index.get(iface).copied().unwrap_or_else(|| ifindex(iface));
-            if let Ok(link) = crate::link::by_index(&self.handle, index).await
-                && let Some(device_mtu) = crate::link::message_mtu(&link)
+            if let Ok(link) = crate::os::link::by_index(&self.handle, index).await
+                && let Some(device_mtu) = crate::os::link::message_mtu(&link)
             {
                 ceiling = ceiling.max(crate::mtu::ceiling(device_mtu, outer_ipv6));
             }
@@ -81,7 +82,7 @@ impl Broker {
                     return Some(mtu);
                 }
                 let (index, link) = (t.link.index, t.link.name.clone());
-                crate::link::set_mtu(&self.handle, index, u32::from(mtu)).await.map(|()| {
+                crate::os::link::set_mtu(&self.handle, index, u32::from(mtu)).await.map(|()| {
                     self.table.tunnels[i].link.mtu = Some(u32::from(mtu));
                     format!("link {link}")
                 })

@@ -3,9 +3,9 @@
 //! all of it removed by `unload`.
 
 use crate::{
+    broker::dataplane::{self, DEVICE_INGRESS_PROGRAM, EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     config::{Attach, BrokerConfig, Tunnel},
-    dataplane::{self, DEVICE_INGRESS_PROGRAM, EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
-    manage::{self},
+    os::manage::{self},
 };
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -33,25 +33,14 @@ pub fn pinned_maps() -> impl Iterator<Item = &'static str> {
     maps::MAPS.iter().filter(|m| m.pinned).map(|m| m.name)
 }
 
-pub(super) const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
 /// Mounts bpffs at `dir`'s parent if it is not there (e.g. in a fresh
 /// network namespace's view of /sys), then creates `dir`.
 pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
     let parent = dir.parent().context("the pin directory needs a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let c = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statfs is plain data; all zeros is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and an out pointer to a live struct.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 != BPF_FS_MAGIC {
+    if crate::os::sys::is_other_than_bpffs(parent) == Some(true) {
         info!("mounting bpffs at {}", parent.display());
-        let fstype = c"bpf";
-        // SAFETY: valid strings.
-        if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot mount bpffs at {}", parent.display()));
-        }
+        crate::os::sys::mount_bpffs(parent).with_context(|| format!("cannot mount bpffs at {}", parent.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create pin directory {}", dir.display()))
 }
@@ -111,7 +100,7 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
             }
             Ok(e) => {
                 let key_ids: Vec<u64> = t.config.key_ids().map(|(_, k)| k).collect();
-                if !crate::decide::recorded_under_old_key(&e, &key_ids) {
+                if !crate::broker::decide::recorded_under_old_key(&e, &key_ids) {
                     // Its cache slot stays if filled under one of its prefixes now.
                     keep_cached.push((e, dataplane::inner_prefixes_v4(&t.prefixes)));
                 } else {

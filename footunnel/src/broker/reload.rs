@@ -10,10 +10,10 @@ use anyhow::{Result, bail};
 use tracing::{info, warn};
 
 use crate::{
+    broker::tunnels::{Running, TunnelTable},
     config::{BrokerConfig, Tunnel},
-    manage::{self, Created},
     now_ns,
-    tunnels::{Running, TunnelTable},
+    os::manage::{self, Created},
 };
 
 use super::{Broker, ReloadOutcome, bring_up_managed, plan::plan, program::fill_maps};
@@ -116,7 +116,7 @@ impl Broker {
                 let _ = manage::down(&self.handle, &created_now).await;
                 return Err(e);
             }
-            self.uplink_index.insert(iface.clone(), super::ifindex(&iface));
+            self.uplink_index.insert(iface.clone(), crate::os::sys::ifindex(&iface));
             self.interfaces.push(iface);
         }
         let mut dropped_routes = Vec::new();
@@ -196,7 +196,7 @@ impl Broker {
             }
         }
         if new.challenge_rate != self.config.challenge_rate {
-            self.challenges = crate::decide::RateLimit::new(new.challenge_rate, now_ns());
+            self.challenges = crate::broker::decide::RateLimit::new(new.challenge_rate, now_ns());
         }
         self.config = new;
         for name in diff.added.iter().chain(&diff.changed) {
@@ -218,7 +218,7 @@ pub fn request(state_dir: &std::path::Path, timeout: std::time::Duration) -> Res
             state_dir.display()
         )
     };
-    if let Err(why) = crate::service::check_broker_process(pid) {
+    if let Err(why) = crate::os::service::check_broker_process(pid) {
         bail!(
             "the broker state in {} names pid {pid}, but {why}: the broker is not running \
              (start it: `systemctl start footunnel-broker`)",
@@ -226,9 +226,7 @@ pub fn request(state_dir: &std::path::Path, timeout: std::time::Duration) -> Res
         );
     }
     let generation = before.reload.map_or(0, |r| r.generation);
-    // SAFETY: kill(2) with a pid and a signal number.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = crate::os::sys::send_hangup(pid) {
         bail!("cannot signal the broker (pid {pid}, from {}): {e}; is it running?", state_dir.display());
     }
     let start = std::time::Instant::now();

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use footunnel_ebpf::maps::{self, Event};
 
 use super::{Broker, ReloadOutcome, Reread, metrics, program, settings};
-use crate::{dataplane, decide, now_ns, tunnels};
+use crate::{broker::dataplane, broker::decide, broker::tunnels, now_ns};
 
 /// What the sweep carries from one second to the next.
 struct Sweep {
@@ -66,7 +66,7 @@ impl Broker {
 
     /// The metrics page: `footunnel show`'s report, and what only this process knows.
     fn metrics_text(&self) -> String {
-        let report = match crate::show::collect(&self.config.state_dir) {
+        let report = match crate::broker::show::collect(&self.config.state_dir) {
             Ok(r) => r,
             Err(e) => return format!("# footunnel cannot read its own state: {e:#}\n"),
         };
@@ -111,7 +111,7 @@ impl Broker {
     ) -> Result<()> {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot handle SIGHUP (reload)")?;
-        crate::service::release_hangups();
+        crate::os::service::release_hangups();
         let events = self.ebpf.take_map(maps::EVENTS).context("the eBPF object has no EVENTS map")?;
         // SAFETY: the ring buffer owns its descriptor for as long as the AsyncFd holds it.
         let mut events = unsafe { AsyncFd::register(RingBuf::try_from(events)?) }
@@ -132,7 +132,7 @@ impl Broker {
         tokio::pin!(shutdown);
         let running = format!("{} tunnel(s) on {}", self.table.tunnels.len(), self.interfaces.join(", "));
         info!("broker running: {running}");
-        crate::service::notify_ready(&running);
+        crate::os::service::notify_ready(&running);
         loop {
             tokio::select! {
                 // In this order: the sweep only when nothing else is ready.
@@ -180,7 +180,7 @@ impl Broker {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, true),
             _ => return,
         };
-        let Some(name) = crate::link::message_name(link) else { return };
+        let Some(name) = crate::os::link::message_name(link) else { return };
         let Some(&before) = self.uplink_index.get(name) else { return };
         let now = link.header.index;
         if deleted {
@@ -225,7 +225,7 @@ impl Broker {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)) => l,
             _ => return None,
         };
-        crate::link::message_name(link)
+        crate::os::link::message_name(link)
             .and_then(|n| self.table.by_link(n))
             .or_else(|| self.table.tunnels.iter().position(|t| t.link.index == link.header.index))
     }

@@ -16,11 +16,11 @@ use tracing::info;
 
 use crate::{
     addr::Prefix,
+    broker::decide::LinkEndpoint,
     config::Shared,
-    decide::LinkEndpoint,
-    fou,
-    link::{self, TunnelLink},
-    manage::Created,
+    os::fou,
+    os::link::{self, TunnelLink},
+    os::manage::Created,
 };
 use footunnel_ebpf::maps::Endpoint;
 
@@ -46,17 +46,7 @@ pub fn check_kernel(release: &str) -> Result<()> {
     Ok(())
 }
 
-/// This machine's kernel release.
-pub fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; all zeros is a valid value.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname fills the struct it is given.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return String::new();
-    }
-    // SAFETY: the kernel NUL-terminates the release.
-    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy().into_owned()
-}
+pub use crate::os::sys::kernel_release;
 
 /// The shared device as the broker runs it.
 #[derive(Clone, Debug)]
@@ -115,7 +105,7 @@ pub(super) async fn bring_up(handle: &Handle, shared: &Shared, port: u16, create
     created.links.push(shared.device.clone());
     info!("created shared device {} (external-mode ipip, mtu {})", shared.device, shared.mtu);
     if let Some((addr, len)) = shared.address {
-        crate::manage::add_address(handle, &shared.device, addr, len).await?;
+        crate::os::manage::add_address(handle, &shared.device, addr, len).await?;
     }
     Ok(())
 }
@@ -193,7 +183,7 @@ pub(super) async fn unroute(handle: &Handle, device: &SharedDevice, prefixes: &[
         let Some(message) = route_message(device, p) else { continue };
         match handle.route().del(message).execute().await {
             Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -crate::os::sys::NO_SUCH_PROCESS => {}
             Err(e) => return Err(e).with_context(|| format!("cannot remove the route of {p} through {}", device.name)),
         }
     }

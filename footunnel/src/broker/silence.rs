@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use tracing::{info, warn};
 
-use crate::{config::OnSilence, decide, now_ns};
+use crate::{broker::decide, config::OnSilence, now_ns};
 
 use super::Broker;
 

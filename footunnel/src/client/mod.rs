@@ -26,10 +26,10 @@ use tracing::{info, warn};
 
 pub use crate::state::client::{ClientState, STATE_FILE, read_state, render};
 use crate::{
-    link::{self, TunnelLink},
-    manage::{self, Created, LinkSpec},
     mono_ns, now_ns,
-    rawudp::RawUdp,
+    os::link::{self, TunnelLink},
+    os::manage::{self, Created, LinkSpec},
+    os::rawudp::RawUdp,
 };
 pub use message::{FromBroker, verify_from_broker};
 use resolve::BrokerAddress;

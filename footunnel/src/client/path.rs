@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::link::TunnelLink;
+use crate::os::link::TunnelLink;
 use netlink_packet_route::link::InfoIpTunnel;
 
 /// What the link says about how its packets leave.

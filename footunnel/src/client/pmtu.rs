@@ -11,7 +11,7 @@ use super::{
     path::Route,
     probe::{Discovery, Phase, REDISCOVER_NS},
 };
-use crate::{link::TunnelLink, secret::TunnelIdentity};
+use crate::{os::link::TunnelLink, secret::TunnelIdentity};
 
 /// Discovery, and when the last one ended.
 #[derive(Debug)]
@@ -68,8 +68,8 @@ async fn bounds(handle: &Handle, link: &TunnelLink, route: Option<&Route>) -> (u
     let floor = crate::mtu::floor(link.inner_protocol() != Some(4));
     let mut device_mtu = 1500;
     if let Some(index) = route.and_then(|r| r.device)
-        && let Ok(message) = crate::link::by_index(handle, index).await
-        && let Some(mtu) = crate::link::message_mtu(&message)
+        && let Ok(message) = crate::os::link::by_index(handle, index).await
+        && let Some(mtu) = crate::os::link::message_mtu(&message)
     {
         device_mtu = mtu;
     }
@@ -94,7 +94,7 @@ pub async fn set_link_mtu(handle: &Handle, link: &mut TunnelLink, mtu: u16, foun
         info!("tunnel MTU {mtu}, {how}: link {} has it already", link.name);
         return;
     }
-    match crate::link::set_mtu(handle, link.index, u32::from(mtu)).await {
+    match crate::os::link::set_mtu(handle, link.index, u32::from(mtu)).await {
         Ok(()) => {
             info!(
                 "tunnel MTU {mtu}, {how}: link {} set (was {})",

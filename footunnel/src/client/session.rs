@@ -16,10 +16,9 @@ use super::{
 };
 use crate::{
     addr::endpoint,
-    decide::next_timestamp,
-    link::{self, TunnelLink},
-    mono_ns, now_ns,
-    rawudp::{Datagram, RawUdp},
+    mono_ns, next_timestamp, now_ns,
+    os::link::{self, TunnelLink},
+    os::rawudp::{Datagram, RawUdp},
     secret::TunnelIdentity,
     state::client::write_state,
 };

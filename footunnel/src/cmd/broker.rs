@@ -7,7 +7,8 @@ use footunnel::{
     addr::Prefix,
     broker,
     config::{self, Attach, BrokerConfig},
-    secret, service,
+    os::service,
+    secret,
 };
 use tracing::warn;
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use footunnel::{files, secret};
+use footunnel::{os::files, secret};
 
 #[derive(clap::Args)]
 pub struct Args {

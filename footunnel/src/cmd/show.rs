@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 #[cfg(feature = "broker")]
-use footunnel::show;
+use footunnel::broker::show;
 use footunnel::{client, config};
 
 pub const HELP: &str = "Show tunnels, endpoints and counters: on a broker from its pinned maps and

@@ -1,7 +1,7 @@
 //! The broker's state file: what `footunnel show`, `reload`, `unload` and the
 //! metrics need besides the pinned maps, with the latest reload's outcome.
 
-use crate::manage::Created;
+use crate::os::manage::Created;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -65,7 +65,7 @@ pub struct StateTunnel {
 pub const STATE_FILE: &str = "broker.json";
 
 pub fn write_state(dir: &Path, state: &StateFile) -> Result<()> {
-    crate::files::write_atomically(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)
+    crate::os::files::write_atomically(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(state)?)
 }
 
 pub fn read_state(dir: &Path) -> Result<StateFile> {

@@ -84,7 +84,7 @@ pub fn render(state: &ClientState, now_ns: u64) -> String {
 
 pub fn write_state(dir: &std::path::Path, state: &ClientState) {
     let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-    if let Err(e) = crate::files::write_atomically(&dir.join(STATE_FILE), &bytes) {
+    if let Err(e) = crate::os::files::write_atomically(&dir.join(STATE_FILE), &bytes) {
         warn!("{e:#}");
     }
 }

@@ -5,12 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use footunnel_ebpf::{maps::Endpoint, wire::MESSAGE_LEN};
 
-/// A tunnel's endpoint as the kernel link knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkEndpoint {
-    pub remote: Option<IpAddr>,
-    pub dport: Option<u16>,
-}
+pub use crate::os::link::LinkEndpoint;
 
 /// Where the link must point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +70,6 @@ pub fn plan_link<'a>(
 /// kernel has it after the change, points at the heartbeat's source.
 pub fn may_ack(link_after: Option<LinkEndpoint>, source: (IpAddr, u16)) -> bool {
     link_after.is_some_and(|l| l.remote == Some(source.0) && l.dport == Some(source.1))
-}
-
-/// Timestamps we send are strictly increasing per tunnel, even if the
-/// clock steps back.
-pub fn next_timestamp(now_ns: u64, last_sent_ns: u64) -> u64 {
-    now_ns.max(last_sent_ns + 1)
 }
 
 /// A CHALLENGE (a 40-byte payload) is never larger than what provoked it.
@@ -307,13 +296,6 @@ mod tests {
         assert!(!may_ack(Some(LINK), (v4(203, 0, 113, 5), 40002)), "port differs");
         assert!(!may_ack(Some(LINK), (v4(203, 0, 113, 6), 40001)), "address differs");
         assert!(!may_ack(Some(LinkEndpoint { remote: None, dport: Some(40001) }), source));
-    }
-
-    #[test]
-    fn sent_timestamps_never_repeat() {
-        assert_eq!(next_timestamp(100, 50), 100);
-        assert_eq!(next_timestamp(100, 100), 101);
-        assert_eq!(next_timestamp(90, 100), 101, "clock stepped back");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::{
     ago,
+    broker::decide::known_endpoint,
     config::KeyRole,
-    decide::known_endpoint,
     state::broker::{StateFile, read_state},
 };
 
@@ -122,7 +122,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
                 last_heartbeat_ns: known.and(e.map(|e| e.last_seen_ns)),
                 silence_timeout_ns: t.silence_timeout_ns,
                 silent_for_ns: t.silence_timeout_ns.and_then(|timeout| {
-                    crate::decide::silent_for(known.and(e.map(|e| e.last_seen_ns)), t.since_ns, now_ns, timeout)
+                    crate::broker::decide::silent_for(known.and(e.map(|e| e.last_seen_ns)), t.since_ns, now_ns, timeout)
                 }),
                 down_when_silent: t.on_silence == Some(crate::config::OnSilence::Down),
                 heartbeats: e.map_or(0, |e| e.heartbeats),
@@ -147,7 +147,7 @@ pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
     let controller = Controller {
         pid: state.pid,
         problem: match state.pid {
-            Some(pid) => crate::service::check_broker_process(pid).err(),
+            Some(pid) => crate::os::service::check_broker_process(pid).err(),
             None => Some("the state file names no broker process".into()),
         },
     };
@@ -172,7 +172,7 @@ pub async fn read_links(report: &mut Report) -> Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open rtnetlink")?;
     tokio::spawn(connection);
     for t in &mut report.tunnels {
-        match crate::link::get(&handle, &t.link).await {
+        match crate::os::link::get(&handle, &t.link).await {
             Ok(link) => {
                 let e = link.endpoint();
                 t.link_points_at = e.remote.map(|r| crate::addr::endpoint(r, e.dport.unwrap_or(0)));

@@ -224,10 +224,7 @@ pub fn set_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<()> {
     array.set(0, settings, 0).context("cannot write the data plane's settings")
 }
 
-/// CLOCK_REALTIME − CLOCK_BOOTTIME now: what lets the program read wall time.
-pub fn realtime_offset_ns() -> u64 {
-    crate::clock_ns(libc::CLOCK_REALTIME) - crate::mono_ns()
-}
+pub use crate::os::sys::realtime_offset_ns;
 
 /// A counter summed over all CPUs.
 pub fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {

@@ -9,24 +9,13 @@ use std::path::Path;
 /// would otherwise kill the broker with a signal systemd counts as a clean
 /// exit, which `Restart=on-failure` does not restart.
 pub fn hold_hangups() {
-    set_hangup_mask(libc::SIG_BLOCK);
+    super::sys::block_hangups(true);
 }
 
 /// Unblocks SIGHUP once its handler is installed: one that arrived meanwhile
 /// is delivered to the handler now, so that reload is not lost.
 pub fn release_hangups() {
-    set_hangup_mask(libc::SIG_UNBLOCK);
-}
-
-fn set_hangup_mask(how: libc::c_int) {
-    // SAFETY: a sigset_t filled by sigemptyset/sigaddset before use; a null
-    // old-set pointer is allowed.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
+    super::sys::block_hangups(false);
 }
 
 /// Tells systemd (`Type=notify`) that the service is up, with a status line

@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::{fou, link};
+use crate::{os::fou, os::link};
 
 /// A tunnel link footunnel may create.
 #[derive(Clone, Debug, PartialEq, Eq)]

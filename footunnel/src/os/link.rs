@@ -15,6 +15,13 @@ use netlink_packet_route::{
 };
 use rtnetlink::Handle;
 
+/// A tunnel's endpoint as the kernel link knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkEndpoint {
+    pub remote: Option<IpAddr>,
+    pub dport: Option<u16>,
+}
+
 /// An ipip or sit link and its tunnel parameters (`IFLA_INFO_DATA`), kept
 /// whole: a changelink must send them all back (see [`repoint`]).
 #[derive(Clone, Debug)]
@@ -67,8 +74,8 @@ impl TunnelLink {
     }
 
     /// `remote` and `encap-dport`, as the controller compares them.
-    pub fn endpoint(&self) -> crate::decide::LinkEndpoint {
-        crate::decide::LinkEndpoint { remote: self.remote().filter(|a| !a.is_unspecified()), dport: self.encap_dport() }
+    pub fn endpoint(&self) -> LinkEndpoint {
+        LinkEndpoint { remote: self.remote().filter(|a| !a.is_unspecified()), dport: self.encap_dport() }
     }
 
     /// The link's `local`, unless it is "any".
@@ -122,7 +129,7 @@ impl TunnelLink {
     /// The FoU listener on the link's port (of the link's outer family) must
     /// deliver what the link carries: protocol 4 for ipip, 41 for sit, the
     /// link's protocol for ip6tnl.
-    pub fn check_listener(&self, listeners: &[crate::fou::Listener]) -> Result<()> {
+    pub fn check_listener(&self, listeners: &[crate::os::fou::Listener]) -> Result<()> {
         let Some(port) = self.encap_sport() else { return Ok(()) };
         let (six, dash6) = if self.outer_ipv6() { (true, " -6") } else { (false, "") };
         let want = self.inner_protocol();
@@ -342,7 +349,7 @@ mod tests {
     use netlink_packet_route::{IpProtocol, link::TunnelEncapType};
 
     use super::*;
-    use crate::fou::Listener;
+    use crate::os::fou::Listener;
 
     fn link(kind: InfoKind, protocol: Option<IpProtocol>) -> TunnelLink {
         let mut params = vec![InfoIpTunnel::EncapType(TunnelEncapType::Fou), InfoIpTunnel::EncapSPort(42424)];

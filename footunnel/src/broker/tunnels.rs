@@ -12,9 +12,9 @@ use tracing::{info, warn};
 
 use crate::{
     addr::Prefix,
+    broker::decide::{self, LinkEndpoint, LinkPlan},
     config::Tunnel,
-    decide::{self, LinkEndpoint, LinkPlan},
-    link::{self, TunnelLink},
+    os::link::{self, TunnelLink},
 };
 
 /// (tunnel name, link local address, link remote), as `decide` compares them.
