@@ -152,7 +152,12 @@ const fn spec(name: &'static str, key_size: usize, value_size: usize, max_entrie
 /// Every map of the eBPF object, once. `programs.rs` declares each with
 /// these types and sizes (the eBPF side cannot read a table), and a host
 /// test compares the built object's maps with this table.
-pub const MAPS: [MapSpec; 14] = [
+/// aya-log's ring buffer, declared by `aya-log-ebpf`: the lines of
+/// `footunnel broker --trace`.
+pub const TRACE_LOG: &str = "AYA_LOGS";
+pub const TRACE_LOG_BYTES: usize = 1 << 17;
+
+pub const MAPS: [MapSpec; 15] = [
     spec(FOU_PORTS, 4, size_of::<PortConfig>(), PORT_SLOTS, true),
     spec(ENDPOINT_CACHE, 4, size_of::<CachedEndpoint>(), ENDPOINT_CACHE_SLOTS, false),
     spec(TUNNELS, 8, size_of::<TunnelConfig>(), MAX_KEYS, true),
@@ -171,6 +176,8 @@ pub const MAPS: [MapSpec; 14] = [
     spec(EVENTS, 0, 0, EVENTS_BYTES, true),
     // Per CPU: the kernel reports one CPU's value.
     spec(COUNTERS, 4, 8, Counter::COUNT, true),
+    // Not pinned: a trace is for the broker that asked for it.
+    spec(TRACE_LOG, 0, 0, TRACE_LOG_BYTES, false),
 ];
 
 pub const PORT_SLOTS: usize = 65_536;

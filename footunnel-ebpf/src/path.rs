@@ -78,6 +78,10 @@ pub trait Env {
     fn probe_budget(&self, id: u64) -> u64;
     fn set_probe_budget(&self, id: u64, full_at: u64);
     fn count(&self, counter: Counter);
+    /// A control message's outcome (its kind if accepted, else the reason)
+    /// and what became of the packet, for `footunnel broker --trace`. The
+    /// programs log it only when loaded with the trace on.
+    fn trace_control(&self, _udp: &Udp, _outcome: Result<Kind, Counter>, _verdict: Verdict) {}
     /// Queues an [`Event`](crate::maps::Event) of `kind` about `udp` (its source and
     /// destination), written where it lies in the ring buffer: built on the
     /// stack it would not fit. `false` if there was no room.
@@ -133,26 +137,12 @@ pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
         return Verdict::Pass;
     }
     match first >> 4 {
-        0xF => match control(pkt, &udp, env) {
-            Ok(()) => Verdict::Drop,
-            // Someone else's: a router's transit traffic, or another address here.
-            Err(Counter::WrongDestination) => {
-                env.count(Counter::WrongDestination);
-                Verdict::Pass
-            }
-            // No known tunnel's, so its destination decides: to another
-            // host (transit), it passes untouched.
-            Err(Counter::Malformed | Counter::BadVersion | Counter::BadType | Counter::UnknownTunnel)
-                if !env.tunnel_address(&udp.dst_addr) =>
-            {
-                env.count(Counter::WrongDestination);
-                Verdict::Pass
-            }
-            Err(counter) => {
-                env.count(counter);
-                Verdict::Drop
-            }
-        },
+        0xF => {
+            let outcome = control(pkt, &udp, env);
+            let verdict = control_verdict(outcome, &udp, env);
+            env.trace_control(&udp, outcome, verdict);
+            verdict
+        }
         version @ (4 | 6) => {
             // The inner source is read from the payload, never past it (into
             // Ethernet padding, say).
@@ -257,21 +247,47 @@ fn wall_clock<E: Env>(env: &E, settings: &Settings) -> u64 {
     env.boot_ns().wrapping_add(settings.realtime_offset_ns)
 }
 
+/// What becomes of a control message, counted: accepted ones are consumed,
+/// refused ones dropped unless they are someone else's.
+#[inline(always)]
+fn control_verdict<E: Env>(outcome: Result<Kind, Counter>, udp: &Udp, env: &E) -> Verdict {
+    match outcome {
+        Ok(_) => Verdict::Drop,
+        // Someone else's: a router's transit traffic, or another address here.
+        Err(Counter::WrongDestination) => {
+            env.count(Counter::WrongDestination);
+            Verdict::Pass
+        }
+        // No known tunnel's, so its destination decides: to another
+        // host (transit), it passes untouched.
+        Err(Counter::Malformed | Counter::BadVersion | Counter::BadType | Counter::UnknownTunnel)
+            if !env.tunnel_address(&udp.dst_addr) =>
+        {
+            env.count(Counter::WrongDestination);
+            Verdict::Pass
+        }
+        Err(counter) => {
+            env.count(counter);
+            Verdict::Drop
+        }
+    }
+}
+
 /// A control message on a FoU port: a HEARTBEAT (40 bytes), or a PROBE
 /// (padded to the size it probes).
 #[inline(always)]
-fn control<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Result<(), Counter> {
+fn control<P: PacketBytes + ?Sized, E: Env>(pkt: &P, udp: &Udp, env: &E) -> Result<Kind, Counter> {
     if udp.payload_len < MESSAGE_LEN {
         return Err(Counter::Malformed);
     }
     let msg = &MessageWords(pkt.le64s::<{ MESSAGE_LEN / 8 }>(udp.payload_offset).ok_or(Counter::Malformed)?);
     if msg.kind() == Kind::Probe as u8 {
-        return probe(msg, udp, env);
+        return probe(msg, udp, env).map(|()| Kind::Probe);
     }
     if udp.payload_len != MESSAGE_LEN {
         return Err(Counter::Malformed);
     }
-    heartbeat(msg, udp, env)
+    heartbeat(msg, udp, env).map(|()| Kind::Heartbeat)
 }
 
 /// What a HEARTBEAT or PROBE passes before anything else: its type, a

@@ -19,6 +19,9 @@ pub(crate) const NOW: u64 = BOOT + OFFSET;
 pub(crate) const CLIENT: [u8; 4] = [203, 0, 113, 5];
 pub(crate) const BROKER: [u8; 4] = [198, 51, 100, 1];
 
+/// What `trace_control` was told: (source port, outcome, verdict).
+type Trace = (u16, Result<Kind, Counter>, Verdict);
+
 #[derive(Default)]
 pub(crate) struct MemEnv {
     ports: HashMap<u16, PortConfig>,
@@ -52,6 +55,7 @@ pub(crate) struct MemEnv {
     clock_reads: std::cell::Cell<u64>,
     /// Shared-device mode, leaving by this uplink.
     pub(crate) shared_uplink: std::cell::Cell<u32>,
+    traces: RefCell<Vec<Trace>>,
 }
 
 impl MemEnv {
@@ -164,6 +168,9 @@ impl Env for MemEnv {
     }
     fn count(&self, c: Counter) {
         *self.counters.borrow_mut().entry(c.name()).or_default() += 1;
+    }
+    fn trace_control(&self, udp: &Udp, outcome: Result<Kind, Counter>, verdict: Verdict) {
+        self.traces.borrow_mut().push((udp.src_port, outcome, verdict));
     }
     fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], extra: [u8; 4], udp: &Udp) -> bool {
         let (addr, dst_addr, port) = (udp.src_addr, udp.dst_addr, udp.src_port);
@@ -298,6 +305,32 @@ fn rejected_control_messages_are_dropped_and_counted() {
         assert_eq!(count(&env, reason), 1, "{reason:?}");
     }
     assert!(env.endpoints.borrow().is_empty());
+}
+
+#[test]
+fn the_trace_sees_each_control_message_once_with_its_reason_and_verdict() {
+    let env = env();
+    let mut forged = heartbeat(NOW);
+    forged[39] ^= 1;
+    let mut unknown = ControlMessage::new(Kind::Heartbeat, ID + 1, NOW, [0; 8]).sign(KEY).to_bytes();
+    unknown[0] = 0xF7;
+    process(&udp(CLIENT, 1, 42424, &heartbeat(NOW))[..], &env);
+    process(&udp(CLIENT, 2, 42424, &forged)[..], &env);
+    process(&udp(CLIENT, 3, 42424, &probe_of(NOW, 1400, 1400))[..], &env);
+    process(&to(udp(CLIENT, 4, 42424, &unknown), [192, 0, 2, 200])[..], &env);
+    process(&udp(CLIENT, 5, 42424, &inner_v4([10, 0, 0, 2]))[..], &env);
+    process(&udp(CLIENT, 6, 42424, &heartbeat(NOW))[..], &env);
+    assert_eq!(
+        *env.traces.borrow(),
+        [
+            (1, Ok(Kind::Heartbeat), Verdict::Drop),
+            (2, Err(Counter::BadTag), Verdict::Drop),
+            (3, Ok(Kind::Probe), Verdict::Drop),
+            (4, Err(Counter::UnknownTunnel), Verdict::Pass),
+            (6, Err(Counter::Replay), Verdict::Drop),
+        ],
+        "FoU data (port 5) is no control message"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
 use aya_ebpf::{
+    Global,
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_NO_PREALLOC,
         BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
@@ -24,6 +25,7 @@ use footunnel_ebpf::{
     },
     packet::{Addr, Checked, PacketBytes, UNSPECIFIED, Udp},
     path::{Env, Verdict, process},
+    wire::Kind,
 };
 
 #[btf_map]
@@ -363,6 +365,12 @@ impl Env for Maps {
         }
     }
     #[inline(always)]
+    fn trace_control(&self, udp: &Udp, outcome: Result<Kind, Counter>, verdict: Verdict) {
+        if TRACE.load() != 0 {
+            trace_line(udp, outcome, verdict);
+        }
+    }
+    #[inline(always)]
     fn emit(&self, kind: u8, record_id: u64, timestamp_ns: u64, detail: [u8; 8], extra: [u8; 4], udp: &Udp) -> bool {
         let Some(mut entry) = EVENTS.reserve(0) else { return false };
         entry.write(Event {
@@ -379,6 +387,37 @@ impl Env for Maps {
         entry.submit(0);
         true
     }
+}
+
+/// `footunnel broker --trace`: set at load time, a constant of the
+/// object's .rodata, which the kernel freezes. With it 0 (the default) the
+/// verifier knows [`Env::trace_control`]'s branch is never taken and
+/// removes it: the trace costs nothing when off.
+#[unsafe(no_mangle)]
+static TRACE: Global<u8> = Global::new(0);
+
+/// One line of the trace, through aya-log. A function of its own: the
+/// verifier explores it only when the trace is on.
+#[inline(never)]
+fn trace_line(udp: &Udp, outcome: Result<Kind, Counter>, verdict: Verdict) {
+    aya_log_ebpf::info!(
+        &(),
+        "control message {:i} port {} -> {:i} port {}: {} {}",
+        udp.src_addr.0,
+        udp.src_port,
+        udp.dst_addr.0,
+        udp.dst_port,
+        match (outcome, verdict) {
+            (Ok(_), _) => "accepted",
+            (Err(_), Verdict::Drop) => "dropped",
+            (Err(_), Verdict::Pass) => "passed",
+        },
+        match outcome {
+            Ok(Kind::Probe) => "probe",
+            Ok(_) => "heartbeat",
+            Err(counter) => counter.name(),
+        }
+    );
 }
 
 #[xdp]

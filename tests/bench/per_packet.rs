@@ -113,7 +113,24 @@ pub fn run() -> Value {
     for (name, frame, verdict) in &cases6 {
         rows.push(side_by_side(name, ours, empty.as_raw_fd(), frame, *verdict));
     }
-    json!({ "repeat": REPEAT, "rows": rows })
+    let forged_frame = Udp4::new(CLIENT, 40001, BROKER, FOU_PORT, &forged).build();
+    json!({ "repeat": REPEAT, "rows": rows, "trace": trace_cost(&broker, &forged_frame) })
+}
+
+/// `--trace` off (as every other row here runs) against on: the size of the
+/// program the verifier left, and a forged heartbeat's cost side by side
+/// (with the trace on, the log's ring buffer is soon full: each run still
+/// formats and tries to reserve a line, as under a real flood).
+fn trace_cost(off: &Broker, forged: &[u8]) -> Value {
+    let on = Broker::loaded(false, true);
+    let xdp = |b: &Broker| -> (RawFd, u32) {
+        let xdp: &Xdp = b.ebpf.program(XDP_PROGRAM).unwrap().try_into().unwrap();
+        let size = xdp.info().unwrap().size_translated().expect("the kernel reports the translated size");
+        (xdp.fd().unwrap().as_fd().as_raw_fd(), size)
+    };
+    let ((off_fd, off_size), (on_fd, on_size)) = (xdp(off), xdp(&on));
+    let row = side_by_side("forged heartbeat, trace on ÷ off", on_fd, off_fd, forged, XDP_DROP);
+    json!({ "translated_bytes_off": off_size, "translated_bytes_on": on_size, "forged": row })
 }
 
 /// Rounds of [`REPEAT`]/`ROUNDS` runs, ours then the empty program's, back

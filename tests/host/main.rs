@@ -9,4 +9,5 @@ mod openwrt;
 mod pins;
 mod rawsocket;
 mod table;
+mod trace;
 mod veth;

@@ -291,9 +291,14 @@ pub mod broker {
     impl Broker {
         /// Maps filled as the controller would, both entry points loaded.
         pub fn new(legacy: bool) -> Self {
+            Self::loaded(legacy, false)
+        }
+
+        /// As [`Broker::new`], with the programs' trace (`--trace`) on or off.
+        pub fn loaded(legacy: bool, trace: bool) -> Self {
             crate::require_root();
             let tunnel = TunnelIdentity::derive(SECRET);
-            let mut ebpf = dataplane::open().expect("load the eBPF object");
+            let mut ebpf = dataplane::loader(trace).load(dataplane::OBJECT).expect("load the eBPF object");
             let settings = Settings {
                 realtime_offset_ns: dataplane::realtime_offset_ns(),
                 window_ns: WINDOW_NS,

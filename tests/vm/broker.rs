@@ -234,6 +234,40 @@ fn forged_replayed_and_stale_heartbeats_change_nothing() {
     }
 }
 
+/// `--trace` on this kernel: its verifier accepts the programs with the
+/// trace on (XDP and TC), and each control message gets one line.
+#[test]
+fn with_trace_each_control_message_is_logged_with_its_verdict() {
+    let topo = Topology::new();
+    for attach in ["xdp", "tc"] {
+        let mut broker = topo.start_broker(&["--trace", "--attach", attach]);
+        let t0 = now_ns();
+        topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, t0, [0; 8]));
+        let mut forged = by_hand::heartbeat(SECRET, t0 + 1_000_000, [0; 8]);
+        forged[39] ^= 1;
+        topo.send(CLIENT_A, 40777, &forged);
+        broker.wait_for(
+            "198.51.100.2 port 40777 -> ::ffff:198.51.100.1 port 42424: dropped bad_tag",
+            Duration::from_secs(3),
+        );
+        let log = broker.log();
+        assert!(
+            log.contains(
+                "control message ::ffff:198.51.100.3 port 40001 -> ::ffff:198.51.100.1 port 42424: accepted heartbeat"
+            ),
+            "{attach}: the accepted heartbeat is not traced:\n{log}"
+        );
+        drop(broker);
+        let unload = ["unload", "--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir];
+        let (ok, out) = footunnel_once(&topo.broker, &unload);
+        assert!(ok, "{out}");
+    }
+    let broker = topo.start_broker(&[]);
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    assert!(!broker.log().contains("control message"), "traced without --trace:\n{}", broker.log());
+}
+
 #[test]
 fn fou_data_from_a_new_source_draws_a_challenge_and_changes_nothing() {
     let topo = Topology::new();

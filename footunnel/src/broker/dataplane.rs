@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
 };
 use footunnel_ebpf::{
@@ -35,9 +35,37 @@ pub const EGRESS_PROGRAM: &str = "footunnel_egress";
 pub const DEVICE_INGRESS_PROGRAM: &str = "footunnel_device_ingress";
 
 /// Parses the embedded object and creates its maps (programs are loaded
-/// into the kernel separately, by whoever attaches them).
+/// into the kernel separately, by whoever attaches them), with the trace off.
 pub fn open() -> Result<Ebpf> {
-    Ebpf::load(OBJECT).context("loading footunnel's eBPF object (creating its maps) failed")
+    loader(false).load(OBJECT).context("loading footunnel's eBPF object (creating its maps) failed")
+}
+
+/// A loader for [`OBJECT`] with the programs' trace on or off (a constant
+/// of the object, set here before the kernel sees it).
+pub fn loader(trace: bool) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global(TRACE_SWITCH, if trace { &1u8 } else { &0u8 }, true);
+    loader
+}
+
+/// The programs' trace switch (a `static` in `programs.rs`).
+const TRACE_SWITCH: &str = "TRACE";
+
+/// Forwards the programs' trace lines to this process's log until the
+/// object is dropped; only for an object loaded with the trace on.
+pub fn forward_trace(ebpf: &mut Ebpf) -> Result<()> {
+    let logger = aya_log::EbpfLogger::init(ebpf).context("cannot read the data plane's trace (aya-log)")?;
+    // SAFETY: the logger owns its ring buffer's map fd, open and the same for
+    // as long as the logger lives, which is as long as the AsyncFd.
+    let mut logger = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the data plane's trace: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok(mut ready) = logger.readable_mut().await {
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
+    Ok(())
 }
 
 fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {

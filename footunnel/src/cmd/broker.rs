@@ -101,6 +101,10 @@ pub struct Args {
     pin_dir: Option<PathBuf>,
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Log every control message the data plane sees: source, destination, verdict and reason
+    /// (e.g. `dropped bad_tag`). Costs nothing when off; when on, one line per message.
+    #[arg(long)]
+    trace: bool,
     /// More detail in the log.
     #[arg(long, short)]
     verbose: bool,
@@ -158,6 +162,7 @@ impl Args {
         if let Some(s) = &self.state_dir {
             config.state_dir = s.clone();
         }
+        config.trace = self.trace;
         config.validate()?;
         Ok(config)
     }

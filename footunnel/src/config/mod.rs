@@ -101,6 +101,10 @@ pub struct BrokerConfig {
     /// `Some` in shared-device mode.
     pub shared: Option<Shared>,
     pub tunnels: Vec<Tunnel>,
+    /// Log each control message's verdict from the data plane
+    /// (`footunnel broker --trace`; no configuration key: it is for a session
+    /// of troubleshooting, not for running).
+    pub trace: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

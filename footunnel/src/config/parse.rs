@@ -102,6 +102,7 @@ impl BrokerConfig {
             metrics: file.metrics.as_deref().map(parse_metrics_address).transpose()?,
             shared,
             tunnels,
+            trace: false,
         };
         config.validate()?;
         Ok(config)
@@ -122,6 +123,7 @@ impl BrokerConfig {
             metrics: None,
             shared: None,
             tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
+            trace: false,
         };
         config.validate()?;
         Ok(config)
