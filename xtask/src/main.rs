@@ -6,6 +6,7 @@ mod cmd;
 mod deb;
 mod demo;
 mod dist;
+mod lint;
 mod router_bench;
 mod setup;
 mod systemd_vm;

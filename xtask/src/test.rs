@@ -34,7 +34,7 @@ pub fn run(opts: Options) -> Result<()> {
         stages.push(stage("setup", setup::run));
     }
     stages.push(stage("build-ebpf", build_ebpf::run));
-    stages.push(stage("lint", lint));
+    stages.push(stage("lint", crate::lint::run));
     stages.push(stage("unit", unit));
     if !opts.quick {
         stages.push(stage("dist (router client)", router_client));
@@ -89,22 +89,6 @@ pub fn run(opts: Options) -> Result<()> {
         bail!("a test stage failed");
     }
     Ok(())
-}
-
-/// The code as the project writes it: rustfmt's layout, and no clippy
-/// warning in any crate or target, nor in the client-only build (warnings
-/// are errors here).
-fn lint() -> Result<()> {
-    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"])).context("`cargo fmt --all` would change files: run it")?;
-    cmd::run(cmd::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
-        .context("clippy found warnings (listed above)")?;
-    // The client alone, as `cargo xtask dist` builds it for routers.
-    cmd::run(
-        cmd::cargo()
-            .args(["clippy", "--package", "footunnel", "--no-default-features", "--all-targets", "--"])
-            .args(["-D", "warnings"]),
-    )
-    .context("clippy found warnings in the client-only build (listed above)")
 }
 
 /// Tests that need no privileges: the libraries (the eBPF crate's included,

@@ -6,7 +6,7 @@
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use tracing::{info, warn};
 
 use crate::{
@@ -16,7 +16,11 @@ use crate::{
     os::manage::{self, Created},
 };
 
-use super::{Broker, ReloadOutcome, bring_up_managed, plan::plan, program::fill_maps};
+use super::{
+    Broker, ReloadOutcome, bring_up_managed,
+    plan::{Plan, plan},
+    program::fill_maps,
+};
 
 /// Settings that decide where the data plane is and what it owns: a reload
 /// cannot move them under a running program.
@@ -88,6 +92,27 @@ impl Broker {
     /// Applies `new` in place of the running configuration; on an error in
     /// any check nothing has changed (an error writing the maps says that it
     /// may have). Returns what changed, for the log and `footunnel reload`.
+    /// Attaches the program to uplinks the new configuration adds.
+    fn attach_new_interfaces(&mut self, new: &BrokerConfig, plan: &Plan) -> Result<()> {
+        for iface in plan.interfaces.iter().filter(|i| !self.interfaces.contains(i)).cloned().collect::<Vec<_>>() {
+            super::program::attach(&mut self.ebpf, new, &iface)?;
+            self.uplink_index.insert(iface.clone(), crate::os::sys::ifindex(&iface));
+            self.interfaces.push(iface);
+        }
+        Ok(())
+    }
+
+    /// Shared-device mode: routes for the new plan's prefixes; the
+    /// prefixes no longer routed (their routes go once the maps are new).
+    async fn route_shared(&mut self, plan: &Plan) -> Result<Vec<crate::addr::Prefix>> {
+        let Some(device) = &self.shared else { return Ok(Vec::new()) };
+        let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+        super::shared::route(&self.handle, device, &prefixes, &self.route_mtus).await?;
+        let kept: HashSet<_> = prefixes.iter().collect();
+        self.route_mtus.retain(|p, _| kept.contains(p));
+        Ok(self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect())
+    }
+
     pub(super) async fn reload(&mut self, new: BrokerConfig) -> Result<String> {
         check_reloadable(&self.config, &new)?;
         let diff = diff(&self.config.tunnels, &new.tunnels);
@@ -102,42 +127,17 @@ impl Broker {
             })
             .collect();
         let created_now = bring_up_managed(&new, &self.handle, &in_use).await?;
-        let plan = match plan(&new, &self.handle).await {
-            Ok(plan) => plan,
-            Err(e) => {
-                if let Err(undo) = manage::down(&self.handle, &created_now).await {
-                    warn!("{undo:#}");
-                }
-                return Err(e);
-            }
-        };
-        for iface in plan.interfaces.iter().filter(|i| !self.interfaces.contains(i)).cloned().collect::<Vec<_>>() {
-            if let Err(e) = super::program::attach(&mut self.ebpf, &new, &iface) {
-                let _ = manage::down(&self.handle, &created_now).await;
-                return Err(e);
-            }
-            self.uplink_index.insert(iface.clone(), crate::os::sys::ifindex(&iface));
-            self.interfaces.push(iface);
-        }
-        let mut dropped_routes = Vec::new();
-        if let Some(device) = &self.shared {
-            let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
-            super::shared::route(&self.handle, device, &prefixes, &self.route_mtus).await?;
-            let kept: HashSet<_> = prefixes.iter().collect();
-            dropped_routes = self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect();
-            self.route_mtus.retain(|p, _| kept.contains(p));
-        }
-        let evicted = match fill_maps(&mut self.ebpf, &new, &plan, now_ns()) {
-            Ok(evicted) => evicted,
-            Err(e) => {
-                let _ = manage::down(&self.handle, &created_now).await;
-                // The maps may hold part of the new configuration: say so plainly.
-                return Err(e.context(
-                    "the data plane could not take the new configuration and may hold part of it: fix the cause, \
-                     then reload again or restart the broker",
-                ));
-            }
-        };
+        let plan = manage::undo_on_error(plan(&new, &self.handle).await, &self.handle, &created_now).await?;
+        let attached = self.attach_new_interfaces(&new, &plan);
+        manage::undo_on_error(attached, &self.handle, &created_now).await?;
+        let routed = self.route_shared(&plan).await;
+        let dropped_routes = manage::undo_on_error(routed, &self.handle, &created_now).await?;
+        // The maps may hold part of the new configuration: say so plainly.
+        let evicted = fill_maps(&mut self.ebpf, &new, &plan, now_ns()).context(
+            "the data plane could not take the new configuration and may hold part of it: fix the cause, \
+             then reload again or restart the broker",
+        );
+        let evicted = manage::undo_on_error(evicted, &self.handle, &created_now).await?;
 
         let mut old = std::mem::take(&mut self.table).tunnels;
         let running = plan

@@ -119,6 +119,19 @@ pub async fn down(handle: &Handle, created: &Created) -> Result<()> {
     Ok(())
 }
 
+/// `result`, after removing what `created` lists if it is an error: a step
+/// that fails leaves nothing of itself behind (what it created would be
+/// recorded nowhere, and `unload` miss it). A removal that fails too is
+/// logged; the step's own error is the one returned.
+pub async fn undo_on_error<T>(result: Result<T>, handle: &Handle, created: &Created) -> Result<T> {
+    if result.is_err()
+        && let Err(undo) = down(handle, created).await
+    {
+        tracing::warn!("could not take back what this step created: {undo:#}");
+    }
+    result
+}
+
 /// True if any link other than those in `except` still sends from `port`.
 pub async fn port_in_use(handle: &Handle, port: u16, except: &[String]) -> Result<bool> {
     let mut links = handle.link().get().execute();
