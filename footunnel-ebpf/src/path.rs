@@ -90,6 +90,7 @@ pub trait Env {
 
 /// Every packet on the uplink comes through here.
 #[inline(always)]
+#[expect(clippy::too_many_lines, reason = "the path reads top to bottom: every return is a verdict, in order")]
 pub fn process<P: PacketBytes + ?Sized, E: Env>(pkt: &P, env: &E) -> Verdict {
     let mut udp = Udp::default();
     let port = match plain_ipv4(pkt, env, &mut udp) {

@@ -1,5 +1,7 @@
 //! footunnel's userspace: the broker (its controller and the eBPF data plane
 //! it loads; feature `broker`, on by default) and the client.
+// Functions of at most 60 lines (clippy.toml).
+#![warn(clippy::too_many_lines)]
 
 pub mod addr;
 #[cfg(feature = "broker")]

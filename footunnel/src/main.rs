@@ -1,6 +1,8 @@
 //! `footunnel`: the operator's command; each subcommand is a module of
 //! `cmd`.
 
+#![warn(clippy::too_many_lines)]
+
 mod cmd;
 
 use clap::{Parser, Subcommand};

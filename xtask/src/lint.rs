@@ -1,6 +1,7 @@
-//! The lint stage: formatting, clippy on both builds of the command, and
-//! two rules of the tree no tool checks: system calls only in
-//! `footunnel/src/os/`, and no dependency a crate never names.
+//! The lint stage: formatting, clippy on both builds of the command (with
+//! functions of at most 60 lines, clippy.toml), and three rules of the tree
+//! no tool checks: system calls only in `footunnel/src/os/`, no file there
+//! over 400 lines, and no dependency a crate never names.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,26 @@ pub fn run() -> Result<()> {
     .context("clippy found warnings in the client-only build (listed above)")?;
     let root = cmd::workspace_root();
     system_calls_in_os(&root)?;
+    short_files(&root)?;
     unused_dependencies(&root)
+}
+
+/// The longest a file of footunnel/src may be: one job per module.
+const MAX_FILE_LINES: usize = 400;
+
+fn short_files(root: &Path) -> Result<()> {
+    let long: Vec<String> = rust_files(&root.join("footunnel/src"))?
+        .into_iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(&f).ok()?.lines().count();
+            (lines > MAX_FILE_LINES).then(|| format!("{} ({lines})", f.strip_prefix(root).unwrap_or(&f).display()))
+        })
+        .collect();
+    if !long.is_empty() {
+        bail!("files over {MAX_FILE_LINES} lines: {}: split them by what they do", long.join(", "));
+    }
+    println!("lint: no file in footunnel/src is over {MAX_FILE_LINES} lines");
+    Ok(())
 }
 
 /// `libc::` appears in `footunnel/src/os/` only.

@@ -9,7 +9,7 @@ use footunnel_ebpf::{
 };
 use tracing::{debug, info, warn};
 
-use super::Broker;
+use super::{Broker, Mode};
 use crate::os::sys::getrandom;
 use crate::{addr::endpoint, broker::decide, broker::tunnels, now_ns};
 
@@ -45,7 +45,7 @@ impl Broker {
                 if event.kind != EVENT_HEARTBEAT {
                     return; // the proof of concept's client cannot read an ACK
                 }
-                let link_down = self.shared.is_none() && !self.table.tunnels[i].link.up;
+                let link_down = matches!(self.mode, Mode::PerLink) && !self.table.tunnels[i].link.up;
                 if link_down {
                     info!(
                         "tunnel {name}: no ACK to {}: link {} is down, so nothing passes; \
@@ -58,7 +58,7 @@ impl Broker {
                     // Under the key of the heartbeat it answers, which the endpoint records.
                     let key_id = self.endpoint(event.record_id).map_or(0, |e| e.key_id);
                     self.send(i, Answer::Ack, key_id, event.dst_addr.ip(), source);
-                } else if self.shared.is_some() && source.0.is_ipv6() {
+                } else if !self.mode.serves_ipv6_clients() && source.0.is_ipv6() {
                     info!(
                         "tunnel {name}: no ACK to {}: shared-device mode carries IPv4 endpoints only; \
                          use per-link mode with an ip6tnl link for IPv6 clients",

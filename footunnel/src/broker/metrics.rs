@@ -24,6 +24,15 @@ pub struct BrokerExtra {
 
 pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
     let mut r = Page::new("footunnel");
+    tunnel_activity(&mut r, report, extra, now_ns);
+    tunnel_state(&mut r, report, extra);
+    dataplane_counters(&mut r, report);
+    programs(&mut r, extra);
+    r.text()
+}
+
+/// Heartbeats, changes, challenges and silence, per tunnel.
+fn tunnel_activity(r: &mut Page, report: &Report, extra: &BrokerExtra, now_ns: u64) {
     let rows = |f: &dyn Fn(&crate::broker::show::TunnelReport) -> Option<u64>| -> Vec<(Labels, u64)> {
         report.tunnels.iter().filter_map(|t| Some((tunnel(&t.name), f(t)?))).collect()
     };
@@ -52,6 +61,11 @@ pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
         .map(|t| (tunnel(&t.name), if t.silent_for_ns.is_some() { 1.0 } else { 0.0 }))
         .collect();
     r.gauge("tunnel_silent", "1 while the tunnel has had no heartbeat for its silence_timeout", &silent);
+}
+
+/// What each tunnel is: its link and key, whether it has an endpoint, an
+/// error, a link that points there.
+fn tunnel_state(r: &mut Page, report: &Report, extra: &BrokerExtra) {
     // An info metric as Prometheus' own exporters write them (node_uname_info):
     // a gauge of 1 whose labels carry the information.
     // Labelled by tunnel, never by the client's address: that would start a
@@ -89,7 +103,10 @@ pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
         "1 while the tunnel's link points at its client's endpoint (per-link mode, tunnels with an endpoint)",
         &at_endpoint,
     );
-    // Each eBPF counter is a series of its family (footunnel_ebpf::maps::counters!).
+}
+
+/// Each eBPF counter is a series of its family (footunnel_ebpf::maps::counters!).
+fn dataplane_counters(r: &mut Page, report: &Report) {
     type Rows = Vec<(Labels, u64)>;
     let mut by_family: std::collections::BTreeMap<&str, (&str, Rows)> = Default::default();
     for (name, value) in &report.counters {
@@ -101,6 +118,10 @@ pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
     for (family, (help, rows)) in by_family {
         r.counter(family, help, &rows);
     }
+}
+
+/// The programs' run counts and times, when the kernel keeps them.
+fn programs(r: &mut Page, extra: &BrokerExtra) {
     let runs: Vec<(Labels, u64)> = extra.programs.iter().map(|(p, n, _)| (vec![("program", p.clone())], *n)).collect();
     let time: Vec<(Labels, f64)> = extra.programs.iter().map(|(p, _, s)| (vec![("program", p.clone())], *s)).collect();
     if !extra.programs.is_empty() {
@@ -111,7 +132,6 @@ pub fn text(report: &Report, extra: &BrokerExtra, now_ns: u64) -> String {
             &time,
         );
     }
-    r.text()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod answer;
 pub mod dataplane;
 pub mod decide;
 pub mod metrics;
+mod mode;
 mod plan;
 mod probe;
 mod program;
@@ -18,6 +19,7 @@ mod start;
 pub mod tunnels;
 
 use decide::RateLimit;
+use mode::Mode;
 use tunnels::TunnelTable;
 
 use anyhow::Result;
@@ -52,19 +54,10 @@ pub struct Broker {
     /// and re-created (ifdown/ifup of a VLAN or bond) has a new one, and no
     /// program until it is attached again.
     uplink_index: std::collections::HashMap<String, u32>,
-    /// Shared-device mode's device.
-    shared: Option<shared::SharedDevice>,
-    /// Why the shared device does not carry the tunnels (no ACKs meanwhile),
-    /// as last checked: at start, on its link notifications, every 10 s.
-    shared_problem: Option<String>,
-    /// Shared-device mode: why the uplink's MTU no longer fits the device's
-    /// (changed since the start, which refuses a misfit), as last checked.
-    shared_mtu_problem: Option<String>,
+    /// Per-link or shared-device mode, with the latter's state.
+    mode: Mode,
     /// Links and FoU listeners footunnel created, this run or earlier ones.
     created: Created,
-    /// Shared-device mode: the MTU each tunnel's client discovered, on the
-    /// routes of its prefixes (kept across reloads, which re-route).
-    route_mtus: std::collections::HashMap<crate::addr::Prefix, u32>,
     last_reload: Option<ReloadOutcome>,
     /// A tunnel's problem changed since the state file was written.
     state_dirty: bool,
@@ -77,11 +70,12 @@ impl Broker {
     /// Shared-device mode: routes to every tunnel's prefixes through the
     /// device, and the program that addresses each packet on its egress.
     async fn serve_shared_device(&mut self) -> Result<()> {
-        let Some(device) = self.shared.clone() else { return Ok(()) };
+        let Mode::Shared(shared) = &self.mode else { return Ok(()) };
+        let (device, route_mtus) = (shared.device.clone(), shared.route_mtus.clone());
         let prefixes = self.table.prefixes();
         // The check first: nothing enters through the device unchecked.
         program::attach_device_ingress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
-        shared::route(&self.handle, &device, &prefixes, &self.route_mtus).await?;
+        shared::route(&self.handle, &device, &prefixes, &route_mtus).await?;
         program::attach_egress(&mut self.ebpf, &self.config.pin_dir, &device.name)?;
         info!(
             "shared device {}: {} tunnel(s), {} route(s); packets leave by ifindex {}",
@@ -96,29 +90,32 @@ impl Broker {
     /// Re-reads the shared device; says so when it stops (or starts again)
     /// carrying the tunnels.
     async fn check_shared_device(&mut self) {
-        let Some(device) = self.shared.clone() else { return };
+        let Mode::Shared(shared) = &self.mode else { return };
+        let (device, was_down, route_mtus) =
+            (shared.device.clone(), shared.problem.is_some(), shared.route_mtus.clone());
         let mut problem = shared::check_device(&self.handle, &device).await.err().map(|e| format!("{e:#}"));
-        if problem.is_none() && self.shared_problem.is_some() {
+        if problem.is_none() && was_down {
             // The kernel drops a device's routes when it goes down.
-            if let Err(e) = shared::route(&self.handle, &device, &self.table.prefixes(), &self.route_mtus).await {
+            if let Err(e) = shared::route(&self.handle, &device, &self.table.prefixes(), &route_mtus).await {
                 problem = Some(format!("{e:#}"));
             }
         }
         let mtu = self.uplink_mtu_problem(&device).await;
-        if mtu != self.shared_mtu_problem {
+        let Some(shared) = self.mode.shared_mut() else { return };
+        if mtu != shared.mtu_problem {
             match &mtu {
                 Some(p) => warn!("{p}"),
                 None => info!("the uplink's MTU fits shared device {} again", device.name),
             }
-            self.shared_mtu_problem = mtu;
+            shared.mtu_problem = mtu;
         }
-        if problem != self.shared_problem {
-            self.shared_problem = problem;
+        if problem != shared.problem {
+            shared.problem = problem.clone();
             // `footunnel show` says it too, by the time the log does.
             if let Err(e) = self.write_state() {
                 warn!("{e:#}");
             }
-            match &self.shared_problem {
+            match &problem {
                 Some(p) => warn!("{p}; no ACKs until it is back"),
                 None => info!("shared device {} carries the tunnels again (routes restored)", device.name),
             }
@@ -145,8 +142,8 @@ impl Broker {
             legacy_port: self.config.tunnels.iter().any(|t| t.legacy).then_some(self.config.legacy_port),
             created: self.created.clone(),
             reload: self.last_reload.clone(),
-            shared_device: self.shared.as_ref().map(|d| d.name.clone()),
-            shared_problem: self.shared_problem.clone(),
+            shared_device: self.mode.device().map(|d| d.name.clone()),
+            shared_problem: self.mode.problem().map(str::to_owned),
             tunnels: self
                 .table
                 .tunnels
@@ -178,14 +175,15 @@ impl Broker {
 
     /// Makes every link match its recorded endpoint.
     async fn reconcile_all(&mut self) {
-        if self.shared.is_some() {
+        match self.mode {
             // One device for all, checked once; its local address is the
             // configuration's, so the data plane has nothing to follow.
-            self.check_shared_device().await;
-            return;
-        }
-        for i in 0..self.table.tunnels.len() {
-            self.reconcile(i).await;
+            Mode::Shared(_) => self.check_shared_device().await,
+            Mode::PerLink => {
+                for i in 0..self.table.tunnels.len() {
+                    self.reconcile(i).await;
+                }
+            }
         }
     }
 
@@ -193,9 +191,9 @@ impl Broker {
     /// points afterwards, as the kernel has it.
     async fn reconcile(&mut self, i: usize) -> Option<decide::LinkEndpoint> {
         let recorded = self.endpoint(self.table.tunnels[i].config.record_id);
-        if self.shared.is_some() {
+        if let Mode::Shared(shared) = &self.mode {
             // No link to change: the egress program reads the endpoint map.
-            return self.shared_problem.is_none().then(|| shared::reaches(recorded.as_ref()));
+            return shared.problem.is_none().then(|| shared::reaches(recorded.as_ref()));
         }
         let target = if self.parked(i) {
             // Silent under `on_silence = "down"`, or its endpoint forgotten
@@ -249,7 +247,7 @@ impl Broker {
     }
 
     fn settings(&self) -> Settings {
-        settings(&self.config, self.shared.as_ref())
+        settings(&self.config, self.mode.device())
     }
 }
 

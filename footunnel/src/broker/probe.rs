@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use footunnel_ebpf::{maps::Event, wire::Probe};
 use tracing::{debug, info, warn};
 
-use super::{Broker, answer::Answer, shared};
+use super::{Broker, Mode, answer::Answer, shared};
 use crate::addr::endpoint;
 use crate::os::sys::ifindex;
 
@@ -46,9 +46,9 @@ impl Broker {
     async fn apply_mtu(&mut self, i: usize, asked: u16, outer_ipv6: bool) -> Option<u16> {
         let t = &self.table.tunnels[i];
         let name = t.config.name.clone();
-        let carries_ipv6 = match &self.shared {
-            Some(_) => false,
-            None => t.link.inner_protocol() != Some(4),
+        let carries_ipv6 = match &self.mode {
+            Mode::Shared(_) => false,
+            Mode::PerLink => t.link.inner_protocol() != Some(4),
         };
         let mut ceiling = 0;
         for iface in &self.interfaces {
@@ -66,18 +66,18 @@ impl Broker {
                 return None;
             }
         };
-        let applied = match &self.shared {
-            Some(device) => {
+        let applied = match &mut self.mode {
+            Mode::Shared(shared) => {
                 let prefixes = t.prefixes.clone();
-                let before: Vec<_> = prefixes.iter().map(|p| self.route_mtus.insert(*p, u32::from(mtu))).collect();
+                let before: Vec<_> = prefixes.iter().map(|p| shared.route_mtus.insert(*p, u32::from(mtu))).collect();
                 if before.iter().all(|b| *b == Some(u32::from(mtu))) {
                     return Some(mtu);
                 }
-                shared::route(&self.handle, device, &prefixes, &self.route_mtus).await.map(|()| {
+                shared::route(&self.handle, &shared.device, &prefixes, &shared.route_mtus).await.map(|()| {
                     format!("the routes of {}", prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "))
                 })
             }
-            None => {
+            Mode::PerLink => {
                 if t.link.mtu == Some(u32::from(mtu)) {
                     return Some(mtu);
                 }

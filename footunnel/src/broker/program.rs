@@ -54,8 +54,38 @@ pub(super) fn ensure_pin_dir(dir: &Path) -> Result<()> {
 /// record ids, whose links are to be parked.
 pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, seed_ns: u64) -> Result<Vec<u64>> {
     dataplane::set_settings(ebpf, settings(config, plan.shared.as_ref()))?;
+    fill_ports(ebpf, config, plan)?;
+    let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
+    sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_ip())).collect())?;
+    let mut addrs: BpfHashMap<&mut MapData, Addr, u32> = BpfHashMap::try_from(map(ebpf, maps::LOCAL_ADDRS)?)?;
+    let mut locals: Vec<(Addr, u32)> =
+        plan.tunnels.iter().map(|t| (t.link.local_ip().map_or(UNSPECIFIED, Addr::from), 1)).collect();
+    if let Some(shared) = &config.shared {
+        locals.push((Addr::from(IpAddr::V4(shared.local)), 1));
+    }
+    locals.sort_by_key(|(a, _)| a.0);
+    locals.dedup();
+    sync(&mut addrs, locals)?;
+    let endpoints = fill_endpoints(ebpf, plan, seed_ns)?;
+    fill_legacy_secrets(ebpf, plan)?;
+    let prefixes: Vec<dataplane::PrefixEntry> = plan
+        .tunnels
+        .iter()
+        .flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, t.link.local_ip())))
+        .collect();
+    dataplane::sync_prefixes(ebpf, &prefixes)?;
 
-    // Ports are an array: unwatch what the previous run watched, then watch ours.
+    // The cache admits a source's data from the prefix it was filled under:
+    // once the maps no longer say so, that slot must go, or the removed,
+    // evicted or re-prefixed tunnel's old flow keeps passing the strict check.
+    for (e, allowed) in endpoints.forget.into_iter().map(|e| (e, Vec::new())).chain(endpoints.keep_cached) {
+        dataplane::forget_cached(ebpf, &e, &allowed)?;
+    }
+    Ok(endpoints.evicted)
+}
+
+/// Ports are an array: unwatch what the previous run watched, then watch ours.
+fn fill_ports(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan) -> Result<()> {
     let mut wanted: HashMap<u16, u32> = config.fou_ports.iter().map(|p| (*p, maps::PORT_FOU)).collect();
     if plan.tunnels.iter().any(|t| t.config.legacy) {
         wanted.insert(config.legacy_port, maps::PORT_LEGACY);
@@ -70,55 +100,57 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
     for (port, kind) in &wanted {
         dataplane::set_port(ebpf, *port, *kind)?;
     }
+    Ok(())
+}
 
+/// What [`fill_endpoints`] did to the endpoint cache's future.
+struct EndpointsFilled {
+    /// Endpoints no tunnel has any more: their cache slots go.
+    forget: Vec<Endpoint>,
+    /// Endpoints kept, with the prefixes their cache slots may stay under.
+    keep_cached: Vec<(Endpoint, Vec<(u32, u32)>)>,
+    /// Tunnels whose endpoint was recorded under a secret they no longer have.
+    evicted: Vec<u64>,
+}
+
+/// Endpoints for the plan's tunnels: a new tunnel's seeded with `seed_ns`,
+/// one recorded under an old secret forgotten, other tunnels' removed.
+fn fill_endpoints(ebpf: &mut Ebpf, plan: &Plan, seed_ns: u64) -> Result<EndpointsFilled> {
     let ids: Vec<u64> = plan.tunnels.iter().map(|t| t.config.record_id).collect();
-    let mut tunnels: BpfHashMap<&mut MapData, u64, TunnelConfig> = BpfHashMap::try_from(map(ebpf, maps::TUNNELS)?)?;
-    sync(&mut tunnels, plan.tunnels.iter().flat_map(|t| key_entries(&t.config, t.link.local_ip())).collect())?;
-    let mut addrs: BpfHashMap<&mut MapData, Addr, u32> = BpfHashMap::try_from(map(ebpf, maps::LOCAL_ADDRS)?)?;
-    let mut locals: Vec<(Addr, u32)> =
-        plan.tunnels.iter().map(|t| (t.link.local_ip().map_or(UNSPECIFIED, Addr::from), 1)).collect();
-    if let Some(shared) = &config.shared {
-        locals.push((Addr::from(IpAddr::V4(shared.local)), 1));
-    }
-    locals.sort_by_key(|(a, _)| a.0);
-    locals.dedup();
-    sync(&mut addrs, locals)?;
-
-    // Endpoints that stop being any tunnel's: their cache slots go below.
-    let mut forget: Vec<Endpoint> = remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
+    let forget: Vec<Endpoint> = remove_other_tunnels::<Endpoint>(ebpf, maps::ENDPOINTS, &ids)?;
     remove_other_tunnels::<Observed>(ebpf, maps::OBSERVED, &ids)?;
     remove_other_tunnels::<u64>(ebpf, maps::CLOCK_NOTICES, &ids)?;
     let mut endpoints: BpfHashMap<&mut MapData, u64, Endpoint> = BpfHashMap::try_from(map(ebpf, maps::ENDPOINTS)?)?;
-    let mut evicted = Vec::new();
-    let mut keep_cached = Vec::new();
+    let mut filled = EndpointsFilled { forget, keep_cached: Vec::new(), evicted: Vec::new() };
     for t in &plan.tunnels {
         let id = t.config.record_id;
-        match endpoints.get(&id, 0) {
-            Err(_) => {
-                // BPF_NOEXIST: a heartbeat recorded meanwhile is not overwritten.
-                let _ = endpoints.insert(id, Endpoint { last_timestamp_ns: seed_ns, ..Default::default() }, 1);
-            }
-            Ok(e) => {
-                let key_ids: Vec<u64> = t.config.key_ids().map(|(_, k)| k).collect();
-                if !crate::broker::decide::recorded_under_old_key(&e, &key_ids) {
-                    // Its cache slot stays if filled under one of its prefixes now.
-                    keep_cached.push((e, dataplane::inner_prefixes_v4(&t.prefixes)));
-                } else {
-                    warn!(
-                        "tunnel {:?}: its endpoint {} was recorded under a secret the tunnel no longer has: \
-                         forgotten, and its link parked, until a heartbeat under its secret now",
-                        t.config.name,
-                        crate::addr::endpoint(e.addr.ip(), e.port)
-                    );
-                    let cleared = Endpoint { last_timestamp_ns: e.last_timestamp_ns, ..Default::default() };
-                    endpoints.insert(id, cleared, 0).with_context(|| format!("tunnel {:?}", t.config.name))?;
-                    forget.push(e);
-                    evicted.push(id);
-                }
-            }
+        let Ok(e) = endpoints.get(&id, 0) else {
+            // BPF_NOEXIST: a heartbeat recorded meanwhile is not overwritten.
+            let _ = endpoints.insert(id, Endpoint { last_timestamp_ns: seed_ns, ..Default::default() }, 1);
+            continue;
+        };
+        let key_ids: Vec<u64> = t.config.key_ids().map(|(_, k)| k).collect();
+        if !crate::broker::decide::recorded_under_old_key(&e, &key_ids) {
+            // Its cache slot stays if filled under one of its prefixes now.
+            filled.keep_cached.push((e, dataplane::inner_prefixes_v4(&t.prefixes)));
+            continue;
         }
+        warn!(
+            "tunnel {:?}: its endpoint {} was recorded under a secret the tunnel no longer has: \
+             forgotten, and its link parked, until a heartbeat under its secret now",
+            t.config.name,
+            crate::addr::endpoint(e.addr.ip(), e.port)
+        );
+        let cleared = Endpoint { last_timestamp_ns: e.last_timestamp_ns, ..Default::default() };
+        endpoints.insert(id, cleared, 0).with_context(|| format!("tunnel {:?}", t.config.name))?;
+        filled.forget.push(e);
+        filled.evicted.push(id);
     }
+    Ok(filled)
+}
 
+/// The proof of concept's plaintext secrets, for the tunnels that accept them.
+fn fill_legacy_secrets(ebpf: &mut Ebpf, plan: &Plan) -> Result<()> {
     let mut legacy: BpfHashMap<&mut MapData, LegacySecret, TunnelRef> =
         BpfHashMap::try_from(map(ebpf, maps::LEGACY_SECRETS)?)?;
     let wanted: Vec<(LegacySecret, TunnelRef)> = plan
@@ -133,22 +165,7 @@ pub(super) fn fill_maps(ebpf: &mut Ebpf, config: &BrokerConfig, plan: &Plan, see
             Ok((secret, TunnelRef::new(t.config.record_id)))
         })
         .collect::<Result<_>>()?;
-    sync(&mut legacy, wanted)?;
-
-    let prefixes: Vec<dataplane::PrefixEntry> = plan
-        .tunnels
-        .iter()
-        .flat_map(|t| t.prefixes.iter().map(|p| (p.addr, p.len, t.config.record_id, t.link.local_ip())))
-        .collect();
-    dataplane::sync_prefixes(ebpf, &prefixes)?;
-
-    // The cache admits a source's data from the prefix it was filled under:
-    // once the maps no longer say so, that slot must go, or the removed,
-    // evicted or re-prefixed tunnel's old flow keeps passing the strict check.
-    for (e, allowed) in forget.into_iter().map(|e| (e, Vec::new())).chain(keep_cached) {
-        dataplane::forget_cached(ebpf, &e, &allowed)?;
-    }
-    Ok(evicted)
+    sync(&mut legacy, wanted)
 }
 
 /// TUNNELS entries of `tunnel`: one per secret, all recorded under its record id.

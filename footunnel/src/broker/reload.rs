@@ -92,53 +92,22 @@ impl Broker {
     /// Applies `new` in place of the running configuration; on an error in
     /// any check nothing has changed (an error writing the maps says that it
     /// may have). Returns what changed, for the log and `footunnel reload`.
-    /// Attaches the program to uplinks the new configuration adds.
-    fn attach_new_interfaces(&mut self, new: &BrokerConfig, plan: &Plan) -> Result<()> {
-        for iface in plan.interfaces.iter().filter(|i| !self.interfaces.contains(i)).cloned().collect::<Vec<_>>() {
-            super::program::attach(&mut self.ebpf, new, &iface)?;
-            self.uplink_index.insert(iface.clone(), crate::os::sys::ifindex(&iface));
-            self.interfaces.push(iface);
-        }
-        Ok(())
-    }
-
-    /// Shared-device mode: routes for the new plan's prefixes; the
-    /// prefixes no longer routed (their routes go once the maps are new).
-    async fn route_shared(&mut self, plan: &Plan) -> Result<Vec<crate::addr::Prefix>> {
-        let Some(device) = &self.shared else { return Ok(Vec::new()) };
-        let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
-        super::shared::route(&self.handle, device, &prefixes, &self.route_mtus).await?;
-        let kept: HashSet<_> = prefixes.iter().collect();
-        self.route_mtus.retain(|p, _| kept.contains(p));
-        Ok(self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect())
-    }
-
-    pub(super) async fn reload(&mut self, new: BrokerConfig) -> Result<String> {
-        check_reloadable(&self.config, &new)?;
-        let diff = diff(&self.config.tunnels, &new.tunnels);
-        // Placeholder remotes of managed (ipip) links are IPv4.
-        let in_use: HashSet<Ipv4Addr> = self
-            .table
+    /// Remotes of the running links: a managed link's placeholder (IPv4,
+    /// as ipip links are) must not be one of them.
+    fn placeholders_in_use(&self) -> HashSet<Ipv4Addr> {
+        self.table
             .tunnels
             .iter()
             .filter_map(|t| match t.link.endpoint().remote {
                 Some(std::net::IpAddr::V4(a)) => Some(a),
                 _ => None,
             })
-            .collect();
-        let created_now = bring_up_managed(&new, &self.handle, &in_use).await?;
-        let plan = manage::undo_on_error(plan(&new, &self.handle).await, &self.handle, &created_now).await?;
-        let attached = self.attach_new_interfaces(&new, &plan);
-        manage::undo_on_error(attached, &self.handle, &created_now).await?;
-        let routed = self.route_shared(&plan).await;
-        let dropped_routes = manage::undo_on_error(routed, &self.handle, &created_now).await?;
-        // The maps may hold part of the new configuration: say so plainly.
-        let evicted = fill_maps(&mut self.ebpf, &new, &plan, now_ns()).context(
-            "the data plane could not take the new configuration and may hold part of it: fix the cause, \
-             then reload again or restart the broker",
-        );
-        let evicted = manage::undo_on_error(evicted, &self.handle, &created_now).await?;
+            .collect()
+    }
 
+    /// Runs the plan's tunnels, each one that carries over with the state it
+    /// had; returns the tunnels that stopped.
+    fn take_on(&mut self, plan: &Plan, evicted: &[u64]) -> Vec<Running> {
         let mut old = std::mem::take(&mut self.table).tunnels;
         let running = plan
             .tunnels
@@ -157,36 +126,72 @@ impl Broker {
         for t in &mut self.table.tunnels {
             t.evicted |= evicted.contains(&t.config.record_id);
         }
+        old
+    }
 
-        // Stopped tunnels: links footunnel created go, as `unload` would
-        // remove them; links made by hand stay as they are.
+    /// Stopped tunnels: links footunnel created go, as `unload` would
+    /// remove them; links made by hand stay as they are.
+    async fn remove_links_of(&mut self, stopped: &[Running], new: &BrokerConfig) {
         let kept_links: HashSet<&str> = new.tunnels.iter().map(|t| t.link.as_str()).collect();
         let gone = Created {
-            links: old
+            links: stopped
                 .iter()
                 .map(|o| o.config.link.clone())
                 .filter(|l| !kept_links.contains(l.as_str()) && self.created.links.contains(l))
                 .collect(),
             fou_ports: Vec::new(),
         };
-        if !gone.is_empty() {
-            match manage::down(&self.handle, &gone).await {
-                Ok(()) => info!("removed links {:?} of stopped tunnels", gone.links),
-                Err(e) => warn!("{e:#}"),
-            }
-            self.created.links.retain(|l| !gone.links.contains(l));
+        if gone.is_empty() {
+            return;
         }
-        for l in created_now.links {
-            if !self.created.links.contains(&l) {
-                self.created.links.push(l);
-            }
+        match manage::down(&self.handle, &gone).await {
+            Ok(()) => info!("removed links {:?} of stopped tunnels", gone.links),
+            Err(e) => warn!("{e:#}"),
         }
-        for p in created_now.fou_ports {
-            if !self.created.fou_ports.contains(&p) {
-                self.created.fou_ports.push(p);
-            }
+        self.created.links.retain(|l| !gone.links.contains(l));
+    }
+
+    /// Attaches the program to uplinks the new configuration adds.
+    fn attach_new_interfaces(&mut self, new: &BrokerConfig, plan: &Plan) -> Result<()> {
+        for iface in plan.interfaces.iter().filter(|i| !self.interfaces.contains(i)).cloned().collect::<Vec<_>>() {
+            super::program::attach(&mut self.ebpf, new, &iface)?;
+            self.uplink_index.insert(iface.clone(), crate::os::sys::ifindex(&iface));
+            self.interfaces.push(iface);
         }
-        if let Some(device) = &self.shared
+        Ok(())
+    }
+
+    /// Shared-device mode: routes for the new plan's prefixes; the
+    /// prefixes no longer routed (their routes go once the maps are new).
+    async fn route_shared(&mut self, plan: &Plan) -> Result<Vec<crate::addr::Prefix>> {
+        let Some(shared) = self.mode.shared_mut() else { return Ok(Vec::new()) };
+        let prefixes: Vec<_> = plan.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
+        super::shared::route(&self.handle, &shared.device, &prefixes, &shared.route_mtus).await?;
+        let kept: HashSet<_> = prefixes.iter().collect();
+        shared.route_mtus.retain(|p, _| kept.contains(p));
+        Ok(self.table.prefixes().into_iter().filter(|p| !kept.contains(p)).collect())
+    }
+
+    pub(super) async fn reload(&mut self, new: BrokerConfig) -> Result<String> {
+        check_reloadable(&self.config, &new)?;
+        let diff = diff(&self.config.tunnels, &new.tunnels);
+        let created_now = bring_up_managed(&new, &self.handle, &self.placeholders_in_use()).await?;
+        let plan = manage::undo_on_error(plan(&new, &self.handle).await, &self.handle, &created_now).await?;
+        let attached = self.attach_new_interfaces(&new, &plan);
+        manage::undo_on_error(attached, &self.handle, &created_now).await?;
+        let routed = self.route_shared(&plan).await;
+        let dropped_routes = manage::undo_on_error(routed, &self.handle, &created_now).await?;
+        // The maps may hold part of the new configuration: say so plainly.
+        let evicted = fill_maps(&mut self.ebpf, &new, &plan, now_ns()).context(
+            "the data plane could not take the new configuration and may hold part of it: fix the cause, \
+             then reload again or restart the broker",
+        );
+        let evicted = manage::undo_on_error(evicted, &self.handle, &created_now).await?;
+
+        let stopped = self.take_on(&plan, &evicted);
+        self.remove_links_of(&stopped, &new).await;
+        self.created.absorb(created_now);
+        if let Some(device) = self.mode.device()
             && !dropped_routes.is_empty()
         {
             // After the maps: no packet to these prefixes finds an endpoint now.

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use footunnel_ebpf::maps::{self, Event};
 
-use super::{Broker, ReloadOutcome, Reread, metrics, program, settings};
+use super::{Broker, Mode, ReloadOutcome, Reread, metrics, program, settings};
 use crate::{broker::dataplane, broker::decide, broker::tunnels, now_ns};
 
 /// What the sweep carries from one second to the next.
@@ -73,9 +73,9 @@ impl Broker {
         let extra = metrics::BrokerExtra {
             challenges_sent: self.table.tunnels.iter().map(|t| (t.config.name.clone(), t.challenges_sent)).collect(),
             // Per-link mode: where each link points as the controller last read it.
-            links: match self.shared {
-                Some(_) => Vec::new(),
-                None => self
+            links: match self.mode {
+                Mode::Shared(_) => Vec::new(),
+                Mode::PerLink => self
                     .table
                     .tunnels
                     .iter()
@@ -207,10 +207,11 @@ impl Broker {
                 return;
             }
         }
-        if let Some(device) = &mut self.shared
-            && device.uplink == before
+        if let Some(shared) = self.mode.shared_mut()
+            && shared.device.uplink == before
         {
-            device.uplink = now;
+            shared.device.uplink = now;
+            let device = &shared.device;
             if let Err(e) = dataplane::set_settings(&mut self.ebpf, settings(&self.config, Some(device))) {
                 warn!("{e:#}");
             }
@@ -232,13 +233,13 @@ impl Broker {
     /// A link changed: an uplink to follow, a tunnel's link to put back.
     async fn link_changed(&mut self, message: &NetlinkMessage<RouteNetlinkMessage>) {
         self.follow_uplink(message);
-        if self.shared.is_some() {
+        let Some(i) = self.changed_tunnel(message) else { return };
+        match self.mode {
             // Every tunnel's "link" is the device.
-            if self.changed_tunnel(message).is_some() {
-                self.check_shared_device().await;
+            Mode::Shared(_) => self.check_shared_device().await,
+            Mode::PerLink => {
+                self.reconcile(i).await;
             }
-        } else if let Some(i) = self.changed_tunnel(message) {
-            self.reconcile(i).await;
         }
     }
 
@@ -258,16 +259,16 @@ impl Broker {
         let now_lost = dataplane::counter(&self.ebpf, maps::Counter::EventsLost).unwrap_or(pass.lost);
         let everything = now_lost != pass.lost;
         pass.lost = now_lost;
-        if self.shared.is_some() {
+        match self.mode {
             // One device for all, checked once; its local address is
             // the configuration's, so the data plane has nothing to follow.
-            if everything || pass.ticks.is_multiple_of(decide::SWEEP_TICKS) {
-                self.check_shared_device().await;
+            Mode::Shared(_) => {
+                if everything || pass.ticks.is_multiple_of(decide::SWEEP_TICKS) {
+                    self.check_shared_device().await;
+                }
             }
-        } else if everything {
-            pass.pacer.all(self.table.tunnels.len());
-        } else {
-            pass.pacer.tick(self.table.tunnels.len());
+            Mode::PerLink if everything => pass.pacer.all(self.table.tunnels.len()),
+            Mode::PerLink => pass.pacer.tick(self.table.tunnels.len()),
         }
         if pass.ticks.is_multiple_of(decide::SWEEP_TICKS) {
             // Follows clock steps.

@@ -162,10 +162,7 @@ impl Broker {
             challenges,
             interfaces: plan.interfaces,
             uplink_index,
-            shared: plan.shared,
-            shared_problem: None,
-            shared_mtu_problem: None,
-            route_mtus: Default::default(),
+            mode: super::Mode::new(plan.shared),
             created,
             last_reload: None,
             state_dirty: false,
@@ -195,16 +192,8 @@ async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, table: &mut Tun
 
 /// What earlier runs created is still ours to remove.
 fn adopt_previously_created(state_dir: &Path, created: &mut Created) {
-    let Ok(previous) = read_state(state_dir) else { return };
-    for port in previous.created.fou_ports {
-        if !created.fou_ports.contains(&port) {
-            created.fou_ports.push(port);
-        }
-    }
-    for link in previous.created.links {
-        if !created.links.contains(&link) {
-            created.links.push(link);
-        }
+    if let Ok(previous) = read_state(state_dir) {
+        created.absorb(previous.created);
     }
 }
 

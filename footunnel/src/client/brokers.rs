@@ -83,6 +83,12 @@ impl Brokers {
         self.list.len()
     }
 
+    /// The broker, when there is just one: it is followed by name, and
+    /// only its messages are read; several are taken as resolved at start.
+    pub fn only(&self) -> Option<IpAddr> {
+        (self.list.len() == 1).then(|| self.current())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

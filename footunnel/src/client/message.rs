@@ -8,7 +8,7 @@ use footunnel_ebpf::wire::{
     check_signed, check_tunnel,
 };
 
-use crate::{os::rawudp::Datagram, secret::TunnelIdentity};
+use crate::{os::datagram::Datagram, secret::TunnelIdentity};
 
 /// A verified message from the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! Heartbeats leave from the tunnel's own UDP port through a raw socket, so
 //! the NAT maps them exactly like the tunnel's data: no SNAT rule.
 
+mod answers;
 pub mod brokers;
 pub mod clock;
 pub mod message;
@@ -234,38 +235,11 @@ async fn serve(
         link = link::repoint(handle, &link, broker, dport).await?;
         info!("link {} points at the first broker, {broker}", link.name);
     }
-    let (monitor_conn, _, mut changes) = rtnetlink::new_multicast_connection(&[
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Ifaddr,
-        MulticastGroup::Ipv6Route,
-    ])
-    .context("cannot watch for network changes")?;
-    tokio::spawn(monitor_conn);
+    let mut changes = network_changes()?;
     let mut tunnel_path = path::TunnelPath::of(&link);
     follow_local_address(handle, &mut link, broker, &mut tunnel_path).await;
-    let socket = RawUdp::open_for(broker)?;
-    socket.set_nonblocking()?;
-    socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
-    if brokers.len() > 1 {
-        socket.only_control_messages_from_any(dport, sport)?;
-    } else {
-        socket.only_control_messages(broker, dport, sport)?;
-    }
-    // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
-    let socket =
-        unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))?;
-    // One broker by name: followed when its address changes. Several are
-    // resolved once, at start.
-    let mut resolved = match brokers.len() {
-        1 => re_resolve(&config.broker, config.family, config.interval),
-        _ => tokio::sync::mpsc::channel(1).1,
-    };
-    if brokers.len() > 1 {
-        let all = brokers.addrs().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
-        info!("brokers in order: {all}; moving on after {} unanswered heartbeats", brokers::FAILOVER_AFTER);
-    }
+    let socket = control_socket(&brokers, &tunnel_path, (sport, dport))?;
+    let mut resolved = follow_brokers(config, &brokers);
     let mut s = Session::new(config, handle, brokers, link, (sport, dport), tunnel_path).await;
     info!(
         "client for broker {} on link {}, heartbeats from port {sport} every {:?}",
@@ -301,6 +275,50 @@ async fn serve(
     let _ = std::fs::remove_file(config.state_dir.join(STATE_FILE));
     info!("client stopped");
     Ok(())
+}
+
+/// Link, address and route notifications: what may change the path.
+fn network_changes() -> Result<impl futures::Stream<Item = impl Sized> + Unpin> {
+    let (monitor_conn, _, changes) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv6Route,
+    ])
+    .context("cannot watch for network changes")?;
+    tokio::spawn(monitor_conn);
+    Ok(changes)
+}
+
+/// The raw socket heartbeats leave by and answers arrive on, the tunnel's
+/// own path set; it reads only control messages to our FoU port (from the
+/// one broker, or from any of several).
+fn control_socket(
+    brokers: &brokers::Brokers,
+    tunnel_path: &path::TunnelPath,
+    (sport, dport): (u16, u16),
+) -> Result<AsyncFd<RawUdp>> {
+    let socket = RawUdp::open_for(brokers.current())?;
+    socket.set_nonblocking()?;
+    socket.set_path(tunnel_path.mark, tunnel_path.device, tunnel_path.tos)?;
+    match brokers.only() {
+        Some(broker) => socket.only_control_messages(broker, dport, sport)?,
+        None => socket.only_control_messages_from_any(dport, sport)?,
+    }
+    // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
+    unsafe { AsyncFd::register(socket) }.map_err(|e| anyhow::anyhow!("cannot poll the raw socket: {e}"))
+}
+
+/// One broker by name: its new addresses, as the name is looked up again.
+/// Several are resolved once, at start: nothing arrives.
+fn follow_brokers(config: &ClientConfig, brokers: &brokers::Brokers) -> tokio::sync::mpsc::Receiver<Result<IpAddr>> {
+    if brokers.only().is_some() {
+        return re_resolve(&config.broker, config.family, config.interval);
+    }
+    let all = brokers.addrs().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    info!("brokers in order: {all}; moving on after {} unanswered heartbeats", brokers::FAILOVER_AFTER);
+    tokio::sync::mpsc::channel(1).1
 }
 
 /// The link's FoU ports (ours, the broker's), if it can carry the tunnel to `broker`.

@@ -11,14 +11,20 @@ use rtnetlink::Handle;
 use tracing::{debug, info, warn};
 
 use super::{
-    ClientConfig, ClientState, FromBroker, MtuMode, UNANSWERED_WARNING, brokers::Brokers, clock, describe_broker,
-    follow_local_address, message::from_broker, path, pmtu, probe, schedule::Schedule, verify_from_broker,
+    ClientConfig, ClientState, FromBroker, MtuMode, UNANSWERED_WARNING,
+    answers::{broker_applied, handle_message},
+    brokers::Brokers,
+    clock, describe_broker, follow_local_address,
+    message::from_broker,
+    path, pmtu, probe,
+    schedule::Schedule,
+    verify_from_broker,
 };
 use crate::{
     addr::endpoint,
     mono_ns, next_timestamp, now_ns,
     os::link::{self, TunnelLink},
-    os::rawudp::{Datagram, RawUdp},
+    os::{datagram::Datagram, rawudp::RawUdp},
     secret::TunnelIdentity,
     state::client::write_state,
 };
@@ -66,7 +72,7 @@ impl<'a> Session<'a> {
             link: link.name.clone(),
             ..Default::default()
         };
-        if brokers.len() > 1 {
+        if brokers.only().is_none() {
             state.broker = broker.to_string();
             state.brokers = brokers.addrs().map(|a| a.to_string()).collect();
             state.broker_why = Some(brokers.why().describe().to_owned());
@@ -186,7 +192,18 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Points the link at broker `to`; heartbeats go there at once.
+    /// Heartbeats and PROBEs go to `to` from now on (the link: the caller's
+    /// business). Its messages are another sender's (another machine, as a
+    /// rule, when a name resolves elsewhere): the increasing rule for them
+    /// starts over.
+    async fn now_sending_to(&mut self, to: IpAddr) {
+        self.broker = to;
+        self.last_broker_ts = 0;
+        self.route = path::route_to(self.handle, to, &self.tunnel_path).await;
+        self.pmtu.path_changed();
+    }
+
+    /// Moves to broker `to` of the list; heartbeats go there at once.
     async fn move_to(&mut self, to: IpAddr) {
         match link::repoint(self.handle, &self.link, to, self.dport).await {
             Ok(updated) => self.link = updated,
@@ -197,17 +214,13 @@ impl<'a> Session<'a> {
                 )
             }
         }
+        self.now_sending_to(to).await;
         info!("broker {to} now ({}): link {} points there", self.brokers.why().describe(), self.link.name);
-        self.broker = to;
-        // Each broker stamps its own messages: the increasing rule starts over.
-        self.last_broker_ts = 0;
-        self.route = path::route_to(self.handle, to, &self.tunnel_path).await;
         self.state.broker = to.to_string();
         self.state.broker_why = Some(self.brokers.why().describe().to_owned());
         self.state.failovers += 1;
         write_state(&self.config.state_dir, &self.state);
         self.schedule.moved(mono_ns());
-        self.pmtu.path_changed();
     }
 
     /// On a broker after the first: a PROBE (which moves nothing) to an
@@ -260,27 +273,29 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
         };
+        // Only where the link can point: a link elsewhere carries no traffic.
         match link::repoint(self.handle, &self.link, now_at, self.dport).await {
-            Ok(updated) => {
-                // Logged once done: whoever reads this may read the link next.
-                info!(
-                    "broker {} now resolves to {now_at} (was {}): link {} points there",
-                    self.config.broker, self.broker, self.link.name
+            Ok(updated) => self.link = updated,
+            Err(e) => {
+                warn!(
+                    "broker {} now resolves to {now_at}, but link {} cannot be pointed there: {e:#}; still sending \
+                     to {}",
+                    self.config.broker, self.link.name, self.broker
                 );
-                self.link = updated;
-                self.broker = now_at;
-                socket.only_control_messages(now_at, self.dport, self.sport)?;
-                self.route = path::route_to(self.handle, now_at, &self.tunnel_path).await;
-                self.state.broker = describe_broker(&self.config.broker, now_at);
-                write_state(&self.config.state_dir, &self.state);
-                self.schedule.network_changed(mono_ns());
-                self.pmtu.path_changed();
+                return Ok(());
             }
-            Err(e) => warn!(
-                "broker {} now resolves to {now_at}, but link {} cannot be pointed there: {e:#}; still sending to {}",
-                self.config.broker, self.link.name, self.broker
-            ),
         }
+        let was = self.broker;
+        self.now_sending_to(now_at).await;
+        socket.only_control_messages(now_at, self.dport, self.sport)?;
+        // Logged once done: whoever reads this may read the link next.
+        info!(
+            "broker {} now resolves to {now_at} (was {was}): link {} points there",
+            self.config.broker, self.link.name
+        );
+        self.state.broker = describe_broker(&self.config.broker, now_at);
+        write_state(&self.config.state_dir, &self.state);
+        self.schedule.network_changed(mono_ns());
         Ok(())
     }
 
@@ -342,137 +357,5 @@ impl<'a> Session<'a> {
             self.state.broker_mtu = Some(applied);
             write_state(&self.config.state_dir, &self.state);
         }
-    }
-}
-
-/// `now`: this host's wall time (uncorrected); `mono`: the schedule's clock.
-/// True if a TIME corrected the clock.
-fn handle_message(
-    msg: &FromBroker,
-    now: u64,
-    mono: u64,
-    schedule: &mut Schedule,
-    state: &mut ClientState,
-    clock: &mut clock::Clock,
-) -> bool {
-    if !matches!(msg, FromBroker::Time { .. } | FromBroker::ProbeAck { .. }) && clock.heard(msg.timestamp_ns(), now) {
-        info!("this host's clock agrees with the broker's again: heartbeats use it");
-        state.clock_offset_ns = None;
-    }
-    match *msg {
-        FromBroker::Time { timestamp_ns, echo_ns } => {
-            let corrected = time(clock.correct(timestamp_ns, echo_ns, now, mono), schedule, mono);
-            state.clock_offset_ns = clock.offset_ns();
-            return corrected;
-        }
-        FromBroker::Ack { seen, .. } => {
-            if schedule.unanswered() >= UNANSWERED_WARNING {
-                info!("the broker answers again (after {} unanswered heartbeats)", schedule.unanswered());
-            }
-            let seen = seen.to_string();
-            let rtt = schedule.acked(mono);
-            if state.public_endpoint.as_deref() != Some(seen.as_str()) {
-                info!("the broker sees this end at {seen}");
-            }
-            if let Some(rtt) = rtt {
-                debug!("ACK after {rtt:?}");
-                state.rtt_us = Some(rtt.as_micros() as u64);
-            }
-            state.public_endpoint = Some(seen);
-            state.last_ack_ns = Some(now);
-            state.acks += 1;
-        }
-        FromBroker::Challenge { nonce, .. } => {
-            info!("challenged by the broker (our traffic arrives from a new source): answering");
-            schedule.challenged(mono, nonce);
-            state.challenges += 1;
-        }
-        FromBroker::ProbeAck { .. } => {}
-    }
-    false
-}
-
-/// What the broker's answer to the MTU announcement says.
-fn broker_applied(mtu: u16, applied: u16) {
-    match applied {
-        0 => warn!(
-            "the broker did not apply MTU {mtu} to its end of the tunnel (its log says why): large packets from \
-             it may be dropped"
-        ),
-        m if m == mtu => info!("the broker set its end of the tunnel to MTU {mtu}"),
-        m => warn!("the broker set its end of the tunnel to MTU {m}, not {mtu}"),
-    }
-}
-
-/// What a verified TIME did to the clock.
-fn time(outcome: Result<i64, clock::TimeIgnored>, schedule: &mut Schedule, mono: u64) -> bool {
-    match outcome {
-        Ok(offset) => {
-            warn!(
-                "the broker refused a heartbeat as stale: this host's clock {} the broker's. Heartbeats use the \
-                 broker's time until this host's agrees (check NTP)",
-                crate::describe_offset(-i128::from(offset))
-            );
-            schedule.corrected(mono);
-            return true;
-        }
-        Err(clock::TimeIgnored::Insane(offset)) => warn!(
-            "ignored the broker's TIME: it says this host's clock {} the broker's, more than 10 years; \
-             check the broker's clock",
-            crate::describe_offset(-offset)
-        ),
-        Err(why) => debug!("ignored the broker's TIME: {why:?}"),
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::client::{
-        message::tests::{NOW, from_broker, identity},
-        render,
-    };
-
-    #[test]
-    fn a_verified_time_corrects_the_clock_and_heartbeats_at_once() {
-        let (mut state, mut clock) = (ClientState::default(), clock::Clock::default());
-        let mut schedule = Schedule::new(Duration::from_secs(10), 0);
-        let two_days = 2 * 86_400_000_000_000;
-        clock.sent(NOW - two_days, 1_000);
-        schedule.sent(1_000);
-        let time = FromBroker::Time { timestamp_ns: NOW, echo_ns: NOW - two_days };
-        handle_message(&time, NOW - two_days, 2_000, &mut schedule, &mut state, &mut clock);
-        assert!(schedule.due(2_000), "the corrected heartbeat goes at once");
-        let offset = state.clock_offset_ns.expect("an offset in use");
-        assert!(offset.abs_diff(two_days as i64) < 1_000_000, "{offset}");
-        assert!(render(&state, NOW).contains("clock: this host's is 2 days behind the broker's"));
-        // NTP answered: the broker's next ACK agrees with our own clock.
-        let ack = FromBroker::Ack { timestamp_ns: NOW + 5, seen: "203.0.113.5:40001".parse().unwrap() };
-        handle_message(&ack, NOW, 3_000, &mut schedule, &mut state, &mut clock);
-        assert_eq!((state.clock_offset_ns, clock.offset_ns()), (None, None));
-    }
-
-    #[test]
-    fn an_ack_records_the_public_endpoint_and_a_challenge_its_nonce() {
-        let id = identity();
-        // The schedule's clock (monotonic) is far from the wall clock: the
-        // RTT must come from the former alone.
-        const MONO: u64 = 3_600_000_000_000;
-        let mut schedule = Schedule::new(Duration::from_secs(10), 0);
-        schedule.sent(MONO - 5_000_000);
-        let mut state = ClientState::default();
-        let ack = from_broker(Kind::Ack, NOW, [203, 0, 113, 5, 0x9c, 0x41, 0, 0]);
-        let ack = verify_from_broker(&ack, &id, 0, NOW, 0).unwrap();
-        handle_message(&ack, NOW, MONO, &mut schedule, &mut state, &mut Default::default());
-        assert_eq!(state.public_endpoint.as_deref(), Some("203.0.113.5:40001"));
-        assert_eq!(state.rtt_us, Some(5_000));
-        let ch = from_broker(Kind::Challenge, NOW + 1, [7; 8]);
-        let ch = verify_from_broker(&ch, &id, NOW, NOW, 0).unwrap();
-        handle_message(&ch, NOW + 1, MONO + 1, &mut schedule, &mut state, &mut Default::default());
-        assert_eq!((schedule.nonce(), schedule.due(MONO + 1), state.challenges), ([7; 8], true, 1));
-        assert_eq!(state.last_ack_ns, Some(NOW), "show reports wall time");
     }
 }

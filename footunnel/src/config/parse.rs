@@ -23,72 +23,12 @@ impl BrokerConfig {
     pub fn parse(text: &str, base: &Path, read_secret: &dyn Fn(&Path) -> Result<String>) -> Result<Self> {
         let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         let shared = shared_settings(file.mode, file.shared)?;
-        let mut tunnels = Vec::new();
-        for t in file.tunnels {
-            let link = match (&shared, t.link) {
-                (None, Some(link)) => link,
-                (None, None) => bail!("tunnel {:?}: no link: name its ipip link (`link = \"fou0\"`)", t.name),
-                (Some(s), None) => s.device.clone(),
-                (Some(s), Some(link)) => bail!(
-                    "tunnel {:?}: link = {link:?}, but in shared-device mode every tunnel uses {:?}: remove `link`",
-                    t.name,
-                    s.device
-                ),
-            };
-            let (secret, secret_file) = match (t.secret, t.secret_file) {
-                (Some(s), None) => (s, None),
-                (None, Some(p)) => {
-                    let p = base.join(p);
-                    (read_secret(&p)?, Some(p))
-                }
-                (Some(_), Some(_)) => bail!("tunnel {:?}: give either `secret` or `secret_file`, not both", t.name),
-                (None, None) => {
-                    bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name)
-                }
-            };
-            let next = match (t.next_secret, t.next_secret_file) {
-                (None, None) => None,
-                (Some(s), None) => Some((s, None)),
-                (None, Some(p)) => {
-                    let p = base.join(p);
-                    Some((read_secret(&p)?, Some(p)))
-                }
-                (Some(_), Some(_)) => {
-                    bail!("tunnel {:?}: give either `next_secret` or `next_secret_file`, not both", t.name)
-                }
-            };
-            let peer_prefixes = t
-                .peer_prefixes
-                .iter()
-                .map(|p| p.parse::<Prefix>().map_err(|e| anyhow::anyhow!("tunnel {:?}: peer_prefixes: {e}", t.name)))
-                .collect::<Result<Vec<_>>>()?;
-            let manage = match t.manage {
-                Some(m) => Some(Managed {
-                    local: m.local,
-                    address: crate::addr::parse_interface_address(&m.address)
-                        .with_context(|| format!("tunnel {:?}: manage.address", t.name))?,
-                    ttl: m.ttl,
-                    mtu: m.mtu,
-                }),
-                None => None,
-            };
-            let silence = silence(
-                &t.name,
-                t.silence_timeout.unwrap_or(file.silence_timeout),
-                t.on_silence.unwrap_or(file.on_silence),
-            )?;
-            let mut tunnel = Tunnel::new(t.name, link, secret, secret_file, peer_prefixes, t.legacy)?;
-            tunnel.manage = manage;
-            tunnel.silence = silence;
-            if let Some((secret, secret_file)) = next {
-                if secret.is_empty() {
-                    bail!("tunnel {:?}: the next secret is empty", tunnel.name);
-                }
-                let identity = TunnelIdentity::derive(&secret);
-                tunnel.next = Some(NextSecret { secret, secret_file, identity });
-            }
-            tunnels.push(tunnel);
-        }
+        let defaults = FileDefaults { silence_timeout: file.silence_timeout, on_silence: file.on_silence };
+        let tunnels = file
+            .tunnels
+            .into_iter()
+            .map(|t| tunnel_from_file(t, &defaults, shared.as_ref(), base, read_secret))
+            .collect::<Result<Vec<_>>>()?;
         let config = BrokerConfig {
             interfaces: file.interfaces,
             attach: file.attach,
@@ -165,6 +105,11 @@ impl BrokerConfig {
         if let Some(shared) = &self.shared {
             self.validate_shared(shared)?;
         }
+        self.validate_tunnels()
+    }
+
+    /// Each tunnel on its own, and the tunnels against each other.
+    fn validate_tunnels(&self) -> Result<()> {
         let mut names = HashSet::new();
         let mut links = HashSet::new();
         let mut ids: HashMap<u64, &str> = HashMap::new();
@@ -212,6 +157,76 @@ impl BrokerConfig {
         }
         Ok(())
     }
+}
+
+/// One `[[tunnel]]` section, checked on its own; `base` is where its secret
+/// files are found from.
+fn tunnel_from_file(
+    t: TunnelFile,
+    file: &FileDefaults,
+    shared: Option<&Shared>,
+    base: &Path,
+    read_secret: &dyn Fn(&Path) -> Result<String>,
+) -> Result<Tunnel> {
+    let link = match (shared, t.link) {
+        (None, Some(link)) => link,
+        (None, None) => bail!("tunnel {:?}: no link: name its ipip link (`link = \"fou0\"`)", t.name),
+        (Some(s), None) => s.device.clone(),
+        (Some(s), Some(link)) => bail!(
+            "tunnel {:?}: link = {link:?}, but in shared-device mode every tunnel uses {:?}: remove `link`",
+            t.name,
+            s.device
+        ),
+    };
+    let read = |given: Option<String>, file: Option<PathBuf>, key: &str| -> Result<Option<(String, Option<PathBuf>)>> {
+        match (given, file) {
+            (None, None) => Ok(None),
+            (Some(s), None) => Ok(Some((s, None))),
+            (None, Some(p)) => {
+                let p = base.join(p);
+                Ok(Some((read_secret(&p)?, Some(p))))
+            }
+            (Some(_), Some(_)) => bail!("tunnel {:?}: give either `{key}` or `{key}_file`, not both", t.name),
+        }
+    };
+    let Some((secret, secret_file)) = read(t.secret, t.secret_file, "secret")? else {
+        bail!("tunnel {:?}: no secret: add `secret_file = \"…\"` (see `footunnel keygen`)", t.name)
+    };
+    let next = read(t.next_secret, t.next_secret_file, "next_secret")?;
+    let peer_prefixes = t
+        .peer_prefixes
+        .iter()
+        .map(|p| p.parse::<Prefix>().map_err(|e| anyhow::anyhow!("tunnel {:?}: peer_prefixes: {e}", t.name)))
+        .collect::<Result<Vec<_>>>()?;
+    let manage = match t.manage {
+        Some(m) => Some(Managed {
+            local: m.local,
+            address: crate::addr::parse_interface_address(&m.address)
+                .with_context(|| format!("tunnel {:?}: manage.address", t.name))?,
+            ttl: m.ttl,
+            mtu: m.mtu,
+        }),
+        None => None,
+    };
+    let silence =
+        silence(&t.name, t.silence_timeout.unwrap_or(file.silence_timeout), t.on_silence.unwrap_or(file.on_silence))?;
+    let mut tunnel = Tunnel::new(t.name, link, secret, secret_file, peer_prefixes, t.legacy)?;
+    tunnel.manage = manage;
+    tunnel.silence = silence;
+    if let Some((secret, secret_file)) = next {
+        if secret.is_empty() {
+            bail!("tunnel {:?}: the next secret is empty", tunnel.name);
+        }
+        let identity = TunnelIdentity::derive(&secret);
+        tunnel.next = Some(NextSecret { secret, secret_file, identity });
+    }
+    Ok(tunnel)
+}
+
+/// The file's settings that its tunnels inherit.
+struct FileDefaults {
+    silence_timeout: f64,
+    on_silence: OnSilence,
 }
 
 impl BrokerConfig {

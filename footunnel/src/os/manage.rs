@@ -40,6 +40,20 @@ impl Created {
     pub fn is_empty(&self) -> bool {
         self.fou_ports.is_empty() && self.links.is_empty()
     }
+
+    /// Adds what `other` lists and this does not.
+    pub fn absorb(&mut self, other: Created) {
+        for port in other.fou_ports {
+            if !self.fou_ports.contains(&port) {
+                self.fou_ports.push(port);
+            }
+        }
+        for link in other.links {
+            if !self.links.contains(&link) {
+                self.links.push(link);
+            }
+        }
+    }
 }
 
 /// Creates the FoU listener for `spec.sport` and the link unless they exist;

@@ -2,6 +2,7 @@
 //! ports over netlink, raw UDP sockets, the service manager, files, and
 //! every other system call (`sys`). No `libc` call lives outside this folder.
 
+pub mod datagram;
 pub mod files;
 pub mod fou;
 pub mod link;

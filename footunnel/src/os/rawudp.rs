@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use super::datagram::{Datagram, build, build6, parse, parse_udp, udp_datagram};
+
 pub struct RawUdp {
     fd: OwnedFd,
     ipv6: bool,
@@ -26,17 +28,6 @@ pub struct RawUdp {
     /// Routes each packet by its source address (IP_PKTINFO/IPV6_PKTINFO),
     /// which must then be one of this host's.
     by_source: bool,
-}
-
-/// A UDP datagram as a raw socket received it. Over IPv6 the kernel does
-/// not pass the destination address up: `dst` is then unspecified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Datagram {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: u16,
-    pub dport: u16,
-    pub payload: Vec<u8>,
 }
 
 impl RawUdp {
@@ -148,8 +139,8 @@ impl RawUdp {
     /// source address is checked by whoever reads (as the client does).
     pub fn only_control_messages(&self, peer: IpAddr, peer_port: u16, port: u16) -> Result<()> {
         let filter = match peer {
-            IpAddr::V4(peer) if !self.ipv6 => control_message_filter(Some(peer), peer_port, port),
-            IpAddr::V6(_) if self.ipv6 => control_message_filter(None, peer_port, port),
+            IpAddr::V4(peer) if !self.ipv6 => control_message_filter(Peers::V4(peer), peer_port, port),
+            IpAddr::V6(_) if self.ipv6 => control_message_filter(Peers::V6, peer_port, port),
             _ => bail!("a filter for {peer} on a socket of the other family"),
         };
         self.attach_filter(&filter)
@@ -158,8 +149,7 @@ impl RawUdp {
     /// As [`RawUdp::only_control_messages`], from any address (several
     /// brokers: the caller tells them apart).
     pub fn only_control_messages_from_any(&self, peer_port: u16, port: u16) -> Result<()> {
-        let filter =
-            control_message_filter(if self.ipv6 { None } else { Some(Ipv4Addr::UNSPECIFIED) }, peer_port, port);
+        let filter = control_message_filter(if self.ipv6 { Peers::V6 } else { Peers::AnyV4 }, peer_port, port);
         self.attach_filter(&filter)
     }
 
@@ -329,11 +319,19 @@ impl AsRawFd for RawUdp {
     }
 }
 
-/// A classic BPF socket filter for [`RawUdp::only_control_messages`]. Raw
-/// IPv4 sockets see the packet from its IPv4 header on (`peer`: checked);
-/// raw IPv6 sockets from the UDP header on (no `peer`). An unspecified
-/// `peer` takes any source address.
-fn control_message_filter(peer: Option<Ipv4Addr>, peer_port: u16, port: u16) -> Vec<libc::sock_filter> {
+/// Whose control messages a raw socket's filter takes, before the ports.
+#[derive(Clone, Copy)]
+enum Peers {
+    /// IPv4 from this address: raw IPv4 sockets see the IPv4 header.
+    V4(Ipv4Addr),
+    /// IPv4 from any address.
+    AnyV4,
+    /// IPv6: raw IPv6 sockets see the packet from its UDP header on, no address.
+    V6,
+}
+
+/// A classic BPF socket filter for [`RawUdp::only_control_messages`].
+fn control_message_filter(peers: Peers, peer_port: u16, port: u16) -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const LDX_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH: X = 4 * (P[k] & 0xf)
     const LD_H_IND: u16 = 0x48; // BPF_LD | BPF_H | BPF_IND
@@ -343,14 +341,14 @@ fn control_message_filter(peer: Option<Ipv4Addr>, peer_port: u16, port: u16) -> 
     const RET_K: u16 = 0x06;
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     const LDX_IMM: u16 = 0x01; // BPF_LDX | BPF_W | BPF_IMM: X = k
-    let header = match peer {
-        Some(Ipv4Addr::UNSPECIFIED) => vec![op(LDX_MSH, 0, 0, 0)],
-        Some(peer) => vec![
+    let header = match peers {
+        Peers::AnyV4 => vec![op(LDX_MSH, 0, 0, 0)],
+        Peers::V4(peer) => vec![
             op(LD_W_ABS, 0, 0, 12),           // source address
             op(JEQ_K, 0, 8, u32::from(peer)), // else → drop
             op(LDX_MSH, 0, 0, 0),             // X = IPv4 header length
         ],
-        None => vec![op(LDX_IMM, 0, 0, 0)], // the UDP header is first
+        Peers::V6 => vec![op(LDX_IMM, 0, 0, 0)], // the UDP header is first
     };
     header
         .into_iter()
@@ -378,142 +376,6 @@ fn socket(family: libc::c_int, protocol: libc::c_int) -> Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// UDP header (checksum 0, for the caller to fill) + payload.
-fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut udp = Vec::with_capacity(8 + payload.len());
-    udp.extend_from_slice(&sport.to_be_bytes());
-    udp.extend_from_slice(&dport.to_be_bytes());
-    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    udp
-}
-
-/// IPv4 header (the kernel fills ID and header checksum) + UDP header + payload.
-pub fn build(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let mut p = vec![0x45, 0];
-    p.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&udp_datagram(sport, dport, payload));
-    if !src.is_unspecified() {
-        let checksum = udp_checksum(&src.octets(), &dst.octets(), &p[20..]);
-        p[26..28].copy_from_slice(&checksum.to_be_bytes());
-    }
-    p
-}
-
-/// IPv6 header (traffic class `tclass`, hop limit 64) + UDP header, with
-/// its checksum (mandatory over IPv6), + payload.
-pub fn build6(tclass: u8, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let mut p = vec![0x60 | tclass >> 4, tclass << 4, 0, 0];
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&udp_datagram(sport, dport, payload));
-    let checksum = udp_checksum(&src.octets(), &dst.octets(), &p[40..]);
-    p[46..48].copy_from_slice(&checksum.to_be_bytes());
-    p
-}
-
-/// The UDP checksum over the pseudo-header of either family (RFC 768,
-/// RFC 8200 §8.1): the same sum with 4- or 16-byte addresses.
-fn udp_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for c in bytes.chunks(2) {
-            sum += u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
-        }
-    };
-    add(src);
-    add(dst);
-    add(&[0, libc::IPPROTO_UDP as u8]);
-    add(&(udp.len() as u16).to_be_bytes());
-    add(udp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    match !(sum as u16) {
-        0 => 0xffff,
-        c => c,
-    }
-}
-
-/// A UDP datagram as raw IPv6 sockets deliver it (from the UDP header on).
-fn parse_udp(src: IpAddr, udp: &[u8]) -> Option<Datagram> {
-    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
-    Some(Datagram {
-        src,
-        dst: Ipv6Addr::UNSPECIFIED.into(),
-        sport: u16::from_be_bytes([udp[0], udp[1]]),
-        dport: u16::from_be_bytes([udp[2], udp[3]]),
-        payload: udp.get(8..len.max(8))?.to_vec(),
-    })
-}
-
-/// An IPv4 packet as raw sockets deliver it, if it is a whole UDP datagram.
-pub fn parse(packet: &[u8]) -> Option<Datagram> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || *packet.get(9)? != libc::IPPROTO_UDP as u8 || ihl < 20 {
-        return None;
-    }
-    let udp = packet.get(ihl..)?;
-    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
-    Some(Datagram {
-        src: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]).into(),
-        dst: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]).into(),
-        sport: u16::from_be_bytes([udp[0], udp[1]]),
-        dport: u16::from_be_bytes([udp[2], udp[3]]),
-        payload: udp.get(8..len.max(8))?.to_vec(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn built_datagrams_parse_back_and_checksum_to_zero() {
-        let (src, dst) = (Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(203, 0, 113, 5));
-        let p = build(src, 42424, dst, 40001, b"hello");
-        let d = parse(&p).unwrap();
-        assert_eq!(
-            (d.src, d.dst, d.sport, d.dport, d.payload.as_slice()),
-            (src.into(), dst.into(), 42424, 40001, &b"hello"[..])
-        );
-        // Verifying a correct checksum over the pseudo-header yields 0 (RFC 768).
-        let mut check = p.clone();
-        let stored = u16::from_be_bytes([check[26], check[27]]);
-        check[26..28].copy_from_slice(&[0, 0]);
-        assert_eq!(udp_checksum(&src.octets(), &dst.octets(), &check[20..]), stored);
-        assert_ne!(stored, 0);
-    }
-
-    #[test]
-    fn built_ipv6_datagrams_carry_their_lengths_and_a_checksum_that_verifies() {
-        let (src, dst): (Ipv6Addr, Ipv6Addr) = ("2001:db8::1".parse().unwrap(), "2001:db8:10::5".parse().unwrap());
-        let p = build6(0xb8, src, 42424, dst, 40001, b"hello");
-        assert_eq!((p[0], p[1] & 0xf0), (0x6b, 0x80), "version 6, traffic class 0xb8");
-        assert_eq!((u16::from_be_bytes([p[4], p[5]]), p[6], p[7]), (13, 17, 64));
-        assert_eq!((&p[8..24], &p[24..40]), (&src.octets()[..], &dst.octets()[..]));
-        assert_eq!(parse_udp(src.into(), &p[40..]).unwrap().payload, b"hello");
-        // Summing a datagram with its checksum in place gives all ones (RFC 1071).
-        let mut sum: u32 = [&src.octets()[..], &dst.octets()[..], &[0, 17], &13u16.to_be_bytes(), &p[40..]]
-            .iter()
-            .flat_map(|b| b.chunks(2))
-            .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        assert_eq!(sum, 0xffff);
-    }
 }
 
 /// Where a sent packet is from, for the route lookup.
