@@ -6,17 +6,6 @@
 
 use crate::{packet::Addr, siphash::SipKey, wire::HeartbeatKey};
 
-/// Array indexed by UDP port → [`PortConfig`]: the FoU port(s), and the
-/// proof of concept's heartbeat port when a tunnel has legacy enabled. An
-/// array, not a hash map: every UDP packet on the uplink looks here, and an
-/// array lookup compiles to a bounds check and a load.
-pub const FOU_PORTS: &str = "FOU_PORTS";
-/// Array of [`ENDPOINT_CACHE_SLOTS`] [`CachedEndpoint`]s: a direct-mapped
-/// cache of known endpoints, so FoU data from a tunnel's endpoint (nearly all
-/// traffic) passes after one array lookup — if its inner source is in the
-/// prefix that matched when the entry was made. Derived state: a miss takes
-/// the full path.
-pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
 pub const ENDPOINT_CACHE_SLOTS: usize = 65_536;
 
 /// The cache slot and entry for a source address and port; entry 0 is empty.
@@ -77,31 +66,8 @@ pub fn inner_prefix(addr: [u8; 4], len: u32) -> (u32, u32) {
     (u32::from_ne_bytes(addr) & mask, mask)
 }
 
-/// Hash map: key id (as heartbeats carry it: one per secret) → [`TunnelConfig`].
-pub const TUNNELS: &str = "TUNNELS";
-/// Hash map: record id ([`TunnelConfig::record`]) → [`Endpoint`], written
-/// on every accepted heartbeat.
-pub const ENDPOINTS: &str = "ENDPOINTS";
-/// LPM trie: inner IPv4 source prefix → [`PrefixOwner`].
-pub const PREFIXES_V4: &str = "PREFIXES_V4";
-/// LPM trie: inner IPv6 source prefix → [`PrefixOwner`].
-pub const PREFIXES_V6: &str = "PREFIXES_V6";
-/// Hash map: [`LegacySecret`] → [`TunnelRef`] (record id), for legacy-enabled tunnels only.
-pub const LEGACY_SECRETS: &str = "LEGACY_SECRETS";
-/// Hash map: record id → [`Observed`]: FoU data from a source that is not the endpoint.
-pub const OBSERVED: &str = "OBSERVED";
-/// Hash map: record id → when (broker wall clock, ns) the data plane last
-/// announced a correctly tagged but stale or replayed heartbeat of the
-/// tunnel ([`EVENT_STALE`]): at most one per [`CLOCK_NOTICE_INTERVAL_NS`].
-pub const CLOCK_NOTICES: &str = "CLOCK_NOTICES";
 /// The broker answers a client's wrong clock (TIME) at most this often per tunnel.
 pub const CLOCK_NOTICE_INTERVAL_NS: u64 = 1_000_000_000;
-/// Hash map: record id → the tunnel's PROBE budget, as the time (broker
-/// wall clock, ns) at which it would be full again: a verified PROBE is
-/// announced ([`EVENT_PROBE`]) only while that is at most
-/// `(PROBE_BURST - 1) * PROBE_INTERVAL_NS` ahead of now, and moves it on by
-/// one interval (a generic cell rate algorithm: one word, no timer).
-pub const PROBE_BUDGET: &str = "PROBE_BUDGET";
 /// A tunnel's PROBEs are answered at most 40 a second, in bursts of 16:
 /// a discovery sends rounds of 8 at once, at least 200 ms apart.
 pub const PROBE_INTERVAL_NS: u64 = 25_000_000;
@@ -117,19 +83,8 @@ pub fn probe_budget(full_at: u64, now: u64) -> Option<u64> {
     }
     Some(from + PROBE_INTERVAL_NS)
 }
-/// Hash map: [`Addr`](crate::packet::Addr) → 1, the broker addresses the
-/// tunnels' links use (unspecified: a link takes any). A control message
-/// that is no known tunnel's is dropped only when sent to one of these:
-/// to another host (a router's transit) it passes untouched.
-pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// At most this many distinct tunnel addresses on one broker.
 pub const MAX_LOCAL_ADDRS: usize = 4096;
-/// Array of one [`Settings`].
-pub const SETTINGS: &str = "SETTINGS";
-/// Ring buffer of [`Event`]s for the controller.
-pub const EVENTS: &str = "EVENTS";
-/// Per-CPU array indexed by [`Counter`].
-pub const COUNTERS: &str = "COUNTERS";
 
 /// One map of the eBPF object: what the controller pins, and the layout
 /// it checks pinned maps against before reusing them.
@@ -145,40 +100,141 @@ pub struct MapSpec {
     pub pinned: bool,
 }
 
-const fn spec(name: &'static str, key_size: usize, value_size: usize, max_entries: usize, pinned: bool) -> MapSpec {
+const fn spec(name: &'static str, (key_size, value_size): (usize, usize), max_entries: usize, pinned: bool) -> MapSpec {
     MapSpec { name, key_size, value_size, max_entries, pinned }
 }
 
-/// Every map of the eBPF object, once. `programs.rs` declares each with
-/// these types and sizes (the eBPF side cannot read a table), and a host
-/// test compares the built object's maps with this table.
-/// aya-log's ring buffer, declared by `aya-log-ebpf`: the lines of
-/// `footunnel broker --trace`.
-pub const TRACE_LOG: &str = "AYA_LOGS";
-pub const TRACE_LOG_BYTES: usize = 1 << 17;
+/// Maps keyed by tunnel grow with the tunnels (`BPF_F_NO_PREALLOC`: entries
+/// are allocated as they are added; the controller adds each tunnel's
+/// before it serves it).
+pub const GROWING: usize = 1;
 
-pub const MAPS: [MapSpec; 15] = [
-    spec(FOU_PORTS, 4, size_of::<PortConfig>(), PORT_SLOTS, true),
-    spec(ENDPOINT_CACHE, 4, size_of::<CachedEndpoint>(), ENDPOINT_CACHE_SLOTS, false),
-    spec(TUNNELS, 8, size_of::<TunnelConfig>(), MAX_KEYS, true),
-    spec(ENDPOINTS, 8, size_of::<Endpoint>(), MAX_TUNNELS, true),
-    // LPM trie keys: a 32-bit prefix length, then the address.
-    spec(PREFIXES_V4, 4 + 4, size_of::<PrefixOwner>(), MAX_PREFIXES, true),
-    spec(PREFIXES_V6, 4 + 16, size_of::<PrefixOwner>(), MAX_PREFIXES, true),
-    spec(LEGACY_SECRETS, size_of::<LegacySecret>(), size_of::<TunnelRef>(), MAX_TUNNELS, true),
-    spec(OBSERVED, 8, size_of::<Observed>(), MAX_TUNNELS, true),
-    spec(CLOCK_NOTICES, 8, 8, MAX_TUNNELS, true),
-    // Derived: a lost budget is a full one.
-    spec(PROBE_BUDGET, 8, 8, MAX_TUNNELS, false),
-    spec(LOCAL_ADDRS, size_of::<crate::packet::Addr>(), 4, MAX_LOCAL_ADDRS, true),
-    spec(SETTINGS, 4, size_of::<Settings>(), 1, true),
-    // A ring buffer has no keys or values; its size is its byte count.
-    spec(EVENTS, 0, 0, EVENTS_BYTES, true),
+/// (key size, value size) of a map as the kernel reports them.
+macro_rules! map_sizes {
+    (Array; $v:ty) => {
+        (4, size_of::<$v>())
+    };
     // Per CPU: the kernel reports one CPU's value.
-    spec(COUNTERS, 4, 8, Counter::COUNT, true),
-    // Not pinned: a trace is for the broker that asked for it.
-    spec(TRACE_LOG, 0, 0, TRACE_LOG_BYTES, false),
-];
+    (PerCpuArray; $v:ty) => {
+        (4, size_of::<$v>())
+    };
+    (HashMap; $k:ty, $v:ty) => {
+        (size_of::<$k>(), size_of::<$v>())
+    };
+    // LPM trie keys: a 32-bit prefix length, then the address.
+    (LpmTrie; $k:ty, $v:ty) => {
+        (4 + size_of::<$k>(), size_of::<$v>())
+    };
+    // A ring buffer has no keys or values; its size is its byte count.
+    (RingBuf; $t:ty) => {
+        (0, 0)
+    };
+}
+
+/// Pinned under the pin directory (the state outlives the controller), or
+/// rebuilt by every start.
+macro_rules! map_pinned {
+    (pinned) => {
+        true
+    };
+    (rebuilt) => {
+        false
+    };
+}
+
+/// Declares every map once: a constant of its name, its row of [`MAPS`],
+/// and (eBPF only) its static in [`kernel`], of aya-ebpf's type `KIND<TYPES,
+/// CAPACITY, FLAGS>`. Maps other crates declare (`extern`) get a constant
+/// and a row.
+macro_rules! maps {
+    (
+        { $( $(#[$doc:meta])* $name:ident: $kind:ident($($ty:ty),+; $entries:expr $(; $flags:expr)?), $pin:ident; )* }
+        extern { $( $(#[$edoc:meta])* $ename:ident = $symbol:literal: $ekind:ident($($ety:ty),+; $eentries:expr), $epin:ident; )* }
+    ) => {
+        $( $(#[$doc])* pub const $name: &str = stringify!($name); )*
+        $( $(#[$edoc])* pub const $ename: &str = $symbol; )*
+
+        /// Every map of the eBPF object, once: what the controller pins and
+        /// unloads, and the layout it checks pinned maps against. A host
+        /// test compares the built object's maps with this table.
+        pub const MAPS: &[MapSpec] = &[
+            $( spec($name, map_sizes!($kind; $($ty),+), $entries, map_pinned!($pin)), )*
+            $( spec($ename, map_sizes!($ekind; $($ety),+), $eentries, map_pinned!($epin)), )*
+        ];
+
+        /// The maps as the eBPF programs use them.
+        #[cfg(target_arch = "bpf")]
+        pub mod kernel {
+            use aya_ebpf::{btf_maps::*, macros::btf_map};
+
+            use super::*;
+
+            $(
+                #[btf_map]
+                pub static $name: $kind<$($ty),+, { $entries } $(, { $flags })?> = $kind::new();
+            )*
+        }
+    };
+}
+
+maps! {
+    {
+        /// Array indexed by UDP port → [`PortConfig`]: the FoU port(s), and the
+        /// proof of concept's heartbeat port when a tunnel has legacy enabled. An
+        /// array, not a hash map: every UDP packet on the uplink looks here, and an
+        /// array lookup compiles to a bounds check and a load.
+        FOU_PORTS: Array(PortConfig; PORT_SLOTS), pinned;
+        /// Array of [`ENDPOINT_CACHE_SLOTS`] [`CachedEndpoint`]s: a direct-mapped
+        /// cache of known endpoints, so FoU data from a tunnel's endpoint (nearly all
+        /// traffic) passes after one array lookup — if its inner source is in the
+        /// prefix that matched when the entry was made. Derived state: a miss takes
+        /// the full path.
+        ENDPOINT_CACHE: Array(CachedEndpoint; ENDPOINT_CACHE_SLOTS), rebuilt;
+        /// Hash map: key id (as heartbeats carry it: one per secret) → [`TunnelConfig`].
+        TUNNELS: HashMap(u64, TunnelConfig; MAX_KEYS; GROWING), pinned;
+        /// Hash map: record id ([`TunnelConfig::record`]) → [`Endpoint`], written
+        /// on every accepted heartbeat.
+        ENDPOINTS: HashMap(u64, Endpoint; MAX_TUNNELS; GROWING), pinned;
+        /// LPM trie: inner IPv4 source prefix → [`PrefixOwner`].
+        PREFIXES_V4: LpmTrie([u8; 4], PrefixOwner; MAX_PREFIXES), pinned;
+        /// LPM trie: inner IPv6 source prefix → [`PrefixOwner`].
+        PREFIXES_V6: LpmTrie([u8; 16], PrefixOwner; MAX_PREFIXES), pinned;
+        /// Hash map: [`LegacySecret`] → [`TunnelRef`] (record id), for legacy-enabled tunnels only.
+        LEGACY_SECRETS: HashMap(LegacySecret, TunnelRef; MAX_TUNNELS; GROWING), pinned;
+        /// Hash map: record id → [`Observed`]: FoU data from a source that is not the endpoint.
+        OBSERVED: HashMap(u64, Observed; MAX_TUNNELS; GROWING), pinned;
+        /// Hash map: record id → when (broker wall clock, ns) the data plane last
+        /// announced a correctly tagged but stale or replayed heartbeat of the
+        /// tunnel ([`EVENT_STALE`]): at most one per [`CLOCK_NOTICE_INTERVAL_NS`].
+        CLOCK_NOTICES: HashMap(u64, u64; MAX_TUNNELS; GROWING), pinned;
+        /// Hash map: record id → the tunnel's PROBE budget, as the time (broker
+        /// wall clock, ns) at which it would be full again: a verified PROBE is
+        /// announced ([`EVENT_PROBE`]) only while that is at most
+        /// `(PROBE_BURST - 1) * PROBE_INTERVAL_NS` ahead of now, and moves it on by
+        /// one interval (a generic cell rate algorithm: one word, no timer).
+        // Rebuilt: a lost budget is a full one.
+        PROBE_BUDGET: HashMap(u64, u64; MAX_TUNNELS; GROWING), rebuilt;
+        /// Hash map: [`Addr`](crate::packet::Addr) → 1, the broker addresses the
+        /// tunnels' links use (unspecified: a link takes any). A control message
+        /// that is no known tunnel's is dropped only when sent to one of these:
+        /// to another host (a router's transit) it passes untouched.
+        LOCAL_ADDRS: HashMap(Addr, u32; MAX_LOCAL_ADDRS), pinned;
+        /// Array of one [`Settings`].
+        SETTINGS: Array(Settings; 1), pinned;
+        /// Ring buffer of [`Event`]s for the controller.
+        EVENTS: RingBuf(Event; EVENTS_BYTES), pinned;
+        /// Per-CPU array indexed by [`Counter`].
+        COUNTERS: PerCpuArray(u64; Counter::COUNT), pinned;
+    }
+    extern {
+        /// aya-log's ring buffer, declared by `aya-log-ebpf`: the lines of
+        /// `footunnel broker --trace`. Rebuilt: a trace is for the broker that
+        /// asked for it.
+        TRACE_LOG = "AYA_LOGS": RingBuf(u8; TRACE_LOG_BYTES), rebuilt;
+    }
+}
+
+pub const TRACE_LOG_BYTES: usize = 1 << 17;
 
 pub const PORT_SLOTS: usize = 65_536;
 /// At most this many ports are watched at once.

@@ -6,12 +6,11 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_NO_PREALLOC,
-        BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_NOEXIST, TC_ACT_OK,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_get_tunnel_key},
-    macros::{btf_map, classifier, xdp},
+    macros::{classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
@@ -19,8 +18,7 @@ use footunnel_ebpf::{
     egress::{OUTER_LEN, outer_headers},
     ingress::admit,
     maps::{
-        CachedEndpoint, Counter, ENDPOINT_CACHE_SLOTS, EVENTS_BYTES, Endpoint, Event, LegacySecret, MAX_KEYS,
-        MAX_LOCAL_ADDRS, MAX_PREFIXES, MAX_TUNNELS, Observed, PORT_SLOTS, PortConfig, PrefixOwner, Settings,
+        CachedEndpoint, Counter, Endpoint, Event, LegacySecret, Observed, PortConfig, PrefixOwner, Settings,
         TunnelConfig, TunnelRef,
     },
     packet::{Addr, Checked, PacketBytes, UNSPECIFIED, Udp},
@@ -28,38 +26,8 @@ use footunnel_ebpf::{
     wire::Kind,
 };
 
-#[btf_map]
-static FOU_PORTS: Array<PortConfig, PORT_SLOTS> = Array::new();
-#[btf_map]
-static ENDPOINT_CACHE: Array<CachedEndpoint, ENDPOINT_CACHE_SLOTS> = Array::new();
-/// Maps keyed by tunnel grow with the tunnels (entries are allocated as they
-/// are added; the controller adds each tunnel's before it serves it).
-const GROWING: usize = BPF_F_NO_PREALLOC as usize;
-
-#[btf_map]
-static TUNNELS: HashMap<u64, TunnelConfig, MAX_KEYS, GROWING> = HashMap::new();
-#[btf_map]
-static ENDPOINTS: HashMap<u64, Endpoint, MAX_TUNNELS, GROWING> = HashMap::new();
-#[btf_map]
-static PREFIXES_V4: LpmTrie<[u8; 4], PrefixOwner, MAX_PREFIXES> = LpmTrie::new();
-#[btf_map]
-static PREFIXES_V6: LpmTrie<[u8; 16], PrefixOwner, MAX_PREFIXES> = LpmTrie::new();
-#[btf_map]
-static LEGACY_SECRETS: HashMap<LegacySecret, TunnelRef, MAX_TUNNELS, GROWING> = HashMap::new();
-#[btf_map]
-static OBSERVED: HashMap<u64, Observed, MAX_TUNNELS, GROWING> = HashMap::new();
-#[btf_map]
-static CLOCK_NOTICES: HashMap<u64, u64, MAX_TUNNELS, GROWING> = HashMap::new();
-#[btf_map]
-static PROBE_BUDGET: HashMap<u64, u64, MAX_TUNNELS, GROWING> = HashMap::new();
-#[btf_map]
-static LOCAL_ADDRS: HashMap<Addr, u32, MAX_LOCAL_ADDRS> = HashMap::new();
-#[btf_map]
-static SETTINGS: Array<Settings, 1> = Array::new();
-#[btf_map]
-static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
-#[btf_map]
-static COUNTERS: PerCpuArray<u64, { Counter::COUNT }> = PerCpuArray::new();
+// The maps: footunnel_ebpf::maps declares each once (maps!).
+use footunnel_ebpf::maps::kernel::*;
 
 /// Direct packet access between `data` and `data_end`, as both XDP and TC
 /// (for the linear part of the skb) provide.
