@@ -72,7 +72,7 @@ fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
     ebpf.map(name).with_context(|| format!("the eBPF object has no map {name}"))
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+pub fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
     ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
 }
 
@@ -208,34 +208,126 @@ pub fn add_prefix(ebpf: &mut Ebpf, addr: IpAddr, len: u8, id: u64, local: Option
 /// broker address its link uses.
 pub type PrefixEntry = (IpAddr, u8, u64, Option<IpAddr>);
 
-/// Leaves exactly `wanted` (prefix → tunnel) in the prefix tries: the new
-/// entries go in first, then the stale ones go, so a running program never
-/// sees a kept prefix missing (as it would between a clear and a refill).
+/// Leaves exactly `wanted` (prefix → tunnel) in the prefix tries.
 pub fn sync_prefixes(ebpf: &mut Ebpf, wanted: &[PrefixEntry]) -> Result<()> {
-    for (addr, len, id, local) in wanted {
-        add_prefix(ebpf, *addr, *len, *id, *local)?;
-    }
-    let keep_v4: std::collections::HashSet<(u32, [u8; 4])> = wanted
+    let owner =
+        |len: u8, id: u64, local: Option<IpAddr>| PrefixOwner::new(id, len, local.map_or(UNSPECIFIED, Addr::from));
+    let v4 = wanted
         .iter()
-        .filter_map(|(a, l, _, _)| if let IpAddr::V4(a) = a { Some((u32::from(*l), a.octets())) } else { None })
+        .filter_map(|&(a, l, id, local)| match a {
+            IpAddr::V4(a) => Some(((u32::from(l), a.octets()), owner(l, id, local))),
+            IpAddr::V6(_) => None,
+        })
         .collect();
-    let keep_v6: std::collections::HashSet<(u32, [u8; 16])> = wanted
+    let v6 = wanted
         .iter()
-        .filter_map(|(a, l, _, _)| if let IpAddr::V6(a) = a { Some((u32::from(*l), a.octets())) } else { None })
+        .filter_map(|&(a, l, id, local)| match a {
+            IpAddr::V6(a) => Some(((u32::from(l), a.octets()), owner(l, id, local))),
+            IpAddr::V4(_) => None,
+        })
         .collect();
-    let mut v4: LpmTrie<_, [u8; 4], PrefixOwner> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?;
-    for key in v4.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
-        if !keep_v4.contains(&(key.prefix_len(), key.data())) {
-            let _ = v4.remove(&key);
-        }
+    sync(&mut LpmTrie::<_, [u8; 4], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?, v4)?;
+    sync(&mut LpmTrie::<_, [u8; 16], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?, v6)
+}
+
+/// A map the controller keeps equal to the entries it wants: hash maps, and
+/// LPM tries keyed by (prefix length, address).
+pub trait Synced<K, V> {
+    fn put(&mut self, key: &K, value: V) -> Result<()>;
+    fn present(&self) -> Vec<K>;
+    fn delete(&mut self, key: &K);
+}
+
+impl<K: aya::Pod, V: aya::Pod> Synced<K, V> for HashMap<&mut MapData, K, V> {
+    fn put(&mut self, key: &K, value: V) -> Result<()> {
+        Ok(self.insert(key, value, 0)?)
     }
-    let mut v6: LpmTrie<_, [u8; 16], PrefixOwner> = LpmTrie::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?;
-    for key in v6.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
-        if !keep_v6.contains(&(key.prefix_len(), key.data())) {
-            let _ = v6.remove(&key);
+    fn present(&self) -> Vec<K> {
+        self.keys().filter_map(|k| k.ok()).collect()
+    }
+    fn delete(&mut self, key: &K) {
+        let _ = self.remove(key);
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> Synced<(u32, K), V> for LpmTrie<&mut MapData, K, V> {
+    fn put(&mut self, (len, addr): &(u32, K), value: V) -> Result<()> {
+        Ok(self.insert(&Key::new(*len, *addr), value, 0)?)
+    }
+    fn present(&self) -> Vec<(u32, K)> {
+        self.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect()
+    }
+    fn delete(&mut self, (len, addr): &(u32, K)) {
+        let _ = self.remove(&Key::new(*len, *addr));
+    }
+}
+
+/// Leaves exactly `wanted` in `map`: new entries first, then the stale ones
+/// go, so the running program never misses an entry that stays (as it would
+/// between a clear and a refill).
+pub fn sync<K: Eq + std::hash::Hash, V>(map: &mut impl Synced<K, V>, wanted: Vec<(K, V)>) -> Result<()> {
+    let mut keep = std::collections::HashSet::new();
+    for (k, v) in wanted {
+        map.put(&k, v)?;
+        keep.insert(k);
+    }
+    for k in map.present() {
+        if !keep.contains(&k) {
+            map.delete(&k);
         }
     }
     Ok(())
+}
+
+/// Drops the entries of tunnels (by record id) other than `ids`; returns them.
+pub fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<Vec<V>> {
+    let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
+    let mut m: HashMap<&mut MapData, u64, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
+    let mut removed = Vec::new();
+    for k in stale {
+        if let Ok(v) = m.get(&k, 0) {
+            removed.push(v);
+        }
+        let _ = m.remove(&k);
+    }
+    Ok(removed)
+}
+
+/// The pinned maps the views read without loading the object: `show`, and
+/// a restarting broker catching up before its program is loaded.
+pub struct Pinned {
+    endpoints: HashMap<MapData, u64, Endpoint>,
+    observed: HashMap<MapData, u64, Observed>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Pinned {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let open = |name: &str| {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path)
+                .with_context(|| format!("cannot open pinned map {} (is the broker loaded?)", path.display()))
+        };
+        Ok(Pinned {
+            endpoints: HashMap::try_from(Map::HashMap(open(maps::ENDPOINTS)?))?,
+            observed: HashMap::try_from(Map::HashMap(open(maps::OBSERVED)?))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(maps::COUNTERS)?))?,
+        })
+    }
+
+    pub fn endpoint(&self, record_id: u64) -> Option<Endpoint> {
+        self.endpoints.get(&record_id, 0).ok()
+    }
+
+    pub fn observed(&self, record_id: u64) -> Option<Observed> {
+        self.observed.get(&record_id, 0).ok()
+    }
+
+    /// A counter summed over all CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+    }
 }
 
 /// Accepts the proof of concept's plaintext `secret` for tunnel `id`.

@@ -26,7 +26,11 @@ use footunnel_ebpf::{
 use std::{collections::HashMap, net::IpAddr, path::Path};
 use tracing::{debug, info, warn};
 
-use super::{Plan, STATE_FILE, read_state, settings};
+use super::{
+    Plan, STATE_FILE,
+    dataplane::{map_mut as map, remove_other_tunnels, sync},
+    read_state, settings,
+};
 
 /// The maps pinned by name under the pin directory ([`maps::MAPS`]).
 pub fn pinned_maps() -> impl Iterator<Item = &'static str> {
@@ -181,42 +185,6 @@ pub(super) fn key_entries(tunnel: &Tunnel, local: Option<IpAddr>) -> Vec<(u64, T
         ));
     }
     entries
-}
-
-pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).with_context(|| format!("the eBPF object has no map {name}"))
-}
-
-/// Drops the entries of tunnels that are no longer configured; returns them.
-pub(super) fn remove_other_tunnels<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, ids: &[u64]) -> Result<Vec<V>> {
-    let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
-    let mut m: BpfHashMap<&mut MapData, u64, V> = BpfHashMap::try_from(map(ebpf, name)?)?;
-    let stale: Vec<u64> = m.keys().filter_map(|k| k.ok()).filter(|k| !ids.contains(k)).collect();
-    let mut removed = Vec::new();
-    for k in stale {
-        if let Ok(v) = m.get(&k, 0) {
-            removed.push(v);
-        }
-        let _ = m.remove(&k);
-    }
-    Ok(removed)
-}
-
-/// Leaves exactly `wanted` in `m`: new entries first, then the stale ones
-/// go, so the running program never misses an entry that stays.
-pub(super) fn sync<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
-    m: &mut BpfHashMap<&mut MapData, K, V>,
-    wanted: Vec<(K, V)>,
-) -> Result<()> {
-    let keep: std::collections::HashSet<K> = wanted.iter().map(|(k, _)| *k).collect();
-    for (k, v) in wanted {
-        m.insert(k, v, 0)?;
-    }
-    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
-    for k in stale {
-        let _ = m.remove(&k);
-    }
-    Ok(())
 }
 
 /// Loads the program and attaches it to `iface`, replacing the program of

@@ -10,11 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
-};
-use footunnel_ebpf::maps::{self, Endpoint};
+use aya::Ebpf;
+use footunnel_ebpf::maps::{self};
 use rtnetlink::Handle;
 use tracing::{debug, info, warn};
 
@@ -176,12 +173,11 @@ impl Broker {
 /// the program takes a while): what arrived while the controller was down
 /// takes effect at once, through the same checks as at run time.
 async fn apply_pinned_endpoints(handle: &Handle, pin_dir: &Path, table: &mut TunnelTable) {
-    let Ok(data) = MapData::from_pin(pin_dir.join(maps::ENDPOINTS)) else { return };
-    let Ok(endpoints) = BpfHashMap::<MapData, u64, Endpoint>::try_from(aya::maps::Map::HashMap(data)) else { return };
+    let Ok(pinned) = dataplane::Pinned::open(pin_dir) else { return };
     for i in 0..table.tunnels.len() {
         let config = &table.tunnels[i].config;
         let key_ids: Vec<u64> = config.key_ids().map(|(_, k)| k).collect();
-        if let Ok(endpoint) = endpoints.get(&config.record_id, 0)
+        if let Some(endpoint) = pinned.endpoint(config.record_id)
             // Forgotten once the maps are filled, and the link parked.
             && !decide::recorded_under_old_key(&endpoint, &key_ids)
         {

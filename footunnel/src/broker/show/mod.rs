@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use super::dataplane::Pinned;
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use footunnel_ebpf::maps::{self, Counter, Endpoint, Observed};
+use footunnel_ebpf::maps::{Counter, Endpoint, Observed};
 use serde::Serialize;
 
 use crate::{
@@ -77,36 +77,20 @@ pub struct UnexpectedSource {
     pub last_seen_ns: u64,
 }
 
-fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
-    let path = pin_dir.join(name);
-    MapData::from_pin(&path)
-        .with_context(|| format!("cannot open pinned map {} (is the broker loaded?)", path.display()))
-}
-
 pub fn collect(state_dir: &Path) -> Result<Report> {
     collect_at(state_dir, crate::now_ns())
 }
 
 pub fn collect_at(state_dir: &Path, now_ns: u64) -> Result<Report> {
     let state: StateFile = read_state(state_dir)?;
-    let endpoints: HashMap<MapData, u64, Endpoint> =
-        HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::ENDPOINTS)?))?;
-    let observed: HashMap<MapData, u64, Observed> =
-        HashMap::try_from(Map::HashMap(open(&state.pin_dir, maps::OBSERVED)?))?;
-    let counters: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(&state.pin_dir, maps::COUNTERS)?))?;
+    let pinned = Pinned::open(&state.pin_dir)?;
     let tunnels = state
         .tunnels
         .iter()
-        .map(|t| {
-            let e = endpoints.get(&t.record_id, 0).ok();
-            tunnel_report(t, e, observed.get(&t.record_id, 0).ok(), now_ns)
-        })
+        .map(|t| tunnel_report(t, pinned.endpoint(t.record_id), pinned.observed(t.record_id), now_ns))
         .collect();
-    let counters = Counter::ALL
-        .iter()
-        .map(|c| Ok((c.name().to_owned(), counters.get(&(*c as u32), 0)?.iter().sum())))
-        .collect::<Result<Vec<_>>>()?;
+    let counters =
+        Counter::ALL.iter().map(|c| Ok((c.name().to_owned(), pinned.counter(*c)?))).collect::<Result<Vec<_>>>()?;
     let controller = Controller {
         pid: state.pid,
         problem: match state.pid {
