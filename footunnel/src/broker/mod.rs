@@ -136,7 +136,7 @@ impl Broker {
         let state = StateFile {
             pid: Some(std::process::id()),
             pin_dir: self.config.pin_dir.clone(),
-            attach: format!("{:?}", self.config.attach).to_lowercase(),
+            attach: self.config.attach,
             interfaces: self.interfaces.clone(),
             fou_ports: self.config.fou_ports.clone(),
             legacy_port: self.config.tunnels.iter().any(|t| t.legacy).then_some(self.config.legacy_port),

@@ -308,7 +308,7 @@ fn attach_classifier(ebpf: &mut Ebpf, program: &str, hook: TcAttachType, pin: &P
 pub async fn unload(state_dir: &Path, pin_dir: &Path) -> Result<()> {
     let state = read_state(state_dir).ok();
     if let Some(state) = &state
-        && state.attach == "tc"
+        && state.attach == crate::config::Attach::Tc
     {
         for iface in &state.interfaces {
             let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);

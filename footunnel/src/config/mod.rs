@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use footunnel_ebpf::maps::LEGACY_SECRET_MAX;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::addr::Prefix;
 use crate::secret::TunnelIdentity;
@@ -26,7 +26,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/footunnel";
 pub const DEFAULT_STATE_DIR: &str = "/run/footunnel";
 
 /// Where the program hooks into the uplink.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Attach {
     /// XDP in driver mode, falling back to generic mode.
@@ -34,6 +34,15 @@ pub enum Attach {
     Xdp,
     /// TC ingress (clsact).
     Tc,
+}
+
+impl std::fmt::Display for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attach::Xdp => "xdp",
+            Attach::Tc => "tc",
+        })
+    }
 }
 
 /// How tunnels map onto the kernel's tunnel devices.

@@ -13,7 +13,7 @@ pub struct StateFile {
     #[serde(default)]
     pub pid: Option<u32>,
     pub pin_dir: PathBuf,
-    pub attach: String,
+    pub attach: crate::config::Attach,
     pub interfaces: Vec<String>,
     pub fou_ports: Vec<u16>,
     /// The proof of concept's port, when a tunnel has legacy enabled.

@@ -17,7 +17,7 @@ use crate::{
 #[derive(Serialize)]
 pub struct Report {
     pub interfaces: Vec<String>,
-    pub attach: String,
+    pub attach: crate::config::Attach,
     pub fou_ports: Vec<u16>,
     /// Shared-device mode: the device.
     pub shared_device: Option<String>,

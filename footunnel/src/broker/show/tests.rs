@@ -7,7 +7,7 @@ pub(crate) fn sample_report() -> Report {
     Report {
         controller: Controller { pid: Some(4242), problem: None },
         interfaces: vec!["up0".into()],
-        attach: "xdp".into(),
+        attach: crate::config::Attach::Xdp,
         fou_ports: vec![42424],
         shared_device: None,
         shared_problem: None,
