@@ -7,6 +7,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod egress;
+pub mod from_broker;
 pub mod ingress;
 pub mod maps;
 pub mod packet;
