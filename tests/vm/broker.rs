@@ -70,7 +70,12 @@ impl Topology {
 
     /// Sends a UDP datagram from the client namespace.
     pub fn send(&self, src: Ipv4Addr, sport: u16, payload: &[u8]) {
-        self.client.run(|| RawUdp::open().unwrap().send(src, sport, BROKER, 42424, payload).unwrap());
+        self.send_to(BROKER, src, sport, payload);
+    }
+
+    /// Sends a UDP datagram from the client namespace to `dst`'s FoU port.
+    pub fn send_to(&self, dst: Ipv4Addr, src: Ipv4Addr, sport: u16, payload: &[u8]) {
+        self.client.run(|| RawUdp::open().unwrap().send(src, sport, dst, 42424, payload).unwrap());
     }
 
     pub fn link(&self) -> TunnelLink {
@@ -121,13 +126,18 @@ pub fn receive_from_broker(topo: &Topology, want_kind: u8, to_port: u16, timeout
 /// A control message of `want_kind` from the broker's FoU port to `to_port`,
 /// seen in namespace `ns` within `timeout`.
 pub fn receive_in(ns: &Netns, want_kind: u8, to_port: u16, timeout: Duration) -> Option<Vec<u8>> {
+    receive_from(ns, BROKER, want_kind, to_port, timeout)
+}
+
+/// As [`receive_in`], from the broker at `broker`.
+pub fn receive_from(ns: &Netns, broker: Ipv4Addr, want_kind: u8, to_port: u16, timeout: Duration) -> Option<Vec<u8>> {
     ns.run(|| {
         let sock = RawUdp::open().unwrap();
         sock.set_nonblocking().unwrap();
         let start = Instant::now();
         while start.elapsed() < timeout {
             while let Some(d) = sock.recv().unwrap() {
-                if d.src == BROKER && d.sport == 42424 && d.dport == to_port && d.payload.get(2) == Some(&want_kind) {
+                if d.src == broker && d.sport == 42424 && d.dport == to_port && d.payload.get(2) == Some(&want_kind) {
                     return Some(d.payload);
                 }
             }
@@ -232,6 +242,54 @@ fn forged_replayed_and_stale_heartbeats_change_nothing() {
     for want in ["endpoint: 198.51.100.3:40001", "bad_tag 1", "unknown_tunnel 1", "replay 1", "stale 1"] {
         assert!(show.contains(want), "{want:?} missing from `footunnel show`:\n{show}");
     }
+}
+
+/// An anycast node: the tunnel's local address is a service address the
+/// broker holds on lo, as every node announcing it does. Without the uplink
+/// named the start is refused with the fix; with it, heartbeats to the
+/// service address are accepted, the ACK and a CHALLENGE leave from it, and
+/// traffic flows.
+#[test]
+fn a_service_address_on_lo_is_served_on_the_uplink_and_answered_from_itself() {
+    const SERVICE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+    let topo = Topology::new();
+    topo.broker.ip("addr add 192.0.2.53/32 dev lo");
+    topo.client.ip("route add 192.0.2.53/32 via 198.51.100.1");
+    // `ip link set … type ipip` would reset the encapsulation: both links anew.
+    for (ns, ends, addr) in [
+        (&topo.broker, "remote 198.51.100.2 local 192.0.2.53 encap-sport 42424", "10.0.0.1/30"),
+        (&topo.client, "remote 192.0.2.53 local 198.51.100.3 encap-sport 40001", "10.0.0.2/30"),
+    ] {
+        ns.ip("link del fou0");
+        ns.ip(&format!("link add fou0 type ipip {ends} ttl 64 encap fou encap-dport 42424"));
+        ns.ip(&format!("addr add {addr} dev fou0"));
+        ns.ip("link set fou0 up");
+    }
+    let state_flags = ["--pin-dir", &topo.pin_dir, "--state-dir", &topo.state_dir];
+    let (ok, out) = footunnel_once(&topo.broker, &[&["broker"][..], &state_flags, &["fou0", SECRET]].concat());
+    assert!(!ok && out.contains("192.0.2.53 is on lo") && out.contains("--interface"), "{out}");
+
+    let broker = topo.start_broker(&["--interface", "up0"]);
+    let ack = std::thread::scope(|s| {
+        let listener = s.spawn(|| receive_from(&topo.client, SERVICE, 2, 40001, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(200));
+        topo.send_to(SERVICE, CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+        listener.join().unwrap().unwrap_or_else(|| panic!("no ACK from {SERVICE}; broker log:\n{}", broker.log()))
+    });
+    by_hand::verify(SECRET, &ack, 2).expect("the ACK is a valid broker message");
+    topo.wait_for_endpoint(CLIENT_B, 40001, Duration::from_secs(2));
+    assert!(topo.ping(), "no traffic through the service address:\n{}", broker.log());
+    // FoU data from a new source: the CHALLENGE leaves from the service address too.
+    let challenge = std::thread::scope(|s| {
+        let listener = s.spawn(|| receive_from(&topo.client, SERVICE, 3, 40002, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(200));
+        // 48 bytes: a CHALLENGE is never larger than what provoked it.
+        let mut inner = vec![0x45, 0, 0, 48, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+        inner.resize(48, 0);
+        topo.send_to(SERVICE, CLIENT_A, 40002, &inner);
+        listener.join().unwrap()
+    });
+    assert!(challenge.is_some(), "no CHALLENGE from {SERVICE}:\n{}", broker.log());
 }
 
 /// `--trace` on this kernel: its verifier accepts the programs with the

@@ -74,6 +74,14 @@ pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan>
                 continue;
             }
             let name = link::interface_with_address(handle, local).await?;
+            if link::is_loopback(handle, &name).await? {
+                bail!(
+                    "link {}'s local address {local} is on {name}, as an anycast service address is: heartbeats \
+                     to it arrive on an uplink, and footunnel cannot tell which: name it with --interface \
+                     (`interfaces = [\"eth0\"]` in the configuration)",
+                    t.link.name
+                );
+            }
             if !interfaces.contains(&name) {
                 interfaces.push(name);
             }

@@ -317,6 +317,21 @@ pub async fn interface_with_address(handle: &Handle, addr: IpAddr) -> Result<Str
     bail!("no interface has the address {addr}: name the uplink with --interface")
 }
 
+/// Whether interface `name` is a loopback device, where an anycast node
+/// holds its service address.
+pub async fn is_loopback(handle: &Handle, name: &str) -> Result<bool> {
+    let msg = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .with_context(|| format!("cannot read interface {name}"))?
+        .with_context(|| format!("no interface named {name}"))?;
+    Ok(msg.header.flags.contains(LinkFlags::Loopback))
+}
+
 async fn name_of(handle: &Handle, index: u32) -> Result<String> {
     let msg = by_index(handle, index).await?;
     message_name(&msg).cloned().with_context(|| format!("link {index} has no name"))
