@@ -466,3 +466,42 @@ fn two_clients_behind_one_address_on_one_local_address_are_reported_not_merged()
     footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", broker.name), &format!("{dir}/state"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `announce_table`: a tunnel's prefix route is in the table (protocol 250)
+/// from its first accepted heartbeat until it falls silent; a restart
+/// clears what it finds there and announces what is fresh.
+#[test]
+fn an_announce_table_holds_the_routes_of_fresh_tunnels_only() {
+    let topo = Topology::new();
+    let config = format!("/tmp/ft-announce-{}.toml", topo.broker.name);
+    std::fs::write(
+        &config,
+        format!(
+            "pin_dir = \"{}\"\nstate_dir = \"{}\"\nannounce_table = 4242\nsilence_timeout = 3\n\
+             [[tunnel]]\nname = \"fou0\"\nlink = \"fou0\"\nsecret = \"{SECRET}\"\n",
+            topo.pin_dir, topo.state_dir
+        ),
+    )
+    .unwrap();
+    // A route left by an earlier run, of a tunnel no longer fresh.
+    topo.broker.ip("route add 10.9.9.0/24 dev fou0 table 4242 proto 250");
+    let table = || topo.broker.ip("route show table 4242");
+    let mut broker = NsProcess::footunnel(&topo.broker, &["broker", "-v", "--config", &config]);
+    broker.wait_for("broker running", Duration::from_secs(20));
+    assert_eq!(table().trim(), "", "an earlier run's route stayed, or a tunnel never heard was announced");
+    let mark = broker.mark();
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    broker.wait_for_since(mark, "10.0.0.0/30 announced (table 4242)", Duration::from_secs(3));
+    let routes = table();
+    assert!(routes.contains("10.0.0.0/30 dev fou0 proto 250 scope link"), "{routes}");
+    broker.wait_for_since(mark, "10.0.0.0/30 withdrawn (table 4242)", Duration::from_secs(6));
+    assert_eq!(table().trim(), "", "a silent tunnel's route stayed");
+    // Fresh again, then a restart: the route is back at once.
+    let mark = broker.mark();
+    topo.send(CLIENT_B, 40001, &by_hand::heartbeat(SECRET, now_ns(), [0; 8]));
+    broker.wait_for_since(mark, "10.0.0.0/30 announced (table 4242)", Duration::from_secs(3));
+    drop(broker);
+    let mut again = NsProcess::footunnel(&topo.broker, &["broker", "-v", "--config", &config]);
+    again.wait_for("10.0.0.0/30 announced (table 4242)", Duration::from_secs(20));
+    assert!(table().contains("10.0.0.0/30 dev fou0 proto 250"), "{}", table());
+}

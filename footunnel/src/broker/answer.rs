@@ -42,6 +42,7 @@ impl Broker {
                 self.table.tunnels[i].evicted = false;
                 self.check_silence(i).await;
                 let after = self.reconcile(i).await;
+                self.announce(i, decide::may_ack(after, source)).await;
                 if event.kind != EVENT_HEARTBEAT {
                     return; // the proof of concept's client cannot read an ACK
                 }

@@ -2,6 +2,7 @@
 //! then turns what it records into link configuration, ACKs and CHALLENGEs.
 //! Decisions come from [`decide`]; this module applies them.
 
+mod announce;
 mod answer;
 pub mod dataplane;
 pub mod decide;

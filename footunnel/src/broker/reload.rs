@@ -34,6 +34,7 @@ pub(crate) fn check_reloadable(old: &BrokerConfig, new: &BrokerConfig) -> Result
         ("legacy_port", old.legacy_port != new.legacy_port),
         ("metrics", old.metrics != new.metrics),
         ("mode or [shared]", old.shared != new.shared),
+        ("announce_table", old.announce_table != new.announce_table),
     ];
     let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
     if !changed.is_empty() {
@@ -209,6 +210,8 @@ impl Broker {
                 self.reconcile(i).await;
             }
         }
+        // Stopped tunnels' routes go; changed prefixes are announced anew.
+        self.announce_all().await;
         Ok(diff.summary())
     }
 }

@@ -66,6 +66,9 @@ impl Broker {
         }
         // Parked, or back on the endpoint (also when a reload dropped the policy).
         self.reconcile(i).await;
+        if self.table.tunnels[i].silent {
+            self.announce(i, false).await;
+        }
     }
 
     /// Whether tunnel `i`'s link is to be parked rather than follow its

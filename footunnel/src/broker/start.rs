@@ -64,6 +64,7 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
     };
     let mut broker = manage::undo_on_error(started, &handle, &created).await?;
     broker.reconcile_all().await;
+    broker.announce_all().await;
     for (a, b) in broker.table.collisions() {
         warn!(
             "tunnels {a:?} and {b:?} share a local address and their clients share a public address: \

@@ -46,6 +46,8 @@ pub struct Running {
     last_problem: Option<String>,
     /// `last_problem` changed since the broker last wrote its state file.
     pub problem_changed: bool,
+    /// Its prefixes are in the announce table (`announce_table`).
+    pub announced: bool,
 }
 
 impl Running {
@@ -63,6 +65,7 @@ impl Running {
             legacy_client: false,
             last_problem: None,
             problem_changed: false,
+            announced: false,
         }
     }
 

@@ -40,6 +40,9 @@ pub(super) struct File {
     pub(super) on_silence: OnSilence,
     /// Serve Prometheus metrics at this address and port.
     pub(super) metrics: Option<String>,
+    /// Keep each fresh tunnel's prefix routes in this routing table, for a
+    /// routing daemon to announce.
+    pub(super) announce_table: Option<u32>,
     #[serde(default)]
     pub(super) mode: Mode,
     pub(super) shared: Option<SharedFile>,

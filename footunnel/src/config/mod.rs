@@ -110,6 +110,10 @@ pub struct BrokerConfig {
     /// `Some` in shared-device mode.
     pub shared: Option<Shared>,
     pub tunnels: Vec<Tunnel>,
+    /// Routing table in which each tunnel's prefix routes are kept while
+    /// the tunnel is fresh here (heard within its silence_timeout), for a
+    /// routing daemon (BIRD) to announce; `None`: no such routes.
+    pub announce_table: Option<u32>,
     /// Log each control message's verdict from the data plane
     /// (`footunnel broker --trace`; no configuration key: it is for a session
     /// of troubleshooting, not for running).

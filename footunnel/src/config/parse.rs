@@ -42,6 +42,7 @@ impl BrokerConfig {
             metrics: file.metrics.as_deref().map(parse_metrics_address).transpose()?,
             shared,
             tunnels,
+            announce_table: file.announce_table,
             trace: false,
         };
         config.validate()?;
@@ -63,6 +64,7 @@ impl BrokerConfig {
             metrics: None,
             shared: None,
             tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
+            announce_table: None,
             trace: false,
         };
         config.validate()?;
@@ -105,7 +107,30 @@ impl BrokerConfig {
         if let Some(shared) = &self.shared {
             self.validate_shared(shared)?;
         }
+        self.validate_announce_table()?;
         self.validate_tunnels()
+    }
+
+    /// A table of announced routes must be one of its own, and its routes
+    /// must go when a client is gone: every tunnel needs a silence_timeout.
+    fn validate_announce_table(&self) -> Result<()> {
+        let Some(table) = self.announce_table else { return Ok(()) };
+        // 0: unspecified; 253-255: the kernel's default, main and local tables.
+        if table == 0 || (253..=255).contains(&table) {
+            bail!(
+                "announce_table = {table} is one of the kernel's own tables: give a table of its own for the \
+                 routes a routing daemon announces (say 4242)"
+            );
+        }
+        if let Some(t) = self.tunnels.iter().find(|t| t.silence.is_none()) {
+            bail!(
+                "announce_table needs a silence_timeout for every tunnel (tunnel {:?} has none): its routes must \
+                 go when its client is gone or heartbeats to another broker; set silence_timeout = 30 (three \
+                 heartbeat intervals)",
+                t.name
+            );
+        }
+        Ok(())
     }
 
     /// Each tunnel on its own, and the tunnels against each other.

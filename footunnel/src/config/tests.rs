@@ -319,3 +319,18 @@ fn every_configuration_key_is_documented() {
         assert!(documented, "docs/configuration.md does not describe `{key}`");
     }
 }
+
+#[test]
+fn an_announce_table_is_a_table_of_its_own_and_needs_silence_timeouts() {
+    let c = parse(&format!("announce_table = 4242\nsilence_timeout = 30\n{ONE}")).unwrap();
+    assert_eq!(c.announce_table, Some(4242));
+    assert_eq!(parse(ONE).unwrap().announce_table, None, "off by default");
+    for (text, expected) in [
+        (format!("announce_table = 254\nsilence_timeout = 30\n{ONE}"), "one of the kernel's own tables"),
+        (format!("announce_table = 0\nsilence_timeout = 30\n{ONE}"), "one of the kernel's own tables"),
+        (format!("announce_table = 4242\n{ONE}"), "tunnel \"alice\" has none"),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(expected), "{expected:?} not in: {e}");
+    }
+}
