@@ -1,6 +1,7 @@
 //! Tests that need a kernel with fou and ipip; `cargo xtask test` runs them
 //! inside a VM booted from Debian's kernel.
 
+mod anycast;
 mod broker;
 mod broker_config;
 mod brokers;

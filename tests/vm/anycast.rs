@@ -1,0 +1,364 @@
+//! Two brokers behind one anycast service address: a router running BIRD
+//! learns the address from both over BGP with BFD and spreads clients over
+//! them (ECMP on a layer-4 hash), clients behind NATs; each broker's BIRD announces the prefixes
+//! of the tunnels that are fresh there (`announce_table`). One broker's
+//! machine goes away: its clients' traffic from an internet host flows
+//! through the other, and each prefix ends up announced by one broker.
+//! The configurations are the ones docs/anycast.md shows.
+
+use std::time::{Duration, Instant};
+
+use footunnel_tests::{Netns, NsProcess, require_vm, sh, veth};
+
+use crate::e2e::{nft, sysctl};
+
+const SERVICE: &str = "192.0.2.53";
+const INTERNET_HOST: &str = "203.0.113.130";
+/// (tunnel, secret, broker's inner address, client's inner address, prefix).
+const TUNNELS: [(&str, &str, &str, &str, &str); 2] = [
+    ("c1", "anycast client one, long enough", "10.0.0.1", "10.0.0.2", "10.0.0.0/30"),
+    ("c2", "anycast client two, long enough", "10.0.0.5", "10.0.0.6", "10.0.0.4/30"),
+];
+
+/// A broker node: footunnel and BIRD, the service address on lo.
+struct Node {
+    ns: Netns,
+    dir: String,
+    footunnel: Option<NsProcess>,
+    bird: Option<NsProcess>,
+    health_check: Option<NsProcess>,
+}
+
+impl Node {
+    /// Node `i` (0 or 1), its uplink `198.51.100.(4i+2)/30` to the router.
+    fn new(router: &Netns, i: u8) -> Self {
+        let ns = Netns::new("anyb");
+        let (ours, theirs) = (4 * i + 2, 4 * i + 1);
+        veth(
+            router,
+            &format!("b{i}"),
+            &format!("198.51.100.{theirs}/30"),
+            &ns,
+            "up0",
+            &format!("198.51.100.{ours}/30"),
+        );
+        ns.ip(&format!("route add default via 198.51.100.{theirs}"));
+        sysctl(&ns, "net.ipv4.ip_forward=1");
+        ns.ip(&format!("addr add {SERVICE}/32 dev lo"));
+        ns.ip("fou add port 42424 ipproto 4");
+        for (n, (_, _, inner, _, _)) in TUNNELS.iter().enumerate() {
+            ns.ip(&format!(
+                "link add fou{n} type ipip remote 192.0.2.{} local {SERVICE} ttl 64 encap fou encap-sport 42424 \
+                 encap-dport 42424",
+                200 + n
+            ));
+            ns.ip(&format!("addr add {inner}/30 dev fou{n}"));
+            ns.ip(&format!("link set fou{n} up"));
+        }
+        let dir = format!("/tmp/ft-{}", ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut toml = format!(
+            "pin_dir = \"/sys/fs/bpf/ft-{}\"\nstate_dir = \"{dir}/state\"\ninterfaces = [\"up0\"]\n\
+             announce_table = 4242\nsilence_timeout = 3\n",
+            ns.name
+        );
+        for (n, (name, secret, _, _, _)) in TUNNELS.iter().enumerate() {
+            toml += &format!("[[tunnel]]\nname = \"{name}\"\nlink = \"fou{n}\"\nsecret = \"{secret}\"\n");
+        }
+        std::fs::write(format!("{dir}/broker.toml"), toml).unwrap();
+        std::fs::write(format!("{dir}/bird.conf"), broker_bird(ours, theirs, 65001 + u32::from(i))).unwrap();
+        Node { ns, dir, footunnel: None, bird: None, health_check: None }
+    }
+
+    fn start(&mut self, health_check: bool) {
+        let mut bird = bird(&self.ns, &self.dir);
+        bird.wait_for("Started", Duration::from_secs(20));
+        self.bird = Some(bird);
+        let config = format!("{}/broker.toml", self.dir);
+        let mut broker = NsProcess::footunnel(&self.ns, &["broker", "-v", "--config", &config]);
+        broker.wait_for("broker running", Duration::from_secs(30));
+        self.footunnel = Some(broker);
+        if health_check {
+            let script = health_check_script(&self.dir);
+            self.health_check = Some(NsProcess::run_in(&self.ns, "sh", &["-c", &script]));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.footunnel.as_ref().map(NsProcess::log).unwrap_or_default()
+    }
+
+    /// The machine stops: its processes die and nothing passes its uplink,
+    /// whose link stays up (a switch in between): only BFD can tell.
+    fn die(&mut self) {
+        self.health_check.take();
+        self.footunnel.take();
+        self.bird.take();
+        let ruleset = "table netdev dead {\n chain in { type filter hook ingress device up0 priority 0; policy drop; }\n \
+                       chain out { type filter hook egress device up0 priority 0; policy drop; }\n}\n";
+        let file = format!("{}/dead.nft", self.dir);
+        std::fs::write(&file, ruleset).unwrap();
+        sh("ip", &["netns", "exec", &self.ns.name, "nft", "-f", &file]);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", self.ns.name), &format!("{}/state", self.dir));
+    }
+}
+
+/// The broker node's BIRD: the service address and the fresh tunnels'
+/// routes (table 4242, protocol 250) to the router, BFD on the session.
+fn broker_bird(ours: u8, router: u8, asn: u32) -> String {
+    format!(
+        r#"log stderr all;
+router id 198.51.100.{ours};
+protocol device {{ scan time 1; }}
+protocol bfd {{ interface "up0" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 5; }}; }}
+# footunnel's announce_table: the prefixes of tunnels fresh on this broker.
+protocol kernel tunnels {{
+    kernel table 4242;
+    learn;
+    ipv4 {{ import where krt_source = 250; export none; }};
+}}
+# The service address (docs/anycast.md: withdrawn while `footunnel show --check` fails).
+protocol static service {{ ipv4; route {SERVICE}/32 blackhole; }}
+protocol bgp uplink {{
+    local 198.51.100.{ours} as {asn};
+    neighbor 198.51.100.{router} as 65000;
+    hold time 3;
+    # A session torn down comes back within seconds, not BIRD's default minute.
+    error wait time 1, 5;
+    bfd on;
+    ipv4 {{ import none; export where proto = "service" || proto = "tunnels"; next hop self; }};
+}}
+"#
+    )
+}
+
+/// The router's BIRD: both brokers as BGP peers with BFD, every path to
+/// the service address into the kernel (ECMP).
+fn router_bird() -> String {
+    r#"log stderr all;
+router id 198.51.100.1;
+protocol device { scan time 1; }
+protocol bfd { interface "b*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 5; }; }
+protocol kernel { ipv4 { import none; export all; }; merge paths on; }
+template bgp broker { local as 65000; hold time 3; error wait time 1, 5; bfd on; ipv4 { import all; export none; }; }
+protocol bgp b0 from broker { neighbor 198.51.100.2 as 65001; }
+protocol bgp b1 from broker { neighbor 198.51.100.6 as 65002; }
+"#
+    .to_owned()
+}
+
+/// docs/anycast.md's health check, every second: while `footunnel
+/// show --check` passes the node announces the service address and its
+/// tunnels' routes, otherwise neither.
+fn health_check_script(dir: &str) -> String {
+    let footunnel = footunnel_tests::footunnel_bin();
+    let (state, socket) = (format!("{dir}/state"), format!("{dir}/bird.ctl"));
+    format!(
+        "while sleep 1; do \
+           if {} show --check --state-dir {state} >/dev/null 2>&1; then how=enable; else how=disable; fi; \
+           [ \"$how\" = \"$was\" ] || echo \"$(date +%T.%N) $how\"; was=$how; \
+           birdc -s {socket} $how service >/dev/null; birdc -s {socket} $how tunnels >/dev/null; \
+         done",
+        footunnel.display()
+    )
+}
+
+fn bird(ns: &Netns, dir: &str) -> NsProcess {
+    let (conf, socket) = (format!("{dir}/bird.conf"), format!("{dir}/bird.ctl"));
+    NsProcess::run_in(ns, "bird", &["-f", "-c", &conf, "-s", &socket, "-P", &format!("{dir}/bird.pid")])
+}
+
+/// The router's route to `prefix` as `ip route` shows it.
+fn route(router: &Netns, prefix: &str) -> String {
+    router.ip(&format!("route show {prefix}"))
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, logs: impl Fn() -> String) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {limit:?}\n{}", logs());
+}
+
+fn pings(from: &Netns, target: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &from.name, "ping", "-n", "-c", "1", "-W", "0.2", target])
+        .output()
+        .expect("run ping")
+        .status
+        .success()
+}
+
+/// The router, two broker nodes, an internet host, two clients behind
+/// NATs of their own, everything up and settled.
+struct Lab {
+    router: Netns,
+    internet: Netns,
+    nodes: [Node; 2],
+    _router_bird: NsProcess,
+    /// (NAT, client namespace, client process) per tunnel.
+    _clients: Vec<(Netns, Netns, NsProcess)>,
+}
+
+impl Lab {
+    fn new(health_check: bool) -> Self {
+        require_vm();
+        let router = Netns::new("anyr");
+        let internet = Netns::new("anyi");
+        let dir = format!("/tmp/ft-{}", router.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        sysctl(&router, "net.ipv4.ip_forward=1");
+        // Flows are spread by their ports too, not by addresses alone.
+        sysctl(&router, "net.ipv4.fib_multipath_hash_policy=1");
+        let mut nodes = [Node::new(&router, 0), Node::new(&router, 1)];
+        veth(&router, "inet0", "203.0.113.129/25", &internet, "up0", &format!("{INTERNET_HOST}/25"));
+        internet.ip("route add default via 203.0.113.129");
+        std::fs::write(format!("{dir}/bird.conf"), router_bird()).unwrap();
+        let router_bird = bird(&router, &dir);
+        for node in &mut nodes {
+            node.start(health_check);
+        }
+        wait_until(
+            "the router learns the service address from both brokers",
+            Duration::from_secs(30),
+            || route(&router, SERVICE).matches("nexthop").count() == 2,
+            || format!("{}\n{}", route(&router, SERVICE), sh("ip", &["-n", &router.name, "route"])),
+        );
+        let clients = (0..TUNNELS.len()).map(|n| client(&router, n, &dir)).collect();
+        let lab = Lab { router, internet, nodes, _router_bird: router_bird, _clients: clients };
+        // Settled: each prefix announced by one broker, each client reached.
+        for (_, _, _, client_inner, prefix) in TUNNELS {
+            wait_until(
+                &format!("{prefix} announced by exactly one broker"),
+                Duration::from_secs(10),
+                || lab.served_by(prefix).is_some(),
+                || format!("{}\n{}", route(&lab.router, prefix), lab.logs()),
+            );
+            wait_until(
+                &format!("the internet host reaches {client_inner}"),
+                Duration::from_secs(5),
+                || pings(&lab.internet, client_inner),
+                || lab.logs(),
+            );
+        }
+        lab
+    }
+
+    /// The node whose BGP session the router's one route to `prefix` uses.
+    fn served_by(&self, prefix: &str) -> Option<usize> {
+        let r = route(&self.router, prefix);
+        if r.contains("nexthop") || !r.contains("via") {
+            return None;
+        }
+        Some(if r.contains("via 198.51.100.2 ") { 0 } else { 1 })
+    }
+
+    /// What the router and node `n` say, for a failure's message.
+    fn diagnosis(&self, prefix: &str, n: usize) -> String {
+        let node = &self.nodes[n];
+        let (_, check) = footunnel_tests::footunnel_once(
+            &node.ns,
+            &["show", "--check", "--state-dir", &format!("{}/state", node.dir)],
+        );
+        let socket = format!("{}/bird.ctl", node.dir);
+        let bird = sh("ip", &["netns", "exec", &node.ns.name, "birdc", "-s", &socket, "show", "protocols"]);
+        format!(
+            "router: {}{}\nnode {n}: show --check: {check}\n{bird}\n{}\nhealth check: {}",
+            route(&self.router, prefix),
+            route(&self.router, SERVICE),
+            node.log(),
+            node.health_check.as_ref().map(NsProcess::log).unwrap_or_default()
+        )
+    }
+
+    fn logs(&self) -> String {
+        self.nodes.iter().map(Node::log).collect::<Vec<_>>().join("\n----\n")
+    }
+
+    /// After node `gone` stopped serving: how long until the internet host
+    /// reaches each of its clients through the other node, which then alone
+    /// announces their prefixes; the other node's clients never stop.
+    fn takeover(&self, gone: usize, before: &[Option<usize>], since: Instant, what: &str) {
+        for (n, (name, _, _, client_inner, prefix)) in TUNNELS.into_iter().enumerate() {
+            let moved = before[n] == Some(gone);
+            wait_until(
+                &format!("{name}: the internet host reaches {client_inner} again"),
+                Duration::from_secs(10),
+                || pings(&self.internet, client_inner) && self.served_by(prefix) == Some(1 - gone),
+                || self.diagnosis(prefix, 1 - gone),
+            );
+            if moved {
+                println!(
+                    "anycast: {what}: {name} reached through broker {} after {:.1} s",
+                    1 - gone,
+                    since.elapsed().as_secs_f64()
+                );
+            }
+        }
+        let service = route(&self.router, SERVICE);
+        assert!(!service.contains("nexthop") && service.contains("via"), "the service address: {service}");
+    }
+}
+
+/// Client `n` behind a NAT of its own (per-link mode tells two clients at
+/// one public address apart only on distinct broker addresses), heard by
+/// its broker.
+fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
+    let (name, secret, _, client_inner, _) = TUNNELS[n];
+    let nat = Netns::new("anyn");
+    let net = 16 * n as u8;
+    veth(
+        router,
+        &format!("nat{n}"),
+        &format!("203.0.113.{}/28", net + 2),
+        &nat,
+        "pub0",
+        &format!("203.0.113.{}/28", net + 1),
+    );
+    nat.ip(&format!("route add default via 203.0.113.{}", net + 2));
+    sysctl(&nat, "net.ipv4.ip_forward=1");
+    nft(&nat, "masquerade");
+    let ns = Netns::new("anyc");
+    veth(&nat, "lan0", &format!("10.77.{n}.1/24"), &ns, "up0", &format!("10.77.{n}.2/24"));
+    ns.ip(&format!("route add default via 10.77.{n}.1"));
+    ns.ip("fou add port 42424 ipproto 4");
+    ns.ip(&format!("link add fou0 type ipip remote {SERVICE} ttl 64 encap fou encap-sport 42424 encap-dport 42424"));
+    ns.ip(&format!("addr add {client_inner}/30 dev fou0"));
+    ns.ip("link set fou0 up");
+    ns.ip("route add 203.0.113.128/25 dev fou0");
+    let state = format!("{dir}/{name}");
+    let mut p = NsProcess::footunnel(&ns, &["client", "-v", "--interval", "1", "--state-dir", &state, SERVICE, secret]);
+    p.wait_for("the broker sees this end at", Duration::from_secs(20));
+    (nat, ns, p)
+}
+
+#[test]
+fn when_one_anycast_brokers_machine_dies_its_clients_are_reached_through_the_other() {
+    let mut lab = Lab::new(false);
+    let before: Vec<Option<usize>> = TUNNELS.iter().map(|t| lab.served_by(t.4)).collect();
+    let gone = before[0].unwrap();
+    println!("anycast: c1 on broker {gone}, c2 on broker {}", before[1].unwrap());
+    // Its processes die and its uplink goes silent.
+    lab.nodes[gone].die();
+    lab.takeover(gone, &before, Instant::now(), "its machine died");
+}
+
+#[test]
+fn when_one_anycast_brokers_footunnel_stops_its_health_check_withdraws_it() {
+    let mut lab = Lab::new(true);
+    let before: Vec<Option<usize>> = TUNNELS.iter().map(|t| lab.served_by(t.4)).collect();
+    let gone = before[0].unwrap();
+    // BIRD and the machine stay; `footunnel show --check` fails, and the
+    // health check withdraws the service address and the tunnels' routes.
+    lab.nodes[gone].footunnel.take();
+    lab.takeover(gone, &before, Instant::now(), "its footunnel stopped");
+}
