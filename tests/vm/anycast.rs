@@ -88,17 +88,22 @@ impl Node {
         self.footunnel.as_ref().map(NsProcess::log).unwrap_or_default()
     }
 
-    /// The machine stops: its processes die and nothing passes its uplink,
-    /// whose link stays up (a switch in between): only BFD can tell.
-    fn die(&mut self) {
+    fn stop(&mut self) {
         self.health_check.take();
         self.footunnel.take();
         self.bird.take();
+    }
+
+    /// The machine stops: its processes die and nothing passes its uplink,
+    /// whose link stays up (a switch in between): only BFD can tell.
+    fn die(&mut self) {
         let ruleset = "table netdev dead {\n chain in { type filter hook ingress device up0 priority 0; policy drop; }\n \
                        chain out { type filter hook egress device up0 priority 0; policy drop; }\n}\n";
         let file = format!("{}/dead.nft", self.dir);
         std::fs::write(&file, ruleset).unwrap();
         sh("ip", &["netns", "exec", &self.ns.name, "nft", "-f", &file]);
+        // Silent first: a killed BIRD's socket would close its session at once.
+        self.stop();
     }
 }
 
@@ -235,22 +240,66 @@ impl Lab {
         );
         let clients = (0..TUNNELS.len()).map(|n| client(&router, n, &dir)).collect();
         let lab = Lab { router, internet, nodes, _router_bird: router_bird, _clients: clients };
-        // Settled: each prefix announced by one broker, each client reached.
+        lab.settle();
+        lab
+    }
+
+    /// Each prefix announced by one broker, each client reached.
+    fn settle(&self) {
         for (_, _, _, client_inner, prefix) in TUNNELS {
             wait_until(
                 &format!("{prefix} announced by exactly one broker"),
                 Duration::from_secs(10),
-                || lab.served_by(prefix).is_some(),
-                || format!("{}\n{}", route(&lab.router, prefix), lab.logs()),
+                || self.served_by(prefix).is_some(),
+                || format!("{}\n{}", route(&self.router, prefix), self.logs()),
             );
             wait_until(
                 &format!("the internet host reaches {client_inner}"),
                 Duration::from_secs(5),
-                || pings(&lab.internet, client_inner),
-                || lab.logs(),
+                || pings(&self.internet, client_inner),
+                || self.logs(),
             );
         }
-        lab
+    }
+
+    /// Brings node `n` back as it started, and waits until the router
+    /// reaches the service address through both again.
+    fn revive(&mut self, n: usize, health_check: bool) {
+        self.nodes[n].stop();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.nodes[n].ns.name, "nft", "delete", "table", "netdev", "dead"])
+            .output();
+        self.nodes[n].start(health_check);
+        wait_until(
+            "the router learns the service address from both brokers again",
+            Duration::from_secs(30),
+            || route(&self.router, SERVICE).matches("nexthop").count() == 2,
+            || route(&self.router, SERVICE),
+        );
+        // The router's hash may send a client back to the revived broker:
+        // for up to a silence_timeout both announce it, as both can carry it.
+        std::thread::sleep(Duration::from_secs(4));
+        self.settle();
+    }
+
+    /// Rounds of: node serving c1 stopped by `stop`, the takeover timed,
+    /// the node brought back. The times; one round unless benchmarking.
+    fn takeovers(&mut self, health_check: bool, stop: fn(&mut Node), what: &str) -> Vec<f64> {
+        let rounds = if std::env::var_os("FOOTUNNEL_BENCH_OUT").is_some() { 5 } else { 1 };
+        let mut times = Vec::new();
+        for round in 0..rounds {
+            let before: Vec<Option<usize>> = TUNNELS.iter().map(|t| self.served_by(t.4)).collect();
+            let gone = before[0].expect("c1 is served");
+            if round == 0 {
+                println!("anycast: c1 on broker {gone}, c2 on broker {:?}", before[1]);
+            }
+            stop(&mut self.nodes[gone]);
+            times.push(self.takeover(gone, &before, Instant::now(), what).as_secs_f64());
+            if round + 1 < rounds {
+                self.revive(gone, health_check);
+            }
+        }
+        times
     }
 
     /// The node whose BGP session the router's one route to `prefix` uses.
@@ -287,7 +336,8 @@ impl Lab {
     /// After node `gone` stopped serving: how long until the internet host
     /// reaches each of its clients through the other node, which then alone
     /// announces their prefixes; the other node's clients never stop.
-    fn takeover(&self, gone: usize, before: &[Option<usize>], since: Instant, what: &str) {
+    fn takeover(&self, gone: usize, before: &[Option<usize>], since: Instant, what: &str) -> Duration {
+        let mut c1 = Duration::ZERO;
         for (n, (name, _, _, client_inner, prefix)) in TUNNELS.into_iter().enumerate() {
             let moved = before[n] == Some(gone);
             wait_until(
@@ -303,9 +353,13 @@ impl Lab {
                     since.elapsed().as_secs_f64()
                 );
             }
+            if n == 0 {
+                c1 = since.elapsed();
+            }
         }
         let service = route(&self.router, SERVICE);
         assert!(!service.contains("nexthop") && service.contains("via"), "the service address: {service}");
+        c1
     }
 }
 
@@ -341,24 +395,27 @@ fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
     (nat, ns, p)
 }
 
+/// For `cargo xtask bench`: the rounds' times, as `NAME.json`.
+fn bench_out(name: &str, times: &[f64]) {
+    if let Some(dir) = std::env::var_os("FOOTUNNEL_BENCH_OUT") {
+        let json = serde_json::json!({ "seconds": times });
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.json")), json.to_string()).unwrap();
+    }
+}
+
 #[test]
 fn when_one_anycast_brokers_machine_dies_its_clients_are_reached_through_the_other() {
     let mut lab = Lab::new(false);
-    let before: Vec<Option<usize>> = TUNNELS.iter().map(|t| lab.served_by(t.4)).collect();
-    let gone = before[0].unwrap();
-    println!("anycast: c1 on broker {gone}, c2 on broker {}", before[1].unwrap());
     // Its processes die and its uplink goes silent.
-    lab.nodes[gone].die();
-    lab.takeover(gone, &before, Instant::now(), "its machine died");
+    let times = lab.takeovers(false, Node::die, "its machine died");
+    bench_out("anycast_machine", &times);
 }
 
 #[test]
 fn when_one_anycast_brokers_footunnel_stops_its_health_check_withdraws_it() {
     let mut lab = Lab::new(true);
-    let before: Vec<Option<usize>> = TUNNELS.iter().map(|t| lab.served_by(t.4)).collect();
-    let gone = before[0].unwrap();
     // BIRD and the machine stay; `footunnel show --check` fails, and the
     // health check withdraws the service address and the tunnels' routes.
-    lab.nodes[gone].footunnel.take();
-    lab.takeover(gone, &before, Instant::now(), "its footunnel stopped");
+    let times = lab.takeovers(true, |node| drop(node.footunnel.take()), "its footunnel stopped");
+    bench_out("anycast_footunnel", &times);
 }

@@ -18,6 +18,10 @@ pub struct Options {
     /// bench/results.json, the other sections as they were measured.
     #[arg(long)]
     router_only: bool,
+    /// Measure only several brokers (section 7: anycast takeovers, one
+    /// broker restarted) and merge it into bench/results.json.
+    #[arg(long)]
+    brokers_only: bool,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -33,6 +37,9 @@ pub fn run(opts: &Options) -> Result<()> {
     build_ebpf::run()?;
     if opts.router_only {
         return router_only();
+    }
+    if opts.brokers_only {
+        return brokers_only();
     }
     cmd::run(cmd::cargo().args(["build", "--release", "--package", "footunnel"]))?;
     let root = cmd::workspace_root();
@@ -64,6 +71,9 @@ pub fn run(opts: &Options) -> Result<()> {
         "seven_scenarios".into(),
     ])?;
 
+    println!("\n===== bench: VM (several brokers: anycast takeovers, one broker restarted) =====");
+    let brokers = brokers(&raw, &in_vm)?;
+
     println!("\n===== bench: the router client (sizes; memory in the VM) =====");
     let (router_size, router_memory) = router(&raw, &in_vm)?;
 
@@ -79,6 +89,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "scale": read("scale")?,
         "shared": read("shared")?,
         "failover": read("failover")?,
+        "brokers": brokers,
         "router_size": router_size,
         "router_memory": router_memory,
     });
@@ -110,6 +121,75 @@ fn router(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> R
 }
 
 /// `--router-only`: section 6 measured now, merged into the last full run.
+/// Section 7, in the VM: five rounds of each anycast takeover, and one
+/// broker's restart.
+fn brokers(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<Value> {
+    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
+    in_vm(vec![
+        "env".into(),
+        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
+        cmd::test_executable("vm")?,
+        "--test-threads=1".into(),
+        "--nocapture".into(),
+        "anycast::".into(),
+        "broker::after_kill_9_a_restart".into(),
+    ])?;
+    let read = |name: &str| -> Result<Value> { read_json(&raw.join(format!("{name}.json"))) };
+    Ok(json!({
+        "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
+        "anycast_machine": read("anycast_machine")?,
+        "anycast_footunnel": read("anycast_footunnel")?,
+        "restart": read("restart")?,
+    }))
+}
+
+fn brokers_only() -> Result<()> {
+    let root = cmd::workspace_root();
+    let raw = root.join("target/bench");
+    std::fs::create_dir_all(&raw)?;
+    let in_vm = |command: Vec<String>| in_vm(&raw, command);
+    let json = root.join("bench/results.json");
+    let mut results = read_json(&json)?;
+    results["brokers"] = brokers(&raw, &in_vm)?;
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
+    let markdown = render(&results);
+    std::fs::write(root.join("bench/results.md"), &markdown)?;
+    println!("{}", brokers_md(&results["brokers"]));
+    Ok(())
+}
+
+/// Section 7's table.
+fn brokers_md(b: &Value) -> String {
+    let times = |v: &Value| -> Vec<f64> {
+        let mut t: Vec<f64> = v["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    let row = |what: &str, t: &[f64]| match (t.get(t.len() / 2), t.last()) {
+        (Some(median), Some(max)) => format!("| {what} | {median:.1} s | {max:.1} s | {} |\n", t.len()),
+        _ => format!("| {what} | — | — | 0 |\n"),
+    };
+    let restart = f(&b["restart"]["start_to_repointed_s"]);
+    let mut md = format!(
+        "\n## 7. Several brokers (in the VM; measured {})\n\nTwo brokers behind one anycast address \
+         (tests/vm/anycast.rs: BIRD, BGP with BFD at 100 ms × 5, ECMP; clients heartbeat every 1 s): the time from \
+         the broker serving a client stopping until an internet host's ping reaches that client through the other \
+         broker, which then alone announces its prefix.\n\n| broker serving the client | takeover median | max | \
+         rounds |\n|---|---:|---:|---:|\n",
+        b["date"].as_str().unwrap_or("?")
+    );
+    md += &row("its machine stops (processes killed, uplink silent: BFD)", &times(&b["anycast_machine"]));
+    md += &row("its footunnel stops (health check every 1 s: `show --check`, birdc)", &times(&b["anycast_footunnel"]));
+    md += &format!(
+        "\nOne broker alone, its footunnel killed and restarted by systemd (`RestartSec=2s`): a client that moved \
+         meanwhile is followed {restart:.1} s after the start, {:.1} s after the kill; its links carry traffic all \
+         along (the kernel needs no controller), but a dead machine is down until it is back. Two brokers at two \
+         addresses, the client failing over itself (tests/vm/brokers.rs, default 10 s heartbeats): 13 s.\n",
+        2.0 + restart
+    );
+    md
+}
+
 fn router_only() -> Result<()> {
     let root = cmd::workspace_root();
     let raw = root.join("target/bench");
@@ -337,6 +417,9 @@ pub fn render(r: &Value) -> String {
     md += &shared_mode(&r["scale"], &r["shared"]);
     if !r["router_size"].is_null() {
         md += &router_bench::render(&r["router_size"], &r["router_memory"]);
+    }
+    if !r["brokers"].is_null() {
+        md += &brokers_md(&r["brokers"]);
     }
     md += "\nThe VM runs under software emulation (QEMU TCG, no KVM on these machines): its absolute times are slow; compare within a table.\n";
     md
