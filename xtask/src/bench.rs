@@ -60,16 +60,7 @@ pub fn run(opts: &Options) -> Result<()> {
     in_vm(vec![bench.clone(), "vm".into(), raw.display().to_string()])?;
 
     println!("\n===== bench: VM (failover, end-to-end scenarios) =====");
-    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
-    let e2e = cmd::test_executable("vm")?;
-    in_vm(vec![
-        "env".into(),
-        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
-        e2e,
-        "--test-threads=1".into(),
-        "--nocapture".into(),
-        "seven_scenarios".into(),
-    ])?;
+    vm_tests(&raw, &in_vm, &["seven_scenarios"])?;
 
     println!("\n===== bench: VM (several brokers: anycast takeovers, one broker restarted) =====");
     let brokers = brokers(&raw, &in_vm)?;
@@ -106,34 +97,16 @@ pub fn run(opts: &Options) -> Result<()> {
 /// Section 6: sizes on the host, the client's memory in the VM.
 fn router(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<(Value, Value)> {
     let size = router_bench::measure(raw)?;
-    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
-    in_vm(vec![
-        "env".into(),
-        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
-        cmd::test_executable("vm")?,
-        "--test-threads=1".into(),
-        "--nocapture".into(),
-        "router::the_x86_64_router_client_follows_its_nat".into(),
-    ])?;
+    vm_tests(raw, in_vm, &["router::the_x86_64_router_client_follows_its_nat"])?;
     let mut memory = read_json(&raw.join("router_client.json"))?;
     memory["date"] = cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim().into();
     Ok((size, memory))
 }
 
-/// `--router-only`: section 6 measured now, merged into the last full run.
 /// Section 7, in the VM: five rounds of each anycast takeover, and one
 /// broker's restart.
 fn brokers(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<Value> {
-    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
-    in_vm(vec![
-        "env".into(),
-        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
-        cmd::test_executable("vm")?,
-        "--test-threads=1".into(),
-        "--nocapture".into(),
-        "anycast::".into(),
-        "broker::after_kill_9_a_restart".into(),
-    ])?;
+    vm_tests(raw, in_vm, &["anycast::", "broker::after_kill_9_a_restart"])?;
     let read = |name: &str| -> Result<Value> { read_json(&raw.join(format!("{name}.json"))) };
     Ok(json!({
         "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
@@ -190,6 +163,21 @@ fn brokers_md(b: &Value) -> String {
     md
 }
 
+/// The VM tests named by `filters`, in turn, writing their figures into `raw`.
+fn vm_tests(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>, filters: &[&str]) -> Result<()> {
+    cmd::run(cmd::cargo().args(["build", "--package", "footunnel"]))?;
+    let mut command = vec![
+        "env".into(),
+        format!("FOOTUNNEL_BENCH_OUT={}", raw.display()),
+        cmd::test_executable("vm")?,
+        "--test-threads=1".into(),
+        "--nocapture".into(),
+    ];
+    command.extend(filters.iter().map(|f| f.to_string()));
+    in_vm(command)
+}
+
+/// `--router-only`: section 6 measured now, merged into the last full run.
 fn router_only() -> Result<()> {
     let root = cmd::workspace_root();
     let raw = root.join("target/bench");

@@ -210,24 +210,24 @@ pub type PrefixEntry = (IpAddr, u8, u64, Option<IpAddr>);
 
 /// Leaves exactly `wanted` (prefix → tunnel) in the prefix tries.
 pub fn sync_prefixes(ebpf: &mut Ebpf, wanted: &[PrefixEntry]) -> Result<()> {
-    let owner =
-        |len: u8, id: u64, local: Option<IpAddr>| PrefixOwner::new(id, len, local.map_or(UNSPECIFIED, Addr::from));
-    let v4 = wanted
-        .iter()
-        .filter_map(|&(a, l, id, local)| match a {
-            IpAddr::V4(a) => Some(((u32::from(l), a.octets()), owner(l, id, local))),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    let v6 = wanted
-        .iter()
-        .filter_map(|&(a, l, id, local)| match a {
-            IpAddr::V6(a) => Some(((u32::from(l), a.octets()), owner(l, id, local))),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
+    let v4 = trie_entries(wanted, |a| if let IpAddr::V4(a) = a { Some(a.octets()) } else { None });
+    let v6 = trie_entries(wanted, |a| if let IpAddr::V6(a) = a { Some(a.octets()) } else { None });
     sync(&mut LpmTrie::<_, [u8; 4], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V4)?)?, v4)?;
     sync(&mut LpmTrie::<_, [u8; 16], PrefixOwner>::try_from(map_mut(ebpf, maps::PREFIXES_V6)?)?, v6)
+}
+
+/// One family's entries of `wanted`, keyed as its trie is.
+fn trie_entries<const N: usize>(
+    wanted: &[PrefixEntry],
+    octets: impl Fn(IpAddr) -> Option<[u8; N]>,
+) -> Vec<((u32, [u8; N]), PrefixOwner)> {
+    wanted
+        .iter()
+        .filter_map(|&(a, len, id, local)| {
+            let owner = PrefixOwner::new(id, len, local.map_or(UNSPECIFIED, Addr::from));
+            Some(((u32::from(len), octets(a)?), owner))
+        })
+        .collect()
 }
 
 /// A map the controller keeps equal to the entries it wants: hash maps, and
