@@ -654,3 +654,34 @@ fn each_clients_mtu_becomes_its_prefixes_route_mtu_and_survives_a_reload() {
     assert!(ok, "{out}");
     assert_eq!((route_mtu(0), route_mtu(1)), ("1400".to_owned(), "1472".to_owned()), "after a reload");
 }
+
+/// `announce_table` in shared-device mode: a tunnel's prefix route through
+/// the device is in the table while its client heartbeats here, and goes
+/// when it falls silent; a client never heard is never announced.
+#[test]
+fn in_shared_mode_the_announce_table_holds_the_routes_of_fresh_tunnels_only() {
+    let lab = Lab::with(2);
+    let config = format!("{}/broker.toml", lab.dir);
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("announce_table = 4242\nsilence_timeout = 5\n{toml}")).unwrap();
+    let mut broker = lab.start_broker();
+    // An empty table does not exist for `ip`: nothing in it either.
+    let table = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &lab.broker.name, "route", "show", "table", "4242"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(table().trim(), "", "announced before any heartbeat");
+    let mut client = lab.start_client(0);
+    client.wait_for("the broker sees this end at", Duration::from_secs(20));
+    broker.wait_for("10.1.0.2/32 announced (table 4242)", Duration::from_secs(5));
+    let routes = table();
+    assert!(routes.contains("10.1.0.2 dev footunnel0 proto 250 scope link"), "{routes}");
+    assert!(!routes.contains("10.1.0.3"), "a client never heard is announced: {routes}");
+    let mark = broker.mark();
+    drop(client);
+    broker.wait_for_since(mark, "10.1.0.2/32 withdrawn (table 4242)", Duration::from_secs(10));
+    assert_eq!(table().trim(), "", "a silent tunnel's route stayed");
+}

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
-    route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tracing::{info, warn};
@@ -53,15 +53,26 @@ impl Broker {
     }
 
     /// At start and after a reload: the table holds exactly the fresh
-    /// tunnels' routes (earlier runs' and stopped tunnels' go).
+    /// tunnels' routes. Earlier runs' and stopped tunnels' go; the routes
+    /// that stay are never taken out meanwhile (a routing daemon would
+    /// withdraw and announce them again).
     pub(super) async fn announce_all(&mut self) {
         let Some(table) = self.config.announce_table else { return };
-        if let Err(e) = remove_all(&self.handle, table).await {
+        let fresh: Vec<bool> = (0..self.table.tunnels.len()).map(|i| self.is_fresh(i)).collect();
+        let keep: Vec<Prefix> = self
+            .table
+            .tunnels
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, fresh)| **fresh)
+            .flat_map(|(t, _)| t.prefixes.iter().copied())
+            .collect();
+        if let Err(e) = remove_others(&self.handle, table, &keep).await {
             warn!("{e:#}");
         }
-        for i in 0..self.table.tunnels.len() {
-            self.table.tunnels[i].announced = false;
-            let fresh = self.is_fresh(i);
+        for (i, fresh) in fresh.into_iter().enumerate() {
+            // What stays is added again (a replace): its link may be new.
+            self.table.tunnels[i].announced = !fresh;
             self.announce(i, fresh).await;
         }
     }
@@ -119,8 +130,8 @@ async fn remove(handle: &Handle, table: u32, index: u32, prefixes: &[Prefix]) ->
     Ok(())
 }
 
-/// Removes every route of [`ROUTE_PROTOCOL`] in `table`.
-async fn remove_all(handle: &Handle, table: u32) -> Result<()> {
+/// Removes every route of [`ROUTE_PROTOCOL`] in `table` but those to `keep`.
+async fn remove_others(handle: &Handle, table: u32, keep: &[Prefix]) -> Result<()> {
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut filter = RouteMessageBuilder::<std::net::IpAddr>::new().table_id(table).build();
         filter.header.address_family = family;
@@ -129,7 +140,10 @@ async fn remove_all(handle: &Handle, table: u32) -> Result<()> {
         while let Some(r) =
             routes.try_next().await.with_context(|| format!("cannot list the routes of table {table}"))?
         {
-            if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && table_of(&r) == table {
+            if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+                && table_of(&r) == table
+                && destination(&r).is_none_or(|d| !keep.contains(&d))
+            {
                 ours.push(r);
             }
         }
@@ -138,6 +152,16 @@ async fn remove_all(handle: &Handle, table: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The route's destination prefix.
+fn destination(r: &RouteMessage) -> Option<Prefix> {
+    let addr = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(std::net::IpAddr::V4(*a)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(std::net::IpAddr::V6(*a)),
+        _ => None,
+    })?;
+    Some(Prefix { addr, len: r.header.destination_prefix_length })
 }
 
 fn table_of(r: &RouteMessage) -> u32 {
