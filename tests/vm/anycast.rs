@@ -212,6 +212,8 @@ struct Lab {
     _router_bird: NsProcess,
     /// (NAT, client namespace, client process) per tunnel.
     _clients: Vec<(Netns, Netns, NsProcess)>,
+    /// The nodes run the health check (and so do they when revived).
+    health_check: bool,
 }
 
 impl Lab {
@@ -239,7 +241,7 @@ impl Lab {
             || format!("{}\n{}", route(&router, SERVICE), sh("ip", &["-n", &router.name, "route"])),
         );
         let clients = (0..TUNNELS.len()).map(|n| client(&router, n, &dir)).collect();
-        let lab = Lab { router, internet, nodes, _router_bird: router_bird, _clients: clients };
+        let lab = Lab { router, internet, nodes, _router_bird: router_bird, _clients: clients, health_check };
         lab.settle();
         lab
     }
@@ -264,12 +266,12 @@ impl Lab {
 
     /// Brings node `n` back as it started, and waits until the router
     /// reaches the service address through both again.
-    fn revive(&mut self, n: usize, health_check: bool) {
+    fn revive(&mut self, n: usize) {
         self.nodes[n].stop();
         let _ = std::process::Command::new("ip")
             .args(["netns", "exec", &self.nodes[n].ns.name, "nft", "delete", "table", "netdev", "dead"])
             .output();
-        self.nodes[n].start(health_check);
+        self.nodes[n].start(self.health_check);
         wait_until(
             "the router learns the service address from both brokers again",
             Duration::from_secs(30),
@@ -284,7 +286,7 @@ impl Lab {
 
     /// Rounds of: node serving c1 stopped by `stop`, the takeover timed,
     /// the node brought back. The times; one round unless benchmarking.
-    fn takeovers(&mut self, health_check: bool, stop: fn(&mut Node), what: &str) -> Vec<f64> {
+    fn takeovers(&mut self, stop: fn(&mut Node), what: &str) -> Vec<f64> {
         let rounds = if std::env::var_os("FOOTUNNEL_BENCH_OUT").is_some() { 5 } else { 1 };
         let mut times = Vec::new();
         for round in 0..rounds {
@@ -296,7 +298,7 @@ impl Lab {
             stop(&mut self.nodes[gone]);
             times.push(self.takeover(gone, &before, Instant::now(), what).as_secs_f64());
             if round + 1 < rounds {
-                self.revive(gone, health_check);
+                self.revive(gone);
             }
         }
         times
@@ -407,7 +409,7 @@ fn bench_out(name: &str, times: &[f64]) {
 fn when_one_anycast_brokers_machine_dies_its_clients_are_reached_through_the_other() {
     let mut lab = Lab::new(false);
     // Its processes die and its uplink goes silent.
-    let times = lab.takeovers(false, Node::die, "its machine died");
+    let times = lab.takeovers(Node::die, "its machine died");
     bench_out("anycast_machine", &times);
 }
 
@@ -416,6 +418,6 @@ fn when_one_anycast_brokers_footunnel_stops_its_health_check_withdraws_it() {
     let mut lab = Lab::new(true);
     // BIRD and the machine stay; `footunnel show --check` fails, and the
     // health check withdraws the service address and the tunnels' routes.
-    let times = lab.takeovers(true, |node| drop(node.footunnel.take()), "its footunnel stopped");
+    let times = lab.takeovers(|node| drop(node.footunnel.take()), "its footunnel stopped");
     bench_out("anycast_footunnel", &times);
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context, Result, bail};
 use netlink_packet_route::{
-    link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoIpTunnel, LinkAttribute, LinkMessage},
     route::{RouteAttribute, RouteMetric, RouteScope},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
@@ -86,16 +86,8 @@ pub(super) async fn bring_up(handle: &Handle, shared: &Shared, port: u16, create
             .with_context(|| format!("cannot set the MTU of {}", shared.device))?;
         return Ok(());
     }
-    let mut message = LinkMessage::default();
-    message.header.flags = LinkFlags::Up;
-    message.header.change_mask = LinkFlags::Up;
-    message.attributes.push(LinkAttribute::IfName(shared.device.clone()));
-    message.attributes.push(LinkAttribute::Mtu(shared.mtu));
-    message.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::IpIp),
-        LinkInfo::Data(InfoData::IpTunnel(vec![InfoIpTunnel::CollectMetadata])),
-    ]));
-    handle.link().add(message).execute().await.with_context(|| {
+    let device = crate::os::manage::ipip_link(&shared.device, shared.mtu, vec![InfoIpTunnel::CollectMetadata]);
+    handle.link().add(device).execute().await.with_context(|| {
         format!(
             "cannot create the shared device {} (an external-mode ipip device; there can be only one per network \
              namespace: is another one there, `ip -d link show type ipip`?)",

@@ -95,20 +95,31 @@ async fn create_link(handle: &Handle, spec: &LinkSpec) -> Result<()> {
     if let Some(local) = spec.local {
         params.push(InfoIpTunnel::Local(IpAddr::V4(local)));
     }
-    let mut message = LinkMessage::default();
-    message.header.flags = LinkFlags::Up;
-    message.header.change_mask = LinkFlags::Up;
-    message.attributes.push(LinkAttribute::IfName(spec.name.clone()));
-    message.attributes.push(LinkAttribute::Mtu(spec.mtu));
-    message.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::IpIp),
-        LinkInfo::Data(InfoData::IpTunnel(params)),
-    ]));
-    handle.link().add(message).execute().await.with_context(|| format!("cannot create link {}", spec.name))?;
+    handle
+        .link()
+        .add(ipip_link(&spec.name, spec.mtu, params))
+        .execute()
+        .await
+        .with_context(|| format!("cannot create link {}", spec.name))?;
     if let Some((addr, len)) = spec.address {
         add_address(handle, &spec.name, addr, len).await?;
     }
     Ok(())
+}
+
+/// A new ipip link `name`, up, of MTU `mtu` and tunnel parameters `params`
+/// (the request that creates it).
+pub fn ipip_link(name: &str, mtu: u32, params: Vec<InfoIpTunnel>) -> LinkMessage {
+    let mut message = LinkMessage::default();
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    message.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    message.attributes.push(LinkAttribute::Mtu(mtu));
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::IpIp),
+        LinkInfo::Data(InfoData::IpTunnel(params)),
+    ]));
+    message
 }
 
 /// Gives link `name` the address `addr/len`.
