@@ -556,6 +556,20 @@ impl NsProcess {
         panic!("footunnel did not log {needle:?} within {timeout:?}:\n{}", self.log());
     }
 
+    /// SIGTERM, as a service manager stops a daemon (keepalived then gives
+    /// its address back); SIGKILL if it has not exited within 5 s.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -594,6 +608,27 @@ pub fn log_seconds(log: &str, from: usize, needle: &str) -> Option<f64> {
     let line = log.lines().skip(from).find(|l| l.contains(needle))?;
     let time = line.split('T').nth(1)?.split('Z').next()?;
     time.split(':').map(|p| p.parse::<f64>().ok()).try_fold(0.0, |acc, x| Some(acc * 60.0 + x?))
+}
+
+/// Under `cargo xtask bench` (FOOTUNNEL_BENCH_OUT set): how many rounds a
+/// measured scenario repeats; one otherwise.
+pub fn bench_rounds() -> usize {
+    if std::env::var_os("FOOTUNNEL_BENCH_OUT").is_some() { 5 } else { 1 }
+}
+
+/// Under `cargo xtask bench`: a test's figures, as `NAME.json` in the
+/// directory the bench reads them from.
+pub fn bench_out(name: &str, value: &serde_json::Value) {
+    if let Some(dir) = std::env::var_os("FOOTUNNEL_BENCH_OUT") {
+        let file = std::path::Path::new(&dir).join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(value).unwrap())
+            .unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    }
+}
+
+/// Under `cargo xtask bench`: a scenario's times over its rounds, seconds.
+pub fn bench_times(name: &str, times: &[f64]) {
+    bench_out(name, &serde_json::json!({ "seconds": times }));
 }
 
 /// `footunnel unload` for a test's broker; failures are ignored, as a

@@ -12,10 +12,10 @@ use footunnel_tests::{Netns, NsProcess, require_vm, sh, veth};
 
 use crate::e2e::{nft, sysctl};
 
-const SERVICE: &str = "192.0.2.53";
-const INTERNET_HOST: &str = "203.0.113.130";
+pub(crate) const SERVICE: &str = "192.0.2.53";
+pub(crate) const INTERNET_HOST: &str = "203.0.113.130";
 /// (tunnel, secret, broker's inner address, client's inner address, prefix).
-const TUNNELS: [(&str, &str, &str, &str, &str); 2] = [
+pub(crate) const TUNNELS: [(&str, &str, &str, &str, &str); 2] = [
     ("c1", "anycast client one, long enough", "10.0.0.1", "10.0.0.2", "10.0.0.0/30"),
     ("c2", "anycast client two, long enough", "10.0.0.5", "10.0.0.6", "10.0.0.4/30"),
 ];
@@ -43,29 +43,8 @@ impl Node {
             &format!("198.51.100.{ours}/30"),
         );
         ns.ip(&format!("route add default via 198.51.100.{theirs}"));
-        sysctl(&ns, "net.ipv4.ip_forward=1");
         ns.ip(&format!("addr add {SERVICE}/32 dev lo"));
-        ns.ip("fou add port 42424 ipproto 4");
-        for (n, (_, _, inner, _, _)) in TUNNELS.iter().enumerate() {
-            ns.ip(&format!(
-                "link add fou{n} type ipip remote 192.0.2.{} local {SERVICE} ttl 64 encap fou encap-sport 42424 \
-                 encap-dport 42424",
-                200 + n
-            ));
-            ns.ip(&format!("addr add {inner}/30 dev fou{n}"));
-            ns.ip(&format!("link set fou{n} up"));
-        }
-        let dir = format!("/tmp/ft-{}", ns.name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut toml = format!(
-            "pin_dir = \"/sys/fs/bpf/ft-{}\"\nstate_dir = \"{dir}/state\"\ninterfaces = [\"up0\"]\n\
-             announce_table = 4242\nsilence_timeout = 3\n",
-            ns.name
-        );
-        for (n, (name, secret, _, _, _)) in TUNNELS.iter().enumerate() {
-            toml += &format!("[[tunnel]]\nname = \"{name}\"\nlink = \"fou{n}\"\nsecret = \"{secret}\"\n");
-        }
-        std::fs::write(format!("{dir}/broker.toml"), toml).unwrap();
+        let dir = serve_tunnels(&ns, "announce_table = 4242\nsilence_timeout = 3\n");
         std::fs::write(format!("{dir}/bird.conf"), broker_bird(ours, theirs, 65001 + u32::from(i))).unwrap();
         Node { ns, dir, footunnel: None, bird: None, health_check: None }
     }
@@ -74,10 +53,7 @@ impl Node {
         let mut bird = bird(&self.ns, &self.dir);
         bird.wait_for("Started", Duration::from_secs(20));
         self.bird = Some(bird);
-        let config = format!("{}/broker.toml", self.dir);
-        let mut broker = NsProcess::footunnel(&self.ns, &["broker", "-v", "--config", &config]);
-        broker.wait_for("broker running", Duration::from_secs(30));
-        self.footunnel = Some(broker);
+        self.footunnel = Some(start_broker(&self.ns, &self.dir));
         if health_check {
             let script = health_check_script(&self.dir);
             self.health_check = Some(NsProcess::run_in(&self.ns, "sh", &["-c", &script]));
@@ -111,6 +87,42 @@ impl Drop for Node {
     fn drop(&mut self) {
         footunnel_tests::unload(&format!("/sys/fs/bpf/ft-{}", self.ns.name), &format!("{}/state", self.dir));
     }
+}
+
+/// A broker node's tunnels, served from the service address on uplink
+/// `up0`: a link per tunnel and `broker.toml` (with `extra` settings) in
+/// the node's directory, which is returned.
+pub(crate) fn serve_tunnels(ns: &Netns, extra: &str) -> String {
+    sysctl(ns, "net.ipv4.ip_forward=1");
+    ns.ip("fou add port 42424 ipproto 4");
+    for (n, (_, _, inner, _, _)) in TUNNELS.iter().enumerate() {
+        ns.ip(&format!(
+            "link add fou{n} type ipip remote 192.0.2.{} local {SERVICE} ttl 64 encap fou encap-sport 42424 \
+             encap-dport 42424",
+            200 + n
+        ));
+        ns.ip(&format!("addr add {inner}/30 dev fou{n}"));
+        ns.ip(&format!("link set fou{n} up"));
+    }
+    let dir = format!("/tmp/ft-{}", ns.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut toml = format!(
+        "pin_dir = \"/sys/fs/bpf/ft-{}\"\nstate_dir = \"{dir}/state\"\ninterfaces = [\"up0\"]\n{extra}",
+        ns.name
+    );
+    for (n, (name, secret, _, _, _)) in TUNNELS.iter().enumerate() {
+        toml += &format!("[[tunnel]]\nname = \"{name}\"\nlink = \"fou{n}\"\nsecret = \"{secret}\"\n");
+    }
+    std::fs::write(format!("{dir}/broker.toml"), toml).unwrap();
+    dir
+}
+
+/// footunnel on a node [`serve_tunnels`] prepared, running.
+pub(crate) fn start_broker(ns: &Netns, dir: &str) -> NsProcess {
+    let config = format!("{dir}/broker.toml");
+    let mut broker = NsProcess::footunnel(ns, &["broker", "-v", "--config", &config]);
+    broker.wait_for("broker running", Duration::from_secs(30));
+    broker
 }
 
 /// The broker node's BIRD: the service address and the fresh tunnels'
@@ -183,7 +195,12 @@ fn route(router: &Netns, prefix: &str) -> String {
     router.ip(&format!("route show {prefix}"))
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, logs: impl Fn() -> String) -> Duration {
+pub(crate) fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) -> Duration {
     let start = Instant::now();
     while start.elapsed() < limit {
         if done() {
@@ -194,7 +211,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, logs:
     panic!("{what}: not within {limit:?}\n{}", logs());
 }
 
-fn pings(from: &Netns, target: &str) -> bool {
+pub(crate) fn pings(from: &Netns, target: &str) -> bool {
     std::process::Command::new("ip")
         .args(["netns", "exec", &from.name, "ping", "-n", "-c", "1", "-W", "0.2", target])
         .output()
@@ -287,7 +304,7 @@ impl Lab {
     /// Rounds of: node serving c1 stopped by `stop`, the takeover timed,
     /// the node brought back. The times; one round unless benchmarking.
     fn takeovers(&mut self, stop: fn(&mut Node), what: &str) -> Vec<f64> {
-        let rounds = if std::env::var_os("FOOTUNNEL_BENCH_OUT").is_some() { 5 } else { 1 };
+        let rounds = footunnel_tests::bench_rounds();
         let mut times = Vec::new();
         for round in 0..rounds {
             let before: Vec<Option<usize>> = TUNNELS.iter().map(|t| self.served_by(t.4)).collect();
@@ -368,7 +385,7 @@ impl Lab {
 /// Client `n` behind a NAT of its own (per-link mode tells two clients at
 /// one public address apart only on distinct broker addresses), heard by
 /// its broker.
-fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
+pub(crate) fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
     let (name, secret, _, client_inner, _) = TUNNELS[n];
     let nat = Netns::new("anyn");
     let net = 16 * n as u8;
@@ -397,20 +414,12 @@ fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
     (nat, ns, p)
 }
 
-/// For `cargo xtask bench`: the rounds' times, as `NAME.json`.
-fn bench_out(name: &str, times: &[f64]) {
-    if let Some(dir) = std::env::var_os("FOOTUNNEL_BENCH_OUT") {
-        let json = serde_json::json!({ "seconds": times });
-        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.json")), json.to_string()).unwrap();
-    }
-}
-
 #[test]
 fn when_one_anycast_brokers_machine_dies_its_clients_are_reached_through_the_other() {
     let mut lab = Lab::new(false);
     // Its processes die and its uplink goes silent.
     let times = lab.takeovers(Node::die, "its machine died");
-    bench_out("anycast_machine", &times);
+    footunnel_tests::bench_times("anycast_machine", &times);
 }
 
 #[test]
@@ -419,5 +428,5 @@ fn when_one_anycast_brokers_footunnel_stops_its_health_check_withdraws_it() {
     // BIRD and the machine stay; `footunnel show --check` fails, and the
     // health check withdraws the service address and the tunnels' routes.
     let times = lab.takeovers(|node| drop(node.footunnel.take()), "its footunnel stopped");
-    bench_out("anycast_footunnel", &times);
+    footunnel_tests::bench_times("anycast_footunnel", &times);
 }

@@ -385,10 +385,7 @@ fn after_kill_9_a_restart_applies_what_arrived_meanwhile_within_a_second() {
     println!(
         "restart: {applied:.3} s from the broker's start to the re-pointed link ({startup:?} including exec in the VM)"
     );
-    if let Some(dir) = std::env::var_os("FOOTUNNEL_BENCH_OUT") {
-        let json = serde_json::json!({ "start_to_repointed_s": startup.as_secs_f64() });
-        std::fs::write(std::path::Path::new(&dir).join("restart.json"), json.to_string()).unwrap();
-    }
+    footunnel_tests::bench_out("restart", &serde_json::json!({ "start_to_repointed_s": startup.as_secs_f64() }));
     // What arrived meanwhile is applied before the slow part of a start,
     // loading the program (under TCG a busy VM stretches the whole start).
     assert!(repointed < log_time(&log, "eBPF object loaded"), "applied only after loading the program:\n{log}");

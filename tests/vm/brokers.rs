@@ -106,6 +106,7 @@ fn a_client_moves_to_its_second_broker_when_the_first_dies_and_returns_when_it_i
     let died = Instant::now();
     let took = traffic_within(&client, died, Duration::from_secs(20), "failover to B", &[&broker_b, &c]);
     println!("two brokers: traffic through broker B {took:?} after broker A died");
+    footunnel_tests::bench_times("client_failover", &[took.as_secs_f64()]);
     assert!(c.log()[mark..].contains(&format!("moving on to {B}")), "{}", c.log());
     assert_eq!(read_link(&client, "fou0").unwrap().remote(), Some(B.parse().unwrap()));
     let (ok, show) = footunnel_once(&b.ns, &["show", "--state-dir", &b.state_dir]);

@@ -394,20 +394,19 @@ fn seven_scenarios_under_real_nats() {
             100.0 * took.as_secs_f64() / INTERVAL_S as f64
         );
     }
-    if let Some(dir) = std::env::var_os("FOOTUNNEL_BENCH_OUT") {
-        let rows: Vec<serde_json::Value> = results
-            .iter()
-            .map(|(what, took)| {
-                serde_json::json!({ "scenario": what, "seconds": took.as_secs_f64(), "of_interval": took.as_secs_f64() / INTERVAL_S as f64 })
-            })
-            .collect();
-        let value = serde_json::json!({
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(what, took)| {
+            serde_json::json!({ "scenario": what, "seconds": took.as_secs_f64(), "of_interval": took.as_secs_f64() / INTERVAL_S as f64 })
+        })
+        .collect();
+    footunnel_tests::bench_out(
+        "failover",
+        &serde_json::json!({
             "interval_s": INTERVAL_S,
             "rows": rows,
             "client_change_noticed_to_ack_s": mechanism.as_secs_f64(),
-        });
-        std::fs::write(std::path::Path::new(&dir).join("failover.json"), serde_json::to_vec_pretty(&value).unwrap())
-            .unwrap();
-    }
+        }),
+    );
     drop((client_a, client_b, client_c));
 }

@@ -21,3 +21,4 @@ mod shared;
 mod silence;
 mod sit;
 mod tunnel_link;
+mod vrrp;

@@ -110,14 +110,14 @@ fn the_router_client_follows_its_nat(triple: &str, qemu: Option<&str>, machine: 
 
     // Its memory, for `cargo xtask bench` (natively only: under qemu-user
     // it would be the emulator's).
-    if let (Some(dir), None) = (std::env::var_os("FOOTUNNEL_BENCH_OUT"), qemu) {
+    if let (Some(_), None) = (std::env::var_os("FOOTUNNEL_BENCH_OUT"), qemu) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", client.child.id())).unwrap();
         let kib = |key: &str| -> u64 {
             let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {status}"));
             line.split_whitespace().nth(1).unwrap().parse().unwrap()
         };
         let value = serde_json::json!({ "triple": triple, "rss_kib": kib("VmRSS:"), "peak_rss_kib": kib("VmHWM:") });
-        std::fs::write(std::path::Path::new(&dir).join("router_client.json"), value.to_string()).unwrap();
+        footunnel_tests::bench_out("router_client", &value);
     }
 }
 

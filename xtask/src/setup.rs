@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("faketime", "a client whose clock is days off, in the VM's clock tests"),
     ("ethtool", "offloads off in the path-MTU tests, so a small MTU is not hidden behind GSO"),
     ("bird2", "BGP and BFD between a router and two anycast brokers in the VM's many-brokers test"),
+    ("keepalived", "VRRP between two brokers on one segment in the VM's many-brokers test"),
 ];
 
 pub fn run() -> Result<()> {
