@@ -34,6 +34,12 @@ pub enum Kind {
     Probe = 6,
     /// Broker → client: "it did", padded to the PROBE's length.
     ProbeAck = 7,
+    /// Broker → broker, on the peer port: "these are my prefixes for this
+    /// tunnel" (detail: their digest); proves the sender holds the secret.
+    PeerQuery = 8,
+    /// Broker → broker: the answer, echoing the query's timestamp, with
+    /// the answerer's digest.
+    PeerAnswer = 9,
 }
 
 impl Kind {
@@ -46,6 +52,8 @@ impl Kind {
             5 => Some(Kind::Time),
             6 => Some(Kind::Probe),
             7 => Some(Kind::ProbeAck),
+            8 => Some(Kind::PeerQuery),
+            9 => Some(Kind::PeerAnswer),
             _ => None,
         }
     }

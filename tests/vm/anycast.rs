@@ -44,7 +44,11 @@ impl Node {
         );
         ns.ip(&format!("route add default via 198.51.100.{theirs}"));
         ns.ip(&format!("addr add {SERVICE}/32 dev lo"));
-        let dir = serve_tunnels(&ns, "announce_table = 4242\nsilence_timeout = 3\n");
+        let peer = 4 * (1 - i) + 2;
+        let dir = serve_tunnels(
+            &ns,
+            &format!("announce_table = 4242\nsilence_timeout = 3\npeers = [\"198.51.100.{peer}\"]\n"),
+        );
         std::fs::write(format!("{dir}/bird.conf"), broker_bird(ours, theirs, 65001 + u32::from(i))).unwrap();
         Node { ns, dir, footunnel: None, bird: None, health_check: None }
     }
@@ -251,6 +255,8 @@ impl Lab {
         for node in &mut nodes {
             node.start(health_check);
         }
+        let agreed = "peers 198.51.100.2 have the same prefixes for every tunnel";
+        assert!(nodes[1].log().contains(agreed), "node 1 compared its prefixes with node 0's:\n{}", nodes[1].log());
         wait_until(
             "the router learns the service address from both brokers",
             Duration::from_secs(30),

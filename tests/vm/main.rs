@@ -13,6 +13,7 @@ mod manage;
 mod metrics;
 mod mtu;
 mod package;
+mod peers;
 mod reload;
 mod robust;
 mod rotation;

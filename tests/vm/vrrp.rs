@@ -31,7 +31,7 @@ impl Node {
         ns.ip(&format!("addr add 192.0.2.{}/24 dev up0", 2 + i));
         ns.ip("link set up0 up");
         ns.ip("route add default via 192.0.2.1");
-        let dir = serve_tunnels(&ns, "");
+        let dir = serve_tunnels(&ns, &format!("peers = [\"192.0.2.{}\"]\n", 3 - i));
         let priority = 100 - 10 * u32::from(i);
         std::fs::write(format!("{dir}/keepalived.conf"), keepalived_conf(&dir, priority)).unwrap();
         Node { ns, dir, footunnel: None, keepalived: None }
@@ -82,7 +82,10 @@ impl Node {
     /// passing traffic, footunnel and keepalived started.
     fn revive(&mut self) {
         self.stop();
-        let _ = self.ns.ip(&format!("addr del {SERVICE}/24 dev up0"));
+        // Either may be gone already (keepalived gave the address back; the machine never died).
+        let _ = std::process::Command::new("ip")
+            .args(["-n", &self.ns.name, "addr", "del", &format!("{SERVICE}/24"), "dev", "up0"])
+            .output();
         let _ = std::process::Command::new("ip")
             .args(["netns", "exec", &self.ns.name, "nft", "delete", "table", "netdev", "dead"])
             .output();
@@ -152,6 +155,8 @@ impl Lab {
         for node in &mut nodes {
             node.start();
         }
+        let agreed = "peers 192.0.2.2 have the same prefixes for every tunnel";
+        assert!(nodes[1].log().contains(agreed), "node 1 compared its prefixes with node 0's:\n{}", nodes[1].log());
         let mut lab = Lab { router, internet, nodes, _clients: Vec::new() };
         lab.wait_for_master(0, Instant::now(), "node 0 (priority 100) becomes master");
         lab._clients = (0..TUNNELS.len()).map(|n| client(&lab.router, n, &dir)).collect();

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod decide;
 pub mod metrics;
 mod mode;
+mod peers;
 mod plan;
 mod probe;
 mod program;
@@ -62,6 +63,8 @@ pub struct Broker {
     last_reload: Option<ReloadOutcome>,
     /// A tunnel's problem changed since the state file was written.
     state_dirty: bool,
+    /// Where peers (`peers`) ask about this broker's prefixes.
+    peer_socket: Option<peers::PeerSocket>,
 }
 
 /// Reads the configuration again (SIGHUP): the file, with the command line's overrides.

@@ -28,6 +28,13 @@ pub(super) struct Plan {
     pub(super) shared: Option<super::shared::SharedDevice>,
 }
 
+impl Plan {
+    /// What peers are told of each tunnel: its secrets and prefixes.
+    pub(super) fn peer_tunnels(&self) -> Vec<super::peers::PeerTunnel> {
+        self.tunnels.iter().map(|t| super::peers::PeerTunnel::of(&t.config, &t.prefixes)).collect()
+    }
+}
+
 /// Checks the configuration against the system: links, FoU listeners,
 /// interfaces. Changes nothing.
 pub(super) async fn plan(config: &BrokerConfig, handle: &Handle) -> Result<Plan> {

@@ -35,6 +35,8 @@ pub(crate) fn check_reloadable(old: &BrokerConfig, new: &BrokerConfig) -> Result
         ("metrics", old.metrics != new.metrics),
         ("mode or [shared]", old.shared != new.shared),
         ("announce_table", old.announce_table != new.announce_table),
+        ("peer_port", old.peer_port != new.peer_port),
+        ("peers (from none, or to none)", old.peers.is_empty() != new.peers.is_empty()),
     ];
     let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
     if !changed.is_empty() {
@@ -178,6 +180,10 @@ impl Broker {
         let diff = diff(&self.config.tunnels, &new.tunnels);
         let created_now = bring_up_managed(&new, &self.handle, &self.placeholders_in_use()).await?;
         let plan = manage::undo_on_error(plan(&new, &self.handle).await, &self.handle, &created_now).await?;
+        if let Some(socket) = &self.peer_socket {
+            let agreed = socket.agree(&new.peers, &plan.peer_tunnels(), new.freshness_window_ns).await;
+            manage::undo_on_error(agreed, &self.handle, &created_now).await?;
+        }
         let attached = self.attach_new_interfaces(&new, &plan);
         manage::undo_on_error(attached, &self.handle, &created_now).await?;
         let routed = self.route_shared(&plan).await;

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use footunnel_ebpf::maps::{self, Event};
 
-use super::{Broker, Mode, ReloadOutcome, Reread, metrics, program, settings};
+use super::{Broker, Mode, ReloadOutcome, Reread, metrics, peers::PeerSocket, program, settings};
 use crate::{broker::dataplane, broker::decide, broker::tunnels, now_ns};
 
 /// What the sweep carries from one second to the next.
@@ -38,7 +38,29 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     batch
 }
 
+/// The next datagram on the peer socket; never, without one.
+async fn peer_datagram(socket: Option<&PeerSocket>) -> Option<Result<(Vec<u8>, std::net::IpAddr)>> {
+    match socket {
+        Some(s) => Some(s.receive().await),
+        None => std::future::pending().await,
+    }
+}
+
 impl Broker {
+    /// A peer's query about a tunnel's prefixes (only listed peers are answered).
+    async fn answer_peer(&mut self, received: Result<(Vec<u8>, std::net::IpAddr)>) {
+        let (payload, from) = match received {
+            Ok(r) => r,
+            Err(e) => return warn!("{e:#}"),
+        };
+        let Some(socket) = &self.peer_socket else { return };
+        if !self.config.peers.contains(&from) {
+            return tracing::debug!("dropped a datagram on peer_port from {from}, which is not in peers");
+        }
+        let tunnels = self.table.peer_tunnels();
+        socket.answer(&tunnels, &payload, from, self.config.freshness_window_ns).await;
+    }
+
     /// SIGHUP: re-reads the configuration and applies the difference; a bad
     /// one changes nothing. The outcome goes to the log and the state file.
     async fn on_hangup(&mut self, reread: &Reread) {
@@ -155,6 +177,7 @@ impl Broker {
                         server.handle(work, || self.metrics_text());
                     }
                 }
+                Some(received) = peer_datagram(self.peer_socket.as_ref()) => self.answer_peer(received).await,
                 _ = sweep.tick() => self.sweep(&mut pass).await,
                 // Last, and one link a turn: events and link changes never
                 // wait behind the sweep.

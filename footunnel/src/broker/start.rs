@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::{
     Broker, Reread, dataplane, decide,
     decide::RateLimit,
+    peers::PeerSocket,
     plan::{Plan, plan},
     program::{attach, ensure_pin_dir, fill_maps, pinned_maps},
     read_state, shared,
@@ -50,6 +51,7 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
     // Bad configuration changes nothing: what was just made goes again.
     let plan = manage::undo_on_error(plan(&config, &handle).await, &handle, &created).await?;
     debug!("configuration checked against the system");
+    let peer_socket = manage::undo_on_error(agree_with_peers(&config, &plan).await, &handle, &created).await?;
     let mut table = TunnelTable::new(
         plan.tunnels.iter().map(|t| Running::new(t.config.clone(), t.link.clone(), t.prefixes.clone())).collect(),
     );
@@ -59,7 +61,10 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
         apply_pinned_endpoints(&handle, &config.pin_dir, &mut table).await;
     }
     let started = match Broker::start(config, handle.clone(), plan, table, created.clone()) {
-        Ok(mut broker) => broker.serve_shared_device().await.map(|()| broker),
+        Ok(mut broker) => {
+            broker.peer_socket = peer_socket;
+            broker.serve_shared_device().await.map(|()| broker)
+        }
         Err(e) => Err(e),
     };
     let mut broker = manage::undo_on_error(started, &handle, &created).await?;
@@ -72,6 +77,14 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
         );
     }
     broker.serve(reread, metrics, shutdown).await
+}
+
+/// With `peers`: the socket they are asked on, once every peer that
+/// answered has the same prefixes for each tunnel.
+async fn agree_with_peers(config: &BrokerConfig, plan: &Plan) -> Result<Option<PeerSocket>> {
+    let Some(socket) = PeerSocket::bind(&config.peers, config.peer_port).await? else { return Ok(None) };
+    socket.agree(&config.peers, &plan.peer_tunnels(), config.freshness_window_ns).await?;
+    Ok(Some(socket))
 }
 
 /// Placeholder remotes for links footunnel creates, until the first
@@ -164,6 +177,7 @@ impl Broker {
             created,
             last_reload: None,
             state_dirty: false,
+            peer_socket: None,
         };
         broker.write_state()?;
         Ok(broker)

@@ -111,6 +111,11 @@ impl TunnelTable {
     }
 
     /// Every tunnel's inner prefixes.
+    /// What peers are told of each tunnel: its secrets and prefixes.
+    pub(super) fn peer_tunnels(&self) -> Vec<super::peers::PeerTunnel> {
+        self.tunnels.iter().map(|t| super::peers::PeerTunnel::of(&t.config, &t.prefixes)).collect()
+    }
+
     pub fn prefixes(&self) -> Vec<Prefix> {
         self.tunnels.iter().flat_map(|t| t.prefixes.iter().copied()).collect()
     }

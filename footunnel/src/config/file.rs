@@ -43,6 +43,11 @@ pub(super) struct File {
     /// Keep each fresh tunnel's prefix routes in this routing table, for a
     /// routing daemon to announce.
     pub(super) announce_table: Option<u32>,
+    /// Other brokers with these tunnels' secrets: their prefixes must agree.
+    #[serde(default)]
+    pub(super) peers: Vec<std::net::IpAddr>,
+    #[serde(default = "default_peer_port")]
+    pub(super) peer_port: u16,
     #[serde(default)]
     pub(super) mode: Mode,
     pub(super) shared: Option<SharedFile>,
@@ -59,6 +64,10 @@ pub(super) struct SharedFile {
     pub(super) address: Option<String>,
     #[serde(default = "default_mtu")]
     pub(super) mtu: u32,
+}
+
+pub(super) fn default_peer_port() -> u16 {
+    super::DEFAULT_PEER_PORT
 }
 
 pub(super) fn default_shared_device() -> String {

@@ -22,6 +22,8 @@ mod tests;
 
 pub const DEFAULT_FOU_PORT: u16 = 42424;
 pub const DEFAULT_LEGACY_PORT: u16 = 42425;
+/// Where brokers compare their tunnels' prefixes (`peers`).
+pub const DEFAULT_PEER_PORT: u16 = 42426;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/footunnel";
 pub const DEFAULT_STATE_DIR: &str = "/run/footunnel";
 
@@ -114,6 +116,12 @@ pub struct BrokerConfig {
     /// the tunnel is fresh here (heard within its silence_timeout), for a
     /// routing daemon (BIRD) to announce; `None`: no such routes.
     pub announce_table: Option<u32>,
+    /// Other brokers serving these tunnels (behind one anycast or VRRP
+    /// address), at addresses of their own: each tunnel's prefixes must be
+    /// the same on every broker that has its secret.
+    pub peers: Vec<IpAddr>,
+    /// The UDP port brokers compare prefixes on.
+    pub peer_port: u16,
     /// Log each control message's verdict from the data plane
     /// (`footunnel broker --trace`; no configuration key: it is for a session
     /// of troubleshooting, not for running).

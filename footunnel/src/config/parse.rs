@@ -43,6 +43,8 @@ impl BrokerConfig {
             shared,
             tunnels,
             announce_table: file.announce_table,
+            peers: file.peers,
+            peer_port: file.peer_port,
             trace: false,
         };
         config.validate()?;
@@ -65,6 +67,8 @@ impl BrokerConfig {
             shared: None,
             tunnels: vec![Tunnel::new(link.to_owned(), link.to_owned(), secret.to_owned(), None, Vec::new(), false)?],
             announce_table: None,
+            peers: Vec::new(),
+            peer_port: DEFAULT_PEER_PORT,
             trace: false,
         };
         config.validate()?;
@@ -108,7 +112,31 @@ impl BrokerConfig {
             self.validate_shared(shared)?;
         }
         self.validate_announce_table()?;
+        self.validate_peers()?;
         self.validate_tunnels()
+    }
+
+    /// Peers are unicast addresses, each once; the peer port is a port of its own.
+    fn validate_peers(&self) -> Result<()> {
+        let mut seen = HashSet::new();
+        for peer in &self.peers {
+            if peer.is_unspecified() || peer.is_multicast() || peer.is_loopback() {
+                bail!("peers: {peer} is not another broker's address: list each other broker's own unicast address");
+            }
+            if !seen.insert(peer) {
+                bail!("peers: {peer} is listed twice");
+            }
+        }
+        let taken = self.fou_ports.contains(&self.peer_port)
+            || (self.tunnels.iter().any(|t| t.legacy) && self.legacy_port == self.peer_port);
+        if self.peer_port == 0 || taken {
+            bail!(
+                "peer_port = {}: brokers compare prefixes on a UDP port of its own, not 0, a FoU port or the \
+                 legacy port (default {DEFAULT_PEER_PORT})",
+                self.peer_port
+            );
+        }
+        Ok(())
     }
 
     /// A table of announced routes must be one of its own, and its routes

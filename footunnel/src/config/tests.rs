@@ -334,3 +334,22 @@ fn an_announce_table_is_a_table_of_its_own_and_needs_silence_timeouts() {
         assert!(e.contains(expected), "{expected:?} not in: {e}");
     }
 }
+
+#[test]
+fn peers_are_other_brokers_unicast_addresses_on_a_port_of_their_own() {
+    let c = parse(&format!("peers = [\"198.51.100.6\", \"2001:db8::6\"]\n{ONE}")).unwrap();
+    assert_eq!(c.peers, vec!["198.51.100.6".parse::<IpAddr>().unwrap(), "2001:db8::6".parse().unwrap()]);
+    assert_eq!(c.peer_port, DEFAULT_PEER_PORT);
+    assert!(parse(ONE).unwrap().peers.is_empty(), "none by default");
+    for (text, expected) in [
+        (format!("peers = [\"0.0.0.0\"]\n{ONE}"), "not another broker's address"),
+        (format!("peers = [\"127.0.0.1\"]\n{ONE}"), "not another broker's address"),
+        (format!("peers = [\"224.0.0.18\"]\n{ONE}"), "not another broker's address"),
+        (format!("peers = [\"198.51.100.6\", \"198.51.100.6\"]\n{ONE}"), "listed twice"),
+        (format!("peers = [\"198.51.100.6\"]\npeer_port = 42424\n{ONE}"), "a UDP port of its own"),
+        (format!("peers = [\"broker-b\"]\n{ONE}"), "invalid IP address"),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(expected), "{expected:?} not in: {e}");
+    }
+}
