@@ -20,6 +20,15 @@ pub(crate) const TUNNELS: [(&str, &str, &str, &str, &str); 2] = [
     ("c2", "anycast client two, long enough", "10.0.0.5", "10.0.0.6", "10.0.0.4/30"),
 ];
 
+/// How the brokers carry the tunnels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carrier {
+    /// A link per tunnel.
+    PerLink,
+    /// One external-mode device for all (docs/shared-mode.md).
+    Shared,
+}
+
 /// A broker node: footunnel and BIRD, the service address on lo.
 struct Node {
     ns: Netns,
@@ -31,7 +40,7 @@ struct Node {
 
 impl Node {
     /// Node `i` (0 or 1), its uplink `198.51.100.(4i+2)/30` to the router.
-    fn new(router: &Netns, i: u8) -> Self {
+    fn new(router: &Netns, i: u8, carrier: Carrier) -> Self {
         let ns = Netns::new("anyb");
         let (ours, theirs) = (4 * i + 2, 4 * i + 1);
         veth(
@@ -45,10 +54,11 @@ impl Node {
         ns.ip(&format!("route add default via 198.51.100.{theirs}"));
         ns.ip(&format!("addr add {SERVICE}/32 dev lo"));
         let peer = 4 * (1 - i) + 2;
-        let dir = serve_tunnels(
-            &ns,
-            &format!("announce_table = 4242\nsilence_timeout = 3\npeers = [\"198.51.100.{peer}\"]\n"),
-        );
+        let settings = format!("announce_table = 4242\nsilence_timeout = 3\npeers = [\"198.51.100.{peer}\"]\n");
+        let dir = match carrier {
+            Carrier::PerLink => serve_tunnels(&ns, &settings),
+            Carrier::Shared => serve_shared(&ns, &settings),
+        };
         std::fs::write(format!("{dir}/bird.conf"), broker_bird(ours, theirs, 65001 + u32::from(i))).unwrap();
         Node { ns, dir, footunnel: None, bird: None, health_check: None }
     }
@@ -116,6 +126,24 @@ pub(crate) fn serve_tunnels(ns: &Netns, extra: &str) -> String {
     );
     for (n, (name, secret, _, _, _)) in TUNNELS.iter().enumerate() {
         toml += &format!("[[tunnel]]\nname = \"{name}\"\nlink = \"fou{n}\"\nsecret = \"{secret}\"\n");
+    }
+    std::fs::write(format!("{dir}/broker.toml"), toml).unwrap();
+    dir
+}
+
+/// Like [`serve_tunnels`], in shared-device mode: one device for both
+/// tunnels, each routed by its prefix.
+fn serve_shared(ns: &Netns, extra: &str) -> String {
+    sysctl(ns, "net.ipv4.ip_forward=1");
+    let dir = format!("/tmp/ft-{}", ns.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut toml = format!(
+        "pin_dir = \"/sys/fs/bpf/ft-{}\"\nstate_dir = \"{dir}/state\"\ninterfaces = [\"up0\"]\n{extra}mode = \"shared\"\n\
+         [shared]\nlocal = \"{SERVICE}\"\naddress = \"10.0.0.1/32\"\n",
+        ns.name
+    );
+    for (name, secret, _, _, prefix) in TUNNELS {
+        toml += &format!("[[tunnel]]\nname = \"{name}\"\nsecret = \"{secret}\"\npeer_prefixes = [\"{prefix}\"]\n");
     }
     std::fs::write(format!("{dir}/broker.toml"), toml).unwrap();
     dir
@@ -231,14 +259,15 @@ struct Lab {
     internet: Netns,
     nodes: [Node; 2],
     _router_bird: NsProcess,
-    /// (NAT, client namespace, client process) per tunnel.
-    _clients: Vec<(Netns, Netns, NsProcess)>,
+    _nats: Vec<Netns>,
+    /// (client namespace, client process) per tunnel.
+    _clients: Vec<(Netns, NsProcess)>,
     /// The nodes run the health check (and so do they when revived).
     health_check: bool,
 }
 
 impl Lab {
-    fn new(health_check: bool) -> Self {
+    fn new(health_check: bool, carrier: Carrier) -> Self {
         require_vm();
         let router = Netns::new("anyr");
         let internet = Netns::new("anyi");
@@ -247,7 +276,7 @@ impl Lab {
         sysctl(&router, "net.ipv4.ip_forward=1");
         // Flows are spread by their ports too, not by addresses alone.
         sysctl(&router, "net.ipv4.fib_multipath_hash_policy=1");
-        let mut nodes = [Node::new(&router, 0), Node::new(&router, 1)];
+        let mut nodes = [Node::new(&router, 0, carrier), Node::new(&router, 1, carrier)];
         veth(&router, "inet0", "203.0.113.129/25", &internet, "up0", &format!("{INTERNET_HOST}/25"));
         internet.ip("route add default via 203.0.113.129");
         std::fs::write(format!("{dir}/bird.conf"), router_bird()).unwrap();
@@ -263,8 +292,9 @@ impl Lab {
             || route(&router, SERVICE).matches("nexthop").count() == 2,
             || format!("{}\n{}", route(&router, SERVICE), sh("ip", &["-n", &router.name, "route"])),
         );
-        let clients = (0..TUNNELS.len()).map(|n| client(&router, n, &dir)).collect();
-        let lab = Lab { router, internet, nodes, _router_bird: router_bird, _clients: clients, health_check };
+        let (nats, clients) = clients(&router, carrier, &dir);
+        let lab =
+            Lab { router, internet, nodes, _router_bird: router_bird, _nats: nats, _clients: clients, health_check };
         lab.settle();
         lab
     }
@@ -318,8 +348,10 @@ impl Lab {
             if round == 0 {
                 println!("anycast: c1 on broker {gone}, c2 on broker {:?}", before[1]);
             }
+            // From the first thing `stop` does (the uplink silent, or footunnel gone).
+            let since = Instant::now();
             stop(&mut self.nodes[gone]);
-            times.push(self.takeover(gone, &before, Instant::now(), what).as_secs_f64());
+            times.push(self.takeover(gone, &before, since, what).as_secs_f64());
             if round + 1 < rounds {
                 self.revive(gone);
             }
@@ -388,11 +420,9 @@ impl Lab {
     }
 }
 
-/// Client `n` behind a NAT of its own (per-link mode tells two clients at
-/// one public address apart only on distinct broker addresses), heard by
-/// its broker.
-pub(crate) fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
-    let (name, secret, _, client_inner, _) = TUNNELS[n];
+/// NAT `n` between the router and a LAN (bridge `br0`, 10.77.n.1/24),
+/// masquerading behind 203.0.113.(16n+1).
+pub(crate) fn nat(router: &Netns, n: usize) -> Netns {
     let nat = Netns::new("anyn");
     let net = 16 * n as u8;
     veth(
@@ -406,8 +436,21 @@ pub(crate) fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsPr
     nat.ip(&format!("route add default via 203.0.113.{}", net + 2));
     sysctl(&nat, "net.ipv4.ip_forward=1");
     nft(&nat, "masquerade");
+    nat.ip("link add br0 type bridge");
+    nat.ip(&format!("addr add 10.77.{n}.1/24 dev br0"));
+    nat.ip("link set br0 up");
+    nat
+}
+
+/// The client of tunnel `t` on NAT `n`'s LAN at 10.77.n.`host`, heard by
+/// its broker.
+fn client_behind(nat: &Netns, n: usize, host: u8, t: usize, dir: &str) -> (Netns, NsProcess) {
+    let (name, secret, _, client_inner, _) = TUNNELS[t];
     let ns = Netns::new("anyc");
-    veth(&nat, "lan0", &format!("10.77.{n}.1/24"), &ns, "up0", &format!("10.77.{n}.2/24"));
+    nat.ip(&format!("link add lan{t} type veth peer name up0 netns {}", ns.name));
+    nat.ip(&format!("link set lan{t} master br0 up"));
+    ns.ip(&format!("addr add 10.77.{n}.{host}/24 dev up0"));
+    ns.ip("link set up0 up");
     ns.ip(&format!("route add default via 10.77.{n}.1"));
     ns.ip("fou add port 42424 ipproto 4");
     ns.ip(&format!("link add fou0 type ipip remote {SERVICE} ttl 64 encap fou encap-sport 42424 encap-dport 42424"));
@@ -417,12 +460,34 @@ pub(crate) fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsPr
     let state = format!("{dir}/{name}");
     let mut p = NsProcess::footunnel(&ns, &["client", "-v", "--interval", "1", "--state-dir", &state, SERVICE, secret]);
     p.wait_for("the broker sees this end at", Duration::from_secs(20));
+    (ns, p)
+}
+
+/// Client `n` behind a NAT of its own (per-link mode tells two clients at
+/// one public address apart only on distinct broker addresses), heard by
+/// its broker.
+pub(crate) fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsProcess) {
+    let nat = nat(router, n);
+    let (ns, p) = client_behind(&nat, n, 2, n, dir);
     (nat, ns, p)
+}
+
+/// The clients as each mode can have them: per-link mode a NAT each,
+/// shared-device mode both behind one NAT address.
+fn clients(router: &Netns, carrier: Carrier, dir: &str) -> (Vec<Netns>, Vec<(Netns, NsProcess)>) {
+    match carrier {
+        Carrier::PerLink => (0..TUNNELS.len()).map(|t| client(router, t, dir)).map(|(n, c, p)| (n, (c, p))).unzip(),
+        Carrier::Shared => {
+            let nat = nat(router, 0);
+            let clients = (0..TUNNELS.len()).map(|t| client_behind(&nat, 0, 2 + t as u8, t, dir)).collect();
+            (vec![nat], clients)
+        }
+    }
 }
 
 #[test]
 fn when_one_anycast_brokers_machine_dies_its_clients_are_reached_through_the_other() {
-    let mut lab = Lab::new(false);
+    let mut lab = Lab::new(false, Carrier::PerLink);
     // Its processes die and its uplink goes silent.
     let times = lab.takeovers(Node::die, "its machine died");
     footunnel_tests::bench_times("anycast_machine", &times);
@@ -430,9 +495,16 @@ fn when_one_anycast_brokers_machine_dies_its_clients_are_reached_through_the_oth
 
 #[test]
 fn when_one_anycast_brokers_footunnel_stops_its_health_check_withdraws_it() {
-    let mut lab = Lab::new(true);
+    let mut lab = Lab::new(true, Carrier::PerLink);
     // BIRD and the machine stay; `footunnel show --check` fails, and the
     // health check withdraws the service address and the tunnels' routes.
     let times = lab.takeovers(|node| drop(node.footunnel.take()), "its footunnel stopped");
     footunnel_tests::bench_times("anycast_footunnel", &times);
+}
+
+#[test]
+fn in_shared_mode_two_clients_behind_one_nat_address_move_to_the_other_anycast_broker() {
+    // Per-link mode could not tell these two apart behind one service address.
+    let mut lab = Lab::new(false, Carrier::Shared);
+    lab.takeovers(Node::die, "shared-device mode, its machine died");
 }

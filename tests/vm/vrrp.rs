@@ -202,8 +202,10 @@ impl Lab {
                 self.wait_for_master(0, Instant::now(), "the revived node 0 takes the address back");
                 self.reach_every_client(Instant::now(), Duration::from_secs(5));
             }
-            stop(&mut self.nodes[0]);
+            // From the first thing `stop` does (the uplink silent, or footunnel gone),
+            // not from its end: keepalived takes a while to exit.
             let since = Instant::now();
+            stop(&mut self.nodes[0]);
             self.wait_for_master(1, since, "node 1 takes the service address over");
             // keepalived's master-down interval (3 adverts and a skew) is the floor; a
             // client then needs one heartbeat (1 s) to be learnt by node 1.

@@ -110,9 +110,12 @@ async fn plan_shared(config: &BrokerConfig, shared: &Shared, handle: &Handle) ->
         .map(|t| Planned { config: t.clone(), link: device.clone(), prefixes: t.peer_prefixes.clone() })
         .collect();
     check_overlap(&tunnels)?;
-    let uplink = link::interface_with_address(handle, IpAddr::V4(shared.local))
-        .await
-        .with_context(|| format!("shared.local = {}: the broker's public address", shared.local))?;
+    // Not here at all on a VRRP backup; on lo on an anycast node.
+    let holder = match link::interface_with_address(handle, IpAddr::V4(shared.local)).await {
+        Ok(name) => Some((link::is_loopback(handle, &name).await?, name)),
+        Err(_) => None,
+    };
+    let uplink = shared_uplink(shared.local, holder, &config.interfaces)?;
     let mut interfaces = config.interfaces.clone();
     if interfaces.is_empty() {
         interfaces.push(uplink.clone());
@@ -127,6 +130,28 @@ async fn plan_shared(config: &BrokerConfig, shared: &Shared, handle: &Handle) ->
     }
     let shared = super::shared::SharedDevice { name: device.name.clone(), index: device.index, uplink: uplink_index };
     Ok(Plan { tunnels, interfaces, shared: Some(shared) })
+}
+
+/// The interface shared-device mode's packets leave by: the one holding
+/// `shared.local`, unless that is a loopback (an anycast service address)
+/// or none (a VRRP backup): then the one uplink `interfaces` names.
+fn shared_uplink(local: std::net::Ipv4Addr, holder: Option<(bool, String)>, interfaces: &[String]) -> Result<String> {
+    let why = match holder {
+        Some((false, name)) => return Ok(name),
+        Some((true, name)) => format!("is on {name}, as an anycast service address is"),
+        None => "is on no interface here (a VRRP backup's address, until it takes over)".to_owned(),
+    };
+    match interfaces {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "shared.local = {local} {why}: name the uplink the tunnels' packets leave by with \
+             interfaces = [\"eth0\"] (or --interface eth0)"
+        ),
+        _ => bail!(
+            "shared.local = {local} {why}, and shared-device mode sends every tunnel's packets by one uplink: \
+             list only that one in interfaces"
+        ),
+    }
 }
 
 fn check_overlap(tunnels: &[Planned]) -> Result<()> {
@@ -170,6 +195,23 @@ mod tests {
     fn only_ethernet_uplinks_are_taken() {
         assert!(check_link_layer("eth0", LinkLayerType::Ether).is_ok());
         assert!(check_link_layer("lo", LinkLayerType::Loopback).is_ok());
+    }
+
+    #[test]
+    fn shared_mode_leaves_by_the_address_holder_unless_it_is_lo_or_absent() {
+        let local = "192.0.2.53".parse().unwrap();
+        let eth = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(shared_uplink(local, Some((false, "eth0".into())), &eth(&["eth1"])).unwrap(), "eth0");
+        assert_eq!(shared_uplink(local, Some((true, "lo".into())), &eth(&["eth1"])).unwrap(), "eth1");
+        assert_eq!(shared_uplink(local, None, &eth(&["eth1"])).unwrap(), "eth1");
+        for (holder, interfaces, expected) in [
+            (Some((true, "lo".to_owned())), eth(&[]), "is on lo, as an anycast service address is: name the uplink"),
+            (None, eth(&[]), "is on no interface here"),
+            (Some((true, "lo".to_owned())), eth(&["eth0", "eth1"]), "list only that one in interfaces"),
+        ] {
+            let e = format!("{:#}", shared_uplink(local, holder, &interfaces).unwrap_err());
+            assert!(e.contains(expected), "{expected:?} not in: {e}");
+        }
         for (name, kind) in [("ppp0", LinkLayerType::Ppp), ("wg0", LinkLayerType::None)] {
             let e = check_link_layer(name, kind).unwrap_err().to_string();
             assert!(e.contains("is not Ethernet") && e.contains(name) && e.contains("--interface"), "{e}");
