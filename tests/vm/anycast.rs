@@ -22,7 +22,7 @@ pub(crate) const TUNNELS: [(&str, &str, &str, &str, &str); 2] = [
 
 /// How the brokers carry the tunnels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Carrier {
+pub(crate) enum Carrier {
     /// A link per tunnel.
     PerLink,
     /// One external-mode device for all (docs/shared-mode.md).
@@ -87,14 +87,27 @@ impl Node {
     /// The machine stops: its processes die and nothing passes its uplink,
     /// whose link stays up (a switch in between): only BFD can tell.
     fn die(&mut self) {
-        let ruleset = "table netdev dead {\n chain in { type filter hook ingress device up0 priority 0; policy drop; }\n \
-                       chain out { type filter hook egress device up0 priority 0; policy drop; }\n}\n";
-        let file = format!("{}/dead.nft", self.dir);
-        std::fs::write(&file, ruleset).unwrap();
-        sh("ip", &["netns", "exec", &self.ns.name, "nft", "-f", &file]);
         // Silent first: a killed BIRD's socket would close its session at once.
+        silence_uplink(&self.ns, &self.dir);
         self.stop();
     }
+}
+
+/// Nothing passes `ns`'s uplink `up0` any more, which stays up (a switch in
+/// between): a machine that stopped, as its neighbours see it.
+pub(crate) fn silence_uplink(ns: &Netns, dir: &str) {
+    let ruleset = "table netdev dead {\n chain in { type filter hook ingress device up0 priority 0; policy drop; }\n \
+                   chain out { type filter hook egress device up0 priority 0; policy drop; }\n}\n";
+    let file = format!("{dir}/dead.nft");
+    std::fs::write(&file, ruleset).unwrap();
+    sh("ip", &["netns", "exec", &ns.name, "nft", "-f", &file]);
+}
+
+/// The uplink passes traffic again (nothing to undo if it never went silent).
+pub(crate) fn unsilence_uplink(ns: &Netns) {
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "delete", "table", "netdev", "dead"])
+        .output();
 }
 
 impl Drop for Node {
@@ -133,7 +146,7 @@ pub(crate) fn serve_tunnels(ns: &Netns, extra: &str) -> String {
 
 /// Like [`serve_tunnels`], in shared-device mode: one device for both
 /// tunnels, each routed by its prefix.
-fn serve_shared(ns: &Netns, extra: &str) -> String {
+pub(crate) fn serve_shared(ns: &Netns, extra: &str) -> String {
     sysctl(ns, "net.ipv4.ip_forward=1");
     let dir = format!("/tmp/ft-{}", ns.name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -321,9 +334,7 @@ impl Lab {
     /// reaches the service address through both again.
     fn revive(&mut self, n: usize) {
         self.nodes[n].stop();
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.nodes[n].ns.name, "nft", "delete", "table", "netdev", "dead"])
-            .output();
+        unsilence_uplink(&self.nodes[n].ns);
         self.nodes[n].start(self.health_check);
         wait_until(
             "the router learns the service address from both brokers again",
@@ -474,7 +485,7 @@ pub(crate) fn client(router: &Netns, n: usize, dir: &str) -> (Netns, Netns, NsPr
 
 /// The clients as each mode can have them: per-link mode a NAT each,
 /// shared-device mode both behind one NAT address.
-fn clients(router: &Netns, carrier: Carrier, dir: &str) -> (Vec<Netns>, Vec<(Netns, NsProcess)>) {
+pub(crate) fn clients(router: &Netns, carrier: Carrier, dir: &str) -> (Vec<Netns>, Vec<(Netns, NsProcess)>) {
     match carrier {
         Carrier::PerLink => (0..TUNNELS.len()).map(|t| client(router, t, dir)).map(|(n, c, p)| (n, (c, p))).unzip(),
         Carrier::Shared => {
@@ -506,5 +517,6 @@ fn when_one_anycast_brokers_footunnel_stops_its_health_check_withdraws_it() {
 fn in_shared_mode_two_clients_behind_one_nat_address_move_to_the_other_anycast_broker() {
     // Per-link mode could not tell these two apart behind one service address.
     let mut lab = Lab::new(false, Carrier::Shared);
-    lab.takeovers(Node::die, "shared-device mode, its machine died");
+    let times = lab.takeovers(Node::die, "shared-device mode, its machine died");
+    footunnel_tests::bench_times("anycast_shared", &times);
 }

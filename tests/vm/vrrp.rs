@@ -8,9 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use footunnel_tests::{Netns, NsProcess, require_vm, sh};
+use footunnel_tests::{Netns, NsProcess, require_vm};
 
-use crate::anycast::{INTERNET_HOST, SERVICE, TUNNELS, client, pings, serve_tunnels, start_broker, wait_until};
+use crate::anycast::{
+    Carrier, INTERNET_HOST, SERVICE, TUNNELS, clients, pings, serve_shared, serve_tunnels, silence_uplink,
+    start_broker, unsilence_uplink, wait_until,
+};
 use crate::e2e::sysctl;
 
 /// A broker machine on the segment: footunnel and keepalived.
@@ -24,14 +27,18 @@ struct Node {
 impl Node {
     /// Node `i` (0, the preferred master, or 1) at `192.0.2.(2+i)/24` on
     /// the router's bridge.
-    fn new(router: &Netns, i: u8) -> Self {
+    fn new(router: &Netns, i: u8, carrier: Carrier) -> Self {
         let ns = Netns::new("vrb");
         router.ip(&format!("link add seg{i} type veth peer name up0 netns {}", ns.name));
         router.ip(&format!("link set seg{i} master br0 up"));
         ns.ip(&format!("addr add 192.0.2.{}/24 dev up0", 2 + i));
         ns.ip("link set up0 up");
         ns.ip("route add default via 192.0.2.1");
-        let dir = serve_tunnels(&ns, &format!("peers = [\"192.0.2.{}\"]\n", 3 - i));
+        let peers = format!("peers = [\"192.0.2.{}\"]\n", 3 - i);
+        let dir = match carrier {
+            Carrier::PerLink => serve_tunnels(&ns, &peers),
+            Carrier::Shared => serve_shared(&ns, &peers),
+        };
         let priority = 100 - 10 * u32::from(i);
         std::fs::write(format!("{dir}/keepalived.conf"), keepalived_conf(&dir, priority)).unwrap();
         Node { ns, dir, footunnel: None, keepalived: None }
@@ -70,11 +77,7 @@ impl Node {
     /// adverts included, so only their absence tells the backup), then its
     /// processes die.
     fn die(&mut self) {
-        let ruleset = "table netdev dead {\n chain in { type filter hook ingress device up0 priority 0; policy drop; }\n \
-                       chain out { type filter hook egress device up0 priority 0; policy drop; }\n}\n";
-        let file = format!("{}/dead.nft", self.dir);
-        std::fs::write(&file, ruleset).unwrap();
-        sh("ip", &["netns", "exec", &self.ns.name, "nft", "-f", &file]);
+        silence_uplink(&self.ns, &self.dir);
         self.stop();
     }
 
@@ -82,13 +85,11 @@ impl Node {
     /// passing traffic, footunnel and keepalived started.
     fn revive(&mut self) {
         self.stop();
-        // Either may be gone already (keepalived gave the address back; the machine never died).
+        // Gone already if keepalived gave the address back.
         let _ = std::process::Command::new("ip")
             .args(["-n", &self.ns.name, "addr", "del", &format!("{SERVICE}/24"), "dev", "up0"])
             .output();
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.ns.name, "nft", "delete", "table", "netdev", "dead"])
-            .output();
+        unsilence_uplink(&self.ns);
         self.start();
     }
 }
@@ -134,11 +135,12 @@ struct Lab {
     router: Netns,
     internet: Netns,
     nodes: [Node; 2],
-    _clients: Vec<(Netns, Netns, NsProcess)>,
+    _nats: Vec<Netns>,
+    _clients: Vec<(Netns, NsProcess)>,
 }
 
 impl Lab {
-    fn new() -> Self {
+    fn new(carrier: Carrier) -> Self {
         require_vm();
         let router = Netns::new("vrr");
         let internet = Netns::new("vri");
@@ -148,7 +150,7 @@ impl Lab {
         router.ip("link add br0 type bridge");
         router.ip("addr add 192.0.2.1/24 dev br0");
         router.ip("link set br0 up");
-        let mut nodes = [Node::new(&router, 0), Node::new(&router, 1)];
+        let mut nodes = [Node::new(&router, 0, carrier), Node::new(&router, 1, carrier)];
         footunnel_tests::veth(&router, "inet0", "203.0.113.129/25", &internet, "up0", &format!("{INTERNET_HOST}/25"));
         internet.ip("route add default via 203.0.113.129");
         router.ip(&format!("route add 10.0.0.0/29 via {SERVICE}"));
@@ -157,9 +159,9 @@ impl Lab {
         }
         let agreed = "peers 192.0.2.2 have the same prefixes for every tunnel";
         assert!(nodes[1].log().contains(agreed), "node 1 compared its prefixes with node 0's:\n{}", nodes[1].log());
-        let mut lab = Lab { router, internet, nodes, _clients: Vec::new() };
+        let mut lab = Lab { router, internet, nodes, _nats: Vec::new(), _clients: Vec::new() };
         lab.wait_for_master(0, Instant::now(), "node 0 (priority 100) becomes master");
-        lab._clients = (0..TUNNELS.len()).map(|n| client(&lab.router, n, &dir)).collect();
+        (lab._nats, lab._clients) = clients(&lab.router, carrier, &dir);
         lab.reach_every_client(Instant::now(), Duration::from_secs(5));
         lab
     }
@@ -219,14 +221,14 @@ impl Lab {
 
 #[test]
 fn when_the_vrrp_masters_machine_dies_the_backup_takes_the_address_and_its_clients() {
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(Carrier::PerLink);
     let times = lab.takeovers(Node::die, "the master's machine died");
     footunnel_tests::bench_times("vrrp_machine", &times);
 }
 
 #[test]
 fn when_the_vrrp_masters_footunnel_stops_its_track_script_hands_the_address_over() {
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(Carrier::PerLink);
     // keepalived and the machine stay; `footunnel show --check` fails, and
     // the master gives the address up (FAULT).
     let times = lab.takeovers(|node| drop(node.footunnel.take()), "the master's footunnel stopped");
@@ -234,4 +236,12 @@ fn when_the_vrrp_masters_footunnel_stops_its_track_script_hands_the_address_over
     let log = lab.nodes[0].keepalived.as_ref().unwrap().log();
     assert!(log.contains("Entering FAULT STATE"), "{log}");
     footunnel_tests::bench_times("vrrp_footunnel", &times);
+}
+
+#[test]
+fn in_shared_mode_the_vrrp_backup_starts_without_the_address_and_takes_over() {
+    // The backup holds no service address until it takes over: the uplink
+    // packets leave by is the one `interfaces` names.
+    let mut lab = Lab::new(Carrier::Shared);
+    lab.takeovers(Node::die, "shared-device mode, the master's machine died");
 }

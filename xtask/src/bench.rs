@@ -113,6 +113,7 @@ fn brokers(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> 
         "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
         "anycast_machine": read("anycast_machine")?,
         "anycast_footunnel": read("anycast_footunnel")?,
+        "anycast_shared": read("anycast_shared")?,
         "vrrp_machine": read("vrrp_machine")?,
         "vrrp_footunnel": read("vrrp_footunnel")?,
         "client_failover": read("client_failover")?,
@@ -157,6 +158,10 @@ fn brokers_md(b: &Value) -> String {
     );
     md += &row("its machine stops (processes killed, uplink silent: BFD)", &times(&b["anycast_machine"]));
     md += &row("its footunnel stops (health check every 1 s: `show --check`, birdc)", &times(&b["anycast_footunnel"]));
+    md += &row(
+        "its machine stops, shared-device mode (both clients behind one NAT address)",
+        &times(&b["anycast_shared"]),
+    );
     md += "\nTwo brokers on one segment sharing the address by VRRP (tests/vm/vrrp.rs: keepalived, `advert_int 1`, \
            track script `show --check` every 1 s, `fall 2`): the master stopping until an internet host reaches every \
            client through the backup.\n\n| the master | takeover median | max | rounds |\n|---|---:|---:|---:|\n";
