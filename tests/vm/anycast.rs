@@ -170,48 +170,43 @@ pub(crate) fn start_broker(ns: &Netns, dir: &str) -> NsProcess {
     broker
 }
 
-/// The broker node's BIRD: the service address and the fresh tunnels'
-/// routes (table 4242, protocol 250) to the router, BFD on the session.
-fn broker_bird(ours: u8, router: u8, asn: u32) -> String {
-    format!(
-        r#"log stderr all;
-router id 198.51.100.{ours};
-protocol device {{ scan time 1; }}
-protocol bfd {{ interface "up0" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 5; }}; }}
-# footunnel's announce_table: the prefixes of tunnels fresh on this broker.
-protocol kernel tunnels {{
-    kernel table 4242;
-    learn;
-    ipv4 {{ import where krt_source = 250; export none; }};
-}}
-# The service address (docs/anycast.md: withdrawn while `footunnel show --check` fails).
-protocol static service {{ ipv4; route {SERVICE}/32 blackhole; }}
-protocol bgp uplink {{
-    local 198.51.100.{ours} as {asn};
-    neighbor 198.51.100.{router} as 65000;
-    hold time 3;
-    # A session torn down comes back within seconds, not BIRD's default minute.
-    error wait time 1, 5;
-    bfd on;
-    ipv4 {{ import none; export where proto = "service" || proto = "tunnels"; next hop self; }};
-}}
-"#
-    )
+/// The code block after the first line of docs/anycast.md containing
+/// `after`, with each `(documented, ours)` replaced (each must be there):
+/// the tests run the configurations the documentation shows.
+pub(crate) fn documented(after: &str, ours: &[(&str, String)]) -> String {
+    let doc = include_str!("../../docs/anycast.md");
+    let from = doc.find(after).unwrap_or_else(|| panic!("docs/anycast.md has no {after:?}"));
+    let block = doc[from..].split("```").nth(1).expect("a code block after it");
+    let block = block.split_once('\n').expect("a code block's first line").1;
+    ours.iter().fold(block.to_owned(), |conf, (theirs, ours)| {
+        assert!(conf.contains(theirs), "docs/anycast.md's block after {after:?} has no {theirs:?}:\n{conf}");
+        conf.replace(theirs, ours)
+    })
 }
 
-/// The router's BIRD: both brokers as BGP peers with BFD, every path to
-/// the service address into the kernel (ECMP).
+/// docs/anycast.md's broker BIRD configuration (the README shows it too):
+/// the service address and the fresh tunnels' routes (table 4242,
+/// protocol 250) to the router, BFD on the session.
+fn broker_bird(ours: u8, router: u8, asn: u32) -> String {
+    let documented_block = documented("`/etc/bird/bird.conf`", &[]);
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains(&documented_block), "README.md's broker BIRD configuration differs from docs/anycast.md's");
+    let conf = documented(
+        "`/etc/bird/bird.conf`",
+        &[
+            ("router id 198.51.100.2;", format!("router id 198.51.100.{ours};")),
+            ("\"eth0\"", "\"up0\"".to_owned()),
+            ("local 198.51.100.2 as 65001;", format!("local 198.51.100.{ours} as {asn};")),
+            ("neighbor 198.51.100.1 as", format!("neighbor 198.51.100.{router} as")),
+        ],
+    );
+    format!("log stderr all;\n{conf}")
+}
+
+/// docs/anycast.md's router BIRD configuration: both brokers as BGP peers
+/// with BFD, every path to the service address into the kernel (ECMP).
 fn router_bird() -> String {
-    r#"log stderr all;
-router id 198.51.100.1;
-protocol device { scan time 1; }
-protocol bfd { interface "b*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 5; }; }
-protocol kernel { ipv4 { import none; export all; }; merge paths on; }
-template bgp broker { local as 65000; hold time 3; error wait time 1, 5; bfd on; ipv4 { import all; export none; }; }
-protocol bgp b0 from broker { neighbor 198.51.100.2 as 65001; }
-protocol bgp b1 from broker { neighbor 198.51.100.6 as 65002; }
-"#
-    .to_owned()
+    format!("log stderr all;\n{}", documented("## The router", &[]))
 }
 
 /// docs/anycast.md's health check, every second: while `footunnel

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use footunnel_tests::{Netns, NsProcess, require_vm};
 
 use crate::anycast::{
-    Carrier, INTERNET_HOST, SERVICE, TUNNELS, clients, pings, serve_shared, serve_tunnels, silence_uplink,
+    Carrier, INTERNET_HOST, SERVICE, TUNNELS, clients, documented, pings, serve_shared, serve_tunnels, silence_uplink,
     start_broker, unsilence_uplink, wait_until,
 };
 use crate::e2e::sysctl;
@@ -104,27 +104,21 @@ impl Drop for Node {
 /// The keepalived.conf docs/anycast.md shows (the README shows it too),
 /// with this node's priority, uplink and paths.
 fn keepalived_conf(dir: &str, priority: u32) -> String {
-    let documented = documented_keepalived_conf();
     let readme = include_str!("../../README.md");
-    assert!(readme.contains(&documented), "README.md's keepalived.conf differs from docs/anycast.md's:\n{documented}");
+    let documented_conf = documented("/etc/keepalived/keepalived.conf", &[]);
+    assert!(readme.contains(&documented_conf), "README.md's keepalived.conf differs from docs/anycast.md's");
     let footunnel = footunnel_tests::footunnel_bin();
-    let ours = [
-        ("/usr/bin/footunnel show --check", format!("{} show --check --state-dir {dir}/state", footunnel.display())),
-        ("eth0", "up0".to_owned()),
-        ("priority 100", format!("priority {priority}")),
-    ];
-    ours.iter().fold(documented, |conf, (theirs, ours)| {
-        assert!(conf.contains(theirs), "docs/anycast.md's keepalived.conf has no {theirs:?}:\n{conf}");
-        conf.replace(theirs, ours)
-    })
-}
-
-/// The code block after "keepalived.conf" in docs/anycast.md.
-fn documented_keepalived_conf() -> String {
-    let doc = include_str!("../../docs/anycast.md");
-    let after = &doc[doc.find("/etc/keepalived/keepalived.conf").expect("docs/anycast.md names keepalived.conf")..];
-    let block = after.split("```\n").nth(1).expect("a code block after it");
-    block.to_owned()
+    documented(
+        "/etc/keepalived/keepalived.conf",
+        &[
+            (
+                "/usr/bin/footunnel show --check",
+                format!("{} show --check --state-dir {dir}/state", footunnel.display()),
+            ),
+            ("eth0", "up0".to_owned()),
+            ("priority 100", format!("priority {priority}")),
+        ],
+    )
 }
 
 /// The router (a bridge for the broker segment, a static route for the
