@@ -57,8 +57,7 @@ impl Broker {
         if !self.config.peers.contains(&from) {
             return tracing::debug!("dropped a datagram on peer_port from {from}, which is not in peers");
         }
-        let tunnels = self.table.peer_tunnels();
-        socket.answer(&tunnels, &payload, from, self.config.freshness_window_ns).await;
+        socket.answer(&socket.running, &payload, from, self.config.freshness_window_ns).await;
     }
 
     /// SIGHUP: re-reads the configuration and applies the difference; a bad
