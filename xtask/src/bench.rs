@@ -68,9 +68,9 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("\n===== bench: the router client (sizes; memory in the VM) =====");
     let (router_size, router_memory) = router(&raw, &in_vm)?;
 
-    let read = |name: &str| -> Result<Value> { read_json(&raw.join(format!("{name}.json"))) };
+    let read = |name: &str| raw_json(&raw, name);
     let results = json!({
-        "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
+        "date": utc_now()?,
         "machine": machine()?,
         "minutes": started.elapsed().as_secs_f64() / 60.0,
         "per_packet": read("per_packet")?,
@@ -94,12 +94,22 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// A test's figures, `NAME.json` in the directory the VM tests write them to.
+fn raw_json(raw: &std::path::Path, name: &str) -> Result<Value> {
+    read_json(&raw.join(format!("{name}.json")))
+}
+
+/// Now, for a result's date.
+fn utc_now() -> Result<String> {
+    Ok(cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim().to_owned())
+}
+
 /// Section 6: sizes on the host, the client's memory in the VM.
 fn router(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<(Value, Value)> {
     let size = router_bench::measure(raw)?;
     vm_tests(raw, in_vm, &["router::the_x86_64_router_client_follows_its_nat"])?;
-    let mut memory = read_json(&raw.join("router_client.json"))?;
-    memory["date"] = cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim().into();
+    let mut memory = raw_json(raw, "router_client")?;
+    memory["date"] = utc_now()?.into();
     Ok((size, memory))
 }
 
@@ -108,9 +118,9 @@ fn router(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> R
 fn brokers(raw: &std::path::Path, in_vm: &dyn Fn(Vec<String>) -> Result<()>) -> Result<Value> {
     let tests = ["anycast::", "vrrp::", "brokers::a_client_moves", "broker::after_kill_9_a_restart"];
     vm_tests(raw, in_vm, &tests)?;
-    let read = |name: &str| -> Result<Value> { read_json(&raw.join(format!("{name}.json"))) };
+    let read = |name: &str| raw_json(raw, name);
     Ok(json!({
-        "date": cmd::output(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))?.trim(),
+        "date": utc_now()?,
         "anycast_machine": read("anycast_machine")?,
         "anycast_footunnel": read("anycast_footunnel")?,
         "anycast_shared": read("anycast_shared")?,

@@ -36,32 +36,24 @@ pub(super) struct PeerTunnel {
 }
 
 impl PeerTunnel {
-    pub(super) fn of(config: &crate::config::Tunnel, prefixes: &[Prefix]) -> Self {
-        PeerTunnel {
-            name: config.name.clone(),
-            identities: std::iter::once(config.identity).chain(config.next.iter().map(|n| n.identity)).collect(),
-            prefixes: prefixes.to_vec(),
-        }
-    }
-
-    fn digest(&self) -> [u8; 8] {
-        prefix_digest(&self.prefixes)
-    }
-
     fn prefix_list(&self) -> String {
-        let mut p: Vec<String> = self.prefixes.iter().map(Prefix::to_string).collect();
-        p.sort();
-        p.join(", ")
+        sorted_text(&self.prefixes).join(", ")
     }
+}
+
+/// The prefixes as text, sorted, each once: the same set reads the same.
+fn sorted_text(prefixes: &[Prefix]) -> Vec<String> {
+    let mut text: Vec<String> = prefixes.iter().map(Prefix::to_string).collect();
+    text.sort();
+    text.dedup();
+    text
 }
 
 /// The first 8 bytes of SHA-256 over the prefixes, sorted, as text: the
 /// same set gives the same digest in any order.
 pub(super) fn prefix_digest(prefixes: &[Prefix]) -> [u8; 8] {
-    let mut text: Vec<String> = prefixes.iter().map(Prefix::to_string).collect();
-    text.sort();
-    text.dedup();
-    let digest = Sha256::new().chain_update(b"footunnel-v1 prefixes").chain_update([0]).chain_update(text.join(","));
+    let text = sorted_text(prefixes).join(",");
+    let digest = Sha256::new().chain_update(b"footunnel-v1 prefixes").chain_update([0]).chain_update(text);
     digest.finalize()[..8].try_into().expect("8 of 32 bytes")
 }
 
@@ -73,8 +65,21 @@ pub(super) struct PeerTunnels {
 }
 
 impl PeerTunnels {
+    /// Each tunnel's configuration with the prefixes it routes (a plan's or the running table's).
+    pub(super) fn of<'a>(tunnels: impl Iterator<Item = (&'a crate::config::Tunnel, &'a [Prefix])>) -> Self {
+        Self::new(
+            tunnels
+                .map(|(config, prefixes)| PeerTunnel {
+                    name: config.name.clone(),
+                    identities: config.identities().collect(),
+                    prefixes: prefixes.to_vec(),
+                })
+                .collect(),
+        )
+    }
+
     pub(super) fn new(tunnels: Vec<PeerTunnel>) -> Self {
-        let digests = tunnels.iter().map(PeerTunnel::digest).collect();
+        let digests = tunnels.iter().map(|t| prefix_digest(&t.prefixes)).collect();
         let by_id = tunnels
             .iter()
             .enumerate()

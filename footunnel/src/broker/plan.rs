@@ -30,8 +30,8 @@ pub(super) struct Plan {
 
 impl Plan {
     /// What peers are told of each tunnel: its secrets and prefixes.
-    pub(super) fn peer_tunnels(&self) -> Vec<super::peers::PeerTunnel> {
-        self.tunnels.iter().map(|t| super::peers::PeerTunnel::of(&t.config, &t.prefixes)).collect()
+    pub(super) fn peer_tunnels(&self) -> super::peers::PeerTunnels {
+        super::peers::PeerTunnels::of(self.tunnels.iter().map(|t| (&t.config, t.prefixes.as_slice())))
     }
 }
 

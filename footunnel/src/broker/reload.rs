@@ -181,8 +181,7 @@ impl Broker {
         let created_now = bring_up_managed(&new, &self.handle, &self.placeholders_in_use()).await?;
         let plan = manage::undo_on_error(plan(&new, &self.handle).await, &self.handle, &created_now).await?;
         if let Some(socket) = &self.peer_socket {
-            let tunnels = super::peers::PeerTunnels::new(plan.peer_tunnels());
-            let agreed = socket.agree(&new.peers, &tunnels, new.freshness_window_ns).await;
+            let agreed = socket.agree(&new.peers, &plan.peer_tunnels(), new.freshness_window_ns).await;
             manage::undo_on_error(agreed, &self.handle, &created_now).await?;
         }
         let attached = self.attach_new_interfaces(&new, &plan);
@@ -213,7 +212,7 @@ impl Broker {
         }
         self.config = new;
         if let Some(socket) = &mut self.peer_socket {
-            socket.running = super::peers::PeerTunnels::new(self.table.peer_tunnels());
+            socket.running = self.table.peer_tunnels();
         }
         for name in diff.added.iter().chain(&diff.changed) {
             if let Some(i) = self.table.tunnels.iter().position(|t| &t.config.name == name) {

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::{
     Broker, Reread, dataplane, decide,
     decide::RateLimit,
-    peers::{PeerSocket, PeerTunnels},
+    peers::PeerSocket,
     plan::{Plan, plan},
     program::{attach, ensure_pin_dir, fill_maps, pinned_maps},
     read_state, shared,
@@ -82,8 +82,9 @@ pub async fn run(config: BrokerConfig, reread: Reread, shutdown: impl std::futur
 /// With `peers`: the socket they are asked on, once every peer that
 /// answered has the same prefixes for each tunnel.
 async fn agree_with_peers(config: &BrokerConfig, plan: &Plan) -> Result<Option<PeerSocket>> {
-    let tunnels = PeerTunnels::new(plan.peer_tunnels());
-    let Some(socket) = PeerSocket::bind(&config.peers, config.peer_port, tunnels).await? else { return Ok(None) };
+    let Some(socket) = PeerSocket::bind(&config.peers, config.peer_port, plan.peer_tunnels()).await? else {
+        return Ok(None);
+    };
     socket.agree(&config.peers, &socket.running, config.freshness_window_ns).await?;
     Ok(Some(socket))
 }

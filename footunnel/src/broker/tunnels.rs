@@ -112,8 +112,8 @@ impl TunnelTable {
 
     /// Every tunnel's inner prefixes.
     /// What peers are told of each tunnel: its secrets and prefixes.
-    pub(super) fn peer_tunnels(&self) -> Vec<super::peers::PeerTunnel> {
-        self.tunnels.iter().map(|t| super::peers::PeerTunnel::of(&t.config, &t.prefixes)).collect()
+    pub(super) fn peer_tunnels(&self) -> super::peers::PeerTunnels {
+        super::peers::PeerTunnels::of(self.tunnels.iter().map(|t| (&t.config, t.prefixes.as_slice())))
     }
 
     pub fn prefixes(&self) -> Vec<Prefix> {

@@ -257,6 +257,11 @@ impl Tunnel {
             .chain(self.next.iter().map(|n| (KeyRole::Next, n.identity.id)))
     }
 
+    /// Each of its secrets' identities, the current one first.
+    pub fn identities(&self) -> impl Iterator<Item = TunnelIdentity> + '_ {
+        std::iter::once(self.identity).chain(self.next.iter().map(|n| n.identity))
+    }
+
     /// The identity (id and key) of the secret with key id `id`.
     pub fn identity_for(&self, id: u64) -> Option<(KeyRole, TunnelIdentity)> {
         if id == self.identity.id {
